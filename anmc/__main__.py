@@ -1,0 +1,3 @@
+from anmc.cli import main
+
+main()

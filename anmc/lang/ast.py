@@ -1,0 +1,220 @@
+"""The typed syntax tree of a `.anm` file.
+
+Lark's parse tree is turned into these frozen dataclasses by `anmc.lang.parser`; nothing after the
+parser sees a Lark `Tree`. Every node keeps the `Span` of the text it came from, so that the checker
+and the symbolic layer can point at the exact line and column of a fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a node's text sits in its source: 1-based line and column, end exclusive."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    @staticmethod
+    def unknown() -> "Span":
+        return Span(0, 0, 0, 0)
+
+
+# ---------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True)
+class Number:
+    value: float
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # "-"
+    operand: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # one of + - * / ^
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    args: tuple["Expr", ...]
+    span: Span
+    func_span: Span
+
+
+Expr = Union[Number, Name, Unary, Binary, Call]
+
+
+def walk_names(expr: Expr):
+    """Yield every `Name` and `Call` node of an expression, depth first."""
+    if isinstance(expr, Name):
+        yield expr
+    elif isinstance(expr, Unary):
+        yield from walk_names(expr.operand)
+    elif isinstance(expr, Binary):
+        yield from walk_names(expr.left)
+        yield from walk_names(expr.right)
+    elif isinstance(expr, Call):
+        yield expr
+        for arg in expr.args:
+            yield from walk_names(arg)
+
+
+# ---------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """`Normal(mu, sd)` or `Uniform(lo, hi)`; the kind is checked later, so typos get a good message."""
+
+    kind: str
+    args: tuple[Expr, ...]
+    span: Span
+    kind_span: Span
+
+
+@dataclass(frozen=True)
+class ConstDecl:
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str
+    value: Expr
+    bounds: tuple[Expr, Expr] | None
+    learn: bool
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class StateDecl:
+    name: str
+    init: Distribution
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Equation:
+    """`x' = expr` (derivative=True) or `next x = expr` (derivative=False)."""
+
+    state: str
+    rhs: Expr
+    derivative: bool
+    span: Span
+    state_span: Span
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    kind: str  # "continuous" | "discrete"
+    dt: Expr | None
+    integrator: str | None
+    integrator_span: Span | None
+    steps: int | None
+    steps_span: Span | None
+    equations: tuple[Equation, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class NoiseEntry:
+    state: str
+    std: Expr
+    learn: bool
+    span: Span
+    state_span: Span
+
+
+@dataclass(frozen=True)
+class NoiseDecl:
+    entries: tuple[NoiseEntry, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class ObserveDecl:
+    states: tuple[tuple[str, Span], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class SetItem:
+    """`set c = 0.8`: give a const or param another value."""
+
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class InitItem:
+    """`init theta ~ Normal(0, 1.6)`: another initial-frame distribution."""
+
+    state: str
+    init: Distribution
+    span: Span
+    state_span: Span
+
+
+@dataclass(frozen=True)
+class StartItem:
+    """`start theta = 1.5 * theta`: transform an encoded starting state (an expression of the states)."""
+
+    state: str
+    value: Expr
+    span: Span
+    state_span: Span
+
+
+InterventionItem = Union[SetItem, Equation, InitItem, StartItem]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    name: str
+    items: tuple[InterventionItem, ...]
+    span: Span
+    name_span: Span
+
+
+Statement = Union[ConstDecl, ParamDecl, StateDecl, Dynamics, NoiseDecl, ObserveDecl, Intervention]
+
+
+@dataclass(frozen=True)
+class Program:
+    """A whole `.anm` file: its statements in source order, plus the text for error messages."""
+
+    model: str | None
+    model_span: Span | None
+    statements: tuple[Statement, ...]
+    source: str = field(repr=False)
+    filename: str = "<anm>"

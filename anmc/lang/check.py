@@ -1,0 +1,292 @@
+"""Static checks of a parsed `.anm` program: names, structure, functions. All errors are collected.
+
+    diagnostics = check_program(program)      # errors and warnings, in source order
+
+Numeric checks (dt > 0, defaults inside bounds, sd > 0) need the values, and run when the symbolic
+model is built (`anmc.symbolic.model.build_model`), which reports in the same format.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+
+from anmc.lang import ast
+from anmc.lang.errors import Diagnostic, diagnostic_at, did_you_mean
+
+# The whole function whitelist, with arities (None: two or more). Nothing else can be called.
+FUNCTIONS: dict[str, int | None] = {
+    "sin": 1, "cos": 1, "tan": 1, "exp": 1, "log": 1, "sqrt": 1, "abs": 1, "tanh": 1, "sinh": 1,
+    "cosh": 1, "atan": 1, "atan2": 2, "sign": 1, "min": None, "max": None,
+}  # fmt: skip
+CONSTANTS = ("pi", "e")
+NON_SMOOTH = ("abs", "sign", "min", "max")
+INTEGRATORS = ("euler", "semi_implicit_euler", "midpoint", "rk4")
+DISTRIBUTIONS = {"Normal": ("mean", "standard deviation"), "Uniform": ("low", "high")}
+
+# Names a user may not declare: the generated Python uses them, or they already mean something.
+_RESERVED_GENERATED = {"z", "self", "torch", "nn", "math", "np", "numpy", "AnmModule", "dt"}
+
+
+def reserved_reason(name: str) -> str | None:
+    """Why `name` cannot be declared, or None if it can."""
+    if name in FUNCTIONS:
+        return f"'{name}' is a built-in function of the language"
+    if name in CONSTANTS:
+        return f"'{name}' is a built-in constant of the language"
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return f"'{name}' is a Python keyword, and anmc generates Python"
+    if name in _RESERVED_GENERATED:
+        return f"'{name}' is reserved by the code anmc generates"
+    if name in dir(builtins):
+        return f"'{name}' is a Python builtin name, and anmc generates Python"
+    return None
+
+
+class _Checker:
+    def __init__(self, program: ast.Program):
+        self.p = program
+        self.diags: list[Diagnostic] = []
+        self.consts: dict[str, ast.ConstDecl] = {}
+        self.params: dict[str, ast.ParamDecl] = {}
+        self.states: dict[str, ast.StateDecl] = {}
+        self.used: set[str] = set()
+
+    # -- reporting
+    def error(self, message, span):
+        self.diags.append(diagnostic_at(message, span, self.p.source, self.p.filename))
+
+    def warn(self, message, span):
+        self.diags.append(diagnostic_at(message, span, self.p.source, self.p.filename, "warning"))
+
+    # -- expressions
+    def expr(self, expr: ast.Expr, allowed: dict[str, str], where: str, note_non_smooth: bool = False):
+        """Check names and calls in `expr`; `allowed` maps each usable name to its kind."""
+        for node in ast.walk_names(expr):
+            if isinstance(node, ast.Call):
+                self.call(node, allowed, note_non_smooth)
+                continue
+            name = node.id
+            if name in allowed or name in CONSTANTS:
+                self.used.add(name)
+            elif name in FUNCTIONS:
+                self.error(f"'{name}' is a function; call it as {name}(...)", node.span)
+            elif name in self.states or name in self.params or name in self.consts:
+                kind = "state" if name in self.states else "param" if name in self.params else "const"
+                self.error(f"{kind} '{name}' cannot be used in {where}", node.span)
+            else:
+                self.error(f"unknown name '{name}'" + did_you_mean(name, list(allowed) + list(CONSTANTS)), node.span)
+
+    def call(self, node: ast.Call, allowed, note_non_smooth):
+        name = node.func
+        if name not in FUNCTIONS:
+            if name in CONSTANTS:
+                self.error(f"'{name}' is a constant, not a function", node.func_span)
+            elif name in allowed:
+                self.error(f"'{name}' is not a function", node.func_span)
+            else:
+                choices = ", ".join(FUNCTIONS)
+                self.error(
+                    f"unknown function '{name}'" + (did_you_mean(name, FUNCTIONS) or f"; allowed functions: {choices}"),
+                    node.func_span,
+                )
+            return
+        arity = FUNCTIONS[name]
+        n = len(node.args)
+        if arity is None and n < 2:
+            self.error(f"{name}() takes two or more arguments, got {n}", node.span)
+        elif arity is not None and n != arity:
+            plural = "argument" if arity == 1 else "arguments"
+            self.error(f"{name}() takes {arity} {plural}, got {n}", node.span)
+        if note_non_smooth and name in NON_SMOOTH:
+            self.warn(f"{name}() is not smooth: its Jacobian is piecewise (exact away from the kinks)", node.func_span)
+
+    # -- declarations
+    def declare(self, name, span, table, decl) -> bool:
+        why = reserved_reason(name)
+        if why:
+            self.error(f"{why}; choose another name", span)
+            return False
+        for other in (self.consts, self.params, self.states):
+            if name in other:
+                first = other[name]
+                self.error(f"'{name}' is declared twice (first at line {first.span.line})", span)
+                return False
+        table[name] = decl
+        return True
+
+    def run(self) -> list[Diagnostic]:
+        p = self.p
+        dynamics = [s for s in p.statements if isinstance(s, ast.Dynamics)]
+        noises = [s for s in p.statements if isinstance(s, ast.NoiseDecl)]
+        observes = [s for s in p.statements if isinstance(s, ast.ObserveDecl)]
+        interventions = [s for s in p.statements if isinstance(s, ast.Intervention)]
+
+        # declarations first, so that order in the file does not matter for states and params
+        constant_scope: dict[str, str] = {}
+        for s in p.statements:
+            if isinstance(s, ast.ConstDecl):
+                self.expr(s.value, dict(constant_scope), "a const's value")
+                if self.declare(s.name, s.name_span, self.consts, s):
+                    constant_scope[s.name] = "const"
+        for s in p.statements:
+            if isinstance(s, ast.ParamDecl):
+                self.expr(s.value, constant_scope, "a param's value")
+                if s.bounds:
+                    for b in s.bounds:
+                        self.expr(b, constant_scope, "a param's bounds")
+                self.declare(s.name, s.name_span, self.params, s)
+        value_scope = {**constant_scope, **{n: "param" for n in self.params}}
+        for s in p.statements:
+            if isinstance(s, ast.StateDecl):
+                self.distribution(s.init, value_scope)
+                self.declare(s.name, s.name_span, self.states, s)
+        if not self.states:
+            self.error("the model declares no state; add a line such as 'state x ~ Normal(0, 1)'", None)
+        dynamic_scope = {**value_scope, **{n: "state" for n in self.states}}
+
+        # dynamics
+        if not dynamics:
+            self.error("the model has no 'dynamics' block; add 'dynamics continuous dt = ... using rk4' and one equation per state", None)
+        for extra in dynamics[1:]:
+            self.error(f"a second 'dynamics' block (the first is at line {dynamics[0].span.line}); a model has one", extra.span)
+        if dynamics:
+            self.dynamics(dynamics[0], constant_scope, dynamic_scope)
+
+        # noise
+        if not noises:
+            self.error("the model has no 'noise' line; add e.g. 'noise " + ", ".join(f"{s} = 0.01" for s in self.states) + "'", None)
+        seen_noise: dict[str, ast.NoiseEntry] = {}
+        for decl in noises:
+            for entry in decl.entries:
+                self.expr(entry.std, value_scope, "a noise std")
+                if entry.state not in self.states:
+                    self.error(f"noise for unknown state '{entry.state}'" + did_you_mean(entry.state, self.states), entry.state_span)
+                elif entry.state in seen_noise:
+                    self.error(f"noise for '{entry.state}' is given twice (first at line {seen_noise[entry.state].span.line})", entry.state_span)
+                else:
+                    seen_noise[entry.state] = entry
+        if noises:
+            for name in self.states:
+                if name not in seen_noise:
+                    self.error(f"no noise std for state '{name}'; add '{name} = ...' to the noise line (0 is allowed)", noises[0].span)
+
+        # observe
+        if not observes:
+            self.warn("no 'observe' line: the decoder will see every state, velocities included, which entangles the latents; add e.g. 'observe " + next(iter(self.states), "x") + "'", None)
+        seen_obs: set[str] = set()
+        for decl in observes:
+            for name, span in decl.states:
+                if name not in self.states:
+                    self.error(f"observe names unknown state '{name}'" + did_you_mean(name, self.states), span)
+                elif name in seen_obs:
+                    self.error(f"state '{name}' is observed twice", span)
+                seen_obs.add(name)
+        if len(observes) > 1:
+            self.error(f"a second 'observe' line (the first is at line {observes[0].span.line}); list all observed states on one", observes[1].span)
+
+        # interventions
+        kind = dynamics[0].kind if dynamics else "continuous"
+        seen_iv: dict[str, ast.Intervention] = {}
+        for iv in interventions:
+            if iv.name in seen_iv:
+                self.error(f"intervention '{iv.name}' is declared twice (first at line {seen_iv[iv.name].span.line})", iv.name_span)
+            seen_iv[iv.name] = iv
+            if not iv.items:
+                self.warn(f"intervention '{iv.name}' changes nothing", iv.name_span)
+            for item in iv.items:
+                self.intervention_item(item, kind, constant_scope, value_scope, dynamic_scope)
+
+        # unused declarations
+        for table, kind_name in ((self.consts, "const"), (self.params, "param")):
+            for name, decl in table.items():
+                if name not in self.used:
+                    self.warn(f"{kind_name} '{name}' is never used", decl.name_span)
+        return self.diags
+
+    def distribution(self, dist: ast.Distribution, scope):
+        if dist.kind not in DISTRIBUTIONS:
+            self.error(
+                f"unknown distribution '{dist.kind}'" + (did_you_mean(dist.kind, DISTRIBUTIONS) or "; use Normal(mean, sd) or Uniform(low, high)"),
+                dist.kind_span,
+            )
+            return
+        if len(dist.args) != 2:
+            a, b = DISTRIBUTIONS[dist.kind]
+            self.error(f"{dist.kind} takes 2 arguments ({a}, {b}), got {len(dist.args)}", dist.span)
+        for arg in dist.args:
+            self.expr(arg, scope, "an initial distribution")
+
+    def dynamics(self, dyn: ast.Dynamics, constant_scope, dynamic_scope):
+        if dyn.dt is not None:
+            self.expr(dyn.dt, constant_scope, "dt")
+        elif dyn.kind == "continuous":
+            self.error("continuous dynamics need a frame interval: 'dynamics continuous dt = 1/30 using rk4'", dyn.span)
+        if dyn.integrator is not None and dyn.integrator not in INTEGRATORS:
+            self.error(
+                f"unknown integrator '{dyn.integrator}'"
+                + (did_you_mean(dyn.integrator, INTEGRATORS) or "; must be one of " + ", ".join(INTEGRATORS)),
+                dyn.integrator_span,
+            )
+        if dyn.steps is not None and dyn.steps < 1:
+            self.error("steps must be a positive whole number", dyn.steps_span)
+        seen: dict[str, ast.Equation] = {}
+        for eq in dyn.equations:
+            self.equation(eq, dyn.kind, dynamic_scope)
+            if eq.state in seen:
+                self.error(f"state '{eq.state}' has two equations (the first at line {seen[eq.state].span.line})", eq.state_span)
+            seen[eq.state] = eq
+        for name, decl in self.states.items():
+            if name not in seen:
+                form = f"{name}' = ..." if dyn.kind == "continuous" else f"next {name} = ..."
+                self.error(f"state '{name}' has no equation; add '{form}' to the dynamics block", decl.name_span)
+
+    def equation(self, eq: ast.Equation, kind, dynamic_scope):
+        if eq.derivative and kind == "discrete":
+            self.error(f"a derivative equation ({eq.state}' = ...) inside 'dynamics discrete'; write 'next {eq.state} = ...'", eq.state_span)
+        if not eq.derivative and kind == "continuous":
+            self.error(f"a 'next' equation inside 'dynamics continuous'; write '{eq.state}' = ...' (a derivative)", eq.state_span)
+        if eq.state not in self.states:
+            what = "param" if eq.state in self.params else "const" if eq.state in self.consts else None
+            if what:
+                self.error(f"an equation for {what} '{eq.state}'; only states have equations", eq.state_span)
+            else:
+                self.error(f"an equation for undeclared state '{eq.state}'" + did_you_mean(eq.state, self.states), eq.state_span)
+        self.expr(eq.rhs, dynamic_scope, "an equation", note_non_smooth=True)
+
+    def intervention_item(self, item, kind, constant_scope, value_scope, dynamic_scope):
+        if isinstance(item, ast.SetItem):
+            if item.name in self.states:
+                self.error(f"'set' changes consts and params; to change the start of state '{item.name}' use 'init' or 'start'", item.name_span)
+            elif item.name not in self.consts and item.name not in self.params:
+                self.error(f"'set' of unknown name '{item.name}'" + did_you_mean(item.name, list(self.consts) + list(self.params)), item.name_span)
+            self.expr(item.value, value_scope, "a 'set' value")
+        elif isinstance(item, ast.Equation):
+            self.equation(item, kind, dynamic_scope)
+        elif isinstance(item, ast.InitItem):
+            if item.state not in self.states:
+                self.error(f"'init' of unknown state '{item.state}'" + did_you_mean(item.state, self.states), item.state_span)
+            self.distribution(item.init, value_scope)
+        elif isinstance(item, ast.StartItem):
+            if item.state not in self.states:
+                self.error(f"'start' of unknown state '{item.state}'" + did_you_mean(item.state, self.states), item.state_span)
+            self.expr(item.value, dynamic_scope, "a 'start' value")
+
+
+def check_program(program: ast.Program) -> list[Diagnostic]:
+    """Every static error and warning of `program`, sorted by position in the file."""
+    return sorted(_Checker(program).run(), key=lambda d: (d.line, d.column))
+
+
+def check_edit(item, program: ast.Program, source: str, filename: str) -> list[Diagnostic]:
+    """Check one edit (`set`, an equation, `init`, `start`) against a program's declarations."""
+    checker = _Checker(program)
+    checker.run()  # fills the symbol tables; the program itself is known to be valid
+    checker.diags = []
+    checker.p = ast.Program(program.model, program.model_span, program.statements, source, filename)
+    dyn = next(s for s in program.statements if isinstance(s, ast.Dynamics))
+    constant_scope = {n: "const" for n in checker.consts}
+    value_scope = {**constant_scope, **{n: "param" for n in checker.params}}
+    dynamic_scope = {**value_scope, **{n: "state" for n in checker.states}}
+    checker.intervention_item(item, dyn.kind, constant_scope, value_scope, dynamic_scope)
+    return [d for d in checker.diags if d.severity == "error"]

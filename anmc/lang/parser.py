@@ -1,0 +1,289 @@
+"""Parse `.anm` text into the typed AST of `anmc.lang.ast` (Lark, LALR, with positions).
+
+    program = parse_anm(text, filename="pendulum.anm")
+
+Syntax errors become an `AnmError` with file, line, column, the line itself and a caret, and a
+message that says what was expected in words (not Lark's terminal names).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from anmc.lang import ast
+from anmc.lang.errors import AnmError, Diagnostic, diagnostic_at
+
+# Terminal names, as Lark calls them, in words a user understands.
+_TOKEN_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "_NL": "end of line",
+    "$END": "end of file",
+    "EQUAL": "'='",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "COMMA": "','",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "POW": "'^'",
+    "TILDE": "'~'",
+    "PRIME": "\"'\"",
+    "LEARN": "'learn'",
+    "CONTINUOUS": "'continuous'",
+    "DISCRETE": "'discrete'",
+}
+
+_STATEMENT_KEYWORDS = ("model", "const", "param", "state", "dynamics", "noise", "observe", "intervention")
+
+
+def _describe_expected(expected: set[str]) -> str:
+    words = []
+    for name in sorted(expected):
+        if name in _TOKEN_WORDS:
+            words.append(_TOKEN_WORDS[name])
+        elif name.isupper() and name.isalpha():
+            words.append(f"'{name.lower()}'")  # a keyword terminal such as MODEL
+    words = sorted(set(words))
+    if not words:
+        return ""
+    if len(words) > 6:
+        return "; expected an expression or a statement" if "a name" in words else ""
+    return "; expected " + (words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1])
+
+
+def _token_text(token: Token) -> str:
+    if token.type == "_NL":
+        return "end of line"
+    if token.type == "$END":
+        return "end of file"
+    return f"'{token}'"
+
+
+@lru_cache(maxsize=None)
+def _parser(start: str) -> Lark:
+    grammar = resources.files("anmc.lang").joinpath("grammar.lark").read_text()
+    return Lark(grammar, parser="lalr", start=start, propagate_positions=True, maybe_placeholders=True)
+
+
+def _span(meta_or_token) -> ast.Span:
+    m = meta_or_token
+    if getattr(m, "empty", False):
+        return ast.Span.unknown()
+    return ast.Span(m.line, m.column, m.end_line, m.end_column)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark tree -> frozen dataclasses. Each method receives the node's `meta` and its children."""
+
+    # -- expressions
+    def number(self, meta, children):
+        (tok,) = children
+        return ast.Number(float(tok), str(tok), _span(tok))
+
+    def name(self, meta, children):
+        (tok,) = children
+        return ast.Name(str(tok), _span(tok))
+
+    def _binary(op):  # noqa: N805 - a small factory used at class-creation time
+        def method(self, meta, children):
+            left, right = children[0], children[-1]
+            return ast.Binary(op, left, right, _span(meta))
+
+        return method
+
+    add, sub, mul, div = _binary("+"), _binary("-"), _binary("*"), _binary("/")
+
+    def pow(self, meta, children):
+        return ast.Binary("^", children[0], children[-1], _span(meta))
+
+    def neg(self, meta, children):
+        return ast.Unary("-", children[0], _span(meta))
+
+    def call(self, meta, children):
+        func, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ast.Call(str(func), args, _span(meta), _span(func))
+
+    # -- declarations
+    def model_decl(self, meta, children):
+        return ("model", str(children[0]), _span(children[0]))
+
+    def const_decl(self, meta, children):
+        name, value = children
+        return ast.ConstDecl(str(name), value, _span(meta), _span(name))
+
+    def bounds(self, meta, children):
+        return ("bounds", children[0], children[1])
+
+    def param_decl(self, meta, children):
+        name, value, *rest = children
+        bounds = next((r[1:] for r in rest if isinstance(r, tuple)), None)
+        learn = any(isinstance(r, Token) and r.type == "LEARN" for r in rest)
+        return ast.ParamDecl(str(name), value, bounds, learn, _span(meta), _span(name))
+
+    def distribution(self, meta, children):
+        kind, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ast.Distribution(str(kind), args, _span(meta), _span(kind))
+
+    def state_decl(self, meta, children):
+        name, dist = children
+        return ast.StateDecl(str(name), dist, _span(meta), _span(name))
+
+    def dt(self, meta, children):
+        return ("dt", children[0])
+
+    def steps(self, meta, children):
+        (tok,) = children
+        return ("steps", tok)
+
+    def integration(self, meta, children):
+        name, *steps = children
+        return ("integration", name, steps[0][1] if steps else None)
+
+    def derivative(self, meta, children):
+        name, _prime, rhs = children
+        return ast.Equation(str(name), rhs, True, _span(meta), _span(name))
+
+    def next_value(self, meta, children):
+        name, rhs = children
+        return ast.Equation(str(name), rhs, False, _span(meta), _span(name))
+
+    def dynamics_block(self, meta, children):
+        kind_tok, *rest = children
+        dt = integrator = integrator_span = steps = steps_span = None
+        equations = []
+        for item in rest:
+            if isinstance(item, ast.Equation):
+                equations.append(item)
+            elif item[0] == "dt":
+                dt = item[1]
+            elif item[0] == "integration":
+                integrator, integrator_span = str(item[1]), _span(item[1])
+                if item[2] is not None:
+                    steps_span = _span(item[2])
+                    text = str(item[2])
+                    steps = int(float(text)) if float(text).is_integer() else -1
+        return ast.Dynamics(
+            str(kind_tok), dt, integrator, integrator_span, steps, steps_span, tuple(equations), _span(meta)
+        )
+
+    def noise_entry(self, meta, children):
+        name, std, *learn = children
+        return ast.NoiseEntry(str(name), std, bool(learn), _span(meta), _span(name))
+
+    def noise_decl(self, meta, children):
+        return ast.NoiseDecl(tuple(children), _span(meta))
+
+    def observe_decl(self, meta, children):
+        return ast.ObserveDecl(tuple((str(t), _span(t)) for t in children), _span(meta))
+
+    def set_item(self, meta, children):
+        name, value = children
+        return ast.SetItem(str(name), value, _span(meta), _span(name))
+
+    bare_set = set_item
+
+    def init_item(self, meta, children):
+        name, dist = children
+        return ast.InitItem(str(name), dist, _span(meta), _span(name))
+
+    def start_item(self, meta, children):
+        name, value = children
+        return ast.StartItem(str(name), value, _span(meta), _span(name))
+
+    def intervention_block(self, meta, children):
+        name, *items = children
+        return ast.Intervention(str(name), tuple(items), _span(meta), _span(name))
+
+    def edit(self, meta, children):
+        return children[0]
+
+    def start(self, meta, children):
+        return children
+
+
+def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
+    line, column = max(err.line, 1), max(err.column, 1)
+    lines = text.splitlines()
+    source_line = lines[line - 1] if 0 < line <= len(lines) else ""
+    if isinstance(err, UnexpectedCharacters):
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
+        if char == ".":
+            msg = "'.' is not part of the language: attribute access is not allowed, and numbers need a digit before the dot"
+        elif char == "`":
+            msg = "backticks are not part of the language"
+        elif char in "\"":
+            msg = "strings are not part of the language"
+        elif char in "[]":
+            msg = "subscripts are not part of the language ('[' only appears in 'in [lo, hi]' bounds)"
+        elif not char.isascii():
+            msg = f"unexpected character {char!r} (U+{ord(char):04X}); names and operators must be plain ASCII"
+        else:
+            msg = f"unexpected character {char!r}"
+        return AnmError(Diagnostic(msg, filename, line, column, source_line, 1))
+    if isinstance(err, UnexpectedToken):
+        tok = err.token
+        expected = _describe_expected(set(err.expected))
+        if tok.type == "LSQB":
+            msg = "subscripts are not part of the language ('[' only appears in 'in [lo, hi]' bounds)"
+        elif tok.type == "$END":
+            msg = f"unexpected end of file{expected}"
+        else:
+            msg = f"unexpected {_token_text(tok)}{expected}"
+            if tok.type == "NAME" and "_NL" in err.expected and str(tok) not in _STATEMENT_KEYWORDS:
+                msg += " (each statement goes on its own line)"
+        width = max(1, len(str(tok))) if tok.type not in ("_NL", "$END") else 1
+        if tok.type in ("_NL", "$END"):
+            # point just after the last character of the line, where something is missing
+            line = tok.line if tok.type == "_NL" else line
+            source_line = lines[line - 1] if 0 < line <= len(lines) else ""
+            column = len(source_line.split("#")[0].rstrip()) + 1 if tok.type == "_NL" else column
+        return AnmError(Diagnostic(msg, filename, line, column, source_line, width))
+    if isinstance(err, UnexpectedEOF):
+        return AnmError(Diagnostic("unexpected end of file", filename, line, column, source_line))
+    return AnmError(Diagnostic(str(err).splitlines()[0], filename, line, column, source_line))
+
+
+def _parse(text: str, filename: str, start: str):
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        tree = _parser(start).parse(text)
+        return _ToAst().transform(tree), text
+    except UnexpectedInput as err:
+        raise _syntax_error(err, text, filename) from None
+    except VisitError as err:  # an error raised inside a transformer method: show ours, not Lark's wrapper
+        raise err.orig_exc from None
+
+
+def parse_anm(text: str, filename: str = "<anm>") -> ast.Program:
+    """Parse a whole `.anm` file. Raises `AnmError` (with line, column and a caret) on a syntax error."""
+    if "\x00" in text:
+        raise AnmError(Diagnostic("the file contains NUL bytes; is it really a .anm text file?", filename, 1, 1))
+    items, text = _parse(text, filename, "start")
+    model = model_span = None
+    statements = []
+    for item in items:
+        if isinstance(item, tuple) and item[0] == "model":
+            model, model_span = item[1], item[2]
+        else:
+            statements.append(item)
+    return ast.Program(model, model_span, tuple(statements), text, filename)
+
+
+def parse_edit(text: str, filename: str = "<edit>") -> ast.InterventionItem:
+    """Parse one edit line: `c = 0.8`, `set c = 0.8`, `omega' = ...`, `next x = ...`, `init x ~ ...`, `start x = ...`."""
+    if "\n" in text.strip():
+        raise AnmError(diagnostic_at("an edit is a single line", ast.Span(1, 1, 1, 2), text, filename))
+    item, _ = _parse(text.strip(), filename, "edit")
+    return item

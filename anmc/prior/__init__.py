@@ -1,0 +1,21 @@
+"""The linearized GMM prior and its KL divergences (DESIGN.md §4, docs/method.md "The prior and the KL").
+
+    p(z_t) ≈ Σ_k w_k N(z_t | f(c_k), J(c_k) S_k J(c_k)ᵀ + Q)           LinearizedPrior -> GaussianMixture
+    KL(q ‖ p) ≈ Σ_m π_m (1/S) Σ_s [log q(z_ms) − log p(z_ms)]           gmm_kl_monte_carlo
+    TRANSITION_KL["elbo" | "elbo_mc" | "mixture" | "pairwise" | "pooled"]   transition_kl(name, ...)
+"""
+
+from anmc.prior.gmm import GaussianMixture
+from anmc.prior.kl import gaussian_kl, gmm_kl_monte_carlo
+from anmc.prior.linearize import LinearizedPrior
+from anmc.prior.transition import TRANSITION_KL, initial_kl, transition_kl
+
+__all__ = [
+    "GaussianMixture",
+    "LinearizedPrior",
+    "gmm_kl_monte_carlo",
+    "gaussian_kl",
+    "TRANSITION_KL",
+    "transition_kl",
+    "initial_kl",
+]

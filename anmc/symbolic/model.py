@@ -1,0 +1,403 @@
+"""The checked model: `.anm` AST -> SymPy right-hand sides and numeric declarations.
+
+    model = load_model("priors/pendulum.anm")            # parse + check + build, or AnmError
+    model = apply_intervention(model, "drag")             # a new Model; the original is unchanged
+    model = apply_edits(model, ["c = 0.8", "omega' = -(g/L)*sin(theta) - c*omega*abs(omega)"])
+
+A `Model` is a plain dataclass. Its right-hand sides are SymPy expressions built directly from the
+AST (never from strings, so no user text is ever `sympify`-ed), over real symbols named after the
+states, consts and params. Applying an intervention rebuilds the model from its program with the
+intervention's items as overrides, so values that depend on a changed const follow it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import sympy as sp
+
+from anmc.lang import ast
+from anmc.lang.check import check_edit, check_program
+from anmc.lang.errors import AnmError, Diagnostic, diagnostic_at, did_you_mean
+from anmc.lang.parser import parse_anm, parse_edit
+
+SYMPY_FUNCTIONS = {
+    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt,
+    "abs": sp.Abs, "tanh": sp.tanh, "sinh": sp.sinh, "cosh": sp.cosh, "atan": sp.atan,
+    "atan2": sp.atan2, "sign": sp.sign, "min": sp.Min, "max": sp.Max,
+}  # fmt: skip
+SYMPY_CONSTANTS = {"pi": sp.pi, "e": sp.E}
+
+
+def symbol(name: str) -> sp.Symbol:
+    """The SymPy symbol anmc uses for a declared name (real-valued, so |x|' = sign(x))."""
+    return sp.Symbol(name, real=True)
+
+
+def to_sympy(expr: ast.Expr, symbols: dict[str, sp.Expr]) -> sp.Expr:
+    """Build the SymPy expression of an AST expression; `symbols` maps each usable name to an expression."""
+    if isinstance(expr, ast.Number):
+        text = expr.text
+        return sp.Integer(int(text)) if text.isdigit() else sp.Float(expr.value)
+    if isinstance(expr, ast.Name):
+        return symbols[expr.id] if expr.id in symbols else SYMPY_CONSTANTS[expr.id]
+    if isinstance(expr, ast.Unary):
+        return -to_sympy(expr.operand, symbols)
+    if isinstance(expr, ast.Binary):
+        a, b = to_sympy(expr.left, symbols), to_sympy(expr.right, symbols)
+        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b, "^": lambda: a**b}[
+            expr.op
+        ]()
+    if isinstance(expr, ast.Call):
+        return SYMPY_FUNCTIONS[expr.func](*(to_sympy(a, symbols) for a in expr.args))
+    raise TypeError(f"not an expression node: {expr!r}")
+
+
+def source_text(span: ast.Span, source: str) -> str:
+    """The text of a one-line span, as written."""
+    line = source.splitlines()[span.line - 1]
+    end = span.end_column - 1 if span.end_line == span.line else len(line)
+    return line[span.column - 1 : end].split("#")[0].strip()
+
+
+# ---------------------------------------------------------------- the IR
+
+
+@dataclass(frozen=True)
+class Param:
+    """`param NAME = value [in [lo, hi]] [learn]`."""
+
+    name: str
+    value: float
+    bounds: tuple[float, float] | None
+    learn: bool
+    line: int
+    text: str
+
+
+@dataclass(frozen=True)
+class InitialDistribution:
+    """`Normal(a=mean, b=sd)` or `Uniform(a=low, b=high)`; `mean`/`std` are its first two moments."""
+
+    kind: str
+    a: float
+    b: float
+
+    @property
+    def mean(self) -> float:
+        return self.a if self.kind == "Normal" else 0.5 * (self.a + self.b)
+
+    @property
+    def std(self) -> float:
+        return self.b if self.kind == "Normal" else (self.b - self.a) / math.sqrt(12.0)
+
+    def __str__(self) -> str:
+        return f"{self.kind}({self.a:g}, {self.b:g})"
+
+
+@dataclass(frozen=True)
+class NoiseStd:
+    value: float
+    learn: bool
+
+
+@dataclass
+class Overrides:
+    """What interventions and edits change; each entry keeps the source its AST spans point into."""
+
+    sets: dict[str, tuple[ast.Expr, str, str]] = field(default_factory=dict)
+    equations: dict[str, tuple[ast.Equation, str, str]] = field(default_factory=dict)
+    inits: dict[str, tuple[ast.Distribution, str, str]] = field(default_factory=dict)
+    starts: dict[str, tuple[ast.Expr, str, str]] = field(default_factory=dict)
+    applied: tuple[str, ...] = ()
+
+    def copy(self) -> "Overrides":
+        return Overrides(dict(self.sets), dict(self.equations), dict(self.inits), dict(self.starts), self.applied)
+
+
+@dataclass
+class Model:
+    """A checked prior.
+
+    One frame: z_t = f(z_{t-1}) + eps_t, eps_t ~ N(0, diag(noise**2)), z = (states...) in declaration
+    order. `rhs[x]` is dx/dt (continuous) or the next value of x (discrete), over `symbol(name)`.
+    """
+
+    name: str
+    states: tuple[str, ...]
+    observed: tuple[str, ...]
+    consts: dict[str, float]
+    params: dict[str, Param]
+    kind: str  # "continuous" | "discrete"
+    dt: float
+    dt_text: str
+    integrator: str  # one of INTEGRATORS, or "discrete"
+    substeps: int
+    rhs: dict[str, sp.Expr]
+    rhs_text: dict[str, str]
+    noise: dict[str, NoiseStd]
+    init: dict[str, InitialDistribution]
+    start: dict[str, sp.Expr]
+    program: ast.Program = field(repr=False)
+    overrides: Overrides = field(default_factory=Overrides, repr=False)
+    warnings: list[Diagnostic] = field(default_factory=list, repr=False)
+    interventions: tuple[str, ...] = ()
+
+    @property
+    def d(self) -> int:
+        return len(self.states)
+
+    @property
+    def observed_index(self) -> tuple[int, ...]:
+        return tuple(self.states.index(s) for s in self.observed)
+
+    @property
+    def applied(self) -> tuple[str, ...]:
+        return self.overrides.applied
+
+    @property
+    def source(self) -> str:
+        return self.program.source
+
+    @property
+    def filename(self) -> str:
+        return self.program.filename
+
+    def symbols(self) -> dict[str, sp.Symbol]:
+        names = [*self.states, *self.consts, *self.params]
+        return {n: symbol(n) for n in names}
+
+    def learnable_params(self) -> tuple[str, ...]:
+        return tuple(n for n, p in self.params.items() if p.learn)
+
+
+# ---------------------------------------------------------------- building
+
+
+class _Builder:
+    """Evaluates the numeric parts of a checked program and collects every numeric error."""
+
+    def __init__(self, program: ast.Program, overrides: Overrides):
+        self.p = program
+        self.o = overrides
+        self.diags: list[Diagnostic] = []
+
+    def error(self, message, span, source=None, filename=None):
+        self.diags.append(diagnostic_at(message, span, source or self.p.source, filename or self.p.filename))
+
+    def number(self, expr, env, what, source=None, filename=None) -> float:
+        """Evaluate a constant expression; NaN is returned (and an error recorded) if it is not a finite real."""
+        value = to_sympy(expr, {k: sp.Float(v) if not isinstance(v, sp.Expr) else v for k, v in env.items()})
+        try:
+            result = complex(sp.N(value))
+        except (TypeError, ValueError):
+            result = complex("nan")
+        if result.imag != 0 or not math.isfinite(result.real):
+            self.error(f"{what} is not a finite real number (it evaluates to {sp.N(value, 6)})", expr.span, source, filename)
+            return math.nan
+        return result.real
+
+    def build(self) -> Model:
+        p, o = self.p, self.o
+        stmts = p.statements
+        consts: dict[str, float] = {}
+        for s in stmts:
+            if isinstance(s, ast.ConstDecl):
+                consts[s.name] = self.number(s.value, consts, f"const '{s.name}'")
+        params: dict[str, Param] = {}
+        for s in stmts:
+            if isinstance(s, ast.ParamDecl):
+                value = self.number(s.value, consts, f"param '{s.name}'")
+                bounds = None
+                if s.bounds:
+                    lo = self.number(s.bounds[0], consts, "the lower bound")
+                    hi = self.number(s.bounds[1], consts, "the upper bound")
+                    bounds = (lo, hi)
+                    if not lo < hi:
+                        self.error(f"empty bounds [{lo:g}, {hi:g}] for param '{s.name}': the lower bound must be below the upper", s.bounds[0].span)
+                    elif not lo <= value <= hi:
+                        self.error(f"param '{s.name}' = {value:g} is outside its bounds [{lo:g}, {hi:g}]", s.value.span)
+                    elif s.learn and not lo < value < hi:
+                        self.error(f"learnable param '{s.name}' = {value:g} sits on a bound of [{lo:g}, {hi:g}]; start it strictly inside", s.value.span)
+                line = p.source.splitlines()[s.span.line - 1].split("#")[0].strip()
+                params[s.name] = Param(s.name, value, bounds, s.learn, s.span.line, line)
+        # interventions' `set`: evaluated with the declared values, then substituted
+        declared = {**consts, **{n: q.value for n, q in params.items()}}
+        for name, (expr, src, fname) in o.sets.items():
+            value = self.number(expr, declared, f"the value set for '{name}'", src, fname)
+            if name in params:
+                q = params[name]
+                if q.bounds and not q.bounds[0] <= value <= q.bounds[1]:
+                    self.error(f"'{name}' = {value:g} is outside its bounds [{q.bounds[0]:g}, {q.bounds[1]:g}]; widen them in the model if this is intended", expr.span, src, fname)
+                params[name] = replace(q, value=value)
+            else:
+                consts[name] = value
+        if o.sets:  # consts that depend on a changed const follow it
+            for s in stmts:
+                if isinstance(s, ast.ConstDecl) and s.name not in o.sets:
+                    consts[s.name] = self.number(s.value, consts, f"const '{s.name}'")
+        values = {**consts, **{n: q.value for n, q in params.items()}}
+
+        states, init = [], {}
+        for s in stmts:
+            if isinstance(s, ast.StateDecl):
+                states.append(s.name)
+                dist, src, fname = o.inits.get(s.name, (s.init, p.source, p.filename))
+                init[s.name] = self.distribution(dist, values, src, fname)
+
+        dyn = next(s for s in stmts if isinstance(s, ast.Dynamics))
+        dt, dt_text = 1.0, "1"
+        if dyn.dt is not None:
+            dt = self.number(dyn.dt, consts, "dt")
+            dt_text = source_text(dyn.dt.span, p.source)
+            if not dt > 0:
+                self.error(f"dt must be positive, got {dt:g}", dyn.dt.span)
+        symbols = {n: symbol(n) for n in [*states, *consts, *params]}
+        symbols["dt"] = sp.Float(dt)
+        rhs, rhs_text = {}, {}
+        for eq in dyn.equations:
+            eq_, src, _ = o.equations.get(eq.state, (eq, p.source, p.filename))
+            rhs[eq.state] = to_sympy(eq_.rhs, symbols)
+            prefix = f"{eq.state}' = " if eq_.derivative else f"next {eq.state} = "
+            rhs_text[eq.state] = prefix + source_text(eq_.rhs.span, src)
+        start = {s: to_sympy(e, symbols) for s, (e, _, _) in o.starts.items()}
+
+        noise = {}
+        for decl in (s for s in stmts if isinstance(s, ast.NoiseDecl)):
+            for entry in decl.entries:
+                value = self.number(entry.std, values, f"the noise std of '{entry.state}'")
+                if value < 0 or (entry.learn and value <= 0):
+                    need = "positive to be learnable" if entry.learn else "zero or positive"
+                    self.error(f"the noise std of '{entry.state}' must be {need}, got {value:g}", entry.std.span)
+                noise[entry.state] = NoiseStd(value, entry.learn)
+        observed_decl = [s for s in stmts if isinstance(s, ast.ObserveDecl)]
+        observed = {n for n, _ in observed_decl[0].states} if observed_decl else set(states)
+        name = p.model or re.sub(r"\W", "_", Path(p.filename).stem) or "model"
+        if not name[:1].isalpha():
+            name = "model_" + name
+        interventions = tuple(s.name for s in stmts if isinstance(s, ast.Intervention))
+        return Model(
+            name=name,
+            states=tuple(states),
+            observed=tuple(s for s in states if s in observed),
+            consts=consts,
+            params=params,
+            kind=dyn.kind,
+            dt=dt,
+            dt_text=dt_text,
+            integrator=(dyn.integrator or "rk4") if dyn.kind == "continuous" else "discrete",
+            substeps=(dyn.steps or 1) if dyn.kind == "continuous" else 1,
+            rhs={s: rhs[s] for s in states},
+            rhs_text={s: rhs_text[s] for s in states},
+            noise={s: noise[s] for s in states},
+            init=init,
+            start=start,
+            program=p,
+            overrides=o,
+            interventions=interventions,
+        )
+
+    def distribution(self, dist: ast.Distribution, values, source, filename) -> InitialDistribution:
+        a = self.number(dist.args[0], values, f"the first argument of {dist.kind}", source, filename)
+        b = self.number(dist.args[1], values, f"the second argument of {dist.kind}", source, filename)
+        if dist.kind == "Normal" and not b > 0:
+            self.error(f"the standard deviation of a Normal must be positive, got {b:g}", dist.args[1].span, source, filename)
+        if dist.kind == "Uniform" and not a < b:
+            self.error(f"Uniform(low, high) needs low < high, got Uniform({a:g}, {b:g})", dist.span, source, filename)
+        return InitialDistribution(dist.kind, a, b)
+
+
+def build_model(program: ast.Program, overrides: Overrides | None = None) -> Model:
+    """Check `program` (statically, then numerically) and build its `Model`; raise AnmError with every error."""
+    diags = check_program(program)
+    errors = [d for d in diags if d.severity == "error"]
+    if errors:
+        raise AnmError(errors)
+    builder = _Builder(program, overrides or Overrides())
+    model = builder.build()
+    if builder.diags:
+        raise AnmError(builder.diags)
+    model.warnings = [d for d in diags if d.severity != "error"]
+    return model
+
+
+def read_source(path_or_text: str | Path) -> tuple[str, str]:
+    """(text, filename) from a path or from `.anm` text itself (anything with a newline is text)."""
+    if isinstance(path_or_text, Path) or ("\n" not in str(path_or_text) and str(path_or_text).endswith(".anm")):
+        path = Path(path_or_text)
+        if not path.is_file():
+            raise AnmError(Diagnostic(f"no such file: {path}; give the path of a .anm file", str(path), 0, 0))
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise AnmError(Diagnostic(f"the file is not UTF-8 text (byte {err.start}); is it really a .anm file?", str(path), 0, 0)) from None
+    return str(path_or_text), "<anm>"
+
+
+def load_model(path_or_text: str | Path, filename: str | None = None) -> Model:
+    """Parse, check and build a model from a `.anm` path or text."""
+    text, name = read_source(path_or_text)
+    return build_model(parse_anm(text, filename or name))
+
+
+def _with_items(model: Model, items, source: str, filename: str, label: str) -> Model:
+    o = model.overrides.copy()
+    for item in items:
+        if isinstance(item, ast.SetItem):
+            o.sets[item.name] = (item.value, source, filename)
+        elif isinstance(item, ast.Equation):
+            o.equations[item.state] = (item, source, filename)
+        elif isinstance(item, ast.InitItem):
+            o.inits[item.state] = (item.init, source, filename)
+        elif isinstance(item, ast.StartItem):
+            o.starts[item.state] = (item.value, source, filename)
+    o.applied = (*o.applied, label)
+    return build_model(model.program, o)
+
+
+def apply_intervention(model: Model, name: str) -> Model:
+    """The model with the intervention block `name` (declared in its file) applied."""
+    block = next((s for s in model.program.statements if isinstance(s, ast.Intervention) and s.name == name), None)
+    if block is None:
+        known = ", ".join(model.interventions) or "none declared"
+        raise AnmError(Diagnostic(f"unknown intervention '{name}'" + (did_you_mean(name, model.interventions) or f"; the model has: {known}"), model.filename, 0, 0))
+    return _with_items(model, block.items, model.source, model.filename, name)
+
+
+def apply_interventions_from(model: Model, path_or_text: str | Path, name: str | None = None) -> Model:
+    """Apply intervention blocks from another file (all of them, or the one called `name`), checked against `model`."""
+    text, filename = read_source(path_or_text)
+    wrapper = parse_anm(text, filename)
+    blocks = [s for s in wrapper.statements if isinstance(s, ast.Intervention)]
+    others = [s for s in wrapper.statements if not isinstance(s, ast.Intervention)]
+    if others:
+        raise AnmError(diagnostic_at("an intervention file holds only 'intervention' blocks", others[0].span, text, filename))
+    if name is not None:
+        blocks = [b for b in blocks if b.name == name]
+        if not blocks:
+            raise AnmError(Diagnostic(f"no intervention '{name}' in {filename}", filename, 0, 0))
+    for block in blocks:
+        errors = [d for item in block.items for d in check_edit(item, model.program, text, filename)]
+        if errors:
+            raise AnmError(errors)
+        model = _with_items(model, block.items, text, filename, block.name)
+    return model
+
+
+def apply_edits(model: Model, edits: list[str] | tuple[str, ...]) -> Model:
+    """The model with one-line edits applied in order, each in the language's own syntax.
+
+    `"c = 0.8"` / `"set c = 0.8"` (a const or param), `"omega' = ..."` / `"next x = ..."` (an
+    equation), `"init theta ~ Normal(0, 1.6)"`, `"start theta = 1.5 * theta"` (the encoded start).
+    Errors point into the edit string, which plays the part of the file name.
+    """
+    for text in edits:
+        item = parse_edit(text, filename=text)
+        errors = check_edit(item, model.program, text, text)
+        if errors:
+            raise AnmError(errors)
+        model = _with_items(model, [item], text + "\n", text, text)
+    return model

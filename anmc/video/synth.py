@@ -1,0 +1,205 @@
+"""Synthetic physics videos: simulate a prior from its own `.anm`, draw it, write clips + ground truth.
+
+Physics comes only from the `.anm` (compiled module, float64); the renderers only draw
+(`anmc.video.render`). Simulation, for `clips` independent clips of `frames` frames:
+
+    g = torch.Generator().manual_seed(seed)
+    z_0 = module.sample_initial(clips, generator=g)                          # (clips, d)
+    z_t = module(z_{t-1}) + module.noise_std * torch.randn(clips, d, generator=g)   t = 1 .. frames-1
+
+The renderer is picked by the model's name (`render.DRAW`: pendulum, spring, falling, pulsar; the
+generic dot for any other prior). Falling clips end before the floor: all clips are cut at the first
+frame where any clip's ball would touch it (a note says so). Pixel noise (`noise`, std in [0, 1]
+intensity units) and a static cluttered background (`clutter`) are drawn from
+`numpy.random.default_rng([seed, clip])`, so they never change the physics.
+
+Output (`out_dir`): `clip_000.mp4`, `clip_001.mp4`, ... (the clip index is the file's position in
+sorted order), `truth.csv` (columns clip,frame,<state>...) and `truth.json` (model, params, states,
+observed, fps, size, seed, renderer + geometry, ...). See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anmc.video import render
+from anmc.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_truth, write_truth, write_video
+from anmc.video.render import geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for
+
+__all__ = [
+    "Synthetic", "synthesize", "simulate", "render_frames", "object_position_px", "measure_frames",
+    "pulse_profile", "geometry", "read_truth", "FORMATS",
+]
+
+FORMATS = ("mp4", "gif", "npz", "npy", "png")
+
+
+@dataclass
+class Synthetic:
+    """What `synthesize` made: `frames[c]` uint8 `(T, S, S)`, `states` float64 `(clips, T, d)`."""
+
+    model: str
+    renderer: str
+    frames: list[np.ndarray]
+    states: np.ndarray
+    state_names: tuple[str, ...]
+    observed: tuple[str, ...]
+    params: dict[str, float]
+    geometry: dict
+    fps: float
+    size: int
+    seed: int
+    noise: float = 0.0
+    clutter: bool = False
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def truth_meta(self) -> dict:
+        """The truth.json content."""
+        return {
+            "model": self.model,
+            "params": self.params,
+            "states": list(self.state_names),
+            "observed": list(self.observed),
+            "fps": self.fps,
+            "size": self.size,
+            "seed": self.seed,
+            "renderer": {"name": self.renderer, "geometry": self.geometry},
+            "clips": len(self.frames),
+            "frames": int(self.states.shape[1]),
+            "pixel_noise": self.noise,
+            "clutter": self.clutter,
+            "files": [p.name for p in self.paths],
+            "notes": list(self.notes),
+            **self.extra,
+        }
+
+
+def _compiled(prior):
+    """A CompiledPrior from a path, `.anm` text, or a CompiledPrior (returned as is)."""
+    if hasattr(prior, "module") and hasattr(prior, "state_names"):
+        return prior
+    import anmc
+
+    return anmc.compile_prior(prior)
+
+
+@torch.no_grad()
+def simulate(module: torch.nn.Module, clips: int, frames: int, seed: int = 0) -> np.ndarray:
+    """`(clips, frames, d)` float64 trajectories of the prior with its own noise (module docstring)."""
+    module = module.to(torch.float64)
+    g = torch.Generator().manual_seed(int(seed))
+    z = module.sample_initial(clips, generator=g).to(torch.float64)
+    std = module.noise_std.detach().to(torch.float64)
+    out = [z]
+    for _ in range(frames - 1):
+        z = module(z) + std * torch.randn(z.shape, generator=g, dtype=torch.float64)
+        out.append(z)
+    return torch.stack(out, dim=1).numpy()
+
+
+def synthesize(
+    prior,
+    out_dir: str | Path | None = None,
+    clips: int = 8,
+    frames: int = 64,
+    size: int = 64,
+    seed: int = 0,
+    noise: float = 0.0,
+    clutter: bool = False,
+    fmt: str = "mp4",
+) -> Synthetic:
+    """Simulate `prior` (path, `.anm` text or CompiledPrior) and render it; write it when `out_dir` is given."""
+    if fmt not in FORMATS:
+        raise VideoError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    if clips < 1 or frames < 2 or size < 8:
+        raise VideoError(f"need at least 1 clip, 2 frames and 8x8 pixels, got {clips} clips, {frames} frames, size {size}.")
+    if not 0.0 <= noise <= 1.0:
+        raise VideoError(f"pixel noise {noise} is outside [0, 1]; it is a std in image intensity units, e.g. --noise 0.05.")
+    compiled = _compiled(prior)
+    module = compiled.module().to(torch.float64)
+    names = tuple(module.state_names)
+    model = str(getattr(module, "model_name", "") or getattr(getattr(compiled, "model", None), "name", "model"))
+    kind = renderer_for(model, names)
+    geom = geometry(kind, size, names, module.initial_mean.tolist(), module.initial_std.tolist())
+    states = simulate(module, clips, frames, seed)
+    notes: list[str] = []
+    if kind != model:
+        notes.append(f"no renderer for '{model}': a dot shows its first two states ({', '.join(names[:2])})")
+    if kind == "falling":
+        states, note = _before_floor(states, names, frames)
+        if note:
+            notes.append(note)
+    rendered = []
+    for c in range(clips):
+        rng = np.random.default_rng([int(seed), c])
+        background = render.clutter_background(size, rng) if clutter else None
+        img = render.render_float(kind, states[c], geom, names, background)
+        if noise > 0:
+            img = np.clip(img + rng.normal(0.0, noise, img.shape).astype(np.float32), 0.0, 1.0)
+        rendered.append(np.round(img * 255.0).astype(np.uint8))
+    params = {k: float(v) for k, v in module.param_values().items()}
+    syn = Synthetic(
+        model=model, renderer=kind, frames=rendered, states=states, state_names=names,
+        observed=tuple(module.observed_states), params=params, geometry=geom, fps=round(1.0 / float(module.dt), 6),
+        size=int(size), seed=int(seed), noise=float(noise), clutter=bool(clutter), notes=notes,
+        extra={"dt": float(module.dt), "noise_std": dict(zip(names, module.noise_std.tolist())), "format": fmt},
+    )
+    if out_dir is not None:
+        write_synthetic(syn, out_dir, fmt)
+    return syn
+
+
+def _before_floor(states: np.ndarray, names: tuple[str, ...], frames: int) -> tuple[np.ndarray, str]:
+    """Cut every clip at the first frame where any ball reaches the floor (y <= 0)."""
+    y = states[:, :, names.index("y")]
+    below = (y <= 0).any(axis=0)
+    if not below.any():
+        return states, ""
+    keep = int(np.argmax(below))
+    if keep < 2:
+        raise VideoError(
+            "a falling clip reaches the floor within 2 frames; raise the initial height in the .anm or use fewer clips."
+        )
+    return states[:, :keep], f"clips cut to {keep} of {frames} frames so that every ball ends before the floor"
+
+
+_CLIP_NAME = re.compile(r"^clip_\d{3,}$")
+
+
+def write_synthetic(syn: Synthetic, out_dir: str | Path, fmt: str = "mp4") -> list[Path]:
+    """Write `clip_NNN.<fmt>` (or `clip_NNN/` PNG folders) + truth.csv + truth.json into `out_dir`.
+
+    Clip files left by an earlier run in `out_dir` (clip_NNN with a video suffix, or clip_NNN/ folders
+    of frames) are removed first, so the folder always holds exactly this data set.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VideoError(f"{out} is a file; give a folder for the clips (-o DIR).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VideoError(f"cannot create {out} ({err.strerror}); choose a writable folder.") from None
+    for old in out.iterdir():
+        if _CLIP_NAME.match(old.stem) and old.is_file() and old.suffix.lower() in VIDEO_SUFFIXES:
+            old.unlink()
+        elif _CLIP_NAME.match(old.name) and old.is_dir() and all(
+            p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in old.iterdir()
+        ):
+            shutil.rmtree(old)
+    width = max(3, len(str(len(syn.frames) - 1)))
+    paths = []
+    for c, frames in enumerate(syn.frames):
+        name = f"clip_{c:0{width}d}" + ("" if fmt == "png" else f".{fmt}")
+        paths.append(write_video(out / name, frames, fps=syn.fps))
+    syn.paths = paths
+    write_truth(out, syn.states, syn.state_names, syn.truth_meta())
+    return paths
