@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -28,7 +29,7 @@ EMITTERS = ("torch", "numpy", "latex")
 def print_diagnostic(d: Diagnostic, console: Console = err) -> None:
     colour = {"error": "red", "warning": "yellow"}.get(d.severity, "cyan")
     where = f"{d.filename}:{d.line}:{d.column}" if d.line else d.filename
-    console.print(f"[bold]{where}[/bold]: [bold {colour}]{d.severity}[/]: {d.message}", soft_wrap=True)
+    console.print(f"[bold]{escape(where)}[/bold]: [bold {colour}]{d.severity}[/]: {escape(d.message)}", soft_wrap=True)
     if d.source_line and d.line:
         text = d.source_line.rstrip("\n").expandtabs(1)
         width = max(1, min(d.width, len(text) - d.column + 1))
@@ -50,7 +51,7 @@ def report_user_errors(command):
                 err.print(f"[bold red]{len(e.diagnostics)} errors[/]")
             sys.exit(2)
         except UserError as e:
-            err.print(f"[bold red]error[/]: {e}", markup=True, soft_wrap=True, highlight=False)
+            err.print(f"[bold red]error[/]: {escape(str(e))}", soft_wrap=True, highlight=False)
             sys.exit(2)
 
     return wrapper
@@ -159,6 +160,269 @@ def simulate(file, steps, seed, runs, intervention, no_noise, output):
                 for t in range(steps):
                     fh.write(",".join([str(r), str(t), *(repr(float(v)) for v in z[r, t])]) + "\n")
         err.print(f"wrote {output}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the clips.")
+@click.option("--clips", default=8, show_default=True, type=click.IntRange(min=1), help="Independent clips, one file each.")
+@click.option("--frames", default=64, show_default=True, type=click.IntRange(min=2), help="Frames per clip.")
+@click.option("--size", default=64, show_default=True, type=click.IntRange(min=8), help="Frame side in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--noise", default=0.0, show_default=True, type=float, help="Pixel noise std (intensity in [0, 1]).")
+@click.option("--clutter", is_flag=True, help="Draw over a static cluttered background.")
+@click.option("--format", "fmt", default="mp4", show_default=True, type=click.Choice(["mp4", "gif", "npz", "npy", "png"]))
+@report_user_errors
+def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
+    """Simulate the prior in FILE and render it: DIR/clip_000.mp4, ... plus truth.csv and truth.json."""
+    from anmc.codegen.compile import compile_prior
+    from anmc.video.synth import synthesize
+
+    syn = synthesize(compile_prior(Path(file)), out_dir, clips=clips, frames=frames, size=size, seed=seed,
+                     noise=noise, clutter=clutter, fmt=fmt)
+    for note in syn.notes:
+        err.print(f"[yellow]note[/]: {note}", soft_wrap=True)
+    out.print(
+        f"wrote {len(syn.paths)} clip(s) of {syn.states.shape[1]} frames ({size}x{size}, {syn.renderer} renderer) "
+        f"and truth.csv, truth.json to {out_dir}",
+        soft_wrap=True,
+    )
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--intervention", "-i", help="An intervention block of the run's .anm (or of --file).")
+@click.option("--file", "file", type=click.Path(dir_okay=False), help="A .anm file of intervention blocks.")
+@click.option("--set", "sets", multiple=True, metavar="'NAME = EXPR'", help="Change a const or param (repeatable).")
+@click.option("--edit", "edits", multiple=True, metavar="EDIT", help="An equation, `init x ~ ...` or `start x = ...` (repeatable).")
+@click.option("--video", help="Encode the start from this video (default: the first training clip).")
+@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0), help="First frame of the opening window.")
+@click.option("--sample", is_flag=True, help="Start from the (intervened) initial distribution instead of a video.")
+@click.option("--frames", default=90, show_default=True, type=click.IntRange(min=2))
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Counterfactuals at once.")
+@click.option("--noise/--no-noise", default=False, show_default=True, help="Add the prior's noise to the rollouts.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.gif or OUT.mp4.")
+@report_user_errors
+def intervene(run_dir, intervention, file, sets, edits, video, start, sample, frames, batch, noise, seed, output):
+    """Counterfactual video from RUN_DIR under an intervention written in the .anm language."""
+    from anmc.intervene import intervene as run_intervention
+
+    if not (intervention or file or sets or edits):
+        raise click.UsageError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\"")
+    cf = run_intervention(
+        run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
+        sample=sample, frames=frames, batch=batch, noise=noise, seed=seed,
+    )  # fmt: skip
+    for note in cf.notes:
+        err.print(f"[yellow]note[/]: {escape(note)}")
+    for path in cf.save(output):
+        out.print(f"wrote {path}")
+
+
+def _train_options(f):
+    """The training flags, shared by `train` and `quickstart`."""
+    from anmc.vae.train import KL_READINGS, TrainConfig
+
+    d = TrainConfig()
+    options = [
+        click.option("--epochs", default=d.epochs, show_default=True, type=click.IntRange(min=1)),
+        click.option("--steps-per-epoch", default=d.steps_per_epoch, show_default=True, type=click.IntRange(min=1), help="Steps per epoch (0 for one pass over the data is not allowed; omit for the default)."),
+        click.option("--batch", default=d.batch, show_default=True, type=click.IntRange(min=1), help="Sequences per step."),
+        click.option("--seq-len", default=d.seq_len, show_default=True, type=click.IntRange(min=2), help="Latent frames per sequence."),
+        click.option("--lr", default=d.lr, show_default=True, type=float, help="Adam learning rate of the networks."),
+        click.option("--param-lr", default=d.param_lr, show_default=True, type=float, help="Learning rate of learnable params and noise."),
+        click.option("--beta", default=d.beta, show_default=True, type=float, help="Weight of the KL terms."),
+        click.option("--kl", default=d.kl, show_default=True, type=click.Choice(KL_READINGS), help="Reading of the transition KL (standard: plain N(0, I) VAE)."),
+        click.option("--samples", default=d.samples, show_default=True, type=click.IntRange(min=1), help="Monte Carlo samples / mixture components."),
+        click.option("--window", default=d.window, show_default=True, type=click.IntRange(min=1), help="Frames the encoder sees per latent."),
+        click.option("--recon", default=d.recon, show_default=True, type=click.Choice(["bernoulli", "gaussian"])),
+        click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(["deconv", "broadcast"])),
+        click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),
+        click.option("--learn-params-after", default=d.learn_params_after, show_default=True, type=click.IntRange(min=0), help="Epochs before learnable params and noise start to train."),
+        click.option("--time-limit", default=None, type=float, help="Minutes; stop after the epoch that crosses it."),
+        click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--seed", default=d.seed, show_default=True, type=int),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _config(kwargs):
+    from anmc.vae.train import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None or k == "time_limit"})
+
+
+def _run_training(prior, videos, run_dir, config, resume):
+    """Train with a rich progress bar; returns the TrainResult."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from anmc.vae.train import train
+
+    with Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=False,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("train", total=None, epoch="-", info="")
+
+        def progress(epoch, step, steps, metrics):
+            info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            bar.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{config.epochs if config else '?'}", info=info)
+
+        result = train(prior, videos, run_dir, config, resume=resume, progress=progress)
+    for row in result.metrics[-3:]:
+        params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
+        val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""
+        out.print(f"epoch {row['epoch']}: loss {row['loss']:.4g} (recon {row['recon']:.4g}, kl {row['kl']:.4g}){val} {params}")
+    if result.stopped_early:
+        out.print(f"[yellow]{result.stopped_early}[/]")
+    out.print(f"checkpoint: {Path(run_dir) / 'checkpoint.pt'}")
+    return result
+
+
+@main.command()
+@click.argument("prior", type=click.Path(dir_okay=False))
+@click.argument("videos", nargs=-1, required=True)
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint (bit for bit).")
+@_train_options
+@report_user_errors
+def train(prior, videos, run_dir, resume, **kwargs):
+    """Train a video VAE on VIDEOS whose latents follow the PRIOR (.anm)."""
+    config = _config(kwargs) if not resume else _config({"epochs": kwargs["epochs"]}) if kwargs["epochs"] else None
+    _run_training(Path(prior), list(videos), run_dir, config, resume)
+
+
+def _print_report(report: dict) -> None:
+    table = Table(title="latents against the true states")
+    for col in ("state", "pearson", "sign", "slope", "r2", "knn_r2", "mae"):
+        table.add_column(col, justify="left" if col == "state" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:+.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    for name, row in report["states"].items():
+        table.add_row(name, *(fmt(row[k]) for k in ("pearson", "sign", "slope", "r2", "knn_r2", "mae")))
+    if report["states"]:
+        out.print(table)
+    params = Table(title="params")
+    for col in ("param", "learned", "true", "learnable"):
+        params.add_column(col)
+    for name, row in report["params"].items():
+        params.add_row(name, f"{row['learned']:.4g}", "-" if row["true"] is None else f"{row['true']:.4g}", "yes" if row["learnable"] else "")
+    out.print(params)
+    pred = Table(title=f"n-step prediction MSE (reconstruction MSE {report['recon_mse']:.4g})")
+    for col in ("frames ahead", "model", "repeat last frame"):
+        pred.add_column(col, justify="right")
+    for n, row in report["prediction"].items():
+        pred.add_row(n, f"{row['model']:.4g}", f"{row['repeat_last']:.4g}")
+    out.print(pred)
+
+
+@main.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--video", "videos", multiple=True, help="Videos to evaluate on (default: the training videos).")
+@click.option("--truth", type=click.Path(), help="truth.csv with the true states (default: one beside the videos).")
+@click.option("--circular", multiple=True, help="States that are angles to compare circularly (e.g. phase).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@report_user_errors
+def eval_(run_dir, videos, truth, circular, json_path):
+    """How physical are the latents of RUN_DIR: correlation, slope, R^2 with the true states, prediction error."""
+    import json
+
+    from anmc.evaluate import evaluate, load_run
+
+    report = evaluate(load_run(run_dir), videos=list(videos) or None, truth=truth, circular=circular or None)
+    _print_report(report)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        err.print(f"wrote {json_path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", default="latent.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--states", nargs=2, help="The two states of the plane (default: the first two).")
+@click.option("--intervention", "-i", help="Also draw the prior under this intervention block (green).")
+@click.option("--set", "sets", multiple=True, help="Or under these edits (green).")
+@click.option("--edit", "edits", multiple=True)
+@click.option("--video", "videos", multiple=True, help="Videos to encode (default: the training videos).")
+@report_user_errors
+def plot(run_dir, output, states, intervention, sets, edits, videos):
+    """Figure 2 of the paper for RUN_DIR: prior (blue), posterior (red), intervened prior (green); loss curves."""
+    from anmc.evaluate import load_run
+    from anmc.plots import latent_plot
+
+    run = load_run(run_dir)
+    intervened, label = None, "intervened prior"
+    if intervention or sets or edits:
+        from anmc.intervene import intervened_module
+
+        intervened = intervened_module(run, intervention=intervention, edits=[*sets, *edits])
+        label = f"prior under {intervention or '; '.join([*sets, *edits])}"
+    path = latent_plot(run, output, states=tuple(states) if states else None, videos=list(videos) or None, intervened=intervened, intervention_label=label)
+    out.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@report_user_errors
+def show(run_dir):
+    """Print the run's .anm with the learned parameter and noise values filled in."""
+    from anmc.evaluate import load_run
+    from anmc.show import learned_anm
+
+    run = load_run(run_dir)
+    text = learned_anm(run.prior.model, run.module)
+    if out.is_terminal:
+        out.print(Syntax(text, "python", theme="ansi_dark"))
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.option("-o", "--output", "out_dir", default="anmc-quickstart", show_default=True, type=click.Path(file_okay=False))
+@click.option("--clips", default=24, show_default=True, type=click.IntRange(min=2))
+@click.option("--frames", default=128, show_default=True, type=click.IntRange(min=16))
+@_train_options
+@report_user_errors
+def quickstart(out_dir, clips, frames, **kwargs):
+    """The whole job on the built-in default: synthesize a pendulum video, train, evaluate, plot, show."""
+    import json
+
+    from anmc.codegen.compile import compile_prior
+    from anmc.evaluate import evaluate, load_run
+    from anmc.plots import latent_plot
+    from anmc.show import learned_anm
+    from anmc.video.synth import synthesize
+
+    root = Path(out_dir)
+    prior_path = root / "pendulum.anm"
+    root.mkdir(parents=True, exist_ok=True)
+    prior_path.write_text(default_prior_text())
+    config = _config(kwargs)
+    out.rule("1. synthesize a pendulum video (anmc synth)")
+    syn = synthesize(compile_prior(prior_path), root / "data", clips=clips, frames=frames, size=config.size or 64, seed=config.seed + 1000)
+    out.print(f"{len(syn.paths)} clips x {frames} frames of {config.size}x{config.size} in {root / 'data'} (true states in truth.csv)")
+    out.rule("2. train (anmc train)")
+    _run_training(prior_path, [str(root / "data")], root / "run", config, resume=False)
+    out.rule("3. evaluate (anmc eval)")
+    report = evaluate(load_run(root / "run"))
+    _print_report(report)
+    (root / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    out.rule("4. the learned model as equations (anmc show)")
+    run = load_run(root / "run")
+    out.print(learned_anm(run.prior.model, run.module), markup=False, highlight=False)
+    latent_plot(run, root / "latent.png")
+    out.rule("results")
+    out.print(f"run: {root / 'run'}   report: {root / 'eval.json'}   figure: {root / 'latent.png'}")
+    out.print(f"next: anmc intervene {root / 'run'} --intervention drag -o {root / 'drag.gif'}")
+
+
+def default_prior_text() -> str:
+    """The built-in pendulum prior shipped inside the package (priors/pendulum.anm)."""
+    from importlib import resources
+
+    return resources.files("anmc").joinpath("data/pendulum.anm").read_text()
 
 
 if __name__ == "__main__":  # pragma: no cover

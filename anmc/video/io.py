@@ -26,6 +26,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from anmc.errors import UserError
+
 FFMPEG_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 VIDEO_SUFFIXES = FFMPEG_SUFFIXES + (".gif", ".npy", ".npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -36,8 +38,11 @@ MP4_CRF = 12  # x264 quality: 0 is lossless, 23 its default; 12 keeps synthetic 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-class VideoError(Exception):
-    """A video input or output problem; `str(err)` is one sentence: what is wrong and what to do."""
+class VideoError(UserError):
+    """A video input or output problem; `str(err)` is one sentence: what is wrong and what to do.
+
+    A `UserError`, so the command line prints it and exits with code 2, without a traceback.
+    """
 
 
 @dataclass
@@ -75,6 +80,10 @@ def read_video(
     crop = _check_crop(crop)
     if path.is_dir():
         frames = _frame_files(path)
+        if not frames and _expand_folder(path):
+            raise VideoError(
+                f"{path} is a folder of clips, not a folder of frames; load it with load_clips (one clip per file)."
+            )
         if not frames:
             raise VideoError(
                 f"{path} holds no video files and no PNG/JPG frames; point at a video, an array or a folder of frames."

@@ -11,13 +11,16 @@ The geometry (where a state lands in pixels) is a documented function of `size` 
 falling object and the dot, of the prior's initial distribution), returned by `geometry(...)` as a
 plain dict that `anmc synth` stores in truth.json under `renderer.geometry`:
 
-| renderer | state drawn | geometry (S = size) |
-|---|---|---|
-| pendulum | theta | pivot (S/2, S/2); bob centre pivot + 0.36 S (sin theta, cos theta) (theta = 0 hangs down); bob radius 0.09 S, rod half-width 0.02 S, pivot radius 0.04 S |
-| spring | x | wall: columns [0, 0.04 S); block centre (S/2 + 0.15 S x, S/2) (x in metres), half-size 0.07 S x 0.14 S; zigzag spring from the wall to the block, amplitude 0.05 S |
-| falling | y | floor: rows from S - round(0.06 S) down; ball radius 0.07 S at x = S/2, its lowest point y metres above the floor; px_per_m = (floor_row - 2 radius - 1) / y_top, y_top = mean + 3 std of the initial y |
-| pulsar | phase | disc at (S/2, S/2), radius 0.3 S, intensity = `pulse_profile(phase)` |
-| dot (any other prior) | first two states | dot radius 0.08 S at (S/2 + u0 span, S/2 - u1 span), u = clip((s - mean) / (3 std), -1, 1) from the initial distribution, span = S/2 - radius - 1 |
+- pendulum (draws theta): pivot at (S/2, S/2); bob centre = pivot + 0.36 S (sin theta, cos theta),
+  theta = 0 hangs straight down; bob radius 0.09 S, rod half-width 0.02 S, pivot radius 0.04 S.
+- spring (draws x, metres): wall columns [0, 0.04 S); block centre (S/2 + 0.15 S x, S/2), half-size
+  0.07 S x 0.14 S; a zigzag spring of 8 coils from the wall to the block, amplitude 0.05 S.
+- falling (draws y, metres): floor rows from S - round(0.06 S) down; ball of radius 0.07 S at
+  x = S/2 whose lowest point is y above the floor; px_per_m = (floor_row - 2 radius - 1) / y_top,
+  y_top = mean + 3 std of the prior's initial y.
+- pulsar (draws phase): a disc at (S/2, S/2), radius 0.3 S, intensity `pulse_profile(phase)`.
+- dot (any other prior; the first two states): radius 0.08 S at (S/2 + span u0, S/2 - span u1),
+  u = clip((s - mean) / (3 std), -1, 1) from the initial distribution, span = S/2 - radius - 1.
 
 Pulse profile (double Gaussian in the wrapped phase, main pulse at 0, interpulse at pi):
     b(phase) = base + main exp(-wrap(phase)^2 / (2 main_width^2))
@@ -38,7 +41,9 @@ RENDERERS = ("pendulum", "spring", "falling", "pulsar", "dot")
 # the state each named renderer draws
 KEY_STATE = {"pendulum": "theta", "spring": "x", "falling": "y", "pulsar": "phase"}
 
-DEFAULT_PROFILE = {"base": 0.1, "main": 0.9, "main_width": 0.3, "inter": 0.45, "inter_width": 0.25, "inter_phase": math.pi}
+DEFAULT_PROFILE = {
+    "base": 0.1, "main": 0.9, "main_width": 0.3, "inter": 0.45, "inter_width": 0.25, "inter_phase": math.pi,
+}
 
 _CHUNK = 512  # frames drawn at once (bounds the float32 scratch memory to a few MB per array at 64x64)
 
@@ -64,7 +69,11 @@ def geometry(
     initial_mean: Sequence[float] | None = None,
     initial_std: Sequence[float] | None = None,
 ) -> dict:
-    """The pixel geometry of `renderer` at `size` (see the module docstring); a JSON-ready dict."""
+    """The pixel geometry of `renderer` at `size` (see the module docstring); a JSON-ready dict.
+
+    Without the initial distribution, the falling object's frame spans y_top = 3.5 m and the dot's
+    states are taken as mean 0, std 1.
+    """
     if renderer not in RENDERERS:
         raise ValueError(f"unknown renderer {renderer!r}; must be one of {', '.join(RENDERERS)}")
     s = float(size)
@@ -100,7 +109,7 @@ def geometry(
         m += [0.0] * (2 - len(m))
         sd += [1.0] * (2 - len(sd))
         g.update(radius_px=radius, mean=m, scale=[3.0 * v if v > 0 else 1.0 for v in sd],
-                 span_px=s / 2 - radius - 1.0, dims=min(2, len(names)) if names is not None else 2, value=1.0)
+                 span_px=s / 2 - radius - 1.0, value=1.0)
     return g
 
 
@@ -118,7 +127,9 @@ def _key_columns(renderer: str, states: np.ndarray, state_names: Sequence[str] |
     return states[:, i]
 
 
-def object_position_px(renderer: str, states: np.ndarray, geom: dict, state_names: Sequence[str] | None = None) -> np.ndarray:
+def object_position_px(
+    renderer: str, states: np.ndarray, geom: dict, state_names: Sequence[str] | None = None
+) -> np.ndarray:
     """`(T, 2)` continuous pixel position (x right, y down) of the drawn object's centre.
 
     Pendulum bob, spring block, falling ball, pulsar disc (fixed), or the dot. `states` is `(T, d)`

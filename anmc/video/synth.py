@@ -1,11 +1,12 @@
 """Synthetic physics videos: simulate a prior from its own `.anm`, draw it, write clips + ground truth.
 
-Physics comes only from the `.anm` (compiled module, float64); the renderers only draw
-(`anmc.video.render`). Simulation, for `clips` independent clips of `frames` frames:
+Physics comes only from the `.anm`; the renderers only draw (`anmc.video.render`). Simulation is
+`anmc.simulate.simulate` (the same as `anmc simulate`), for `clips` independent clips of `frames`
+frames, in float64 with one seeded generator:
 
     g = torch.Generator().manual_seed(seed)
-    z_0 = module.sample_initial(clips, generator=g)                          # (clips, d)
-    z_t = module(z_{t-1}) + module.noise_std * torch.randn(clips, d, generator=g)   t = 1 .. frames-1
+    z_0 = module.sample_initial(clips, generator=g)                                      # (clips, d)
+    z_t = module(z_{t-1}) + module.noise_std * torch.randn(clips, d, generator=g)       t = 1 .. frames-1
 
 The renderer is picked by the model's name (`render.DRAW`: pendulum, spring, falling, pulsar; the
 generic dot for any other prior). Falling clips end before the floor: all clips are cut at the first
@@ -29,12 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from anmc.simulate import simulate
 from anmc.video import render
 from anmc.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_truth, write_truth, write_video
 from anmc.video.render import geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for
 
 __all__ = [
-    "Synthetic", "synthesize", "simulate", "render_frames", "object_position_px", "measure_frames",
+    "Synthetic", "synthesize", "write_synthetic", "render_frames", "object_position_px", "measure_frames",
     "pulse_profile", "geometry", "read_truth", "FORMATS",
 ]
 
@@ -92,20 +94,6 @@ def _compiled(prior):
     return anmc.compile_prior(prior)
 
 
-@torch.no_grad()
-def simulate(module: torch.nn.Module, clips: int, frames: int, seed: int = 0) -> np.ndarray:
-    """`(clips, frames, d)` float64 trajectories of the prior with its own noise (module docstring)."""
-    module = module.to(torch.float64)
-    g = torch.Generator().manual_seed(int(seed))
-    z = module.sample_initial(clips, generator=g).to(torch.float64)
-    std = module.noise_std.detach().to(torch.float64)
-    out = [z]
-    for _ in range(frames - 1):
-        z = module(z) + std * torch.randn(z.shape, generator=g, dtype=torch.float64)
-        out.append(z)
-    return torch.stack(out, dim=1).numpy()
-
-
 def synthesize(
     prior,
     out_dir: str | Path | None = None,
@@ -125,12 +113,12 @@ def synthesize(
     if not 0.0 <= noise <= 1.0:
         raise VideoError(f"pixel noise {noise} is outside [0, 1]; it is a std in image intensity units, e.g. --noise 0.05.")
     compiled = _compiled(prior)
-    module = compiled.module().to(torch.float64)
+    module = compiled.module().to(torch.float64).requires_grad_(False)
     names = tuple(module.state_names)
     model = str(getattr(module, "model_name", "") or getattr(getattr(compiled, "model", None), "name", "model"))
     kind = renderer_for(model, names)
     geom = geometry(kind, size, names, module.initial_mean.tolist(), module.initial_std.tolist())
-    states = simulate(module, clips, frames, seed)
+    states = simulate(compiled, frames, seed=seed, runs=clips, noise=True).numpy()
     notes: list[str] = []
     if kind != model:
         notes.append(f"no renderer for '{model}': a dot shows its first two states ({', '.join(names[:2])})")

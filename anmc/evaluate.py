@@ -1,0 +1,240 @@
+"""How physical are a trained run's latents? Latent means against the true states, and prediction error.
+
+    run = load_run("runs/pend")
+    report = evaluate(run, videos=["data/pend"], truth="data/pend/truth.csv")
+
+Per state (latent j against true state j, both over every frame that has a full encoder window):
+
+| key | meaning |
+|---|---|
+| `pearson` | correlation of latent and truth (circular correlation for a phase) |
+| `sign` | its sign: (theta, omega) -> (-theta, -omega) is an exact symmetry of many priors |
+| `slope` | least-squares slope of latent against truth: 1.0 means the latent is in the prior's units |
+| `r2` | 1 - SSE/SST of the sign-corrected latent read directly as the state (units and offset count) |
+| `knn_r2` | R^2 of a k-nearest-neighbour regression of the state from all latents, fitted on half of the clips and scored on the others: high when the state is present but folded |
+| `mae` | mean absolute error of the sign-corrected latent, in the state's units |
+
+plus learned vs true params, reconstruction MSE, and n-step prediction: encode frame t, roll the
+prior n frames, decode, compare with frame t + n, against repeating frame t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anmc.codegen.compile import CompiledPrior, compile_prior
+from anmc.errors import UserError
+from anmc.vae.checkpoint import CheckpointError, load_checkpoint
+from anmc.vae.nets import VideoVAE
+from anmc.vae.train import TrainConfig, build_vae
+from anmc.video.io import Clip, load_clips, read_truth
+
+
+@dataclass
+class Run:
+    """A trained run loaded from its directory."""
+
+    run_dir: Path
+    vae: VideoVAE
+    prior: CompiledPrior
+    config: TrainConfig
+    payload: dict
+
+    @property
+    def module(self):
+        return self.vae.prior
+
+    @property
+    def videos(self) -> list[str]:
+        return list(self.payload.get("videos", []))
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
+    """Rebuild the VAE and prior of a run directory from its checkpoint (weights_only=True)."""
+    payload = load_checkpoint(run_dir, map_location=device)
+    config = TrainConfig.from_dict(payload["config"])
+    try:
+        prior = compile_prior(payload["anm_source"])
+    except UserError as err:
+        raise CheckpointError(f"the prior stored in {run_dir} no longer compiles ({str(err).splitlines()[0]}); retrain the run.") from None
+    vae = build_vae(prior, payload["frame_shape"], config)
+    try:
+        vae.load_state_dict(payload["vae"])
+    except RuntimeError:
+        raise CheckpointError(
+            f"the weights in {run_dir} do not fit the model its prior describes; the checkpoint comes from another model or anmc version: retrain."
+        ) from None
+    return Run(Path(run_dir), vae.to(device).eval(), prior, config, payload)
+
+
+def load_run_clips(run: Run, videos=None) -> list[Clip]:
+    """The clips to evaluate: `videos` if given, else the run's training videos, at the run's frame size."""
+    sources = videos or run.videos
+    if not sources:
+        raise UserError(f"{run.run_dir} records no training videos; pass --video.")
+    c, h, w = run.payload["frame_shape"]
+    clips = load_clips(sources, size=h, gray=(c == 1), min_frames=run.vae.window + 1)
+    return clips
+
+
+def _as_tensor(frames: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(frames))
+    return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (T, C, H, W)
+
+
+@torch.no_grad()
+def encode_frames(run: Run, frames: np.ndarray, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std for every frame t >= window - 1 of one clip: (T - k + 1, d) each."""
+    x = _as_tensor(frames).to(next(run.vae.parameters()).device)
+    k = run.vae.window
+    mus, stds = [], []
+    for start in range(0, x.shape[0] - k + 1, chunk):
+        piece = x[start : start + chunk + k - 1]
+        mu, std = run.vae.encode(piece[None])
+        mus.append(mu[0])
+        stds.append(std[0])
+    return torch.cat(mus), torch.cat(stds)
+
+
+def _wrap(a: np.ndarray) -> np.ndarray:
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Jammalamadaka's circular correlation of two angle samples."""
+    ma = math.atan2(np.sin(a).mean(), np.cos(a).mean())
+    mb = math.atan2(np.sin(b).mean(), np.cos(b).mean())
+    sa, sb = np.sin(a - ma), np.sin(b - mb)
+    den = math.sqrt((sa**2).sum() * (sb**2).sum())
+    return float((sa * sb).sum() / den) if den > 0 else 0.0
+
+
+def knn_r2(latents_fit, target_fit, latents_score, target_score, k: int = 10) -> float:
+    """R^2 on the scoring set of a k-NN mean regression fitted on the fitting set (standardized latents)."""
+    mean, std = latents_fit.mean(0), latents_fit.std(0) + 1e-9
+    a = torch.as_tensor((latents_fit - mean) / std, dtype=torch.float64)
+    b = torch.as_tensor((latents_score - mean) / std, dtype=torch.float64)
+    t = torch.as_tensor(target_fit, dtype=torch.float64)
+    preds = []
+    for chunk in b.split(2048):
+        idx = torch.cdist(chunk, a).topk(min(k, len(a)), largest=False).indices
+        preds.append(t[idx].mean(1))
+    pred = torch.cat(preds).numpy()
+    sst = ((target_score - target_score.mean()) ** 2).sum()
+    return float(1 - ((target_score - pred) ** 2).sum() / sst) if sst > 0 else float("nan")
+
+
+def state_metrics(latent: np.ndarray, truth: np.ndarray, all_latents: np.ndarray, halves, circular: bool) -> dict:
+    """The per-state row of the report (see the module docstring)."""
+    fit, score = halves
+    if circular:
+        r = circular_correlation(truth, latent)
+        sign = 1.0 if r >= 0 else -1.0
+        err = _wrap(truth - sign * latent - math.atan2(np.sin(truth - sign * latent).mean(), np.cos(truth - sign * latent).mean()))
+        sst = (_wrap(truth - math.atan2(np.sin(truth).mean(), np.cos(truth).mean())) ** 2).sum()
+        r2, slope, mae = 1 - (err**2).sum() / sst, None, float(np.abs(err).mean())
+        target = _wrap(truth)
+    else:
+        r = float(np.corrcoef(latent, truth)[0, 1]) if latent.std() > 0 and truth.std() > 0 else 0.0
+        sign = 1.0 if r >= 0 else -1.0
+        slope = float(np.cov(latent, truth)[0, 1] / truth.var(ddof=1)) if truth.std() > 0 else float("nan")
+        sst = ((truth - truth.mean()) ** 2).sum()
+        r2 = float(1 - ((truth - sign * latent) ** 2).sum() / sst) if sst > 0 else float("nan")
+        mae = float(np.abs(truth - sign * latent).mean())
+        target = truth
+    knn = knn_r2(all_latents[fit], target[fit], all_latents[score], target[score])
+    return {"pearson": float(r), "r2": float(r2), "slope": slope, "knn_r2": knn, "mae": mae, "sign": int(sign)}
+
+
+@torch.no_grad()
+def prediction_errors(run: Run, clips: list[Clip], horizons=(1, 5, 10), starts_per_clip: int = 8) -> dict:
+    """MSE of decoded n-step prior rollouts from encoded frames vs the real frames, and of repeating the frame."""
+    module, k = run.module, run.vae.window
+    out = {}
+    for n in horizons:
+        model_err, copy_err, count = 0.0, 0.0, 0
+        for clip in clips:
+            x = _as_tensor(clip.frames).float() / 255.0
+            mu, _ = encode_frames(run, clip.frames)
+            last = x.shape[0] - 1 - n
+            if last < k - 1:
+                continue
+            ts = np.unique(np.linspace(k - 1, last, starts_per_clip).astype(int))
+            z = mu[torch.as_tensor(ts - (k - 1))]
+            for _ in range(n):
+                z = module(z)
+            pred = torch.sigmoid(run.vae.decode(z)) if run.config.recon == "bernoulli" else torch.sigmoid(run.vae.decode(z))
+            target = x[torch.as_tensor(ts + n)].to(pred.device)
+            model_err += float(((pred - target) ** 2).mean((1, 2, 3)).sum())
+            copy_err += float(((x[torch.as_tensor(ts)].to(pred.device) - target) ** 2).mean((1, 2, 3)).sum())
+            count += len(ts)
+        if count:
+            out[str(n)] = {"model": model_err / count, "repeat_last": copy_err / count}
+    return out
+
+
+def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None = None) -> dict:
+    """The evaluation report as a plain dict (see the module docstring for its keys)."""
+    clips = load_run_clips(run, videos)
+    if truth is None:
+        sources = videos or run.videos
+        candidates = [Path(s) / "truth.csv" for s in sources if Path(s).is_dir()]
+        truth = next((c for c in candidates if c.exists()), None)
+    truth_data = read_truth(truth) if truth is not None else None
+    names = run.module.state_names
+    k = run.vae.window
+    mus, recon_err, frames_seen = [], 0.0, 0
+    for clip in clips:
+        mu, _ = encode_frames(run, clip.frames)
+        mus.append(mu.cpu().numpy())
+        with torch.no_grad():
+            pred = torch.sigmoid(run.vae.decode(mu)).cpu()
+        x = _as_tensor(clip.frames).float()[k - 1 :] / 255.0
+        recon_err += float(((pred - x) ** 2).mean((1, 2, 3)).sum())
+        frames_seen += x.shape[0]
+    report: dict = {"states": {}, "params": {}, "recon_mse": recon_err / max(frames_seen, 1)}
+    meta = truth_data["meta"] if truth_data else {}
+    true_params = meta.get("params", {})
+    for name, value in run.module.param_values().items():
+        report["params"][name] = {
+            "learned": float(value),
+            "true": float(true_params[name]) if name in true_params else None,
+            "learnable": name in run.module.learnable_param_names,
+        }
+    if truth_data is not None:
+        circular = tuple(circular) if circular is not None else tuple(meta.get("circular", ()))
+        if not circular and (meta.get("renderer", {}) or {}).get("name") == "pulsar":
+            circular = ("phase",)
+        lat, tru, clip_id = [], [], []
+        for i, mu in enumerate(mus):
+            if i not in truth_data["clips"]:
+                continue
+            t = truth_data["clips"][i]
+            n = min(len(t) - (k - 1), len(mu))
+            lat.append(mu[:n])
+            tru.append(t[k - 1 : k - 1 + n])
+            clip_id.append(np.full(n, i))
+        if not lat:
+            raise UserError(f"{truth} has no rows for the clips evaluated; check its clip column (0 = first file in sorted order).")
+        lat, tru, clip_id = np.concatenate(lat), np.concatenate(tru), np.concatenate(clip_id)
+        ids = np.unique(clip_id)
+        if len(ids) >= 2:
+            fit = np.isin(clip_id, ids[::2])
+        else:  # one clip: first half in time against the second
+            fit = np.arange(len(clip_id)) < len(clip_id) // 2
+        for j, name in enumerate(truth_data["state_names"]):
+            if name not in names:
+                continue
+            col = tru[:, j]
+            ok = np.isfinite(col)
+            li = names.index(name)
+            report["states"][name] = state_metrics(
+                lat[ok, li], col[ok], lat[ok], (fit[ok], ~fit[ok]), circular=name in circular
+            )
+    report["prediction"] = prediction_errors(run, clips)
+    return report

@@ -1,0 +1,51 @@
+"""Give a trained model back as equations: its `.anm` with the learned values written in.
+
+    print(learned_anm(run.prior.model, run.module))
+
+Each learnable `param` default and each `noise ... learn` std is replaced, in place, by its learned
+value, and the starting value is kept as a comment on that line. Everything else (comments,
+layout, interventions) stays as the user wrote it.
+"""
+
+from __future__ import annotations
+
+from anmc.lang import ast
+from anmc.symbolic.model import Model
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.5g}"
+
+
+def learned_anm(model: Model, module) -> str:
+    """The model's source with learned param and noise values filled in (starting values as comments)."""
+    lines = model.source.splitlines()
+    edits: dict[int, list[tuple[int, int, str, str]]] = {}  # line -> [(col0, col1, new text, note)]
+    values = {k: float(v) for k, v in module.param_values().items()}
+    noise = dict(zip(module.state_names, module.noise_std.tolist()))
+    for stmt in model.program.statements:
+        if isinstance(stmt, ast.ParamDecl) and stmt.learn:
+            span = stmt.value.span
+            start_text = lines[span.line - 1][span.column - 1 : span.end_column - 1]
+            edits.setdefault(span.line, []).append(
+                (span.column - 1, span.end_column - 1, _fmt(values[stmt.name]), f"{stmt.name} started at {start_text}")
+            )
+        if isinstance(stmt, ast.NoiseDecl):
+            for entry in stmt.entries:
+                if entry.learn:
+                    span = entry.std.span
+                    start_text = lines[span.line - 1][span.column - 1 : span.end_column - 1]
+                    edits.setdefault(span.line, []).append(
+                        (span.column - 1, span.end_column - 1, _fmt(noise[entry.state]), f"noise {entry.state} started at {start_text}")
+                    )
+    for line_no, items in edits.items():
+        text = lines[line_no - 1]
+        code, sep, comment = text.partition("#")
+        notes = []
+        for col0, col1, new, note in sorted(items, reverse=True):
+            code = code[:col0] + new + code[col1:]
+            notes.append(note)
+        tail = "; ".join(reversed(notes))
+        comment = comment.strip()
+        lines[line_no - 1] = code.rstrip() + "   # learned (" + tail + ")" + (f"; {comment}" if comment else "")
+    return "\n".join(lines) + "\n"

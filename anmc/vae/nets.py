@@ -1,0 +1,136 @@
+"""The video VAE's networks: an encoder over a window of k frames, a decoder from the observed states.
+
+    q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2)      Encoder: (B, k*C, H, W) -> mu, log_var (B, d)
+    p(x_t | z_t[observed]) = Bernoulli or Gaussian      Decoder: (B, d_obs) -> logits or means (B, C, H, W)
+
+The encoder sees k frames because one frame cannot show a velocity; the decoder sees only the
+states a single frame shows (the prior's `observe` line), so velocities must be carried by the
+dynamics, not by the pixels (DESIGN.md §4). Frames are square, 2^n pixels on a side (16..128).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _levels(size: int) -> int:
+    """Stride-2 stages from `size` down to 4x4."""
+    n = int(round(math.log2(size / 4)))
+    if size < 8 or 4 * 2**n != size:
+        raise ValueError(f"frames must be square with a power-of-two side of at least 8 pixels, got {size}; load them with --size 64")
+    return n
+
+
+class Encoder(nn.Module):
+    """A window of k frames -> (mu, log_var), each (B, d). Strided 4x4 convolutions down to 4x4, then an MLP."""
+
+    def __init__(self, window: int, channels: int, size: int, d: int, width: int = 32, hidden: int = 256):
+        super().__init__()
+        layers, c_in = [], window * channels
+        for i in range(_levels(size)):
+            c_out = width * min(2 ** (i // 2), 4)
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.SiLU()]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 16, hidden), nn.SiLU(), nn.Linear(hidden, 2 * d))
+        self.d = d
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, k*C, H, W) in [0, 1] -> mu (B, d), log_var (B, d)."""
+        mu, log_var = self.head(self.conv(frames * 2 - 1)).chunk(2, dim=-1)
+        return mu, log_var.clamp(-18.0, 8.0)
+
+
+class DeconvDecoder(nn.Module):
+    """Observed states (B, d_obs) -> frame (B, C, H, W): an MLP to 4x4 features, then transposed convolutions."""
+
+    def __init__(self, d_obs: int, channels: int, size: int, width: int = 32, hidden: int = 256):
+        super().__init__()
+        n = _levels(size)
+        widths = [width * min(2 ** (i // 2), 4) for i in range(n)][::-1]
+        self.fc = nn.Sequential(nn.Linear(d_obs, hidden), nn.SiLU(), nn.Linear(hidden, widths[0] * 16), nn.SiLU())
+        layers = []
+        for i in range(n):
+            c_in, last = widths[i], i == n - 1
+            c_out = channels if last else widths[i + 1]
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.SiLU())
+        self.deconv = nn.Sequential(*layers)
+        self.c0 = widths[0]
+
+    def forward(self, z_obs: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.fc(z_obs).unflatten(-1, (self.c0, 4, 4)))
+
+
+class BroadcastDecoder(nn.Module):
+    """Spatial-broadcast decoder (Watters et al. 2019): tile z over the image with x/y coordinates, 1x1-free convs.
+
+    Good at placing objects; slower than the deconvolution decoder at 64x64 on a CPU.
+    """
+
+    def __init__(self, d_obs: int, channels: int, size: int, width: int = 32):
+        super().__init__()
+        self.size = size
+        self.net = nn.Sequential(
+            nn.Conv2d(d_obs + 2, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, channels, 3, padding=1),
+        )  # fmt: skip
+        lin = torch.linspace(-1, 1, size)
+        self.register_buffer("grid", torch.stack(torch.meshgrid(lin, lin, indexing="ij")), persistent=False)
+
+    def forward(self, z_obs: torch.Tensor) -> torch.Tensor:
+        b = z_obs.shape[0]
+        tiled = z_obs[:, :, None, None].expand(b, z_obs.shape[1], self.size, self.size)
+        return self.net(torch.cat([tiled, self.grid.expand(b, 2, self.size, self.size)], dim=1))
+
+
+DECODERS = {"deconv": DeconvDecoder, "broadcast": BroadcastDecoder}
+
+
+class VideoVAE(nn.Module):
+    """Encoder + decoder + the compiled prior module (whose learnable physical params train jointly).
+
+    Shapes: `encode(x)` x (B, T, C, H, W) uint8 or float -> mu, std (B, T-k+1, d), latent t for the window
+    ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from z[..., observed].
+    """
+
+    def __init__(self, prior_module: nn.Module, channels: int, size: int, window: int = 2, decoder: str = "deconv"):
+        super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}: must be one of {', '.join(DECODERS)}")
+        d = prior_module.d
+        self.prior = prior_module
+        self.window = window
+        self.observed = list(prior_module.observed_index)
+        self.encoder = Encoder(window, channels, size, d)
+        self.decoder = DECODERS[decoder](len(self.observed), channels, size)
+
+    def windows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, T-k+1, k*C, H, W): each frame stacked with the k-1 before it."""
+        k = self.window
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        stacked = x.unfold(1, k, 1)  # (B, T-k+1, C, H, W, k)
+        return stacked.permute(0, 1, 5, 2, 3, 4).flatten(2, 3)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, std (B, T-k+1, d) in the prior's units: the encoder's outputs are scaled by the initial-frame
+        prior (mu = m0 + s0 * out), so an untrained encoder already proposes states of the right size."""
+        w = self.windows(x)
+        out, log_var = self.encoder(w.flatten(0, 1))
+        m0 = self.prior.initial_mean.to(out)
+        s0 = self.prior.initial_std.to(out)
+        shape = (*w.shape[:2], -1)
+        mu = m0 + s0 * out
+        std = s0 * (0.5 * log_var).exp()
+        return mu.reshape(shape), std.reshape(shape)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        out = self.decoder(z[..., self.observed].reshape(-1, len(self.observed)))
+        return out.reshape(*lead, *out.shape[1:])

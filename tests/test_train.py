@@ -1,0 +1,154 @@
+"""Training, checkpoints, eval, plot and show on a tiny pendulum (16x16 frames, a few dozen steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import anmc.vae.train as train_mod
+from anmc.cli import main
+from anmc.evaluate import evaluate, load_run
+from anmc.vae.checkpoint import load_checkpoint
+from anmc.vae.train import TrainConfig, TrainingDiverged, train
+from anmc.video.synth import synthesize
+
+PRIOR = "priors/pendulum.anm"
+TINY = dict(size=16, batch=4, seq_len=4, steps_per_epoch=6, epochs=2, learn_params_after=1, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pend")
+    synthesize(PRIOR, out_dir=out, clips=4, frames=24, size=16, seed=3, fmt="npz")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    result = train(PRIOR, [str(data)], run, TrainConfig(**{**TINY, "epochs": 4}))
+    return run, result
+
+
+def test_loss_falls_and_run_dir_is_complete(trained):
+    run, result = trained
+    losses = [m["loss"] for m in result.metrics]
+    assert losses[-1] < losses[0]
+    for name in ("checkpoint.pt", "metrics.jsonl", "prior.anm", "config.json"):
+        assert (run / name).exists(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["physics_learning"] is False and rows[1]["physics_learning"] is True
+    payload = load_checkpoint(run)
+    assert payload["anm_source"] == open(PRIOR).read()
+    assert payload["config"]["kl"] == "elbo"
+
+
+def test_learnable_param_frozen_then_trained(trained):
+    run, result = trained
+    assert result.metrics[0]["params"]["L"] == pytest.approx(1.0, abs=1e-6)  # frozen in epoch 1
+    assert result.metrics[-1]["params"]["L"] != pytest.approx(1.0, abs=1e-6)
+
+
+def test_resume_is_bit_for_bit(data, tmp_path):
+    straight, split = tmp_path / "a", tmp_path / "b"
+    train(PRIOR, [str(data)], straight, TrainConfig(**TINY))
+    train(PRIOR, [str(data)], split, TrainConfig(**{**TINY, "epochs": 1}))
+    train(PRIOR, [str(data)], split, TrainConfig(**TINY), resume=True)
+    a, b = load_checkpoint(straight)["vae"], load_checkpoint(split)["vae"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = (split / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def test_non_finite_loss_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(PRIOR, [str(data)], run, TrainConfig(**{**TINY, "epochs": 1}))
+    good = load_checkpoint(run)["vae"]
+    real = train_mod.sequence_loss
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "sequence_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(PRIOR, [str(data)], run, TrainConfig(**TINY), resume=True)
+    kept = load_checkpoint(run)
+    assert kept["epoch"] == 1
+    assert all(torch.equal(good[k], kept["vae"][k]) for k in good)
+
+
+def test_eval_report_keys(trained, data):
+    run, _ = trained
+    report = evaluate(load_run(run))
+    assert set(report) >= {"states", "params", "recon_mse", "prediction"}
+    assert set(report["states"]) == {"theta", "omega"}
+    for row in report["states"].values():
+        assert set(row) == {"pearson", "r2", "slope", "knn_r2", "mae", "sign"}
+    assert report["params"]["L"]["true"] == pytest.approx(1.0, abs=1e-5)
+    assert set(report["prediction"]["1"]) == {"model", "repeat_last"}
+
+
+def test_cli_eval_plot_show(trained, tmp_path):
+    run, _ = trained
+    runner = CliRunner()
+    res = runner.invoke(main, ["eval", str(run), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert "pearson" in res.output and json.loads((tmp_path / "e.json").read_text())["states"]["theta"]
+    res = runner.invoke(main, ["plot", str(run), "-o", str(tmp_path / "latent.png"), "-i", "drag"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "latent.png").stat().st_size > 10_000
+    res = runner.invoke(main, ["show", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "learned (L started at 1.0)" in res.output
+    assert "omega' = -(g / L) * sin(theta) - c * omega" in res.output
+
+
+def test_cli_train_and_resume(data, tmp_path):
+    runner = CliRunner()
+    args = ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--size", "16", "--batch", "4", "--seq-len", "4",
+            "--steps-per-epoch", "3", "--epochs", "1"]  # fmt: skip
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--resume", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (None, ["eval", "{tmp}/nothing"], "does not exist"),
+        ("empty", ["eval", "{tmp}/run"], "holds no checkpoint.pt"),
+        ("corrupt", ["eval", "{tmp}/run"], "not a readable anmc checkpoint"),
+        ("corrupt", ["show", "{tmp}/run"], "not a readable anmc checkpoint"),
+        (None, ["train", PRIOR, "{tmp}/missing.mp4", "-o", "{tmp}/r"], "does not exist"),
+        ("trained", ["train", "priors/spring.anm", "{data}", "-o", "{run}", "--resume"], "different prior"),
+        (None, ["train", PRIOR, "{data}", "-o", "{tmp}/r", "--device", "cuda:0"] if not torch.cuda.is_available() else ["eval", "{tmp}/x"], "cuda" if not torch.cuda.is_available() else "does not exist"),
+    ],
+)  # fmt: skip
+def test_cli_bad_input_one_sentence_exit_2(setup, args, message, tmp_path, data, trained):
+    run_dir = tmp_path / "run"
+    if setup == "empty":
+        run_dir.mkdir()
+    elif setup == "corrupt":
+        run_dir.mkdir()
+        (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    fmt = {"tmp": tmp_path, "data": data, "run": trained[0]}
+    res = CliRunner().invoke(main, [a.format(**fmt) for a in args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_leftover_temp_file_does_not_break_loading(trained):
+    run, _ = trained
+    (run / ".checkpoint.pt.tmp-999").write_bytes(b"half written")
+    assert load_run(run).config.size == 16
