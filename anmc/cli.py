@@ -191,32 +191,67 @@ def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--intervention", "-i", help="An intervention block of the run's .anm (or of --file).")
-@click.option("--file", "file", type=click.Path(dir_okay=False), help="A .anm file of intervention blocks.")
+@click.option("--file", "file", type=click.Path(dir_okay=False), help="A .anm file of intervention blocks (all of them, or the one -i names).")
 @click.option("--set", "sets", multiple=True, metavar="'NAME = EXPR'", help="Change a const or param (repeatable).")
 @click.option("--edit", "edits", multiple=True, metavar="EDIT", help="An equation, `init x ~ ...` or `start x = ...` (repeatable).")
-@click.option("--video", help="Encode the start from this video (default: the first training clip).")
+@click.option("--video", help="Encode the start from this video (default: the run's training clips).")
 @click.option("--start", default=0, show_default=True, type=click.IntRange(min=0), help="First frame of the opening window.")
 @click.option("--sample", is_flag=True, help="Start from the (intervened) initial distribution instead of a video.")
-@click.option("--frames", default=90, show_default=True, type=click.IntRange(min=2))
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Counterfactuals at once.")
-@click.option("--noise/--no-noise", default=False, show_default=True, help="Add the prior's noise to the rollouts.")
+@click.option("--frames", default=90, show_default=True, type=click.IntRange(min=2), help="Frames to roll out.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Counterfactuals at once (OUT_00, OUT_01, ...).")
+@click.option("--noise/--no-noise", default=False, show_default=True, help="Add the prior's noise to the rollouts (the same draws for both).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.gif or OUT.mp4.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.gif or OUT.mp4 (plus OUT_latents.csv/.png).")
 @report_user_errors
 def intervene(run_dir, intervention, file, sets, edits, video, start, sample, frames, batch, noise, seed, output):
-    """Counterfactual video from RUN_DIR under an intervention written in the .anm language."""
+    """Counterfactual video from RUN_DIR under an intervention written in the .anm language.
+
+    \b
+    anmc intervene runs/pend -i drag -o drag.gif
+    anmc intervene runs/pend --set "c = 0.8" --edit "omega' = -(g/L)*sin(theta) - c*omega*abs(omega)" -o q.mp4
+    anmc intervene runs/pend --edit "start theta = 1.5 * theta" --frames 240 -o amplitude.gif
+    """
+    from anmc.intervene import VIDEO_SUFFIXES
     from anmc.intervene import intervene as run_intervention
 
     if not (intervention or file or sets or edits):
-        raise click.UsageError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\"")
+        raise UserError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\".")
+    if Path(output).suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"-o {output}: the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
     cf = run_intervention(
         run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
         sample=sample, frames=frames, batch=batch, noise=noise, seed=seed,
     )  # fmt: skip
     for note in cf.notes:
-        err.print(f"[yellow]note[/]: {escape(note)}")
+        err.print(f"[yellow]note[/]: {escape(note)}", soft_wrap=True)
     for path in cf.save(output):
-        out.print(f"wrote {path}")
+        out.print(f"wrote {escape(str(path))}", soft_wrap=True)
+
+
+@main.command(name="check-interventions")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--system", type=click.Choice(["pendulum", "spring", "falling"]), help="Default: the model named in the run's truth.json.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), help="Also write each counterfactual as DIR/intervene_<system>_<name>.gif.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 1 when a check fails.")
+@report_user_errors
+def check_interventions(run_dirs, system, save_dir, json_path, strict):
+    """Measure counterfactual videos of synthetic runs against the intervened physics (docs/interventions.md)."""
+    import json
+
+    from anmc.physics_checks import check_interventions as run_checks
+    from anmc.physics_checks import format_table
+
+    rows = [row for run_dir in run_dirs for row in run_checks(run_dir, system=system, save_dir=save_dir)]
+    click.echo(format_table(rows))
+    failed = sum(not r.passed for r in rows)
+    out.print(f"{len(rows) - failed} of {len(rows)} quantities within tolerance (centroid measurement)")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        err.print(f"wrote {json_path}")
+    if strict and not all(r.passed for r in rows):
+        sys.exit(1)
 
 
 def _train_options(f):
@@ -232,6 +267,7 @@ def _train_options(f):
         click.option("--lr", default=d.lr, show_default=True, type=float, help="Adam learning rate of the networks."),
         click.option("--param-lr", default=d.param_lr, show_default=True, type=float, help="Learning rate of learnable params and noise."),
         click.option("--beta", default=d.beta, show_default=True, type=float, help="Weight of the KL terms."),
+        click.option("--warmup", default=d.warmup, show_default=True, type=click.IntRange(min=0), help="Steps over which frames t > 1 move from the initial-state prior to the dynamics prior."),
         click.option("--kl", default=d.kl, show_default=True, type=click.Choice(KL_READINGS), help="Reading of the transition KL (standard: plain N(0, I) VAE)."),
         click.option("--samples", default=d.samples, show_default=True, type=click.IntRange(min=1), help="Monte Carlo samples / mixture components."),
         click.option("--window", default=d.window, show_default=True, type=click.IntRange(min=1), help="Frames the encoder sees per latent."),

@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from anmc.codegen.load import load_class
+from anmc.codegen.load import UnsafeSourceError, comment_safe, load_class
 from anmc.codegen.other_emitters import emit_latex, emit_numpy
 from anmc.codegen.runtime import AnmModule
 from anmc.codegen.torch_emitter import class_name, emit_torch
-from anmc.symbolic.model import Model, apply_edits, apply_intervention, load_model
+from anmc.lang.errors import AnmError, Diagnostic
+from anmc.symbolic.model import Model, apply_edits, apply_intervention, load_model, too_deep
 
 
 @dataclass
@@ -50,9 +51,20 @@ class CompiledPrior:
 
 def compile_model(model: Model) -> CompiledPrior:
     """Emit and load the torch module of an already-built model."""
-    source = emit_torch(model)
-    allowed = {*model.states, *model.consts, *model.params}
-    cls = load_class(source, class_name(model), allowed, model.filename)
+    shown = model
+    if comment_safe(model.filename) != model.filename:  # the file name is written into comments and the docstring
+        shown = replace(model, program=replace(model.program, filename=comment_safe(model.filename)))
+    try:
+        source = emit_torch(shown)
+        allowed = {*model.states, *model.consts, *model.params}
+        cls = load_class(source, class_name(model), allowed, model.filename)
+    except RecursionError:
+        raise AnmError(too_deep(model.filename)) from None
+    except UnsafeSourceError as err:
+        # The checks upstream should make this unreachable; if not, nothing was run, and the user hears why.
+        raise AnmError(
+            Diagnostic(f"anmc refuses to run the code it generated for this model ({err}); please report it", model.filename, 0, 0)
+        ) from None
     return CompiledPrior(model, source, cls)
 
 

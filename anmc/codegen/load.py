@@ -24,6 +24,7 @@ _ALLOWED_NODES = (
 )  # fmt: skip
 _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
 _FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h"}
+_NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
     "model_name", "state_names", "observed_states", "param_names", "learnable_param_names", "param_bounds",
     "noise_learnable", "initial_kinds", "dt", "substeps", "integrator",
@@ -71,6 +72,19 @@ def audit(source: str, allowed_names: set[str]) -> None:
             raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
         if isinstance(node, pyast.Attribute) and node.attr.startswith("__") and node.attr != "__init__":
             raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
+        if isinstance(node, pyast.Attribute) and isinstance(node.ctx, pyast.Store) and not (
+            isinstance(node.value, pyast.Name) and node.value.id == "self"
+        ):  # only the module's own attributes are ever assigned, never torch.sin = ...
+            raise UnsafeSourceError(f"generated code assigns the attribute {node.attr!r} of something other than self")
+        if isinstance(node, pyast.Name) and isinstance(node.ctx, pyast.Store) and node.id in _NEVER_ASSIGNED:
+            raise UnsafeSourceError(f"generated code assigns the name {node.id!r}")
+
+
+def comment_safe(text: str) -> str:
+    """`text` (a file name) made safe to write into a comment or docstring of generated code: no line
+    breaks, quotes or backslashes that could end the comment or the string and start code."""
+    table = {'"': "'", "\\": "/"}
+    return "".join(table.get(c, c) if c.isprintable() else "?" for c in text)
 
 
 def _is_generated_name(name: str, allowed: set[str]) -> bool:

@@ -1,11 +1,21 @@
 """The base class of every generated prior module: what is the same for all models.
 
-A generated class (see `anmc compile`) only adds its model's numbers and its `substep` and
-`substep_and_jacobian` methods. This base composes substeps into one frame and their Jacobians by
-the chain rule, J = J_k(z_{k-1}) ... J_1(z_0), and gives uniform access to parameters, noise and the
-initial-frame distribution.
+A generated class (see `anmc compile`) adds its model's numbers and three methods:
 
-Shapes: z (..., d) -> f (..., d), J (..., d, d); Q = diag(noise_std**2), noise_std (d,).
+    constants(z)                           the params cast to z's dtype/device, and their param-only
+                                           factors (`-g/L`), once per call
+    rhs(*states, *c)                       the right-hand sides F (z' for continuous dynamics, the next
+                                           values for discrete ones) at one point
+    rhs_and_tangents(*states, *J, *c)      F and its tangents: given the rows J_i = d z_i / d z0 of the
+                                           point's Jacobian with respect to the frame's input z0, the
+                                           rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l (chain rule)
+
+Each state is a contiguous vector over the (flattened) batch, (B,); each row J_i is (d, B). This base
+runs the integrator over them. `f_and_jacobian` starts from J = I and carries the rows through every
+stage of every substep (forward-mode differentiation written out), so J is the exact derivative of
+the same discrete map `forward` computes: no symbolic expansion of the substeps, no d x d matrix
+products, and one tensor operation per term over the whole batch. Inputs and outputs keep the public
+layout z (..., d) -> f (..., d), J (..., d, d). Q = diag(noise_std**2), noise_std (d,).
 """
 
 from __future__ import annotations
@@ -14,6 +24,36 @@ import math
 
 import torch
 from torch import nn
+
+# Explicit Runge-Kutta tableaus: stage s > 0 is evaluated at z + h * sum_j a[s-1][j] k_j, and the
+# substep is z + h * sum_s b[s] k_s (the same methods as anmc.symbolic.integrators).
+TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
+    "euler": ((), (1.0,)),
+    "midpoint": (((0.5,),), (0.0, 1.0)),
+    "rk4": (((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6)),
+}
+
+
+LOG_STD_LIMIT = 20.0  # learnable noise stds live in exp([-20, 20])
+
+
+def _axpy(x, y, alpha: float):
+    """x + alpha * y for a tensor x and a tensor or number y (a term the generated code found to be 0 is 0)."""
+    if isinstance(y, (int, float)) and y == 0:
+        return x
+    return torch.add(x, y, alpha=alpha)
+
+
+_IDENTITY: dict = {}
+
+
+def _identity_rows(d: int, dtype, device) -> tuple[torch.Tensor, ...]:
+    """The rows of J = I as (d, 1) columns (they broadcast against (d, B) rows); cached, never written to."""
+    key = (d, dtype, device)
+    if key not in _IDENTITY:
+        with torch.inference_mode(False):  # a tensor made in inference mode could never meet autograd later
+            _IDENTITY[key] = torch.eye(d, dtype=dtype, device=device).unsqueeze(-1).unbind(0)
+    return _IDENTITY[key]
 
 
 class AnmModule(nn.Module):
@@ -31,26 +71,127 @@ class AnmModule(nn.Module):
     substeps: int = 1
     integrator: str = ""
 
+    # ---------------------------------------------------------------- generated
+    def constants(self, z: torch.Tensor) -> tuple:  # pragma: no cover - generated
+        raise NotImplementedError
+
+    def rhs(self, *args) -> tuple:  # pragma: no cover - generated
+        raise NotImplementedError
+
+    def rhs_and_tangents(self, *args) -> tuple[tuple, tuple]:  # pragma: no cover - generated
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- the map
-    def substep(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - generated
-        raise NotImplementedError
-
-    def substep_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
-        raise NotImplementedError
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """One frame of the deterministic map: f(z), shape (..., d)."""
-        for _ in range(self.substeps):
-            z = self.substep(z)
-        return z
+        zt = self._state_major(z)
+        return self._core()[0](zt, self.substeps).mT.reshape(z.shape).contiguous()
 
     def f_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f(z) (..., d) and its exact Jacobian df/dz (..., d, d), composed over the substeps."""
-        z, J = self.substep_and_jacobian(z)
-        for _ in range(self.substeps - 1):
-            z, J_k = self.substep_and_jacobian(z)
-            J = J_k @ J
-        return z, J
+        """f(z) (..., d) and its exact Jacobian df/dz (..., d, d), carried through every substep."""
+        zt = self._state_major(z)
+        f, J = self._core()[1](zt, self.substeps)
+        return f.mT.reshape(z.shape).contiguous(), J.permute(2, 0, 1).reshape(*z.shape, self.d).contiguous()
+
+    def substep(self, z: torch.Tensor) -> torch.Tensor:
+        """One substep of the integrator (h = dt / substeps): (..., d) -> (..., d)."""
+        return self._frame(self._state_major(z), 1).mT.reshape(z.shape).contiguous()
+
+    def substep_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One substep and its exact Jacobian: (..., d) -> ((..., d), (..., d, d))."""
+        f, J = self._frame_and_jacobian(self._state_major(z), 1)
+        return f.mT.reshape(z.shape).contiguous(), J.permute(2, 0, 1).reshape(*z.shape, self.d).contiguous()
+
+    def compile_core(self, **options) -> "AnmModule":
+        """Opt in to `torch.compile` (options passed on) for the integration itself, which then runs as a
+        few fused, vectorized loops over the batch instead of one tensor operation per term. The layout
+        changes around it stay eager (inductor does not vectorize across them). The first call per
+        input shape and dtype compiles (seconds, and a C++ compiler is needed); `compile_core(off=True)`
+        switches back. Returns the module."""
+        if options.pop("off", False):
+            self.__dict__.pop("_compiled_core", None)
+            return self
+        self.__dict__["_compiled_core"] = (
+            torch.compile(self._frame, **options),
+            torch.compile(self._frame_and_jacobian, **options),
+        )
+        return self
+
+    def _core(self):
+        return self.__dict__.get("_compiled_core") or (self._frame, self._frame_and_jacobian)
+
+    # ---------------------------------------------------------------- state-major core
+    def _state_major(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., d) -> (d, B) with each state one contiguous vector over the flattened batch."""
+        if z.shape[-1:] != (self.d,):
+            raise ValueError(f"expected z of shape (..., {self.d}) for states {self.state_names}, got {tuple(z.shape)}")
+        return z.reshape(-1, self.d).mT.contiguous()
+
+    def _frame(self, zt: torch.Tensor, steps: int) -> torch.Tensor:
+        """`steps` substeps of (d, B) states -> (d, B)."""
+        zs, c = zt.unbind(0), self.constants(zt)
+        for _ in range(steps):
+            zs, _ = self._step(zs, None, c)
+        return torch.stack(self._full(zs, zt[0]), 0)
+
+    def _frame_and_jacobian(self, zt: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`steps` substeps of (d, B) states and the Jacobian rows carried along: ((d, B), (d, d, B))."""
+        zs, c = zt.unbind(0), self.constants(zt)
+        js = _identity_rows(self.d, zt.dtype, zt.device)
+        for _ in range(steps):
+            zs, js = self._step(zs, js, c)
+        return torch.stack(self._full(zs, zt[0]), 0), torch.stack(self._full(js, zt), 0)
+
+    @staticmethod
+    def _full(parts, like: torch.Tensor) -> list[torch.Tensor]:
+        """Each part with the shape of `like` (a part the map leaves constant may be a number or (d, 1))."""
+        if all(isinstance(p, torch.Tensor) and p.shape == like.shape for p in parts):
+            return list(parts)
+        zero = torch.zeros_like(like)
+        return [p if isinstance(p, torch.Tensor) and p.shape == like.shape else zero + p for p in parts]
+
+    # ---------------------------------------------------------------- integrators
+    def _step(self, zs, js, c):
+        """One substep of the states zs (and of the Jacobian rows js when given)."""
+        h = self.dt / self.substeps
+        if self.integrator == "discrete":
+            return (self.rhs(*zs, *c), None) if js is None else self.rhs_and_tangents(*zs, *js, *c)
+        if self.integrator == "semi_implicit_euler":
+            return self._semi_implicit_euler(zs, js, c, h)
+        a, b = TABLEAUS[self.integrator]
+        ks, dks = [], []
+        out_z, out_j = zs, js
+        for s in range(len(b)):
+            y, t = zs, js
+            if s:
+                for j, coef in enumerate(a[s - 1]):
+                    if coef:
+                        y = [_axpy(yi, ki, h * coef) for yi, ki in zip(y, ks[j])]
+                        if js is not None:
+                            t = [_axpy(ti, ki, h * coef) for ti, ki in zip(t, dks[j])]
+            if js is None:
+                k, dk = self.rhs(*y, *c), None
+            else:
+                k, dk = self.rhs_and_tangents(*y, *t, *c)
+            ks.append(k)
+            dks.append(dk)
+            if b[s]:
+                out_z = [_axpy(zi, ki, h * b[s]) for zi, ki in zip(out_z, k)]
+                if js is not None:
+                    out_j = [_axpy(ti, ki, h * b[s]) for ti, ki in zip(out_j, dk)]
+        return out_z, out_j
+
+    def _semi_implicit_euler(self, zs, js, c, h):
+        """x_i <- x_i + h F_i(x_1', ..., x_{i-1}', x_i, ...), one state at a time in declaration order."""
+        zs, js = list(zs), (list(js) if js is not None else None)
+        for i in range(self.d):
+            if js is None:
+                zs[i] = _axpy(zs[i], self.rhs(*zs, *c)[i], h)
+            else:
+                k, dk = self.rhs_and_tangents(*zs, *js, *c)
+                zs[i] = _axpy(zs[i], k[i], h)
+                js[i] = _axpy(js[i], dk[i], h)
+        return zs, js
 
     def rollout(self, z0: torch.Tensor, frames: int, noise: bool = False, generator=None) -> torch.Tensor:
         """z_0 .. z_{frames-1} from z0 (..., d): shape (..., frames, d); with `noise`, z_t = f(z_{t-1}) + eps."""
@@ -110,10 +251,14 @@ class AnmModule(nn.Module):
     # ---------------------------------------------------------------- noise
     @property
     def noise_std(self) -> torch.Tensor:
-        """Per-frame noise std (d,): fixed buffers, or exp(log-std) parameters where declared `learn`."""
+        """Per-frame noise std (d,): fixed buffers, or exp(log-std) parameters where declared `learn`
+        (the log-std clamped to [-20, 20])."""
         parts = []
         for name, learn in zip(self.state_names, self.noise_learnable):
-            parts.append(torch.exp(getattr(self, f"_log_sigma_{name}")) if learn else getattr(self, f"_sigma_{name}"))
+            if learn:  # clamped so that no optimizer step can reach 0 or inf (std in [2e-9, 5e8])
+                parts.append(torch.exp(getattr(self, f"_log_sigma_{name}").clamp(-LOG_STD_LIMIT, LOG_STD_LIMIT)))
+            else:
+                parts.append(getattr(self, f"_sigma_{name}"))
         return torch.stack(parts)
 
     @torch.no_grad()

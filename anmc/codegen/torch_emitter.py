@@ -18,7 +18,7 @@ import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
 
 from anmc import __version__
-from anmc.symbolic.integrators import H, substep_expressions, substep_jacobian
+from anmc.symbolic.integrators import H
 from anmc.symbolic.model import Model, symbol
 
 
@@ -71,8 +71,10 @@ class AnmTorchPrinter(TorchPrinter):
     def _print_Max(self, expr):
         return self._minmax(expr, "maximum", "min")
 
+    like = "z"  # a tensor in scope whose dtype and device a 0/1 step takes
+
     def _print_Heaviside(self, expr):
-        return f"({self._print(expr.args[0])} > 0).to(z.dtype)"
+        return f"({self._print(expr.args[0])} > 0).to({self.like})"
 
     def _print_sign(self, expr):
         return f"torch.sign({self._print(expr.args[0])})"
@@ -165,11 +167,214 @@ def _docstring(model: Model) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------- the right-hand sides and their tangents
+
+
+class _RhsEmitter:
+    """Source of `constants`, `rhs` and `rhs_and_tangents` for one model.
+
+    The right-hand sides F (the derivatives z', or the next values for discrete dynamics) and their
+    Jacobian A = dF/dz are differentiated symbolically once; the integrator's stages and the chain
+    rule over them live in `AnmModule` (runtime.py), which carries the tangent rows J forward through
+    every stage: d F(y)/d z0 = A(y) J. Param-only factors (`-g/L`) are hoisted into `constants`,
+    computed once per call instead of once per stage.
+    """
+
+    def __init__(self, model: Model, printer: AnmTorchPrinter):
+        self.model = model
+        self.printer = printer
+        self.states = [symbol(s) for s in model.states]
+        self.state_set = set(self.states)
+        self.consts = {symbol(n) for n in model.consts}
+        self.const_values = {symbol(n): sp.Float(v) for n, v in model.consts.items()}
+        self.F = [self.fold(model.rhs[s]) for s in model.states]
+        self.A = sp.Matrix(self.F).jacobian(self.states).applyfunc(lambda e: self.fold(_drop_dirac(e)))
+        self.counter = 0
+        self.hoisted: dict[sp.Expr, sp.Symbol] = {}  # param-only expression -> its symbol in `constants`
+        self.F_h = [self.hoist(e) for e in self.F]
+        self.A_h = self.A.applyfunc(self.hoist)
+
+    def fresh(self) -> sp.Symbol:
+        s = sp.Symbol(f"_t{self.counter}", real=True)
+        self.counter += 1
+        return s
+
+    def symbols(self):
+        while True:
+            yield self.fresh()
+
+    def fold(self, e: sp.Expr) -> sp.Expr:
+        """Consts inside function calls become numbers (`sin(a)`, `min(v, a)` take tensors, not floats)."""
+        if e.is_Atom:
+            return e
+        arithmetic = e.is_Add or e.is_Mul or e.is_Pow
+        if not arithmetic and e.free_symbols <= set(self.const_values):
+            return sp.Float(sp.N(e.xreplace(self.const_values)))
+        args = [self.fold(a) for a in e.args]
+        if not arithmetic:
+            args = [self.const_values.get(a, a) for a in args]
+        return e.func(*args)
+
+    # ---- hoisting param-only factors
+    def _is_free(self, e: sp.Expr) -> bool:
+        return not (e.free_symbols & self.state_set)
+
+    def hoist(self, e: sp.Expr) -> sp.Expr:
+        """`e` with its maximal param-only parts (not single names or numbers) replaced by symbols."""
+        if self._is_free(e):
+            if e.is_Atom or (e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom):
+                return e
+            return self._symbol_for(e)
+        if e.is_Atom:
+            return e
+        if e.is_Mul or e.is_Add:
+            free = [a for a in e.args if self._is_free(a)]
+            dependent = [self.hoist(a) for a in e.args if not self._is_free(a)]
+            if free:
+                part = e.func(*free)
+                # `-c*x` prints as one product (a subtraction inside a sum); everything else is hoisted
+                keep = part.is_Atom or (e.is_Mul and part.could_extract_minus_sign() and (-part).is_Atom)
+                free = [part if keep else self._symbol_for(part)]
+            return e.func(*free, *dependent)
+        return e.func(*(self.hoist(a) for a in e.args))
+
+    def _symbol_for(self, e: sp.Expr) -> sp.Symbol:
+        if e not in self.hoisted:
+            self.hoisted[e] = self.fresh()
+        return self.hoisted[e]
+
+    # ---- source
+    def scalars(self) -> list[sp.Symbol]:
+        """The param symbols and hoisted symbols the rhs methods use, in a fixed order (their arguments)."""
+        params = [symbol(n) for n in self.model.params]
+        used = set().union(*(e.free_symbols for e in [*self.F_h, *self.A_h]))
+        return [p for p in params if p in used] + [s for s in self.hoisted.values() if s in used]
+
+    def _const_lines(self, exprs, indent: str) -> list[str]:
+        used = set().union(*(sp.sympify(e).free_symbols for e in exprs)) if exprs else set()
+        return [f"{indent}{n} = {v!r}" for n, v in self.model.consts.items() if symbol(n) in used]
+
+    def constants(self) -> list[str]:
+        self.printer.like = "z"
+        scalars = self.scalars()
+        hoisted = [(s, e) for e, s in self.hoisted.items() if s in scalars]
+        lines = [
+            "    def constants(self, z):",
+            '        """The params as z\'s dtype and device, and the param-only factors of the right-hand sides',
+            '        (computed once per call, then handed to `rhs` and `rhs_and_tangents`)."""',
+        ]
+        needed = set(scalars) | set().union(*(e.free_symbols for _, e in hoisted)) if hoisted else set(scalars)
+        lines += self._const_lines([e for _, e in hoisted], "        ")
+        for name, p in self.model.params.items():
+            if symbol(name) in needed:
+                lines.append(f"        {name} = {_param_line(self.model, name)}  # line {p.line}: {p.text}")
+        for s, e in hoisted:
+            lines.append(f"        {s} = {self.printer.doprint(e)}")
+        ret = ", ".join(str(s) for s in scalars)
+        lines.append(f"        return ({ret}{',' if len(scalars) == 1 else ''})" if scalars else "        return ()")
+        return lines
+
+    def _equation_comments(self, indent: str) -> list[str]:
+        m = self.model
+        dyn = next((s for s in m.program.statements if type(s).__name__ == "Dynamics"), None)
+        lines = {eq.state: eq.span.line for eq in dyn.equations} if dyn is not None else {}
+        out = []
+        for s in m.states:
+            if s in m.overrides.equations:
+                where = f"from {m.overrides.equations[s][2]}"
+            else:
+                where = f"line {lines[s]}" if s in lines else "the model"
+            out.append(f"{indent}# {where}: {m.rhs_text[s]}")
+        return out
+
+    def _signature(self, name: str, tangents: bool) -> str:
+        d = self.model.d
+        rows = [f"J_{i}" for i in range(d)] if tangents else []
+        args = ", ".join(["self", *self.model.states, *rows, *(str(s) for s in self.scalars())])
+        return f"    def {name}({args}):"
+
+    def _tuple(self, items: list[str]) -> str:
+        return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+
+    def rhs(self) -> list[str]:
+        m, pr = self.model, self.printer
+        pr.like = m.states[0]
+        what = "z'" if m.kind == "continuous" else "the next values"
+        lines = [
+            self._signature("rhs", tangents=False),
+            f'        """The right-hand sides ({what}) at one point; each state is a vector over the batch."""',
+            *self._equation_comments("        "),
+            *self._const_lines(self.F_h, "        "),
+        ]
+        replacements, reduced = sp.cse(self.F_h, symbols=self.symbols(), optimizations="basic")
+        lines += [f"        {s} = {pr.doprint(e)}" for s, e in replacements]
+        lines.append(f"        return {self._tuple([pr.doprint(e) for e in reduced])}")
+        return lines
+
+    def rhs_and_tangents(self) -> list[str]:
+        m, pr = self.model, self.printer
+        pr.like = m.states[0]
+        d = m.d
+        names = m.states
+        lines = [
+            self._signature("rhs_and_tangents", tangents=True),
+            '        """The right-hand sides F at one point and their tangents (dF/dz) J, row by row. The states are',
+            "        vectors over the batch (B,); row J_i (d, B) holds d z_i / d z0, the derivative of this point's",
+            '        state i with respect to the frame\'s input z0, so the returned rows are dF_i / d z0 (chain rule)."""',
+            *self._equation_comments("        "),
+        ]
+        entries = [(i, j) for i in range(d) for j in range(d) if not self._is_free(self.A_h[i, j])]
+        exprs = list(self.F_h) + [self.A_h[i, j] for i, j in entries]
+        lines += self._const_lines(exprs, "        ")
+        replacements, reduced = sp.cse(exprs, symbols=self.symbols(), optimizations="basic")
+        lines += [f"        {s} = {pr.doprint(e)}" for s, e in replacements]
+        values = [pr.doprint(e) for e in reduced[:d]]
+        coef: dict[tuple[int, int], sp.Expr] = {}
+        for (i, j), e in zip(entries, reduced[d:]):
+            if not (e.is_Atom or (e.could_extract_minus_sign() and (-e).is_Atom)):
+                s = self.fresh()
+                lines.append(f"        {s} = {pr.doprint(e)}  # d{names[i]}'/d{names[j]}")
+                e = s
+            coef[i, j] = e
+        for i in range(d):
+            for j in range(d):
+                if self._is_free(self.A_h[i, j]) and self.A_h[i, j] != 0:
+                    coef[i, j] = self.A_h[i, j]
+        rows = []
+        for i in range(d):
+            terms = []
+            for j in range(d):
+                c = coef.get((i, j))
+                if c is None:
+                    continue
+                sign = "-" if c.could_extract_minus_sign() else "+"
+                c = -c if sign == "-" else c
+                terms.append((sign, f"J_{j}" if c == 1 else f"{pr.parenthesize(c, 50)}*J_{j}"))
+            if not terms:
+                rows.append("0")
+                continue
+            text = ("-" if terms[0][0] == "-" else "") + terms[0][1]
+            for sign, t in terms[1:]:
+                text += f" {sign} {t}"
+            if len(terms) == 1 and terms[0][0] == "+" and "*" not in text:
+                rows.append(text)
+            else:
+                s = self.fresh()
+                lines.append(f"        {s} = {text}  # d{names[i]}'/dz0")
+                rows.append(str(s))
+        lines.append(f"        return {self._tuple(values)}, {self._tuple(rows)}")
+        return lines
+
+
+def _drop_dirac(expr: sp.Expr) -> sp.Expr:
+    """d sign(x)/dx = 2 DiracDelta(x): zero everywhere the map is differentiable."""
+    return expr.replace(sp.DiracDelta, lambda *args: sp.Integer(0))
+
+
 def emit_torch(model: Model) -> str:
     """The full Python source of the generated module for `model`."""
     printer = AnmTorchPrinter({"strict": True})
-    step = substep_expressions(model)
-    jac = substep_jacobian(model, step)
+    rhs = _RhsEmitter(model, printer)
     d = model.d
     cls = class_name(model)
     src = model.source.splitlines()
@@ -233,23 +438,14 @@ def emit_torch(model: Model) -> str:
         f'        self.register_buffer("initial_a", torch.tensor({[model.init[s].a for s in model.states]!r}))',
         f'        self.register_buffer("initial_b", torch.tensor({[model.init[s].b for s in model.states]!r}))',
         "",
-        "    def substep(self, z):",
-        f'        """One {model.integrator} substep: z (..., {d}) -> (..., {d})."""',
     ]
-    out += _body(model, step, [f"next_{s}" for s in model.states], printer, "        ")
-    out.append(f"        return torch.stack(({', '.join(f'next_{s}' for s in model.states)}{',' if d == 1 else ''}), -1)")
-    out += [
-        "",
-        "    def substep_and_jacobian(self, z):",
-        f'        """One substep and its exact Jacobian: z (..., {d}) -> ((..., {d}), (..., {d}, {d}))."""',
-    ]
-    j_names = [f"J_{i}{j}" for i in range(d) for j in range(d)]
-    exprs = list(step) + [jac[i, j] for i in range(d) for j in range(d)]
-    out += _body(model, exprs, [f"next_{s}" for s in model.states] + j_names, printer, "        ")
-    out.append(f"        f = torch.stack(({', '.join(f'next_{s}' for s in model.states)}{',' if d == 1 else ''}), -1)")
-    out.append(f"        J = torch.stack(({', '.join(j_names)}{',' if d * d == 1 else ''}), -1).unflatten(-1, ({d}, {d}))")
-    out.append("        return f, J")
+    out += rhs.constants()
+    out.append("")
+    out += rhs.rhs()
+    out.append("")
+    out += rhs.rhs_and_tangents()
     if model.start:
+        printer.like = "z"
         out += [
             "",
             "    def start(self, z):",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import re
 
 from anmc.lang import ast
 from anmc.lang.errors import Diagnostic, diagnostic_at, did_you_mean
@@ -24,19 +25,30 @@ NON_SMOOTH = ("abs", "sign", "min", "max")
 INTEGRATORS = ("euler", "semi_implicit_euler", "midpoint", "rk4")
 DISTRIBUTIONS = {"Normal": ("mean", "standard deviation"), "Uniform": ("low", "high")}
 
+# The words of the language itself (grammar.lark): never usable as names.
+KEYWORDS = (
+    "model", "const", "param", "in", "learn", "state", "dynamics", "continuous", "discrete", "dt", "using",
+    "steps", "next", "noise", "observe", "intervention", "set", "init", "start",
+)  # fmt: skip
+
 # Names a user may not declare: the generated Python uses them, or they already mean something.
 _RESERVED_GENERATED = {"z", "self", "torch", "nn", "math", "np", "numpy", "AnmModule", "dt"}
+# ... and the forms of the generated locals: next_theta, start_theta, J_01, J_0_1
+_GENERATED_PATTERN = re.compile(r"(next|start)_\w*|J(_\d+)+")
+MAX_STEPS = 1000
 
 
 def reserved_reason(name: str) -> str | None:
     """Why `name` cannot be declared, or None if it can."""
+    if name in KEYWORDS:
+        return f"'{name}' is a keyword of the language"
     if name in FUNCTIONS:
         return f"'{name}' is a built-in function of the language"
     if name in CONSTANTS:
         return f"'{name}' is a built-in constant of the language"
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         return f"'{name}' is a Python keyword, and anmc generates Python"
-    if name in _RESERVED_GENERATED:
+    if name in _RESERVED_GENERATED or _GENERATED_PATTERN.fullmatch(name):
         return f"'{name}' is reserved by the code anmc generates"
     if name in dir(builtins):
         return f"'{name}' is a Python builtin name, and anmc generates Python"
@@ -230,12 +242,21 @@ class _Checker:
             )
         if dyn.steps is not None and dyn.steps < 1:
             self.error("steps must be a positive whole number", dyn.steps_span)
+        elif dyn.steps is not None and dyn.steps > MAX_STEPS:
+            self.error(f"steps must be at most {MAX_STEPS} (substeps per frame); use a smaller dt instead", dyn.steps_span)
         seen: dict[str, ast.Equation] = {}
         for eq in dyn.equations:
             self.equation(eq, dyn.kind, dynamic_scope)
             if eq.state in seen:
                 self.error(f"state '{eq.state}' has two equations (the first at line {seen[eq.state].span.line})", eq.state_span)
             seen[eq.state] = eq
+        written = [eq.state for eq in dyn.equations if eq.state in self.states]
+        if dyn.integrator == "semi_implicit_euler" and written != [s for s in self.states if s in written]:
+            self.warn(
+                "semi_implicit_euler updates the states in the order they are declared ("
+                + ", ".join(self.states) + "), not in the order the equations are written",
+                dyn.integrator_span,
+            )
         for name, decl in self.states.items():
             if name not in seen:
                 form = f"{name}' = ..." if dyn.kind == "continuous" else f"next {name} = ..."

@@ -24,9 +24,13 @@ class Diagnostic:
     severity: str = "error"  # "error" | "warning"
 
     def format(self) -> str:
-        """`file:line:col: error: message`, then the line and a caret (or a run of carets) under it."""
+        """`file:line:col: error: message`, then the line and a caret (or a run of carets) under it.
+
+        A diagnostic about the whole file (line 0) is just `file: error: message`."""
+        if self.line <= 0:  # about the file as a whole (a missing block, an unreadable file): no position
+            return f"{self.filename}: {self.severity}: {self.message}"
         head = f"{self.filename}:{self.line}:{self.column}: {self.severity}: {self.message}"
-        if not self.source_line or self.line <= 0:
+        if not self.source_line:
             return head
         text = self.source_line.rstrip("\n").expandtabs(1)
         width = max(1, min(self.width, len(text) - self.column + 1))

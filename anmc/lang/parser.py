@@ -11,11 +11,11 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from anmc.lang import ast
-from anmc.lang.errors import AnmError, Diagnostic, diagnostic_at
+from anmc.lang.errors import AnmError, Diagnostic, diagnostic_at, did_you_mean
 
 # Terminal names, as Lark calls them, in words a user understands.
 _TOKEN_WORDS = {
@@ -47,10 +47,11 @@ _STATEMENT_KEYWORDS = ("model", "const", "param", "state", "dynamics", "noise", 
 def _describe_expected(expected: set[str]) -> str:
     words = []
     for name in sorted(expected):
+        bare = name.lstrip("_")
         if name in _TOKEN_WORDS:
             words.append(_TOKEN_WORDS[name])
-        elif name.isupper() and name.isalpha():
-            words.append(f"'{name.lower()}'")  # a keyword terminal such as MODEL
+        elif bare.isupper() and bare.isalpha():
+            words.append(f"'{bare.lower()}'")  # a keyword terminal such as _MODEL
     words = sorted(set(words))
     if not words:
         return ""
@@ -238,6 +239,12 @@ def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
             msg = "subscripts are not part of the language ('[' only appears in 'in [lo, hi]' bounds)"
         elif tok.type == "$END":
             msg = f"unexpected end of file{expected}"
+        elif tok.type == "NAME" and f"_{_STATEMENT_KEYWORDS[1].upper()}" in err.expected:
+            # a word where a statement must start: `constant k = 1`, `Param L = 1`
+            starts = [k for k in _STATEMENT_KEYWORDS if f"_{k.upper()}" in err.expected]
+            msg = f"unknown statement '{tok}'" + (
+                did_you_mean(str(tok), starts) or "; a statement starts with " + ", ".join(starts[:-1]) + " or " + starts[-1]
+            )
         else:
             msg = f"unexpected {_token_text(tok)}{expected}"
             if tok.type == "NAME" and "_NL" in err.expected and str(tok) not in _STATEMENT_KEYWORDS:
@@ -254,11 +261,32 @@ def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
     return AnmError(Diagnostic(str(err).splitlines()[0], filename, line, column, source_line))
 
 
+# Deeper parse trees are refused with a message: the AST transform, the checker and SymPy all recurse.
+MAX_NESTING = 100
+
+
+_EXPRESSION_RULES = {"add", "sub", "mul", "div", "neg", "pow", "call", "number", "name"}
+
+
+def _check_nesting(tree: Tree, text: str, filename: str) -> None:
+    """Refuse (iteratively, before anything recursive runs) a parse tree deeper than MAX_NESTING."""
+    stack = [(tree, 1, None)]
+    while stack:
+        node, depth, expression = stack.pop()
+        if expression is None and node.data in _EXPRESSION_RULES:
+            expression = node  # the outermost expression around the deep part: the caret goes there
+        if depth > MAX_NESTING:
+            message = f"this expression is nested too deeply (more than {MAX_NESTING} levels); split it with consts"
+            raise AnmError(diagnostic_at(message, _span((expression or node).meta), text, filename))
+        stack.extend((child, depth + 1, expression) for child in node.children if isinstance(child, Tree))
+
+
 def _parse(text: str, filename: str, start: str):
     if not text.endswith("\n"):
         text += "\n"
     try:
         tree = _parser(start).parse(text)
+        _check_nesting(tree, text, filename)
         return _ToAst().transform(tree), text
     except UnexpectedInput as err:
         raise _syntax_error(err, text, filename) from None
@@ -268,8 +296,13 @@ def _parse(text: str, filename: str, start: str):
 
 def parse_anm(text: str, filename: str = "<anm>") -> ast.Program:
     """Parse a whole `.anm` file. Raises `AnmError` (with line, column and a caret) on a syntax error."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write: not part of the text
     if "\x00" in text:
-        raise AnmError(Diagnostic("the file contains NUL bytes; is it really a .anm text file?", filename, 1, 1))
+        pos = text.index("\x00")
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        shown = text.splitlines()[line - 1].replace("\x00", "\u2400")  # a visible stand-in, one column wide
+        raise AnmError(Diagnostic("the file contains NUL bytes; is it really a .anm text file?", filename, line, column, shown))
     items, text = _parse(text, filename, "start")
     model = model_span = None
     statements = []

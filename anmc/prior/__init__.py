@@ -1,4 +1,4 @@
-"""The linearized GMM prior and its KL divergences (DESIGN.md §4, docs/method.md "The prior and the KL").
+"""The linearized GMM prior and its KL divergences (DESIGN.md §4; the formulas are in docs/method.md §2-5).
 
     p(z_t) ≈ Σ_k w_k N(z_t | f(c_k), J(c_k) S_k J(c_k)ᵀ + Q)           LinearizedPrior -> GaussianMixture
     KL(q ‖ p) ≈ Σ_m π_m (1/S) Σ_s [log q(z_ms) − log p(z_ms)]           gmm_kl_monte_carlo

@@ -5,14 +5,16 @@ matrix products around a centre c (the mean of a chunk of points):
 
     D_nk = ‖L_k⁻¹(x_n − m_k)‖² = x̃ᵀP_k x̃ − 2 x̃ᵀP_k m̃_k + m̃ᵀP_k m̃_k,   x̃ = x − c, m̃ = m − c, P_k = W_kᵀW_k,
 
-with W_k = L_k⁻¹ from a triangular solve (never an inverse of Σ, never a determinant: ½log|Σ_k| =
-Σ log diag L_k). One batched GEMM of point features [x̃ᵢx̃ⱼ (i ≤ j), x̃] `(n, d(d+1)/2 + d)` against
-per-component coefficients gives every ℓ_nk = log w_k − ½D_nk − ½log|Σ_k| − (d/2)log 2π at once.
+with W_k = L_k⁻¹ from a triangular solve against the identity (never an inverse of Σ, never a
+determinant: ½log|Σ_k| = Σ log diag L_k). One batched GEMM of point features [x̃ᵢx̃ⱼ (i ≤ j), x̃]
+`(n, d(d+1)/2 + d)` against per-component coefficients gives every
+ℓ_nk = log w_k − ½D_nk − ½log|Σ_k| − (d/2)log 2π at once (diagonal components: features [x̃ᵢ², x̃]).
 
 The expansion cancels catastrophically when a point lies close to a component (D small) that is far
-from the centre relative to its width. Every row gets a bound on the rounding error of D_nk, for all k,
+from the centre relative to its width. The rounding error of the expanded D_nk is at most
+(d + 2) eps ρ_k (‖x̃_n‖ + ‖m̃_k‖)², ρ_k = ‖|P_k|‖_∞ ≥ ‖P_k‖₂, so every row gets the bound (for all k)
 
-    E_n = (d + 2) eps (‖x̃_n‖² ρ + 2‖x̃_n‖ max_k ρ_k‖m̃_k‖ + max_k ρ_k‖m̃_k‖²),   ρ_k = ‖|P_k|‖_∞, ρ = max_k ρ_k,
+    E_n = (d + 2) eps (√ρ_max ‖x̃_n‖ + max_k √ρ_k ‖m̃_k‖)²,
 
 and with tol = eps^(2/3) of the input dtype:
 1. per-component coefficients are always formed in float64 (K d² work);
@@ -23,12 +25,15 @@ and with tol = eps^(2/3) of the input dtype:
    triangular solve; entries further down cannot matter whatever their error.
 The logsumexp floors shifted terms at −80 (exp is ~10x slower below float32's range; e^−80 ≈ 2e−35)
 and saves only the softmax for the backward pass.
+
+Several mixtures with the same batch can be scored at the same points in one pass (`Components.stack`):
+their components share one GEMM and each gets its own logsumexp (the KL needs log q and log p at the
+draws of q; one pass halves the per-call overhead that dominates small problems).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -39,9 +44,11 @@ EXP_FLOOR = -80.0
 
 
 @functools.lru_cache(maxsize=None)
-def _triu(d: int, device: str):
+def _triu(d: int, device: str, dtype: torch.dtype):
+    """Upper-triangle indices (i ≤ j) of a d×d matrix, the off-diagonal doubling factor, and the diagonal slots."""
     iu = torch.triu_indices(d, d, device=device)
-    return iu[0], iu[1], (iu[0] != iu[1])
+    off = iu[0] != iu[1]
+    return iu[0], iu[1], 1.0 + off.to(dtype), (~off).nonzero()[:, 0]
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -52,7 +59,8 @@ class Components:
     """Centre-independent coefficients of K Gaussian components, batched `(B, K, ...)`, in float64.
 
     log_weights (B, K) normalized; loc (B, K, d); exactly one of tril (B, K, d, d) lower Cholesky
-    factors or std (B, K, d).
+    factors or std (B, K, d). `splits` are the sizes of the mixtures stacked along K (one mixture
+    unless built by `stack`); the kernel returns one log-density per split.
     """
 
     def __init__(self, log_weights, loc, tril=None, std=None):
@@ -62,61 +70,87 @@ class Components:
         self.tril = None if tril is None else tril.to(wd)
         self.std = None if std is None else std.to(wd)
         self.d = d = loc.shape[-1]
+        self.splits = (loc.shape[-2],)
         if tril is not None:
             eye = torch.eye(d, dtype=wd, device=loc.device)
             self.W = torch.linalg.solve_triangular(self.tril, eye.expand_as(self.tril), upper=False)  # L⁻¹
             P = self.W.mT @ self.W  # precision, symmetric by construction
-            i, j, off = _triu(d, str(loc.device))
+            i, j, double, _ = _triu(d, str(loc.device), wd)
             self.iu = (i, j)
-            self.quad_coef = P[..., i, j] * (1.0 + off.to(wd))  # x̃ᵢx̃ⱼ coefficient, off-diagonal doubled
+            self.quad_coef = P[..., i, j] * double  # x̃ᵢx̃ⱼ coefficient, off-diagonal doubled
             half_logdet = self.tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
             with torch.no_grad():
-                self.rho = P.abs().sum(-1).amax(-1)  # ‖|P|‖_∞ ≥ ‖|P|‖₂ (P symmetric), (B, K)
+                self.rho = P.abs().sum(-1).amax(-1)  # ‖|P|‖_∞ ≥ ‖P‖₂ (P symmetric), (B, K)
         else:
-            self.W = None
-            self.prec = self.std.reciprocal().square()
-            self.quad_coef = self.prec
+            self.W, self.iu = None, None
+            self.quad_coef = self.std.reciprocal().square()  # the diagonal precision
             half_logdet = self.std.log().sum(-1)
             with torch.no_grad():
-                self.rho = self.prec.amax(-1)
+                self.rho = self.quad_coef.amax(-1)
         self.beta0 = log_weights.to(wd) - half_logdet - 0.5 * d * LOG_2PI  # (B, K)
+
+    @property
+    def full(self) -> bool:
+        return self.W is not None
+
+    def as_full(self) -> Components:
+        """The same components in the full layout (tril, W and triangle coefficients); diagonal ones promoted."""
+        if self.full:
+            return self
+        out = object.__new__(Components)
+        out.__dict__.update(self.__dict__)
+        i, j, _, diag = _triu(self.d, str(self.loc.device), self.loc.dtype)
+        out.iu = (i, j)
+        out.tril = torch.diag_embed(self.std)
+        out.W = torch.diag_embed(self.std.reciprocal())
+        zeros = self.quad_coef.new_zeros(*self.quad_coef.shape[:-1], len(i))
+        out.quad_coef = zeros.index_copy(-1, diag, self.quad_coef)
+        out.std = None
+        return out
+
+    @classmethod
+    def stack(cls, parts: list[Components]) -> Components:
+        """Several mixtures (same batch B and d) as one set of components with `splits` = their sizes."""
+        if len(parts) == 1:
+            return parts[0]
+        if any(p.full for p in parts):
+            parts = [p.as_full() for p in parts]
+        out = object.__new__(Components)
+        first = parts[0]
+        out.in_dtype, out.d, out.iu = first.in_dtype, first.d, first.iu
+        out.splits = tuple(s for p in parts for s in p.splits)
+        for name in ("loc", "tril", "std", "W", "quad_coef", "rho", "beta0"):
+            values = [getattr(p, name) for p in parts]
+            setattr(out, name, None if values[0] is None else torch.cat(values, dim=1))
+        return out
 
     def whiten(self, diff, b=None, k=None):
         """L_k⁻¹ diff for diff (B, K, d) against all components, or (F, d) gathered at (b, k)."""
-        if self.tril is None:
+        if not self.full:
             return diff / (self.std if b is None else self.std[b, k])
         if b is None:
             return (self.W @ diff[..., None])[..., 0]
         return torch.linalg.solve_triangular(self.tril[b, k], diff[..., None], upper=False)[..., 0]
 
 
-def _error_bound(xc, mc, comps: Components) -> torch.Tensor:
-    """E_n / eps: the rounding-error bound of every D_nk in row n, in units of the GEMM dtype's eps, (B, n)."""
-    u2 = xc.square().sum(-1)  # (B, n)
-    m2 = mc.square().sum(-1)  # (B, K)
-    rho = comps.rho
-    nu = (rho * m2.sqrt()).amax(-1, keepdim=True)  # ≥ ‖|P_k||m̃_k|‖
-    tau = (rho * m2).amax(-1, keepdim=True)  # ≥ |m̃_k|ᵀ|P_k||m̃_k|
-    return (comps.d + 2) * (u2 * rho.amax(-1, keepdim=True) + 2 * u2.sqrt() * nu + tau)
-
-
-def _chunk_log_prob(x: torch.Tensor, comps: Components) -> torch.Tensor:
-    """log Σ_k w_k N(x_n | m_k, Σ_k) for one chunk: x (B, n, d) -> (B, n) in x's dtype."""
+def _chunk_log_prob(x: torch.Tensor, comps: Components) -> list[torch.Tensor]:
+    """log Σ_k w_k N(x_n | m_k, Σ_k) for one chunk: x (B, n, d) -> [(B, n)] per split, in x's dtype."""
     wd = comps.loc.dtype
     xw = x.to(wd)
     centre = xw.detach().mean(-2, keepdim=True)  # (B, 1, d); D does not depend on it, so no gradient
     xc, mc = xw - centre, comps.loc - centre
     wm = comps.whiten(mc)  # W m̃ (B, K, d)
-    Pm = wm / comps.std if comps.W is None else (comps.W.mT @ wm[..., None])[..., 0]  # P m̃
+    Pm = (comps.W.mT @ wm[..., None])[..., 0] if comps.full else wm / comps.std  # P m̃
     bias = comps.beta0 - 0.5 * wm.square().sum(-1)  # (B, K)
-    quad = xc.square() if comps.W is None else xc[..., comps.iu[0]] * xc[..., comps.iu[1]]
+    quad = xc[..., comps.iu[0]] * xc[..., comps.iu[1]] if comps.full else xc.square()
     feats = torch.cat([quad, xc], dim=-1)  # (B, n, T + d)
     coef = torch.cat([-0.5 * comps.quad_coef, Pm], dim=-1)  # (B, K, T + d)
 
     tol = eps(x.dtype) ** (2.0 / 3.0)
-    with torch.no_grad():
-        bound = _error_bound(xc.detach(), mc.detach(), comps)
-        fast = bool(bound.max() * eps(x.dtype) <= tol)
+    with torch.no_grad():  # E_n / eps, the module docstring's bound, (B, n)
+        a = (comps.rho * mc.square().sum(-1)).amax(-1, keepdim=True).sqrt()  # max_k √ρ_k‖m̃_k‖, (B, 1)
+        bound = (comps.d + 2) * (comps.rho.amax(-1, keepdim=True).sqrt() * xc.norm(dim=-1) + a).square()
+        fast = float(bound.max()) * eps(x.dtype) <= tol
     cd = x.dtype if fast else wd  # the GEMM's dtype
     ell = torch.baddbmm(bias.to(cd)[:, None, :], feats.to(cd), coef.to(cd).mT)  # (B, n, K)
 
@@ -127,13 +161,16 @@ def _chunk_log_prob(x: torch.Tensor, comps: Components) -> torch.Tensor:
             if bad_b.numel():
                 rows, e = ell.detach()[bad_b, bad_n], bound[bad_b, bad_n]  # (R, K), (R,)
                 margin = e + (e * rows.shape[-1] / tol).log().clamp_min(0.0) + 1.0
-                r, k = (rows >= (rows.amax(-1) - margin)[:, None]).nonzero(as_tuple=True)
+                tops = torch.cat([r.amax(-1, keepdim=True).expand_as(r) for r in rows.split(comps.splits, -1)], -1)
+                r, k = (rows >= tops - margin[:, None]).nonzero(as_tuple=True)
                 b, i = bad_b[r], bad_n[r]
         if bad_b.numel():
             y = comps.whiten(xw[b, i] - comps.loc[b, k], b, k)  # (F, d), exact
             ell = ell.index_put((b, i, k), (comps.beta0[b, k] - 0.5 * y.square().sum(-1)).to(cd))
 
-    return _LogSumExp.apply(ell, x.dtype)
+    if len(comps.splits) == 1:
+        return [_LogSumExp.apply(ell, x.dtype)]
+    return [_LogSumExp.apply(part, x.dtype) for part in ell.split(comps.splits, -1)]
 
 
 class _LogSumExp(torch.autograd.Function):
@@ -159,8 +196,8 @@ class _LogSumExp(torch.autograd.Function):
         return (grad[..., None].to(p.dtype) * p).to(ctx.in_dtype), None
 
 
-def mixture_log_prob(x: torch.Tensor, comps: Components, max_chunk_entries: int = MAX_CHUNK_ENTRIES) -> torch.Tensor:
-    """log p(x_n) = logsumexp_k ℓ_nk for points x (B, n, d) against components (B, K, ...) -> (B, n).
+def mixture_log_probs(x: torch.Tensor, comps: Components, max_chunk_entries: int = MAX_CHUNK_ENTRIES):
+    """[log p_j(x_n)] for each mixture j stacked in comps: points x (B, n, d) -> list of (B, n).
 
     Points go in chunks of at most `max_chunk_entries` (B × n_chunk × K) entries, each centred at its
     own mean: keep points from one region together (consecutive) for the best centring.
@@ -169,4 +206,10 @@ def mixture_log_prob(x: torch.Tensor, comps: Components, max_chunk_entries: int 
     step = max(1, max_chunk_entries // max(1, B * comps.loc.shape[-2]))
     if n <= step:
         return _chunk_log_prob(x, comps)
-    return torch.cat([_chunk_log_prob(x[:, s : s + step], comps) for s in range(0, n, step)], dim=-1)
+    chunks = [_chunk_log_prob(x[:, s : s + step], comps) for s in range(0, n, step)]
+    return [torch.cat(parts, dim=-1) for parts in zip(*chunks)]
+
+
+def mixture_log_prob(x: torch.Tensor, comps: Components, max_chunk_entries: int = MAX_CHUNK_ENTRIES) -> torch.Tensor:
+    """log p(x_n) = logsumexp_k ℓ_nk for points x (B, n, d) against one mixture's components -> (B, n)."""
+    return mixture_log_probs(x, comps, max_chunk_entries)[0]

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from anmc.prior._logdensity import Components, mixture_log_prob
+from anmc.prior._logdensity import Components, mixture_log_probs
 from anmc.prior._numerics import LOG_2PI
 
 
@@ -152,22 +152,22 @@ class GaussianMixture:
         z = self.transform_noise(self.sample_noise(samples, generator))
         return z.movedim(-2, 0)
 
+    def components(self) -> Components:
+        """The kernel's float64 coefficients of every component, batch flattened: `(B, K, ...)`."""
+        k, d = self.num_components, self.d
+        return Components(
+            self.log_weights.reshape(-1, k),
+            self.loc.reshape(-1, k, d),
+            tril=None if self.scale_tril is None else self.scale_tril.reshape(-1, k, d, d),
+            std=None if self.scale_diag is None else self.scale_diag.reshape(-1, k, d),
+        )
+
     def log_prob_points(self, points: torch.Tensor) -> torch.Tensor:
         """log p(z) for n points per mixture: points `(*batch, n, d)` -> `(*batch, n)`.
 
         The fast path used by the KL; see `anmc.prior._logdensity` for the numerics.
         """
-        batch = torch.broadcast_shapes(points.shape[:-2], self.batch_shape)
-        mix = self.expand(batch) if batch != self.batch_shape else self
-        n, d, k = points.shape[-2], self.d, self.num_components
-        pts = points.expand(*batch, n, d).reshape(-1, n, d)
-        comps = Components(
-            mix.log_weights.reshape(-1, k),
-            mix.loc.reshape(-1, k, d),
-            tril=None if mix.scale_tril is None else mix.scale_tril.reshape(-1, k, d, d),
-            std=None if mix.scale_diag is None else mix.scale_diag.reshape(-1, k, d),
-        )
-        return mixture_log_prob(pts, comps).reshape(*batch, n)
+        return log_prob_points(points, self)[0]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) = logsumexp_k [log w_k + log N(z | m_k, L_k L_kᵀ)], `(*sample, *batch, d) -> (*sample, *batch)`.
@@ -196,3 +196,16 @@ class GaussianMixture:
             f"GaussianMixture(batch_shape={tuple(self.batch_shape)}, K={self.num_components}, d={self.d}, "
             f"{kind}, dtype={self.dtype}, device={self.device})"
         )
+
+
+def log_prob_points(points: torch.Tensor, *mixtures: GaussianMixture) -> list[torch.Tensor]:
+    """[log p_j(z)] for several mixtures at the same points in one pass: points `(*batch, n, d)` -> `(*batch, n)` each.
+
+    The mixtures' components share one GEMM per chunk (and one set of numerical safeguards); each
+    mixture gets its own logsumexp. Batch shapes broadcast against each other and the points.
+    """
+    batch = torch.broadcast_shapes(points.shape[:-2], *(m.batch_shape for m in mixtures))
+    n, d = points.shape[-2], points.shape[-1]
+    comps = Components.stack([(m.expand(batch) if m.batch_shape != batch else m).components() for m in mixtures])
+    pts = points.expand(*batch, n, d).reshape(-1, n, d)
+    return [lp.reshape(*batch, n) for lp in mixture_log_probs(pts, comps)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from anmc.prior.gmm import GaussianMixture
+from anmc.prior.gmm import GaussianMixture, log_prob_points
 
 
 def _is_diag(mu: torch.Tensor, scale: torch.Tensor) -> bool:
@@ -59,9 +59,9 @@ def gmm_kl_monte_carlo(q: GaussianMixture, p: GaussianMixture, samples: int = 8,
 
     S = `samples` reparameterized draws from every component m of q (so the estimate is
     differentiable w.r.t. q's and p's weights, means and scales, and whatever produced them).
-    Log densities go through `GaussianMixture.log_prob_points` (GEMM-expanded, centred, exact where
-    the expansion would cancel); for a one-component q, log q(z) = −½‖ε‖² − ½log|Σ_q| − (d/2)log 2π
-    exactly. Unbiased; may come out negative by Monte Carlo noise.
+    Log densities go through `anmc.prior.gmm.log_prob_points` (GEMM-expanded, centred, exact where
+    the expansion would cancel; log q and log p in one pass); for a one-component q,
+    log q(z) = −½‖ε‖² − ½log|Σ_q| − (d/2)log 2π exactly. Unbiased; may come out negative by Monte Carlo noise.
 
     With `return_stderr=True` returns (kl, stderr), stderr² = Σ_m π_m² Var_s[log q − log p] / S
     (components are sampled independently; needs S ≥ 2).
@@ -74,11 +74,11 @@ def gmm_kl_monte_carlo(q: GaussianMixture, p: GaussianMixture, samples: int = 8,
     noise = q.sample_noise(samples, generator)  # (*batch, K_q, S, d)
     z = q.transform_noise(noise)
     points = z.reshape(*batch, k * samples, d)  # component-major: each chunk stays spatially coherent
-    log_p = p.log_prob_points(points).reshape(*batch, k, samples)
     if k == 1:
         log_q = q.log_prob_own_noise(noise)
-    else:
-        log_q = q.log_prob_points(points).reshape(*batch, k, samples)
+        log_p = p.log_prob_points(points).reshape(*batch, k, samples)
+    else:  # both mixtures at the same points: one pass
+        log_q, log_p = (lp.reshape(*batch, k, samples) for lp in log_prob_points(points, q, p))
     y = log_q - log_p  # (*batch, K_q, S)
     w = q.weights
     kl = (w * y.mean(-1)).sum(-1)

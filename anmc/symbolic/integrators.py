@@ -3,9 +3,9 @@
 For continuous dynamics z' = F(z) and substep h = dt / steps:
 
     euler                z + h F(z)
-    semi_implicit_euler  each state in equation order, using the values already updated above it
-                         (x_i <- x_i + h F_i(x_1', ..., x_{i-1}', x_i, ...)); symplectic for
-                         position/velocity pairs written in either order
+    semi_implicit_euler  each state in declaration order (the order of the `state` lines), using the
+                         values already updated before it (x_i <- x_i + h F_i(x_1', ..., x_{i-1}', x_i, ...)),
+                         a Gauss-Seidel sweep; symplectic for position/velocity pairs declared in either order
     midpoint             z + h F(z + h/2 F(z))
     rk4                  z + h/6 (k1 + 2 k2 + 2 k3 + k4), the classical Runge-Kutta method
 

@@ -12,6 +12,7 @@ intervention's items as overrides, so values that depend on a changed const foll
 
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -37,23 +38,70 @@ def symbol(name: str) -> sp.Symbol:
     return sp.Symbol(name, real=True)
 
 
+def _evaluated(value: sp.Expr) -> sp.Expr:
+    """A number-valued expression (sin(1), sqrt(2), e^pi) as a Float, so that every emitter prints a plain
+    number; exact rationals stay exact. Something not finite and real stays visible (zoo, a huge or complex
+    Float) for `non_finite_part` to report."""
+    if value.is_Rational:
+        return value
+    return sp.N(value, 17)
+
+
+def _power(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    """a^b; between two numbers, evaluated without ever building a giant exact integer (9^9^9 does not hang)."""
+    if not (a.is_number and b.is_number):
+        return a**b
+    if a.is_Rational and b.is_Integer and abs(int(b)) * max(len(str(a.p)), len(str(a.q))) <= 60:
+        return a**b  # small and exact: 2^3 = 8, 10^-3 = 1/1000
+    return _evaluated(sp.Pow(a, b, evaluate=False))
+
+
 def to_sympy(expr: ast.Expr, symbols: dict[str, sp.Expr]) -> sp.Expr:
-    """Build the SymPy expression of an AST expression; `symbols` maps each usable name to an expression."""
+    """Build the SymPy expression of an AST expression; `symbols` maps each usable name to an expression.
+
+    Integers up to 15 digits stay exact, longer numbers become Floats; calls and powers whose arguments
+    are all numbers are evaluated to numbers here (see `_evaluated`)."""
     if isinstance(expr, ast.Number):
         text = expr.text
-        return sp.Integer(int(text)) if text.isdigit() else sp.Float(expr.value)
+        if text.isdigit() and len(text) <= 15:
+            return sp.Integer(int(text))
+        return sp.Float(expr.value) if math.isfinite(expr.value) else sp.oo
     if isinstance(expr, ast.Name):
         return symbols[expr.id] if expr.id in symbols else SYMPY_CONSTANTS[expr.id]
     if isinstance(expr, ast.Unary):
         return -to_sympy(expr.operand, symbols)
     if isinstance(expr, ast.Binary):
         a, b = to_sympy(expr.left, symbols), to_sympy(expr.right, symbols)
-        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b, "^": lambda: a**b}[
-            expr.op
-        ]()
+        if expr.op == "^":
+            return _power(a, b)
+        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b}[expr.op]()
     if isinstance(expr, ast.Call):
-        return SYMPY_FUNCTIONS[expr.func](*(to_sympy(a, symbols) for a in expr.args))
+        args = [to_sympy(a, symbols) for a in expr.args]
+        value = SYMPY_FUNCTIONS[expr.func](*args)
+        return _evaluated(value) if all(a.is_number for a in args) else value
     raise TypeError(f"not an expression node: {expr!r}")
+
+
+def non_finite_part(expr: sp.Expr) -> sp.Expr | None:
+    """The first number-valued part of `expr` that is not a finite real float (1/0, log(0), sqrt(-1),
+    1e999, 0 * 1e999), or None."""
+    for node in sp.preorder_traversal(expr):
+        if node.is_number:
+            try:
+                value = complex(node)
+            except (TypeError, ValueError, OverflowError):
+                return node
+            if value.imag != 0 or not (math.isfinite(value.real) and abs(value.real) <= 1.7976931348623157e308):
+                return node
+    return None
+
+
+def _describe_number(value: sp.Expr) -> str:
+    if value in (sp.zoo, sp.oo, -sp.oo):
+        return "an infinite value (such as 1/0, log(0) or 1e999)"
+    if value is sp.nan:
+        return "an undefined value (such as 0 * 1e999 or atan2(0, 0))"
+    return f"{sp.N(value, 6)}, which is not a finite real number"
 
 
 def source_text(span: ast.Span, source: str) -> str:
@@ -200,6 +248,15 @@ class _Builder:
             return math.nan
         return result.real
 
+    def finite(self, value: sp.Expr, expr: ast.Expr, what: str, source, filename, consts=None) -> None:
+        """Record an error if a number inside an equation is not a finite real (the code could not compute
+        it), also once the consts' values are put in (1/(k - 2) with k = 2)."""
+        bad = non_finite_part(value)
+        if bad is None and consts:
+            bad = non_finite_part(value.xreplace({symbol(n): sp.Float(v) for n, v in consts.items() if math.isfinite(v)}))
+        if bad is not None:
+            self.error(f"{what} contains {_describe_number(bad)}", expr.span, source, filename)
+
     def build(self) -> Model:
         p, o = self.p, self.o
         stmts = p.statements
@@ -259,11 +316,15 @@ class _Builder:
         symbols["dt"] = sp.Float(dt)
         rhs, rhs_text = {}, {}
         for eq in dyn.equations:
-            eq_, src, _ = o.equations.get(eq.state, (eq, p.source, p.filename))
+            eq_, src, fname = o.equations.get(eq.state, (eq, p.source, p.filename))
             rhs[eq.state] = to_sympy(eq_.rhs, symbols)
+            self.finite(rhs[eq.state], eq_.rhs, f"the equation of '{eq.state}'", src, fname, consts)
             prefix = f"{eq.state}' = " if eq_.derivative else f"next {eq.state} = "
             rhs_text[eq.state] = prefix + source_text(eq_.rhs.span, src)
-        start = {s: to_sympy(e, symbols) for s, (e, _, _) in o.starts.items()}
+        start = {}
+        for s, (e, src, fname) in o.starts.items():
+            start[s] = to_sympy(e, symbols)
+            self.finite(start[s], e, f"the start value of '{s}'", src, fname, consts)
 
         noise = {}
         for decl in (s for s in stmts if isinstance(s, ast.NoiseDecl)):
@@ -278,6 +339,11 @@ class _Builder:
         name = p.model or re.sub(r"\W", "_", Path(p.filename).stem) or "model"
         if not name[:1].isalpha():
             name = "model_" + name
+        title = "".join(part[:1].upper() + part[1:] for part in name.split("_"))  # the generated class's name
+        if keyword.iskeyword(title):
+            if p.model:
+                self.error(f"'{name}' cannot name a model: its generated class would be called '{title}', a Python keyword", p.model_span)
+            name += "_model"
         interventions = tuple(s.name for s in stmts if isinstance(s, ast.Intervention))
         return Model(
             name=name,
@@ -310,6 +376,14 @@ class _Builder:
         return InitialDistribution(dist.kind, a, b)
 
 
+def too_deep(filename: str) -> Diagnostic:
+    """The error for expressions SymPy cannot handle within Python's recursion limit."""
+    return Diagnostic(
+        "the equations are nested too deeply to build, differentiate and emit within Python's recursion limit; "
+        "simplify them or split them with consts", filename, 0, 0,
+    )  # fmt: skip
+
+
 def build_model(program: ast.Program, overrides: Overrides | None = None) -> Model:
     """Check `program` (statically, then numerically) and build its `Model`; raise AnmError with every error."""
     diags = check_program(program)
@@ -317,7 +391,10 @@ def build_model(program: ast.Program, overrides: Overrides | None = None) -> Mod
     if errors:
         raise AnmError(errors)
     builder = _Builder(program, overrides or Overrides())
-    model = builder.build()
+    try:
+        model = builder.build()
+    except RecursionError:
+        raise AnmError(too_deep(program.filename)) from None
     if builder.diags:
         raise AnmError(builder.diags)
     model.warnings = [d for d in diags if d.severity != "error"]
@@ -399,5 +476,6 @@ def apply_edits(model: Model, edits: list[str] | tuple[str, ...]) -> Model:
         errors = check_edit(item, model.program, text, text)
         if errors:
             raise AnmError(errors)
-        model = _with_items(model, [item], text + "\n", text, text)
+        label = text.split("#")[0].strip()  # the comment is not part of the edit (nor of the generated docstring)
+        model = _with_items(model, [item], text + "\n", text, label)
     return model

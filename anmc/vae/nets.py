@@ -25,22 +25,35 @@ def _levels(size: int) -> int:
 
 
 class Encoder(nn.Module):
-    """A window of k frames -> (mu, log_var), each (B, d). Strided 4x4 convolutions down to 4x4, then an MLP."""
+    """A window of k frames -> (mu, log_var), each (B, d).
 
-    def __init__(self, window: int, channels: int, size: int, d: int, width: int = 32, hidden: int = 256):
+    Every frame goes through the same CNN (strided 4x4 convolutions down to 4x4, then a linear map to
+    `features` numbers); an MLP reads the k feature vectors of a window. Frames shared by overlapping
+    windows are encoded once, and a velocity is a difference of two frames' features, which the
+    MLP can form directly.
+    """
+
+    def __init__(self, window: int, channels: int, size: int, d: int, width: int = 32, hidden: int = 256, features: int = 64):
         super().__init__()
-        layers, c_in = [], window * channels
+        layers, c_in = [], channels
         for i in range(_levels(size)):
             c_out = width * min(2 ** (i // 2), 4)
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.SiLU()]
             c_in = c_out
-        self.conv = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 16, hidden), nn.SiLU(), nn.Linear(hidden, 2 * d))
-        self.d = d
+        self.conv = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 16, features), nn.SiLU())
+        self.head = nn.Sequential(nn.Linear(window * features, hidden), nn.SiLU(), nn.Linear(hidden, 2 * d))
+        self.window, self.d = window, d
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (N, C, H, W) in [0, 1] -> (N, features)."""
+        return self.conv(frames * 2 - 1)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, k*C, H, W) in [0, 1] -> mu (B, d), log_var (B, d)."""
-        mu, log_var = self.head(self.conv(frames * 2 - 1)).chunk(2, dim=-1)
+        """frames (B, T, C, H, W) in [0, 1] -> mu, log_var (B, T-k+1, d), latent t for the window ending at frame t+k-1."""
+        b, t = frames.shape[:2]
+        h = self.frame_features(frames.flatten(0, 1)).unflatten(0, (b, t))
+        windows = h.unfold(1, self.window, 1).transpose(-1, -2).flatten(-2)  # (B, T-k+1, k*features), oldest first
+        mu, log_var = self.head(windows).chunk(2, dim=-1)
         return mu, log_var.clamp(-18.0, 8.0)
 
 
@@ -111,24 +124,16 @@ class VideoVAE(nn.Module):
         self.encoder = Encoder(window, channels, size, d)
         self.decoder = DECODERS[decoder](len(self.observed), channels, size)
 
-    def windows(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> (B, T-k+1, k*C, H, W): each frame stacked with the k-1 before it."""
-        k = self.window
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
-        stacked = x.unfold(1, k, 1)  # (B, T-k+1, C, H, W, k)
-        return stacked.permute(0, 1, 5, 2, 3, 4).flatten(2, 3)
-
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, std (B, T-k+1, d) in the prior's units: the encoder's outputs are scaled by the initial-frame
         prior (mu = m0 + s0 * out), so an untrained encoder already proposes states of the right size."""
-        w = self.windows(x)
-        out, log_var = self.encoder(w.flatten(0, 1))
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        if x.shape[1] < self.window:
+            raise ValueError(f"{x.shape[1]} frames cannot fill one window of {self.window}")
+        out, log_var = self.encoder(x)
         m0 = self.prior.initial_mean.to(out)
         s0 = self.prior.initial_std.to(out)
-        shape = (*w.shape[:2], -1)
-        mu = m0 + s0 * out
-        std = s0 * (0.5 * log_var).exp()
-        return mu.reshape(shape), std.reshape(shape)
+        return m0 + s0 * out, s0 * (0.5 * log_var).exp()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]

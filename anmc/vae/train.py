@@ -57,6 +57,9 @@ class TrainConfig:
     lr: float = 1e-3
     param_lr: float = 1e-2  # learning rate of the physical params and learnable noise
     beta: float = 1.0
+    warmup: int = 0  # steps over which the prior on frames t > 1 moves from the initial-state prior to the dynamics
+    warmup_anchor: bool = True
+    warmup_temper: bool = False
     kl: str = "elbo"
     samples: int = 8
     window: int = 2
@@ -124,8 +127,12 @@ def physical_parameters(vae: VideoVAE) -> list[torch.nn.Parameter]:
     return list(vae.prior.parameters())
 
 
-def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
+def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm: float = 1.0) -> dict[str, torch.Tensor]:
     """-ELBO per latent frame for a batch of sequences frames (B, T + k - 1, C, H, W) uint8.
+
+    `warm` in [0, 1] is the warm-up's progress: frames t > 1 get the prior
+    warm * KL_reading(q_t || p(z_t | q_{t-1})) + (1 - warm) * KL(q_t || initial-state prior),
+    a curriculum from a static prior (where the states live) to the dynamics (how they move).
 
     Returns loss, recon and kl (scalars, per frame) and `mu` (B, T, d).
     """
@@ -143,16 +150,22 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig) -> d
         kl = gaussian_kl(mu, std, torch.zeros_like(mu), torch.ones_like(std)).sum(1)
     else:
         kl0 = initial_kl(vae.prior, mu[:, 0], std[:, 0])
+        module = vae.prior
+        if warm < 1.0 and config.warmup_temper:
+            module = TemperedPrior(vae.prior, warm)
         klt = transition_kl(
             config.kl,
-            vae.prior,
+            module,
             mu[:, :-1].reshape(-1, d),
             std[:, :-1].reshape(-1, d),
             mu[:, 1:].reshape(-1, d),
             std[:, 1:].reshape(-1, d),
             samples=config.samples,
         )
-        kl = kl0 + klt.reshape(b, t - 1).sum(1)
+        kl = kl0 + warm * klt.reshape(b, t - 1).sum(1)
+        if warm < 1.0 and config.warmup_anchor:
+            static = initial_kl(vae.prior, mu[:, 1:].reshape(-1, d), std[:, 1:].reshape(-1, d))
+            kl = kl + (1.0 - warm) * static.reshape(b, t - 1).sum(1)
     recon_per_frame = recon.sum(1).mean() / t
     kl_per_frame = kl.mean() / t
     return {
@@ -161,6 +174,26 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig) -> d
         "kl": kl_per_frame,
         "mu": mu,
     }
+
+
+class TemperedPrior:
+    """The prior module with its noise std widened during the warm-up: std_warm = q^warm * s0^(1 - warm),
+    geometric from the initial-state std s0 (a loose prior) to the declared noise std q (never below q)."""
+
+    def __init__(self, module, warm: float):
+        self.module, self.warm = module, warm
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    def __call__(self, z):
+        return self.module(z)
+
+    @property
+    def noise_std(self):
+        q = self.module.noise_std
+        s0 = self.module.initial_std.to(q)
+        return torch.maximum(q, q**self.warm * s0 ** (1.0 - self.warm))
 
 
 def _distributed() -> tuple[int, int]:
@@ -210,10 +243,12 @@ def train(
     config: TrainConfig | None = None,
     resume: bool = False,
     progress=None,
+    on_epoch=None,
 ) -> TrainResult:
     """Train (or resume) a run in `run_dir`; returns the per-epoch metrics.
 
-    `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar).
+    `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar);
+    `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics).
     """
     run_dir = Path(run_dir)
     payload = None
@@ -302,7 +337,8 @@ def train(
             if world > 1:
                 idx = idx[rank::world]
             frames = train_data.batch(idx).to(device, non_blocking=True)
-            out = sequence_loss(vae, frames, config)
+            warm = min(1.0, step / config.warmup) if config.warmup else 1.0
+            out = sequence_loss(vae, frames, config, warm=warm)
             loss = out["loss"]
             if not torch.isfinite(loss):
                 last = f"epoch {start_epoch if result.epochs == start_epoch else result.epochs}"
@@ -346,6 +382,8 @@ def train(
                     "metrics": row,
                 },
             )
+        if on_epoch is not None and rank == 0:
+            on_epoch(vae, row)
         if config.time_limit is not None and (time.monotonic() - started) / 60 >= config.time_limit:
             result.stopped_early = f"time limit of {config.time_limit:g} min reached after epoch {epoch + 1}"
             break

@@ -1,0 +1,463 @@
+"""The compiled map f and its Jacobian J, checked against references that share no code with anmc's
+integrators or emitters: central finite differences of `forward`, `torch.func.jacrev` of `forward`,
+and plain numpy integration loops written here. For every prior in priors/ (and each of its
+interventions) and for random well-formed models built by hypothesis.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
+
+import anmc
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIORS = sorted((ROOT / "priors").glob("*.anm"))
+CASES = [(p, None) for p in PRIORS] + [
+    (p, iv) for p in PRIORS for iv in anmc.load_model(p).interventions
+]  # every prior, and every intervention of it
+
+
+# ---------------------------------------------------------------- independent references
+
+
+def integrate(F, z: np.ndarray, method: str, h: float, steps: int, order=None) -> np.ndarray:
+    """One frame of `steps` substeps of `method` for z' = F(z), z (n, d); written from the textbook.
+
+    F(z) -> (n, d); for semi-implicit Euler F(z, i) -> (n,) is the i-th component and the states are
+    swept in `order` (declaration order), each update seeing the ones before it (Gauss-Seidel)."""
+    z = np.array(z, dtype=np.float64)
+    for _ in range(steps):
+        if method == "discrete":
+            z = F(z)
+        elif method == "euler":
+            z = z + h * F(z)
+        elif method == "midpoint":
+            z = z + h * F(z + 0.5 * h * F(z))
+        elif method == "rk4":
+            k1 = F(z)
+            k2 = F(z + 0.5 * h * k1)
+            k3 = F(z + 0.5 * h * k2)
+            k4 = F(z + h * k3)
+            z = z + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        elif method == "semi_implicit_euler":
+            z = z.copy()
+            for i in order:
+                z[:, i] = z[:, i] + h * F(z, i)
+        else:
+            raise ValueError(method)
+    return z
+
+
+def richardson_jacobian(fwd, z: np.ndarray, h: float) -> np.ndarray:
+    """Central differences with one Richardson extrapolation (error O(h^4)): (n, d) -> (n, d, d)."""
+    n, d = z.shape
+    J = np.zeros((n, d, d))
+    for j in range(d):
+        e = np.zeros(d)
+        e[j] = 1.0
+
+        def central(step):
+            return (fwd(z + step * e) - fwd(z - step * e)) / (2 * step)
+
+        J[:, :, j] = (4 * central(h / 2) - central(h)) / 3
+    return J
+
+
+def torch_forward(module):
+    def fwd(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(z))).numpy()
+
+    return fwd
+
+
+def jacrev_jacobian(module, z: torch.Tensor) -> torch.Tensor:
+    """Reverse-mode autodiff of `forward` over the whole batch, then the per-point diagonal blocks."""
+    full = torch.func.jacrev(module.forward)(z)  # (n, d, n, d)
+    n = z.shape[0]
+    return torch.stack([full[i, :, i, :] for i in range(n)])
+
+
+def assert_close(actual, expected, rtol, atol, what):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    bad = ~np.isclose(actual, expected, rtol=rtol, atol=atol)
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        raise AssertionError(f"{what}: {actual[i]!r} != {expected[i]!r} at {i} ({bad.sum()} entries differ)")
+
+
+# ---------------------------------------------------------------- the priors
+
+
+def lambdified_rhs(model, params: dict[str, float]):
+    """F(z) from the model's SymPy right-hand sides, consts and params put in, via sympy.lambdify (numpy)."""
+    states = [sp.Symbol(s, real=True) for s in model.states]
+    values = {sp.Symbol(n, real=True): v for n, v in model.consts.items()}
+    values.update({sp.Symbol(n, real=True): v for n, v in params.items()})
+    fs = [sp.lambdify(states, model.rhs[s].xreplace(values), "numpy") for s in model.states]
+
+    def F(z, i=None):
+        cols = [z[:, k] for k in range(z.shape[1])]
+        if i is not None:
+            return np.broadcast_to(fs[i](*cols), z.shape[:1]).astype(np.float64)
+        return np.stack([np.broadcast_to(f(*cols), z.shape[:1]) for f in fs], -1).astype(np.float64)
+
+    return F
+
+
+def sample_states(module, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mean, std = module.initial_mean.double(), module.initial_std.double()
+    return mean + 1.5 * std * torch.randn((n, module.d), generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("path, intervention", CASES, ids=[f"{p.stem}-{iv or 'as-written'}" for p, iv in CASES])
+def test_prior_f_and_jacobian_against_references(path, intervention):
+    prior = anmc.compile_prior(path, intervention=intervention)
+    model, module = prior.model, prior.module().double()
+    z = sample_states(module, 16, seed=hash(path.stem) % 1000)
+    f, J = module.f_and_jacobian(z)
+    f, J = f.detach(), J.detach()
+    scale = max(1.0, float(f.abs().max()), float(J.abs().max()))
+
+    # the module holds the declared (or intervened) param values, to the precision of its float32 storage
+    params = {n: float(v.detach()) for n, v in module.param_values().items()}
+    assert params == pytest.approx({n: p.value for n, p in model.params.items()}, rel=1e-6, abs=1e-7)
+
+    # f against plain numpy integration of the lambdified right-hand sides, with those values
+    method = model.integrator
+    F = lambdified_rhs(model, params)
+    reference = integrate(F, z.numpy(), method, model.dt / model.substeps, model.substeps, range(model.d))
+    assert_close(f.numpy(), reference, rtol=1e-10, atol=1e-12 * scale, what="f vs numpy integration")
+
+    # J against jacrev of forward
+    assert_close(J.numpy(), jacrev_jacobian(module, z).detach().numpy(), rtol=1e-10, atol=1e-12 * scale, what="J vs jacrev")
+
+    # J against finite differences, skipping points where the differences disagree with themselves (a kink nearby)
+    fwd = torch_forward(module)
+    fd = richardson_jacobian(fwd, z.numpy(), 1e-3)
+    fd_small = richardson_jacobian(fwd, z.numpy(), 2.5e-4)
+    smooth = np.isclose(fd, fd_small, rtol=1e-7, atol=1e-9 * scale).all(axis=(1, 2))
+    assert smooth.sum() >= 12
+    assert_close(J.numpy()[smooth], fd[smooth], rtol=1e-6, atol=1e-8 * scale, what="J vs finite differences")
+
+
+def test_the_priors_are_not_trivial():
+    # the checks above would pass vacuously on an identity map
+    for path in PRIORS:
+        module = anmc.compile_prior(path).module().double()
+        z = sample_states(module, 4, seed=1)
+        f, J = module.f_and_jacobian(z)
+        assert not torch.allclose(f, z) and not torch.allclose(J, torch.eye(module.d, dtype=torch.float64).expand_as(J))
+
+
+# ---------------------------------------------------------------- random models
+
+# Expression trees as tuples: ("num", text) ("var", name) ("neg", a) ("add"|"sub"|"mul"|"div", a, b)
+# ("pow", a, k, "^" or "**") ("call", fname, *args). Written out as .anm text with as few parentheses as
+# the grammar's precedence allows, and evaluated here with numpy.
+NUMBERS = {"0.5": 0.5, "2": 2.0, "1e-1": 0.1, "3.25": 3.25, ".75": 0.75, "1.5E0": 1.5, "1": 1.0, "pi": math.pi, "e": math.e}
+STATE_NAMES = ["x", "v", "theta", "omega", "f", "J", "y2", "rate_1"]  # f and J: also names the generated code uses
+PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4, "num": 5, "var": 5, "call": 5}
+NON_SMOOTH = {"abs", "sign", "min", "max"}
+
+
+def render(node, min_prec: int = 0) -> str:
+    kind = node[0]
+    if kind == "num" or kind == "var":
+        text = node[1]
+    elif kind == "neg":
+        text = "-" + render(node[1], 3)
+    elif kind in ("add", "sub", "mul", "div"):
+        op = {"add": " + ", "sub": " - ", "mul": " * ", "div": " / "}[kind]
+        p = PRECEDENCE[kind]
+        text = render(node[1], p) + op + render(node[2], p + 1)
+    elif kind == "pow":
+        text = render(node[1], 5) + node[3] + str(node[2])
+    else:
+        text = f"{node[1]}(" + ", ".join(render(a) for a in node[2:]) + ")"
+    return f"({text})" if PRECEDENCE[kind] < min_prec else text
+
+
+NUMPY = {
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
+    "tanh": np.tanh, "sinh": np.sinh, "cosh": np.cosh, "atan": np.arctan, "atan2": np.arctan2, "sign": np.sign,
+}  # fmt: skip
+
+
+def evaluate(node, env, kinks: list):
+    """numpy value of a tree; every non-smooth call appends (branch, margin) to `kinks`."""
+    kind = node[0]
+    if kind == "num":
+        return np.full_like(next(iter(env.values())), NUMBERS[node[1]])
+    if kind == "var":
+        return env[node[1]]
+    if kind == "neg":
+        return -evaluate(node[1], env, kinks)
+    if kind in ("add", "sub", "mul", "div"):
+        a, b = evaluate(node[1], env, kinks), evaluate(node[2], env, kinks)
+        if kind == "add":
+            return a + b
+        if kind == "sub":
+            return a - b
+        return a * b if kind == "mul" else a / b
+    if kind == "pow":
+        return evaluate(node[1], env, kinks) ** node[2]
+    name, args = node[1], [evaluate(a, env, kinks) for a in node[2:]]
+    if name in ("abs", "sign"):
+        kinks.append((np.sign(args[0]), np.abs(args[0])))
+    if name in ("min", "max"):
+        stacked = np.stack(args)
+        order = np.sort(stacked, axis=0)
+        kinks.append((np.argmin(stacked, 0) if name == "min" else np.argmax(stacked, 0), np.abs(order[1] - order[0]) if name == "min" else np.abs(order[-1] - order[-2])))
+        return stacked.min(0) if name == "min" else stacked.max(0)
+    return NUMPY[name](*args)
+
+
+def _wrap(kind, a, b):
+    """Combine subtrees with safe domains (no division by zero, no log of a negative, no tan pole)."""
+    one_plus_square = lambda t: ("add", ("num", "1"), ("pow", t, 2, "^"))  # noqa: E731
+    return {
+        "add": ("add", a, b),
+        "sub": ("sub", a, b),
+        "mul": ("mul", a, b),
+        "div": ("div", a, ("add", ("num", "1.5E0"), ("pow", b, 2, "**"))),
+        "neg": ("neg", a),
+        "square": ("pow", a, 2, "^"),
+        "cube": ("pow", a, 3, "**"),
+        "sin": ("call", "sin", a),
+        "cos": ("call", "cos", a),
+        "tan": ("call", "tan", ("mul", ("num", "0.5"), ("call", "sin", a))),
+        "exp": ("call", "exp", ("call", "sin", a)),
+        "log": ("call", "log", one_plus_square(a)),
+        "sqrt": ("call", "sqrt", one_plus_square(a)),
+        "tanh": ("call", "tanh", a),
+        "sinh": ("call", "sinh", ("call", "tanh", a)),
+        "cosh": ("call", "cosh", ("call", "tanh", a)),
+        "atan": ("call", "atan", a),
+        "atan2": ("call", "atan2", a, ("add", ("num", "2"), ("pow", b, 2, "^"))),
+        "abs": ("call", "abs", a),
+        "sign": ("mul", ("call", "sign", a), b),
+        "min": ("call", "min", a, b),
+        "max": ("call", "max", a, b, ("num", ".75")),
+    }[kind]
+
+
+COMBINATIONS = [
+    "add", "sub", "mul", "div", "neg", "square", "cube", "sin", "cos", "tan", "exp", "log", "sqrt", "tanh",
+    "sinh", "cosh", "atan", "atan2", "abs", "sign", "min", "max",
+]  # fmt: skip
+
+
+def trees(names):
+    leaves = st.one_of(st.sampled_from(sorted(NUMBERS)).map(lambda t: ("num", t)), st.sampled_from(names).map(lambda n: ("var", n)))
+
+    def extend(children):
+        return st.builds(_wrap, st.sampled_from(COMBINATIONS), children, children)
+
+    return st.recursive(leaves, extend, max_leaves=5)
+
+
+@st.composite
+def random_models(draw):
+    d = draw(st.integers(1, 4))
+    states = draw(st.permutations(STATE_NAMES))[:d]
+    names = [*states, "a", "b"]  # a const and a learnable param may appear too
+    equations = {s: draw(trees(names)) for s in states}
+    method = draw(st.sampled_from(["euler", "semi_implicit_euler", "midpoint", "rk4", "discrete"]))
+    steps = draw(st.integers(1, 3)) if method != "discrete" else 1
+    dt = draw(st.sampled_from(["0.05", "1/30", "1e-1"]))
+    written = draw(st.permutations(states))  # equations in any order; semi-implicit Euler sweeps declaration order
+    lines = ["model rnd", "const a = 0.7", "param b = 1.3 in [0.5, 2] learn"]
+    lines += [f"state {s} ~ Normal(0, 1)" for s in states]
+    if method == "discrete":
+        lines.append("dynamics discrete")
+        lines += [f"  next {s} = {render(equations[s])}" for s in written]
+    else:
+        lines.append(f"dynamics continuous dt = {dt} using {method} steps {steps}")
+        lines += [f"  {s}' = {render(equations[s])}" for s in written]
+    lines += ["noise " + ", ".join(f"{s} = 0.01" for s in states), f"observe {states[0]}"]
+    return "\n".join(lines) + "\n", states, equations, method, steps, eval(dt) if method != "discrete" else 1.0  # noqa: S307 - one of three literals
+
+
+def reference_map(states, equations, method, steps, dt, b=1.3):
+    """f(z) for (n, d) z by numpy integration of the trees, and the list of kink records of that evaluation."""
+
+    def run(z):
+        kinks: list = []
+
+        def F(zz, i=None):
+            env = {s: zz[:, k] for k, s in enumerate(states)}
+            env["a"], env["b"] = np.full(len(zz), 0.7), np.full(len(zz), b)
+            if i is not None:
+                return evaluate(equations[states[i]], env, kinks)
+            return np.stack([evaluate(equations[s], env, kinks) for s in states], -1)
+
+        return integrate(F, z, method, dt / steps, steps, range(len(states))), kinks
+
+    return run
+
+
+def smooth_points(run, z: np.ndarray, h: float) -> np.ndarray:
+    """Points whose finite-difference stencil (z +- h e_j, z +- h/2 e_j) stays on one side of every kink."""
+    _, centre = run(z)
+    ok = np.ones(len(z), dtype=bool)
+    for branch, margin in centre:
+        ok &= margin > 1e-6
+    for j in range(z.shape[1]):
+        for step in (h, -h, h / 2, -h / 2):
+            zz = z.copy()
+            zz[:, j] += step
+            _, other = run(zz)
+            for (b0, _), (b1, _) in zip(centre, other):
+                ok &= b0 == b1
+    return ok
+
+
+# No shrinking: a failure already prints the model's text, and shrinking random models can take minutes.
+@settings(
+    max_examples=100,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(random_models(), st.integers(0, 2**31 - 1))
+def test_random_model_f_and_jacobian_against_references(spec, seed):
+    text, states, equations, method, steps, dt = spec
+    module = anmc.compile_prior(text).module().double()
+    z = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(6, len(states)))
+    b = float(module.param("b").detach())  # 1.3 to float32 precision
+    assert b == pytest.approx(1.3, rel=1e-6)
+    run = reference_map(states, equations, method, steps, dt, b)
+    reference, _ = run(z)
+    assume(np.isfinite(reference).all() and np.abs(reference).max() < 1e6)
+
+    zt = torch.from_numpy(z)
+    f, J = module.f_and_jacobian(zt)
+    f, J = f.detach().numpy(), J.detach().numpy()
+    scale = max(1.0, np.abs(f).max(), np.abs(J).max())
+    assert_close(f, reference, rtol=1e-9, atol=1e-11 * scale, what=f"f vs numpy integration of\n{text}")
+    assert_close(J, jacrev_jacobian(module, zt).detach().numpy(), rtol=1e-10, atol=1e-12 * scale, what=f"J vs jacrev of\n{text}")
+
+    h = 1e-3
+    smooth = smooth_points(run, z, h)
+    fd = richardson_jacobian(torch_forward(module), z, h)
+    assert_close(J[smooth], fd[smooth], rtol=1e-6, atol=1e-7 * scale, what=f"J vs finite differences of\n{text}")
+
+
+def test_precedence_of_rendered_text_matches_the_grammar():
+    # the random-model test relies on `render`; pin the grammar's precedence with hand-written cases
+    module = anmc.compile_prior(
+        "state x ~ Normal(0, 1)\nstate v ~ Normal(0, 1)\ndynamics discrete\n"
+        "  next x = -x^2 + 2 * 3 ^ 2 ^ 0.5 - x / 2 / 4\n  next v = 2**-1 * -v - -v\nnoise x = 0, v = 0\nobserve x\n"
+    ).module().double()
+    x, v = 0.3, -1.7
+    f = module(torch.tensor([x, v], dtype=torch.float64))
+    expected = [-(x**2) + 2 * 3 ** (2**0.5) - x / 2 / 4, 2**-1 * -v - -v]
+    assert f.tolist() == pytest.approx(expected, rel=1e-14)
+
+
+def test_power_with_a_number_base_and_a_state_exponent():
+    # d/dx 2^x = log(2) 2^x: a number-valued call in the Jacobian must print as a number
+    module = anmc.compile_prior(
+        "state x ~ Normal(0, 1)\ndynamics continuous dt = 0.1 using euler\n  x' = 2^x\nnoise x = 0\nobserve x\n"
+    ).module().double()
+    f, J = module.f_and_jacobian(torch.tensor([0.5], dtype=torch.float64))
+    assert float(J[0, 0]) == pytest.approx(1 + 0.1 * math.log(2) * 2**0.5)
+
+
+# ---------------------------------------------------------------- shapes, dtypes, parameters
+
+
+@pytest.mark.parametrize("path", PRIORS, ids=[p.stem for p in PRIORS])
+def test_any_leading_batch_shape(path):
+    module = anmc.compile_prior(path).module().double()
+    z = sample_states(module, 15, seed=3)
+    f_flat, J_flat = module.f_and_jacobian(z)
+    d = module.d
+    f, J = module.f_and_jacobian(z.reshape(3, 5, d))
+    assert f.shape == (3, 5, d) and J.shape == (3, 5, d, d)
+    torch.testing.assert_close(f.reshape(15, d), f_flat, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(J.reshape(15, d, d), J_flat, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(module(z.reshape(5, 3, d)).reshape(15, d), f_flat, rtol=1e-14, atol=1e-14)
+    f0, J0 = module.f_and_jacobian(z[0])  # no batch dimension at all
+    assert f0.shape == (d,) and J0.shape == (d, d)
+    torch.testing.assert_close(J0, J_flat[0], rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("path", PRIORS, ids=[p.stem for p in PRIORS])
+def test_float32_and_float64(path):
+    module = anmc.compile_prior(path).module()
+    z64 = sample_states(module, 8, seed=4)
+    f64, J64 = module.f_and_jacobian(z64)
+    f32, J32 = module.f_and_jacobian(z64.float())
+    assert f64.dtype == J64.dtype == torch.float64 and f32.dtype == J32.dtype == torch.float32
+    assert module(z64.float()).dtype == torch.float32
+    torch.testing.assert_close(f32.double(), f64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(J32.double(), J64, rtol=1e-5, atol=1e-5)
+
+
+LEARNABLE = [p for p in PRIORS if anmc.compile_prior(p).module().learnable_param_names]
+
+
+@pytest.mark.parametrize("path", LEARNABLE, ids=[p.stem for p in LEARNABLE])
+def test_gradients_flow_to_learnable_params_and_are_exact(path):
+    module = anmc.compile_prior(path).module().double()
+    z = sample_states(module, 8, seed=5)
+    params = [p for p in module.parameters() if p.requires_grad]
+    assert params
+    f, J = module.f_and_jacobian(z)
+    w_f, w_J = torch.linspace(-1, 1, f.numel(), dtype=torch.float64).reshape(f.shape), torch.linspace(1, 2, J.numel(), dtype=torch.float64).reshape(J.shape)
+    loss = (w_f * f).sum() + (w_J * J).sum()
+    grads = torch.autograd.grad(loss, params)
+    for p, g in zip(params, grads):
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+        with torch.no_grad():  # the gradient is the derivative: compare with a central difference in the raw value
+            eps = 1e-6
+            p += eps
+            up = sum(float((w_f * a).sum() + (w_J * b).sum()) for a, b in [module.f_and_jacobian(z)])
+            p -= 2 * eps
+            down = sum(float((w_f * a).sum() + (w_J * b).sum()) for a, b in [module.f_and_jacobian(z)])
+            p += eps
+        assert float(g.sum()) == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam])
+def test_learnable_params_stay_inside_their_bounds(direction, optimizer):
+    text = (ROOT / "priors" / "pendulum.anm").read_text().replace(
+        "noise theta = 0.01, omega = 0.05", "noise theta = 0.01 learn, omega = 0.05"
+    )
+    module = anmc.compile_prior(text).module()
+    lo, hi = module.param_bounds["L"]
+    opt = optimizer(module.parameters(), lr=1e3)
+    z = torch.tensor([[0.5, 0.1]])
+    for _ in range(30):
+        opt.zero_grad()
+        f, J = module.f_and_jacobian(z)
+        loss = direction * (module.param("L") + f.sum() + J.sum()) + direction * module.noise_std.sum()
+        loss.backward()
+        opt.step()
+        L = float(module.param("L").detach())
+        assert lo <= L <= hi and math.isfinite(L)
+        assert (module.noise_std > 0).all() and torch.isfinite(module.noise_std).all()
+    assert (L > 0.9 * hi) if direction < 0 else (L < lo + 0.1 * (hi - lo))  # it was pushed, and stopped at the bound
+    f, J = module.f_and_jacobian(z.double())
+    assert torch.isfinite(f).all() and torch.isfinite(J).all()
+
+
+def test_set_param_round_trips_through_the_reparameterization():
+    module = anmc.compile_prior(ROOT / "priors" / "pendulum.anm").module().double()
+    for value in (0.06, 1.0, 7.5, 19.9):
+        module.set_param("L", value)
+        assert float(module.param("L")) == pytest.approx(value, rel=1e-9)
+    module.set_param("c", 0.3)  # a fixed param
+    assert float(module.param_values()["c"]) == pytest.approx(0.3)
