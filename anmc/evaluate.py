@@ -202,7 +202,7 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
     true_params = meta.get("params", {})
     for name, value in run.module.param_values().items():
         report["params"][name] = {
-            "learned": float(value),
+            "learned": float(value.detach()),
             "true": float(true_params[name]) if name in true_params else None,
             "learnable": name in run.module.learnable_param_names,
         }

@@ -1,6 +1,7 @@
 """Speed and peak memory of the linearized prior + Monte Carlo KL, against torch.distributions.
 
     python benchmarks/kl.py [--quick] [--repeats 5] [--threads 1] [--clock cpu|wall] [--dtype float32|float64]
+                            [--sizes 64 256 1024] [--dims 2 6] [--samples 1 8]
 
 What is timed, for N Gaussians, d states and S samples per component (the `pooled` reading, the one
 with N-component mixtures on both sides):
@@ -196,6 +197,9 @@ def main(argv=None) -> None:
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                     help="cpu: this process's CPU time (steady on a shared machine); wall: perf_counter")  # fmt: skip
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024], help="N")
+    ap.add_argument("--dims", type=int, nargs="+", default=[2, 6], choices=(2, 6), help="d")
+    ap.add_argument("--samples", type=int, nargs="+", default=[1, 8], help="S")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,7 +207,7 @@ def main(argv=None) -> None:
     if args.quick:
         sizes, dims, samples, repeats = (8, 32), (2, 6), (1, 2), 1
     else:
-        sizes, dims, samples, repeats = (64, 256, 1024), (2, 6), (1, 8), args.repeats
+        sizes, dims, samples, repeats = args.sizes, args.dims, args.samples, args.repeats
     print(f"prior + KL(q̄‖p̄): N·S samples scored under two N-component mixtures; {args.dtype}, CPU, "
           f"{torch.get_num_threads()} thread(s), {args.clock} time, median of {repeats}; "
           "torch = MixtureSameFamily(Categorical, MultivariateNormal)")  # fmt: skip

@@ -105,20 +105,21 @@ def test_audit_accepts_every_genuine_source(path):
         audit(prior.source, _allowed(prior))
 
 
+# Each tampering adds one line; `c` is a name the genuine source may assign, so only the fault is at stake.
 TAMPERINGS = {
     "import os": lambda s: s.replace("import math\n", "import math\nimport os\n", 1),
     "from os import system": lambda s: s.replace("import math\n", "import math\nfrom os import system\n", 1),
     "__import__": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        __import__('os')\n", 1),
-    "dunder attribute": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        k = self.__class__\n", 1),
+    "dunder attribute": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        c = self.__class__\n", 1),
     "open(": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        open('x', 'w')\n", 1),
     "eval(": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        eval('1')\n", 1),
-    "lambda": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        k = lambda: 0\n", 1),
-    "subscript": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        k = z[0]\n", 1),
+    "lambda": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        c = lambda: 0\n", 1),
+    "subscript": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        c = z[0]\n", 1),
     "torch.load": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        torch.load('x')\n", 1),
     "monkeypatch torch": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        torch.sin = torch.cos\n", 1),
     "rebind torch": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        torch = 1\n", 1),
     "global": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        global g\n", 1),
-    "complex constant": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        k = 1j\n", 1),
+    "complex constant": lambda s: s.replace("        super().__init__()\n", "        super().__init__()\n        c = 1j\n", 1),
 }
 
 
@@ -129,6 +130,12 @@ def test_audit_rejects_tampered_source(tamper):
     assert source != prior.source
     with pytest.raises(UnsafeSourceError):
         audit(source, _allowed(prior))
+
+
+def test_audit_accepts_a_harmless_assignment_of_an_allowed_name():
+    # the control for the tamperings above: the same kind of line with an innocent right-hand side passes
+    prior = anmc.compile_prior(PENDULUM)
+    audit(prior.source.replace("        super().__init__()\n", "        super().__init__()\n        c = torch.sin(z)\n", 1), _allowed(prior))
 
 
 def test_tampered_source_is_never_run(tmp_path):

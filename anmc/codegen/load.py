@@ -72,6 +72,8 @@ def audit(source: str, allowed_names: set[str]) -> None:
             raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
         if isinstance(node, pyast.Attribute) and node.attr.startswith("__") and node.attr != "__init__":
             raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
+        if isinstance(node, pyast.Constant) and not isinstance(node.value, (int, float, str, type(None))):
+            raise UnsafeSourceError(f"generated code contains the constant {node.value!r}")  # complex, bytes
         if isinstance(node, pyast.Attribute) and isinstance(node.ctx, pyast.Store) and not (
             isinstance(node.value, pyast.Name) and node.value.id == "self"
         ):  # only the module's own attributes are ever assigned, never torch.sin = ...

@@ -55,6 +55,7 @@ class TrainConfig:
     batch: int = 32
     seq_len: int = 8  # latent frames per training sequence (a sequence reads seq_len + window - 1 frames)
     lr: float = 1e-3
+    lr_final: float = 0.1  # the networks' learning rate falls to lr * lr_final along a cosine over the run
     param_lr: float = 1e-2  # learning rate of the physical params and learnable noise
     beta: float = 1.0
     warmup: int = 0  # steps over which the prior on frames t > 1 moves from the initial-state prior to the dynamics
@@ -338,6 +339,10 @@ def train(
                 idx = idx[rank::world]
             frames = train_data.batch(idx).to(device, non_blocking=True)
             warm = min(1.0, step / config.warmup) if config.warmup else 1.0
+            progress_frac = min(1.0, step / max(1, config.epochs * per_epoch))
+            optimizer.param_groups[0]["lr"] = config.lr * (
+                config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress_frac))
+            )
             out = sequence_loss(vae, frames, config, warm=warm)
             loss = out["loss"]
             if not torch.isfinite(loss):
