@@ -432,14 +432,17 @@ def quickstart(out_dir, clips, frames, **kwargs):
     from anmc.video.synth import synthesize
 
     root = Path(out_dir)
-    prior_path = root / "pendulum.anm"
     root.mkdir(parents=True, exist_ok=True)
-    prior_path.write_text(default_prior_text())
+    truth_path, prior_path = root / "pendulum.anm", root / "pendulum_guess.anm"
+    truth_text = default_prior_text()
+    truth_path.write_text(truth_text)
+    # the prior we train with starts the learnable length 50% off the length that made the video
+    prior_path.write_text(truth_text.replace("param L = 1.0 ", "param L = 1.5 ", 1))
     config = _config(kwargs)
     out.rule("1. synthesize a pendulum video (anmc synth)")
-    syn = synthesize(compile_prior(prior_path), root / "data", clips=clips, frames=frames, size=config.size or 64, seed=config.seed + 1000)
-    out.print(f"{len(syn.paths)} clips x {frames} frames of {config.size}x{config.size} in {root / 'data'} (true states in truth.csv)")
-    out.rule("2. train (anmc train)")
+    syn = synthesize(compile_prior(truth_path), root / "data", clips=clips, frames=frames, size=64, seed=config.seed + 1000)
+    out.print(f"{len(syn.paths)} clips x {frames} frames of 64x64 (L = 1.0 m) in {root / 'data'}, true states in truth.csv")
+    out.rule("2. train (anmc train), starting from a guess L = 1.5 m")
     _run_training(prior_path, [str(root / "data")], root / "run", config, resume=False)
     out.rule("3. evaluate (anmc eval)")
     report = evaluate(load_run(root / "run"))

@@ -19,6 +19,9 @@ each column is the time of one call returning f (B, d) and J (B, d, d):
                   with cse over F and dF/dz), to see how much is torch's per-operation dispatch
     x vmap        vmap(jacrev) time / ours time
 
+ours, compiled, analytic and numpy return f and J; vmap(jacrev) and a.f.jacobian return J only.
+Every column's J is checked against the analytic one (float64) before it is timed.
+
 Times are the minimum over rounds of the mean over a block of calls, the rounds interleaved
 across the columns (a shared, noisy machine hurts a column only as much as the others). Compile
 time is parse -> module instance: the first compile in a fresh process (which also builds the

@@ -27,7 +27,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=4096)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (a smoke test)")
     args = ap.parse_args()
+    if args.quick:
+        args.frames, args.size, args.repeats = 128, 16, 1
     print(f"{'system':<10} {'render frames/s':>16} {'synthesize mp4 frames/s':>24}")
     for name in ("pendulum", "spring", "falling", "pulsar"):
         prior = anmc.compile_prior(PRIORS / f"{name}.anm")

@@ -398,7 +398,6 @@ def test_right_hand_sides_that_are_numbers_or_params_only(method):
     assert grad != 0
 
 
-@pytest.mark.xfail(strict=True, reason="torch emitter: a const-only call such as sqrt(1 + a^2) is printed as torch.sqrt of a Python float (TypeError at run time)")
 def test_const_inside_a_function_call():
     module = anmc.compile_prior(
         "const a = 0.7\nstate x ~ Normal(0, 1)\ndynamics continuous dt = 0.1 using euler\n  x' = sqrt(1 + a^2) * x\nnoise x = 0\nobserve x\n"

@@ -56,8 +56,18 @@ def test_learnable_param_frozen_then_trained(trained):
 def test_resume_is_bit_for_bit(data, tmp_path):
     straight, split = tmp_path / "a", tmp_path / "b"
     train(PRIOR, [str(data)], straight, TrainConfig(**TINY))
-    train(PRIOR, [str(data)], split, TrainConfig(**{**TINY, "epochs": 1}))
-    train(PRIOR, [str(data)], split, TrainConfig(**TINY), resume=True)
+
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_epoch(vae, row):
+        raise Interrupted  # an interrupted run: the first epoch's checkpoint is on disk
+
+    with pytest.raises(Interrupted):
+        train(PRIOR, [str(data)], split, TrainConfig(**TINY), on_epoch=stop_after_first_epoch)
+    assert load_checkpoint(split)["epoch"] == 1
+    train(PRIOR, [str(data)], split, None, resume=True)
     a, b = load_checkpoint(straight)["vae"], load_checkpoint(split)["vae"]
     assert a.keys() == b.keys()
     for key in a:

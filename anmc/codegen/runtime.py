@@ -37,15 +37,25 @@ TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
 LOG_STD_LIMIT = 20.0  # learnable noise stds live in exp([-20, 20])
 
 
-def _axpy(x, y, alpha: float):
-    """x + alpha * y for a tensor x and a tensor or number y (a term the generated code found to be 0 is 0)."""
-    if isinstance(y, (int, float)) and y == 0:
-        return x
-    return torch.add(x, y, alpha=alpha)
+_PLANS: dict = {}
+
+
+def _plan(integrator: str, h: float) -> tuple:
+    """The stages of an explicit Runge-Kutta substep of length h: ((a_sj * h for the nonzero a_sj), b_s * h)."""
+    key = (integrator, h)
+    if key not in _PLANS:
+        a, b = TABLEAUS[integrator]
+        rows = ((),) + a
+        _PLANS[key] = tuple(
+            (tuple((j, h * coef) for j, coef in enumerate(row) if coef), h * weight) for row, weight in zip(rows, b)
+        )
+    return _PLANS[key]
 
 
 def _plain(z: torch.Tensor) -> bool:
-    """Not a tensor wrapped by torch.func (vmap, grad, jacrev...)."""
+    """Not a tensor wrapped by torch.func (vmap, grad, jacrev...), nor traced by torch.compile."""
+    if torch.compiler.is_compiling():
+        return False
     try:
         return not torch._C._functorch.is_functorch_wrapped_tensor(z)
     except AttributeError:  # pragma: no cover - an older torch
@@ -55,7 +65,7 @@ def _plain(z: torch.Tensor) -> bool:
 def _batch_major(x: torch.Tensor) -> torch.Tensor:
     """(d, B) -> (B, d) or (d, d, B) -> (B, d, d), contiguous. For a few leading entries, writing through
     a permuted view of the result is several times faster on CPU than .contiguous() of a permuted view
-    of x; torch.func's wrapped tensors cannot be written into, and take the plain path."""
+    of x; torch.func's wrapped tensors cannot be written into that way, and take .contiguous()."""
     if x.numel() <= 16 * x.shape[-1] and _plain(x):
         out = x.new_empty((x.shape[-1], *x.shape[:-1]))
         out.movedim(0, -1).copy_(x)
@@ -172,32 +182,29 @@ class AnmModule(nn.Module):
     # ---------------------------------------------------------------- integrators
     def _step(self, zs, js, c):
         """One substep of the states zs (and of the Jacobian rows js when given)."""
-        h = self.dt / self.substeps
         if self.integrator == "discrete":
             return (self.rhs(*zs, *c), None) if js is None else self.rhs_and_tangents(*zs, *js, *c)
         if self.integrator == "semi_implicit_euler":
-            return self._semi_implicit_euler(zs, js, c, h)
-        a, b = TABLEAUS[self.integrator]
+            return self._semi_implicit_euler(zs, js, c, self.dt / self.substeps)
+        add = torch.add
         ks, dks = [], []
         out_z, out_j = zs, js
-        for s in range(len(b)):
+        for inputs, weight in _plan(self.integrator, self.dt / self.substeps):
             y, t = zs, js
-            if s:
-                for j, coef in enumerate(a[s - 1]):
-                    if coef:
-                        y = [_axpy(yi, ki, h * coef) for yi, ki in zip(y, ks[j])]
-                        if js is not None:
-                            t = [_axpy(ti, ki, h * coef) for ti, ki in zip(t, dks[j])]
+            for j, alpha in inputs:  # the stage's point: z + h sum_j a_sj k_j
+                y = [add(a, b, alpha=alpha) for a, b in zip(y, ks[j])]
+                if js is not None:
+                    t = [add(a, b, alpha=alpha) for a, b in zip(t, dks[j])]
             if js is None:
                 k, dk = self.rhs(*y, *c), None
             else:
                 k, dk = self.rhs_and_tangents(*y, *t, *c)
             ks.append(k)
             dks.append(dk)
-            if b[s]:
-                out_z = [_axpy(zi, ki, h * b[s]) for zi, ki in zip(out_z, k)]
+            if weight:  # the substep's sum: z + h sum_s b_s k_s
+                out_z = [add(a, b, alpha=weight) for a, b in zip(out_z, k)]
                 if js is not None:
-                    out_j = [_axpy(ti, ki, h * b[s]) for ti, ki in zip(out_j, dk)]
+                    out_j = [add(a, b, alpha=weight) for a, b in zip(out_j, dk)]
         return out_z, out_j
 
     def _semi_implicit_euler(self, zs, js, c, h):
@@ -205,11 +212,11 @@ class AnmModule(nn.Module):
         zs, js = list(zs), (list(js) if js is not None else None)
         for i in range(self.d):
             if js is None:
-                zs[i] = _axpy(zs[i], self.rhs(*zs, *c)[i], h)
+                zs[i] = torch.add(zs[i], self.rhs(*zs, *c)[i], alpha=h)
             else:
                 k, dk = self.rhs_and_tangents(*zs, *js, *c)
-                zs[i] = _axpy(zs[i], k[i], h)
-                js[i] = _axpy(js[i], dk[i], h)
+                zs[i] = torch.add(zs[i], k[i], alpha=h)
+                js[i] = torch.add(js[i], dk[i], alpha=h)
         return zs, js
 
     def rollout(self, z0: torch.Tensor, frames: int, noise: bool = False, generator=None) -> torch.Tensor:

@@ -2,11 +2,19 @@
 
     source = emit_torch(model)
 
+The generated class holds the model's numbers and three small methods: `constants` (the params
+cast to the input's dtype and device, and the param-only factors of the equations), `rhs` (the
+right-hand sides, one expression per state, cse'd) and `rhs_and_tangents` (the same, plus the
+derivative of each right-hand side along the rows of the running Jacobian: the symbolic dF/dz
+written out row by row, so each term is one tensor operation over the whole batch). The integrator
+and the chain rule through its stages live in `anmc.codegen.runtime.AnmModule`; nothing is expanded
+symbolically across stages or substeps, which keeps both the source and the compile time small.
+
 The printer is SymPy's `TorchPrinter` with a few cases of our own (readable powers and floats,
 elementwise min/max, the step function of piecewise Jacobians). Everything the emitter writes is
 either fixed text, a number, or an identifier that the language admitted (declared names match
-`[A-Za-z][A-Za-z0-9_]*` and are not Python keywords, builtins or names the code uses itself);
-`anmc.codegen.load` audits the result again before running it.
+`[A-Za-z][A-Za-z0-9_]*` and are not Python keywords, builtins or names the code uses itself) or
+one of its own (`_t0`, `J_0`, ...); `anmc.codegen.load` audits the result again before running it.
 """
 
 from __future__ import annotations
@@ -162,6 +170,8 @@ def _docstring(model: Model) -> list[str]:
         "",
         f"z = ({', '.join(model.states)}), d = {model.d}; z (..., {model.d}) -> f (..., {model.d}), J (..., {model.d}, {model.d}).",
         f"The decoder sees {', '.join(model.observed)}.",
+        "The methods below give the right-hand sides and their derivatives; AnmModule (anmc.codegen.runtime)",
+        "runs the integrator over them and carries the Jacobian through every stage (the chain rule, forward).",
         '"""',
     ]
     return lines
@@ -185,7 +195,6 @@ class _RhsEmitter:
         self.printer = printer
         self.states = [symbol(s) for s in model.states]
         self.state_set = set(self.states)
-        self.consts = {symbol(n) for n in model.consts}
         self.const_values = {symbol(n): sp.Float(v) for n, v in model.consts.items()}
         self.F = [self.fold(model.rhs[s]) for s in model.states]
         self.A = sp.Matrix(self.F).jacobian(self.states).applyfunc(lambda e: self.fold(_drop_dirac(e)))
@@ -204,11 +213,12 @@ class _RhsEmitter:
             yield self.fresh()
 
     def fold(self, e: sp.Expr) -> sp.Expr:
-        """Consts inside function calls become numbers (`sin(a)`, `min(v, a)` take tensors, not floats)."""
+        """Const-only subexpressions and consts inside function calls become numbers: `sqrt(1 + a^2)`,
+        `sin(a)` and `min(v, a)` would otherwise hand a Python float to a torch function."""
         if e.is_Atom:
             return e
         arithmetic = e.is_Add or e.is_Mul or e.is_Pow
-        if not arithmetic and e.free_symbols <= set(self.const_values):
+        if e.free_symbols <= set(self.const_values):
             return sp.Float(sp.N(e.xreplace(self.const_values)))
         args = [self.fold(a) for a in e.args]
         if not arithmetic:
@@ -281,7 +291,13 @@ class _RhsEmitter:
         out = []
         for s in m.states:
             if s in m.overrides.equations:
-                where = f"from {m.overrides.equations[s][2]}"
+                eq, _, fname = m.overrides.equations[s]
+                if fname == m.filename:
+                    where = f"line {eq.span.line} (an intervention)"
+                elif fname.endswith(".anm"):
+                    where = f"{fname}, line {eq.span.line}"
+                else:
+                    where = "an edit"
             else:
                 where = f"line {lines[s]}" if s in lines else "the model"
             out.append(f"{indent}# {where}: {m.rhs_text[s]}")
@@ -451,7 +467,7 @@ def emit_torch(model: Model) -> str:
             "    def start(self, z):",
             '        """The intervention\'s `start` lines applied to an encoded starting state z (..., d)."""',
         ]
-        outs = [model.start.get(s, symbol(s)) for s in model.states]
+        outs = [rhs.fold(model.start.get(s, symbol(s))) for s in model.states]
         out += _body(model, outs, [f"start_{s}" for s in model.states], printer, "        ")
         out.append(f"        return torch.stack(({', '.join(f'start_{s}' for s in model.states)}{',' if d == 1 else ''}), -1)")
     return "\n".join(out) + "\n"

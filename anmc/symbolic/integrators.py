@@ -9,9 +9,11 @@ For continuous dynamics z' = F(z) and substep h = dt / steps:
     midpoint             z + h F(z + h/2 F(z))
     rk4                  z + h/6 (k1 + 2 k2 + 2 k3 + k4), the classical Runge-Kutta method
 
-A frame is `steps` substeps; its Jacobian is the product of the substeps' Jacobians, which the
-generated module forms at run time (chain rule), so the symbolic expressions stay one substep long.
-Discrete dynamics (`next x = ...`) are their own one-frame map.
+A frame is `steps` substeps; its Jacobian is the product of the substeps' Jacobians (chain rule),
+so the symbolic expressions stay one substep long. Discrete dynamics (`next x = ...`) are their own
+one-frame map. The numpy and LaTeX emitters use these expressions; the torch module does not: it
+differentiates only the right-hand sides and runs the same methods numerically, carrying the
+Jacobian through every stage (`anmc.codegen.runtime`, whose tableaus match the steppers here).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ class Pendulum(AnmModule):
 
     z = (theta, omega), d = 2; z (..., 2) -> f (..., 2), J (..., 2, 2).
     The decoder sees theta.
+    The methods below give the right-hand sides and their derivatives; AnmModule (anmc.codegen.runtime)
+    runs the integrator over them and carries the Jacobian through every stage (the chain rule, forward).
     """
 
     model_name = 'pendulum'
