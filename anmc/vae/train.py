@@ -51,7 +51,7 @@ RECONSTRUCTIONS = ("bernoulli", "gaussian")
 class TrainConfig:
     """Every training choice; saved in the checkpoint so that a run directory alone can be resumed."""
 
-    epochs: int = 50
+    epochs: int = 20
     batch: int = 32
     seq_len: int = 8  # latent frames per training sequence (a sequence reads seq_len + window - 1 frames)
     lr: float = 1e-3
