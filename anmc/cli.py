@@ -296,17 +296,26 @@ def _run_training(prior, videos, run_dir, config, resume):
 
     from anmc.vae.train import train
 
-    with Progress(
+    # the bar starts on the first step, so that an error while loading the data is the only thing printed
+    bar = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=False,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("train", total=None, epoch="-", info="")
+    )  # fmt: skip
+    task = None
 
-        def progress(epoch, step, steps, metrics):
-            info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            bar.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{config.epochs if config else '?'}", info=info)
+    def progress(epoch, step, steps, metrics):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("train", total=steps, epoch="-", info="")
+        info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        bar.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{config.epochs if config else '?'}", info=info)
 
+    try:
         result = train(prior, videos, run_dir, config, resume=resume, progress=progress)
+    finally:
+        if task is not None:
+            bar.stop()
     for row in result.metrics[-3:]:
         params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
         val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _mixtures import random_components
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal
@@ -244,17 +245,7 @@ def hard_mixtures(draw):
     dtype = draw(st.sampled_from([torch.float32, F64]))
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
-    log10_var = torch.empty(K, d, dtype=F64).uniform_(-8.0, 4.0, generator=g)
-    std = 10.0 ** (0.5 * log10_var)
-    loc = 1e3 * std * (2 * torch.rand(K, d, generator=g, dtype=F64) - 1)
-    logw = 3 * torch.randn(K, generator=g, dtype=F64)
-    if full:
-        A = torch.randn(K, d, d, generator=g, dtype=F64)
-        corr = A @ A.mT + d * torch.eye(d, dtype=F64)
-        s = corr.diagonal(dim1=-2, dim2=-1).sqrt()
-        scale = std[..., None] * torch.linalg.cholesky(corr / s[..., :, None] / s[..., None, :])
-    else:
-        scale = std
+    logw, loc, scale = random_components(K, d, full, g, weight_scale=3.0)
     return logw.to(dtype), loc.to(dtype), scale.to(dtype), full, seed
 
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _mixtures import random_components
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal, kl_divergence
@@ -182,17 +183,7 @@ def hard_pairs(draw):
     g = torch.Generator().manual_seed(seed)
 
     def mixture(K):
-        std = 10.0 ** (0.5 * torch.empty(K, d, dtype=F64).uniform_(-8.0, 4.0, generator=g))
-        loc = 1e3 * std * (2 * torch.rand(K, d, generator=g, dtype=F64) - 1)
-        logw = torch.randn(K, generator=g, dtype=F64)
-        if full:
-            A = torch.randn(K, d, d, generator=g, dtype=F64)
-            corr = A @ A.mT + d * torch.eye(d, dtype=F64)
-            s = corr.diagonal(dim1=-2, dim2=-1).sqrt()
-            scale = std[..., None] * torch.linalg.cholesky(corr / s[..., :, None] / s[..., None, :])
-        else:
-            scale = std
-        return [t.to(dtype).requires_grad_() for t in (logw, loc, scale)]
+        return [t.to(dtype).requires_grad_() for t in random_components(K, d, full, g)]
 
     return mixture(kq), mixture(kp), full, seed
 

@@ -1,8 +1,8 @@
 """The command line on video inputs: `anmc synth`, and every bad input as one sentence with exit 2.
 
-No command that reads training videos exists yet (`anmc train` will call `load_clips`), so the
-bad-input cases go through a stand-in command wrapped by the CLI's own `report_user_errors`, exactly
-as the real commands are.
+Bad training videos go through the real `anmc train` (which fails before any training step); clips of
+different sizes without a size to resize to go through a small command wrapped by the CLI's own
+`report_user_errors`, since `anmc train` always resizes (its --size has a default).
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ def run_load(*args):
     return CliRunner().invoke(load, [str(a) for a in args])
 
 
+def run_train(*paths, window=2, tmp=None):
+    """`anmc train` on PATHS with sequences of 2 latent frames: a clip needs window + 1 frames."""
+    out = Path(tmp or paths[0]).parent / "run"
+    args = ["train", str(PRIORS / "pendulum.anm"), *map(str, paths), "-o", str(out), "--size", "16",
+            "--seq-len", "2", "--window", str(window), "--epochs", "1", "--steps-per-epoch", "1"]  # fmt: skip
+    return CliRunner().invoke(main, args)
+
+
 def assert_one_sentence_exit_2(result, *phrases):
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
@@ -49,18 +57,18 @@ def frames(t=4, h=16, w=16):
 
 
 def test_missing_file(tmp_path):
-    assert_one_sentence_exit_2(run_load(tmp_path / "missing.mp4"), "does not exist")
+    assert_one_sentence_exit_2(run_train(tmp_path / "missing.mp4"), "does not exist")
 
 
 @pytest.mark.parametrize("name", ["bad.mp4", "bad.avi", "bad.gif", "bad.npz"])
 def test_corrupt_file(tmp_path, name):
     (tmp_path / name).write_bytes(b"\x00\x01garbage" * 64)
-    assert_one_sentence_exit_2(run_load(tmp_path / name), "could not be decoded")
+    assert_one_sentence_exit_2(run_train(tmp_path / name), "could not be decoded")
 
 
 def test_fewer_frames_than_a_window(tmp_path):
     write_video(tmp_path / "a.mp4", frames(t=2))
-    assert_one_sentence_exit_2(run_load(tmp_path, "--window", 3), "has 2 frames", "needs 3")
+    assert_one_sentence_exit_2(run_train(tmp_path / "a.mp4", window=2), "has 2 frames", "needs 3")
 
 
 def test_inconsistent_frame_sizes(tmp_path):
@@ -70,7 +78,7 @@ def test_inconsistent_frame_sizes(tmp_path):
     iio.imwrite(tmp_path / "f" / "0.png", np.zeros((16, 16), np.uint8))
     iio.imwrite(tmp_path / "f" / "1.png", np.zeros((16, 12), np.uint8))
     iio.imwrite(tmp_path / "f" / "2.png", np.zeros((16, 16), np.uint8))
-    assert_one_sentence_exit_2(run_load(tmp_path / "f"), "same size")
+    assert_one_sentence_exit_2(run_train(tmp_path / "f"), "same size")
 
 
 def test_clips_of_different_sizes(tmp_path):
