@@ -271,6 +271,7 @@ def _train_options(f):
         click.option("--kl", default=d.kl, show_default=True, type=click.Choice(KL_READINGS), help="Reading of the transition KL (standard: plain N(0, I) VAE)."),
         click.option("--samples", default=d.samples, show_default=True, type=click.IntRange(min=1), help="Monte Carlo samples / mixture components."),
         click.option("--window", default=d.window, show_default=True, type=click.IntRange(min=1), help="Frames the encoder sees per latent."),
+        click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
         click.option("--recon", default=d.recon, show_default=True, type=click.Choice(["bernoulli", "gaussian"])),
         click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(["deconv", "broadcast"])),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),

@@ -21,7 +21,7 @@ def learned_anm(model: Model, module) -> str:
     """The model's source with learned param and noise values filled in (starting values as comments)."""
     lines = model.source.splitlines()
     edits: dict[int, list[tuple[int, int, str, str]]] = {}  # line -> [(col0, col1, new text, note)]
-    values = {k: float(v) for k, v in module.param_values().items()}
+    values = {k: float(v.detach()) for k, v in module.param_values().items()}
     noise = dict(zip(module.state_names, module.noise_std.tolist()))
     for stmt in model.program.statements:
         if isinstance(stmt, ast.ParamDecl) and stmt.learn:

@@ -162,3 +162,24 @@ def test_leftover_temp_file_does_not_break_loading(trained):
     run, _ = trained
     (run / ".checkpoint.pt.tmp-999").write_bytes(b"half written")
     assert load_run(run).config.size == 16
+
+
+def test_context_encoder_sees_neighbouring_frames_and_reloads(data, tmp_path):
+    from anmc.vae.nets import Encoder
+
+    torch.manual_seed(0)
+    frames = torch.rand(1, 9, 1, 16, 16)
+    later = frames.clone()
+    later[:, -1] = torch.rand(1, 16, 16)  # change only the last frame
+    for context, sees_future in ((0, False), (2, True)):
+        enc = Encoder(window=2, channels=1, size=16, d=2, context=context)
+        mu, _ = enc(frames)
+        mu2, _ = enc(later)
+        assert mu.shape == (1, 8, 2)
+        # latent 4 (frames 4-5) depends on frame 8 only through the temporal convolution (reach 2 * context)
+        assert (not torch.allclose(mu[0, 4], mu2[0, 4])) == sees_future
+    run = tmp_path / "run"
+    train(PRIOR, [str(data)], run, TrainConfig(**{**TINY, "epochs": 1, "context": 2}))
+    report = evaluate(load_run(run))
+    assert set(report["states"]) == {"theta", "omega"}
+    assert load_run(run).vae.encoder.context == 2

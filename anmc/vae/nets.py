@@ -39,7 +39,7 @@ class Encoder(nn.Module):
     MLP can form directly.
     """
 
-    def __init__(self, window: int, channels: int, size: int, d: int, width: int = 32, hidden: int = 256, features: int = 64):
+    def __init__(self, window: int, channels: int, size: int, d: int, width: int = 32, hidden: int = 256, features: int = 64, context: int = 0):
         super().__init__()
         layers, c_in = [], channels
         for i in range(_levels(size)):
@@ -48,7 +48,13 @@ class Encoder(nn.Module):
             c_in = c_out
         self.conv = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 16, features), nn.SiLU())
         self.head = nn.Sequential(nn.Linear(window * features, hidden), nn.SiLU(), nn.Linear(hidden, 2 * d))
-        self.window, self.d = window, d
+        self.window, self.d, self.context = window, d, context
+        # context > 0: a residual, non-causal temporal convolution mixes each frame's features with those of
+        # the `context` frames on either side (a smoother: q(z_t | x_{t-k+1-2c .. t+2c}))
+        self.temporal = None
+        if context:
+            conv = lambda: nn.Conv1d(features, features, 2 * context + 1, padding=context, padding_mode="replicate")  # noqa: E731
+            self.temporal = nn.Sequential(conv(), nn.SiLU(), conv())
         with torch.no_grad():  # narrow posteriors from the start (INITIAL_LOG_VAR)
             self.head[-1].bias[d:] = INITIAL_LOG_VAR
 
@@ -60,6 +66,8 @@ class Encoder(nn.Module):
         """frames (B, T, C, H, W) in [0, 1] -> mu, log_var (B, T-k+1, d), latent t for the window ending at frame t+k-1."""
         b, t = frames.shape[:2]
         h = self.frame_features(frames.flatten(0, 1)).unflatten(0, (b, t))
+        if self.temporal is not None:
+            h = h + self.temporal(h.transpose(1, 2)).transpose(1, 2)
         windows = h.unfold(1, self.window, 1).transpose(-1, -2).flatten(-2)  # (B, T-k+1, k*features), oldest first
         mu, log_var = self.head(windows).chunk(2, dim=-1)
         return mu, log_var.clamp(-18.0, 8.0)
@@ -121,7 +129,7 @@ class VideoVAE(nn.Module):
     ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from z[..., observed].
     """
 
-    def __init__(self, prior_module: nn.Module, channels: int, size: int, window: int = 2, decoder: str = "deconv"):
+    def __init__(self, prior_module: nn.Module, channels: int, size: int, window: int = 2, decoder: str = "deconv", context: int = 0):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}: must be one of {', '.join(DECODERS)}")
@@ -129,7 +137,7 @@ class VideoVAE(nn.Module):
         self.prior = prior_module
         self.window = window
         self.observed = list(prior_module.observed_index)
-        self.encoder = Encoder(window, channels, size, d)
+        self.encoder = Encoder(window, channels, size, d, context=context)
         self.decoder = DECODERS[decoder](len(self.observed), channels, size)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,9 +66,11 @@ class TrainConfig:
     warmup_anchor: bool = True
     warmup_temper: bool = False
     warmup_ramp: bool = False
+    anchor: float = 0.0  # weight of KL(q_t || initial-state prior) on frames t > 1 kept after the warm-up
     kl: str = "elbo"
     samples: int = 8
     window: int = 2
+    context: int = 0  # frames on either side a temporal convolution over frame features sees (0: off)
     recon: str = "bernoulli"
     recon_std: float = 0.1  # pixel std of the gaussian reconstruction
     decoder: str = "deconv"
@@ -121,7 +123,7 @@ def build_vae(prior: CompiledPrior, frame_shape, config: TrainConfig) -> VideoVA
     channels, height, width = frame_shape
     if height != width:
         raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
-    vae = VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder)
+    vae = VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context)
     if config.kl == "standard":  # the plain-VAE baseline decodes from every latent
         vae.observed = list(range(vae.prior.d))
         vae.decoder = DECODERS[config.decoder](vae.prior.d, channels, height)
@@ -169,9 +171,10 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
             samples=config.samples,
         )
         kl = kl0 + (warm if config.warmup_ramp else 1.0) * klt.reshape(b, t - 1).sum(1)
-        if warm < 1.0 and config.warmup_anchor:
+        weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)
+        if weight > 0.0:
             static = initial_kl(vae.prior, mu[:, 1:].reshape(-1, d), std[:, 1:].reshape(-1, d))
-            kl = kl + (1.0 - warm) * static.reshape(b, t - 1).sum(1)
+            kl = kl + weight * static.reshape(b, t - 1).sum(1)
     recon_per_frame = recon.sum(1).mean() / t
     kl_per_frame = kl.mean() / t
     return {
@@ -353,7 +356,7 @@ def train(
             if not torch.isfinite(loss):
                 last = f"epoch {start_epoch if result.epochs == start_epoch else result.epochs}"
                 raise TrainingDiverged(
-                    f"the loss became {float(loss)} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint "
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint "
                     f"({last}) is kept in {run_dir}: try a lower --lr, or --resume after changing nothing to retry."
                 )
             optimizer.zero_grad(set_to_none=True)

@@ -134,7 +134,7 @@ def synthesize(
         if noise > 0:
             img = np.clip(img + rng.normal(0.0, noise, img.shape).astype(np.float32), 0.0, 1.0)
         rendered.append(np.round(img * 255.0).astype(np.uint8))
-    params = {k: float(v) for k, v in module.param_values().items()}
+    params = {k: float(v.detach()) for k, v in module.param_values().items()}
     syn = Synthetic(
         model=model, renderer=kind, frames=rendered, states=states, state_names=names,
         observed=tuple(module.observed_states), params=params, geometry=geom, fps=round(1.0 / float(module.dt), 6),
