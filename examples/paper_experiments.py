@@ -36,6 +36,11 @@ def prior_started_off(path: Path, factor: float):
     return compile_model(apply_edits(model, edits)) if edits else compile_model(model)
 
 
+def _num(value, spec: str) -> str:
+    """A number for the table; '-' where the report has none (the slope of a circular state)."""
+    return "-" if value is None else format(value, spec)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", nargs="+", default=["pendulum"])
@@ -80,7 +85,8 @@ def main() -> None:
                 with open(out / "results.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 states = "  ".join(
-                    f"{n}: {abs(s['pearson']):.3f} {s['slope']:+.2f} {s['knn_r2']:.2f}" for n, s in report["states"].items()
+                    f"{n}: {abs(s['pearson']):.3f} {_num(s['slope'], '+.2f')} {_num(s['knn_r2'], '.2f')}"
+                    for n, s in report["states"].items()
                 )
                 params = "  ".join(
                     f"{n} {p['learned']:.3g} ({p['true']:.3g})" for n, p in report["params"].items() if p.get("learnable")
