@@ -30,6 +30,8 @@ def step_time(kl: str, frames: torch.Tensor, args, device) -> tuple[float, float
     config = TrainConfig(kl=kl, size=args.size, batch=args.batch, seq_len=args.seq_len, samples=args.samples)
     torch.manual_seed(0)
     vae = build_vae(compile_prior(PRIOR), frames.shape[2:], config).to(device)
+    if args.compile_prior and kl != "standard":
+        vae.prior.compile_core()  # torch.compile of the generated rhs / rhs_and_tangents (opt-in)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
     times = []
     if device.type == "cuda":
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile-prior", action="store_true", help="torch.compile the prior module (m.compile_core())")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a few repeats (a smoke test)")
     args = ap.parse_args()
     if args.quick:
