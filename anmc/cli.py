@@ -8,7 +8,6 @@ clear message and exit with code 2, never a traceback.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -318,7 +317,7 @@ def _run_training(prior, videos, run_dir, config, resume):
     finally:
         if task is not None:
             bar.stop()
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+    if result.rank != 0:  # under torchrun, rank 0 reports
         return result
     for row in result.metrics[-3:]:
         params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())

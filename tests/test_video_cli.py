@@ -34,9 +34,9 @@ def run_load(*args):
     return CliRunner().invoke(load, [str(a) for a in args])
 
 
-def run_train(*paths, window=2, tmp=None):
+def run_train(*paths, window=2):
     """`anmc train` on PATHS with sequences of 2 latent frames: a clip needs window + 1 frames."""
-    out = Path(tmp or paths[0]).parent / "run"
+    out = Path(paths[0]).parent / "run"
     args = ["train", str(PRIORS / "pendulum.anm"), *map(str, paths), "-o", str(out), "--size", "16",
             "--seq-len", "2", "--window", str(window), "--epochs", "1", "--steps-per-epoch", "1"]  # fmt: skip
     return CliRunner().invoke(main, args)

@@ -105,6 +105,7 @@ class TrainResult:
     epochs: int
     metrics: list[dict] = field(default_factory=list)
     stopped_early: str | None = None
+    rank: int = 0  # this process's rank under torchrun (rank 0 logs and reports)
 
 
 class TrainingDiverged(UserError):
@@ -139,7 +140,8 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     """-ELBO per latent frame for a batch of sequences frames (B, T + k - 1, C, H, W) uint8.
 
     `warm` in [0, 1] is the warm-up's progress: frames t > 1 get the prior
-    warm * KL_reading(q_t || p(z_t | q_{t-1})) + (1 - warm) * KL(q_t || initial-state prior),
+    KL_reading(q_t || p(z_t | q_{t-1})) + a * KL(q_t || initial-state prior), a = max(1 - warm, anchor)
+    (1 - warm only with `warmup_anchor`; the reading is also scaled by warm with `warmup_ramp`),
     a curriculum from a static prior (where the states live) to the dynamics (how they move).
 
     Returns loss, recon and kl (scalars, per frame) and `mu` (B, T, d).
@@ -330,7 +332,7 @@ def train(
     n = len(train_data)
     per_epoch = config.steps_per_epoch or math.ceil(n / config.batch)
     video_list = [str(v) for v in (videos if isinstance(videos, (list, tuple)) else [videos])]
-    result = TrainResult(run_dir, start_epoch)
+    result = TrainResult(run_dir, start_epoch, rank=rank)
     started = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
         learn_physics = epoch >= config.learn_params_after
