@@ -88,14 +88,19 @@ def _as_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_frames(run: Run, frames: np.ndarray, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std for every frame t >= window - 1 of one clip: (T - k + 1, d) each."""
+def encode_frames(run: Run, frames: np.ndarray, chunk: int = 256, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std for every frame t >= window - 1 of one clip: (T - k + 1, d) each.
+
+    The smoother posterior reads the whole clip at once (each state given every frame; with `causal`,
+    given the frames up to it); the factorized one encodes windows in chunks of `chunk` frames."""
     x = _as_tensor(frames).to(next(run.vae.parameters()).device)
     k = run.vae.window
+    if run.vae.posterior == "smoother":
+        chunk = x.shape[0]
     mus, stds = [], []
     for start in range(0, x.shape[0] - k + 1, chunk):
         piece = x[start : start + chunk + k - 1]
-        mu, std = run.vae.encode(piece[None])
+        mu, std = run.vae.encode(piece[None], causal=causal)
         mus.append(mu[0])
         stds.append(std[0])
     return torch.cat(mus), torch.cat(stds)
@@ -160,7 +165,7 @@ def prediction_errors(run: Run, clips: list[Clip], horizons=(1, 5, 10), starts_p
         model_err, copy_err, count = 0.0, 0.0, 0
         for clip in clips:
             x = _as_tensor(clip.frames).float() / 255.0
-            mu, _ = encode_frames(run, clip.frames)
+            mu, _ = encode_frames(run, clip.frames, causal=True)  # the start may not see the frames it predicts
             last = x.shape[0] - 1 - n
             if last < k - 1:
                 continue

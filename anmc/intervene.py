@@ -269,8 +269,11 @@ def intervene(
                     f"{clip.path} has {clip.n_frames} frames; a start at frame {s} leaves no full window of {k} frames"
                     + (" (lower --batch or --frames)." if b else "; give a smaller --start.")
                 )
-            mu, _ = encode_frames(run, clip.frames[s : s + k])
-            z0.append(mu[0])
+            # the encoded start: the last window's posterior (the smoother posterior's filter reads the
+            # clip from its first frame, so the velocity comes from every frame up to the start)
+            first = 0 if run.vae.posterior == "smoother" else s
+            mu, _ = encode_frames(run, clip.frames[first : s + k], causal=True)
+            z0.append(mu[-1])
             span = clip.frames[s + k - 1 : s + k - 1 + frames]
             if len(span) < frames:
                 if not notes or "video panel" not in notes[-1]:

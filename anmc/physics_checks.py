@@ -148,8 +148,9 @@ def _extremum(t: np.ndarray, x: np.ndarray, i: int, sign: float) -> tuple[float,
 def swings(t, x, hysteresis: float = 0.15) -> Swings:
     """Crossings of the centre and the extremum of every complete half swing of x(t) (NaNs dropped).
 
-    The centre is the midpoint of successive extrema (first guess: the 2-98 percentile midrange),
-    recomputed once; crossings use a hysteresis of `hysteresis` times the half range.
+    The centre is the midpoint of successive extrema (first guess: the median, which a decaying swing
+    keeps near its centre where the midrange follows the first, largest swing), recomputed once;
+    crossings use a hysteresis of `hysteresis` times the half range.
     """
     t, x = _finite(t, x)
     empty = Swings(math.nan, np.empty(0), np.empty(0), np.empty(0))
@@ -158,7 +159,7 @@ def swings(t, x, hysteresis: float = 0.15) -> Swings:
     lo, hi = np.percentile(x, [2, 98])
     if not hi > lo:
         return empty
-    center = 0.5 * (lo + hi)
+    center = float(np.median(x))
     result = empty
     for _ in range(2):
         s = x - center
@@ -303,11 +304,21 @@ def _spring_x(f: np.ndarray, geom: dict) -> np.ndarray:
 
 
 def track_encoder(run, frames: np.ndarray, state: str) -> np.ndarray:
-    """Posterior mean of `state` for every frame (NaN for the first window - 1 frames, which have none)."""
-    from anmc.evaluate import encode_frames
+    """Posterior mean of `state` for every frame (NaN for the first window - 1 frames, which have none).
 
-    mu, _ = encode_frames(run, frames)
+    With the smoother posterior an observed state is read from the encoder's per-frame readings, not the
+    smoothed posterior: the smoother would pull the measurement toward the trained (factual) dynamics."""
+    from anmc.evaluate import _as_tensor, encode_frames
+
     i = list(run.module.state_names).index(state)
+    if run.vae.posterior == "smoother" and i in run.vae.observed:
+        with torch.no_grad():
+            x = _as_tensor(frames).to(next(run.vae.parameters()).device)
+            y, _ = run.vae.encoder_readings(x[None])
+        out = np.full(len(frames), np.nan)
+        out[len(frames) - y.shape[1] :] = y[0, :, run.vae.observed.index(i)].cpu().numpy()
+        return out
+    mu, _ = encode_frames(run, frames)
     out = np.full(len(frames), np.nan)
     out[len(frames) - mu.shape[0] :] = mu[:, i].cpu().numpy()
     return out

@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--start-off", type=float, default=0.5, help="learnable params start this fraction above the truth")
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--frames", type=int, default=128)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a TrainConfig field, e.g. --set seq_len=16 --set batch=16 (repeatable)")
     ap.add_argument("--tiny", action="store_true", help="16x16 frames, a few steps: checks the script runs")
     ap.add_argument("-o", "--out", default="runs/paper")
     args = ap.parse_args()
@@ -60,6 +62,12 @@ def main() -> None:
     if args.tiny:
         args.clips, args.frames = 4, 24
         overrides = dict(size=16, batch=4, seq_len=4, steps_per_epoch=3, epochs=1, warmup=2, learn_params_after=0)
+    for item in args.sets:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a plain string: --set posterior=factorized
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.minutes:

@@ -59,6 +59,23 @@ def test_decay_per_swing_of_a_damped_cosine():
     assert decay_per_swing(t, x) == pytest.approx(lam, rel=0.02)
 
 
+def test_decay_per_swing_when_the_first_swing_dwarfs_the_rest():
+    """A strongly damped swing from a large start (the drag check's pick: 2.3 rad decaying to 0.2):
+    the centre's first guess must follow the later swings, not the first one's midrange."""
+    import torch
+
+    import anmc
+
+    m = anmc.compile_prior(open("priors/pendulum.anm").read().replace("param c = 0.0", "param c = 0.8")).module().double()
+    x = m.rollout(torch.tensor([[2.34, 0.53]], dtype=torch.float64), 180)[0, :, 0].detach().numpy()
+    t = np.arange(180) / 30
+    ev = swings(t, x).extremum_values
+    assert len(ev) >= 3 and abs(ev[0]) > 1.0  # the midrange guess (0.55 here) found one crossing: NaN
+    p = np.abs(np.diff(ev))
+    assert decay_per_swing(t, x) == pytest.approx(-np.polyfit(np.arange(len(p)), np.log(p), 1)[0], rel=1e-9)
+    assert 0.3 < decay_per_swing(t, x) < 0.6
+
+
 def test_fall_speed_and_acceleration_fits():
     t = np.arange(20) / 30
     y = 3.0 - 0.5 * t - 0.5 * 24.8 * t**2

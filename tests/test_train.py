@@ -183,3 +183,43 @@ def test_context_encoder_sees_neighbouring_frames_and_reloads(data, tmp_path):
     report = evaluate(load_run(run))
     assert set(report["states"]) == {"theta", "omega"}
     assert load_run(run).vae.encoder.context == 2
+
+
+def test_smoother_posterior_trains_resumes_and_evaluates(data, tmp_path):
+    """--posterior smoother: the encoder reads theta only; omega comes from the dynamics over the sequence
+    (a later frame changes an earlier frame's smoothed state but not its causal, filtered one)."""
+    cfg = {**TINY, "posterior": "smoother", "window": 1}
+    straight, split = tmp_path / "a", tmp_path / "b"
+    result = train(PRIOR, [str(data)], straight, TrainConfig(**{**cfg, "epochs": 3}))
+    assert result.metrics[-1]["loss"] < result.metrics[0]["loss"]
+    run = load_run(straight)
+    assert run.vae.posterior == "smoother" and run.vae.encoder.d == 1  # one reading per frame: theta
+    torch.manual_seed(0)
+    frames = torch.rand(1, 6, 1, 16, 16)
+    later = frames.clone()
+    later[:, -1] = torch.rand(1, 16, 16)
+    with torch.no_grad():
+        smooth, smooth2 = run.vae.encode(frames)[0], run.vae.encode(later)[0]
+        causal, causal2 = run.vae.encode(frames, causal=True)[0], run.vae.encode(later, causal=True)[0]
+    assert smooth.shape == causal.shape == (1, 6, 2)
+    assert not torch.allclose(smooth[0, 2], smooth2[0, 2]) and torch.equal(causal[0, :5], causal2[0, :5])
+    report = evaluate(run)
+    assert set(report["states"]) == {"theta", "omega"} and "prediction" in report
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(vae, row):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(PRIOR, [str(data)], split, TrainConfig(**{**cfg, "epochs": 3}), on_epoch=stop)
+    train(PRIOR, [str(data)], split, None, resume=True)
+    a, b = load_checkpoint(straight)["vae"], load_checkpoint(split)["vae"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_smoother_posterior_needs_the_elbo_reading(data, tmp_path):
+    res = CliRunner().invoke(main, ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--posterior", "smoother", "--kl", "mixture"])
+    assert res.exit_code == 2, res.output
+    assert "--posterior smoother" in res.output and "Traceback" not in res.output

@@ -3,11 +3,13 @@
     p(z_t) ≈ Σ_k w_k N(z_t | f(c_k), J(c_k) S_k J(c_k)ᵀ + Q)           LinearizedPrior -> GaussianMixture
     KL(q ‖ p) ≈ Σ_m π_m (1/S) Σ_s [log q(z_ms) − log p(z_ms)]           gmm_kl_monte_carlo
     TRANSITION_KL["elbo" | "elbo_mc" | "mixture" | "pairwise" | "pooled"]   transition_kl(name, ...)
+    q(z_1:T) ∝ p(z_1:T) Π N(y_t | H z_t, r_t²), KL(q ‖ p) of the sequence         kalman_smoother, markov_kl
 """
 
 from anmc.prior.gmm import GaussianMixture
 from anmc.prior.kl import gaussian_kl, gmm_kl_monte_carlo
 from anmc.prior.linearize import LinearizedPrior
+from anmc.prior.smoother import SmoothedPosterior, kalman_smoother, markov_kl
 from anmc.prior.transition import TRANSITION_KL, initial_kl, transition_kl
 
 __all__ = [
@@ -18,4 +20,7 @@ __all__ = [
     "TRANSITION_KL",
     "transition_kl",
     "initial_kl",
+    "SmoothedPosterior",
+    "kalman_smoother",
+    "markov_kl",
 ]

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from anmc.prior.smoother import SmoothedPosterior, kalman_smoother
+
 
 def _levels(size: int) -> int:
     """Stride-2 stages from `size` down to 4x4."""
@@ -120,6 +122,7 @@ class BroadcastDecoder(nn.Module):
 
 
 DECODERS = {"deconv": DeconvDecoder, "broadcast": BroadcastDecoder}
+POSTERIORS = ("factorized", "smoother")
 
 
 class VideoVAE(nn.Module):
@@ -127,29 +130,61 @@ class VideoVAE(nn.Module):
 
     Shapes: `encode(x)` x (B, T, C, H, W) uint8 or float -> mu, std (B, T-k+1, d), latent t for the window
     ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from z[..., observed].
+
+    Two posteriors (`posterior=`):
+    - "factorized": q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2), every state read from a window of k frames;
+    - "smoother": the encoder reads only the observed states, as pseudo-observations y_t with std r_t, and
+      q(z_{1:T}) is the prior conditioned on them (anmc.prior.smoother: extended Kalman filter + RTS
+      smoother), so unobserved states (velocities) are inferred through the dynamics from the whole sequence.
     """
 
-    def __init__(self, prior_module: nn.Module, channels: int, size: int, window: int = 2, decoder: str = "deconv", context: int = 0):
+    def __init__(self, prior_module: nn.Module, channels: int, size: int, window: int = 2, decoder: str = "deconv", context: int = 0,
+                 posterior: str = "factorized"):  # fmt: skip
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}: must be one of {', '.join(DECODERS)}")
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior {posterior!r}: must be one of {', '.join(POSTERIORS)}")
         d = prior_module.d
         self.prior = prior_module
         self.window = window
+        self.posterior = posterior
         self.observed = list(prior_module.observed_index)
-        self.encoder = Encoder(window, channels, size, d, context=context)
+        reads = len(self.observed) if posterior == "smoother" else d
+        self.encoder = Encoder(window, channels, size, reads, context=context)
         self.decoder = DECODERS[decoder](len(self.observed), channels, size)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu, std (B, T-k+1, d) in the prior's units: the encoder's outputs are scaled by the initial-frame
-        prior (mu = m0 + s0 * out), so an untrained encoder already proposes states of the right size."""
+    def encoder_readings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's own per-window Gaussians, in the prior's units: mu = m0 + s0 * out (an untrained encoder already
+        proposes states of the right size), std = s0 * exp(log_var / 2); for the smoother posterior, readings
+        of the observed states only."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         if x.shape[1] < self.window:
             raise ValueError(f"{x.shape[1]} frames cannot fill one window of {self.window}")
         out, log_var = self.encoder(x)
-        m0 = self.prior.initial_mean.to(out)
-        s0 = self.prior.initial_std.to(out)
+        index = self.observed if self.posterior == "smoother" else slice(None)
+        m0 = self.prior.initial_mean.to(out)[index]
+        s0 = self.prior.initial_std.to(out)[index]
         return m0 + s0 * out, s0 * (0.5 * log_var).exp()
+
+    def smoothed(self, x: torch.Tensor, prior=None) -> SmoothedPosterior:
+        """The smoother posterior q(z_{1:T}) of each sequence in x (B, T, C, H, W) (posterior="smoother" only),
+        under `prior` (default: this model's; training's warm-up passes a tempered one)."""
+        if self.posterior != "smoother":
+            raise ValueError("smoothed() needs a VideoVAE built with posterior='smoother'")
+        y, r = self.encoder_readings(x)
+        return kalman_smoother(self.prior if prior is None else prior, y, r)
+
+    def encode(self, x: torch.Tensor, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, std (B, T-k+1, d) in the prior's units. With the smoother posterior these are the smoothed
+        marginals (each frame's state given the whole sequence), or with `causal` the filter's (given the
+        frames up to it: what a prediction may use)."""
+        if self.posterior == "factorized":
+            return self.encoder_readings(x)
+        post = self.smoothed(x)
+        if causal:
+            return post.filtered_mean, torch.diagonal(post.filtered_cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+        return post.mean, post.std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]

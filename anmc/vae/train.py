@@ -11,6 +11,10 @@ with `KL_reading` one of `anmc.prior.TRANSITION_KL` (`--kl elbo|elbo_mc|mixture|
 `standard`: the plain VAE baseline, KL(q(z_t) || N(0, I)) on every frame and a decoder that sees
 every latent. The first latent frame of each training sequence gets the initial-frame prior.
 
+The default posterior (`--posterior smoother`, with `--kl elbo`) is not factorized over time: the
+encoder reads the observed states frame by frame and q(z_1:T) is the prior conditioned on those
+readings (anmc.prior.smoother); the bracket above is then KL(q(z_1:T) || p(z_1:T)) of the sequence.
+
 Learnable `param`s and `noise ... learn` stay frozen for the first `learn_params_after` epochs, then
 train with their own learning rate: a prototype saw a length L run away while the latents were
 still collapsed (DESIGN.md §4, lesson 8).
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.errors import UserError
 from anmc.prior import TRANSITION_KL, gaussian_kl, initial_kl, transition_kl
+from anmc.prior.smoother import markov_kl
 from anmc.vae.checkpoint import (
     CheckpointError,
     append_metrics,
@@ -40,7 +45,7 @@ from anmc.vae.checkpoint import (
     save_checkpoint,
     truncate_metrics,
 )
-from anmc.vae.nets import DECODERS, VideoVAE
+from anmc.vae.nets import DECODERS, POSTERIORS, VideoVAE
 from anmc.video.dataset import FrameSequences, frame_datasets
 
 KL_READINGS = (*TRANSITION_KL, "standard")
@@ -52,16 +57,17 @@ class TrainConfig:
     """Every training choice; saved in the checkpoint so that a run directory alone can be resumed."""
 
     epochs: int = 20
-    batch: int = 32
-    seq_len: int = 8  # latent frames per training sequence (a sequence reads seq_len + window - 1 frames)
+    batch: int = 8
+    seq_len: int = 32  # latent frames per training sequence (a sequence reads seq_len + window - 1 frames)
     lr: float = 1e-3
     lr_final: float = 0.1  # the networks' learning rate falls to lr * lr_final along a cosine over the run
     param_lr: float = 1e-2  # learning rate of the physical params and learnable noise
     beta: float = 1.0
     # Warm-up (docs/method.md §6): for `warmup` steps frames t > 1 also get (1 - w) KL(q_t || initial-state
     # prior), w = step / warmup, which holds the latents where the states live while the dynamics take
-    # hold (anchor). Two more curricula were measured and are off by default (docs/results.md): `ramp`
-    # multiplies the transition KL by w, `temper` widens its noise std from the initial-state std.
+    # hold (anchor; a cross-entropy with the smoother posterior). Two more curricula were measured and
+    # are off by default (docs/results.md): `ramp` multiplies the transition KL by w, `temper` widens
+    # its noise std from the initial-state std.
     warmup: int = 300
     warmup_anchor: bool = True
     warmup_temper: bool = False
@@ -69,13 +75,16 @@ class TrainConfig:
     anchor: float = 0.0  # weight of KL(q_t || initial-state prior) on frames t > 1 kept after the warm-up
     kl: str = "elbo"
     samples: int = 8
-    window: int = 2
+    window: int | None = None  # frames per encoder window; None: 1 for the smoother posterior, 2 for the factorized
     context: int = 0  # frames on either side a temporal convolution over frame features sees (0: off)
+    # "smoother": q(z_1:T) = the prior conditioned on encoded readings of the observed states (anmc.prior.smoother);
+    # "factorized": q(z_t | window) for every state. None: smoother with --kl elbo, factorized with the other readings
+    posterior: str | None = None
     recon: str = "bernoulli"
     recon_std: float = 0.1  # pixel std of the gaussian reconstruction
     decoder: str = "deconv"
     size: int | None = 32  # frames are resized to size x size (64x64 videos train at 32x32 by default)
-    learn_params_after: int = 10  # epochs with physical params frozen
+    learn_params_after: int = 3  # epochs with physical params frozen (the warm-up is 2)
     steps_per_epoch: int | None = 150  # None: one pass over every training sequence
     val_fraction: float = 0.1
     grad_clip: float = 100.0
@@ -90,12 +99,24 @@ class TrainConfig:
             raise UserError(f"--recon {self.recon!r}: use one of {', '.join(RECONSTRUCTIONS)}.")
         if self.decoder not in DECODERS:
             raise UserError(f"--decoder {self.decoder!r}: use one of {', '.join(DECODERS)}.")
+        if self.posterior is None:
+            self.posterior = "smoother" if self.kl == "elbo" else "factorized"
+        if self.window is None:
+            self.window = 1 if self.posterior == "smoother" else 2
+        if self.posterior not in POSTERIORS:
+            raise UserError(f"--posterior {self.posterior!r}: use one of {', '.join(POSTERIORS)}.")
+        if self.posterior == "smoother" and self.kl != "elbo":
+            raise UserError(
+                f"--posterior smoother computes its own KL (the elbo reading for a posterior correlated in time); "
+                f"drop --kl {self.kl} or use --posterior factorized."
+            )
         if self.window < 1 or self.seq_len < 2 or self.batch < 1 or self.epochs < 1:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        data = {"posterior": "factorized"} | data  # runs from before the smoother posterior were factorized
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -124,7 +145,8 @@ def build_vae(prior: CompiledPrior, frame_shape, config: TrainConfig) -> VideoVA
     channels, height, width = frame_shape
     if height != width:
         raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
-    vae = VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context)
+    vae = VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context,
+                   posterior=config.posterior)  # fmt: skip
     if config.kl == "standard":  # the plain-VAE baseline decodes from every latent
         vae.observed = list(range(vae.prior.d))
         vae.decoder = DECODERS[config.decoder](vae.prior.d, channels, height)
@@ -142,11 +164,19 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     `warm` in [0, 1] is the warm-up's progress: frames t > 1 get the prior
     KL_reading(q_t || p(z_t | q_{t-1})) + a * KL(q_t || initial-state prior), a = max(1 - warm, anchor)
     (1 - warm only with `warmup_anchor`; the reading is also scaled by warm with `warmup_ramp`),
-    a curriculum from a static prior (where the states live) to the dynamics (how they move).
+    a curriculum from a static prior (where the states live) to the dynamics (how they move). With the
+    smoother posterior the anchor is the cross-entropy E_q[-log N(z_t | m0, s0^2)], not the KL: the KL's
+    entropy term rewards marginals as wide as s0, which the smoother reaches by ignoring the encoder's
+    readings (the spring's posterior collapsed that way; docs/results.md §3c).
 
     Returns loss, recon and kl (scalars, per frame) and `mu` (B, T, d).
     """
-    mu, std = vae.encode(frames)  # (B, T, d)
+    tempered = TemperedPrior(vae.prior, warm) if warm < 1.0 and config.warmup_temper else vae.prior
+    if vae.posterior == "smoother":
+        post = vae.smoothed(frames, tempered)
+        mu, std = post.mean, post.std
+    else:
+        mu, std = vae.encode(frames)  # (B, T, d)
     z = mu + std * torch.randn_like(std)
     out = vae.decode(z)  # (B, T, C, H, W)
     target = frames[:, vae.window - 1 :].float() / 255.0
@@ -158,14 +188,18 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     b, t, d = mu.shape
     if config.kl == "standard":
         kl = gaussian_kl(mu, std, torch.zeros_like(mu), torch.ones_like(std)).sum(1)
+    elif vae.posterior == "smoother":  # the whole sequence's KL, initial frame included
+        kl = (warm if config.warmup_ramp else 1.0) * markov_kl(tempered, post)
+        weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)
+        if weight > 0.0:  # the anchor as a cross-entropy: no entropy bonus for wide marginals (see docstring)
+            m0, s0 = vae.prior.initial_mean.to(mu), vae.prior.initial_std.to(mu)
+            static = 0.5 * (((mu[:, 1:] - m0) / s0).square() + (std[:, 1:] / s0).square()).sum(-1)
+            kl = kl + weight * static.sum(1)
     else:
         kl0 = initial_kl(vae.prior, mu[:, 0], std[:, 0])
-        module = vae.prior
-        if warm < 1.0 and config.warmup_temper:
-            module = TemperedPrior(vae.prior, warm)
         klt = transition_kl(
             config.kl,
-            module,
+            tempered,
             mu[:, :-1].reshape(-1, d),
             std[:, :-1].reshape(-1, d),
             mu[:, 1:].reshape(-1, d),

@@ -109,7 +109,7 @@ class FrameSequences(Dataset):
                 )
             if c.n_frames < length:
                 raise VideoError(
-                    f"{c.path} has {c.n_frames} frames but one training window needs {length}; use longer clips or a shorter window."
+                    f"{c.path} has {c.n_frames} frames but one training window needs {length}; use longer clips, or shorter training sequences (anmc train --seq-len) or window."
                 )
         self.clips = clips
         self.length = int(length)

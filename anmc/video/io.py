@@ -494,7 +494,7 @@ def load_clips(
         if frames.shape[0] < min_frames:
             raise VideoError(
                 f"{src} has {frames.shape[0]} frame{'s' if frames.shape[0] != 1 else ''} but one training window "
-                f"needs {min_frames}; use longer clips or a shorter window."
+                f"needs {min_frames}; use longer clips, or shorter training sequences (anmc train --seq-len) or window."
             )
         if clips and frames.shape[1:] != clips[0].frames.shape[1:]:
             a, b = clips[0], frames.shape[1:3]
