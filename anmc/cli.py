@@ -256,7 +256,7 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
 
 def _train_options(f):
     """The training flags, shared by `train` and `quickstart`."""
-    from anmc.vae.train import KL_READINGS, TrainConfig
+    from anmc.vae.train import KL_READINGS, POSTERIORS, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -272,7 +272,7 @@ def _train_options(f):
         click.option("--samples", default=d.samples, show_default=True, type=click.IntRange(min=1), help="Monte Carlo samples / mixture components."),
         click.option("--window", default=None, type=click.IntRange(min=1), help="Frames the encoder sees per latent [default: 1 with the smoother posterior, 2 with the factorized]."),
         click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
-        click.option("--posterior", default=None, type=click.Choice(["smoother", "factorized"]), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
+        click.option("--posterior", default=None, type=click.Choice(POSTERIORS), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
         click.option("--recon", default=d.recon, show_default=True, type=click.Choice(["bernoulli", "gaussian"])),
         click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(["deconv", "broadcast"])),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),

@@ -314,13 +314,11 @@ def track_encoder(run, frames: np.ndarray, state: str) -> np.ndarray:
     if run.vae.posterior == "smoother" and i in run.vae.observed:
         with torch.no_grad():
             x = _as_tensor(frames).to(next(run.vae.parameters()).device)
-            y, _ = run.vae.encoder_readings(x[None])
-        out = np.full(len(frames), np.nan)
-        out[len(frames) - y.shape[1] :] = y[0, :, run.vae.observed.index(i)].cpu().numpy()
-        return out
-    mu, _ = encode_frames(run, frames)
+            values = run.vae.encoder_readings(x[None])[0][0, :, run.vae.observed.index(i)]
+    else:
+        values = encode_frames(run, frames)[0][:, i]
     out = np.full(len(frames), np.nan)
-    out[len(frames) - mu.shape[0] :] = mu[:, i].cpu().numpy()
+    out[len(frames) - len(values) :] = values.cpu().numpy()
     return out
 
 

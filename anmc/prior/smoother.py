@@ -56,7 +56,16 @@ class SmoothedPosterior:
     @property
     def std(self) -> Tensor:
         """Marginal standard deviations (B, T, d)."""
-        return torch.diagonal(self.cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+        return _diag_sqrt(self.cov)
+
+    @property
+    def filtered_std(self) -> Tensor:
+        """The filter's marginal standard deviations (B, T, d)."""
+        return _diag_sqrt(self.filtered_cov)
+
+
+def _diag_sqrt(cov: Tensor) -> Tensor:
+    return torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -84,12 +93,13 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor) -> SmoothedPosterior:
     mean = module.initial_mean.to(device=dev, dtype=torch.float64).expand(b, d)
     cov = torch.diag_embed(module.initial_std.to(device=dev, dtype=torch.float64).square()).expand(b, d, d)
 
+    q_mat = torch.diag(q2)
     filt_m, filt_p, pred_m, pred_p, jac = [], [], [], [], []
     for t in range(t_len):
         if t:
             f, jm = module.f_and_jacobian(filt_m[-1])
             f, jm = f.double(), jm.double()
-            mean, cov = f, _sym(jm @ filt_p[-1] @ jm.transpose(-1, -2)) + torch.diag(q2)
+            mean, cov = f, _sym(jm @ filt_p[-1] @ jm.transpose(-1, -2)) + q_mat
             pred_m.append(mean)
             pred_p.append(cov)
             jac.append(jm)
@@ -125,17 +135,21 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor) -> SmoothedPosterior:
     return SmoothedPosterior(mean, cov, cross, entropy.to(out_dtype), filtered_mean, filtered_cov)
 
 
+def initial_cross_entropy(module, mu: Tensor, var: Tensor) -> Tensor:
+    """E_q[−log N(z | m0, diag s0²)] for q with mean mu and marginal variances var (..., d), without its
+    constant ½ Σ log 2π s0², `-> (...)`: markov_kl's first frame, and training's warm-up anchor."""
+    m0, s0 = module.initial_mean.to(mu), module.initial_std.to(mu)
+    return 0.5 * (((mu - m0) / s0).square() + var / s0.square()).sum(-1)
+
+
 def markov_kl(module, post: SmoothedPosterior) -> Tensor:
     """KL(q(z_{1:T}) ‖ p(z_1) Π p(z_t | z_{t−1})) for each sequence, linearized at the means, `-> (B,)`."""
     mu, cov = post.mean, post.cov
     b, t_len, d = mu.shape
-    m0 = module.initial_mean.to(mu)
     s0 = module.initial_std.to(mu)
-    cross_entropy = 0.5 * (
-        ((mu[:, 0] - m0) / s0).square().sum(-1)
-        + (torch.diagonal(cov[:, 0], dim1=-2, dim2=-1) / s0.square()).sum(-1)
-        + torch.log(2 * math.pi * s0.square()).sum()
-    )
+    cross_entropy = initial_cross_entropy(module, mu[:, 0], torch.diagonal(cov[:, 0], dim1=-2, dim2=-1)) + 0.5 * torch.log(
+        2 * math.pi * s0.square()
+    ).sum()
     if t_len > 1:
         f, jm = module.f_and_jacobian(mu[:, :-1].reshape(-1, d))
         f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)

@@ -183,7 +183,7 @@ class VideoVAE(nn.Module):
             return self.encoder_readings(x)
         post = self.smoothed(x)
         if causal:
-            return post.filtered_mean, torch.diagonal(post.filtered_cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+            return post.filtered_mean, post.filtered_std
         return post.mean, post.std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

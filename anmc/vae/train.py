@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.errors import UserError
 from anmc.prior import TRANSITION_KL, gaussian_kl, initial_kl, transition_kl
-from anmc.prior.smoother import markov_kl
+from anmc.prior.smoother import initial_cross_entropy, markov_kl
 from anmc.vae.checkpoint import (
     CheckpointError,
     append_metrics,
@@ -186,15 +186,13 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
         recon = 0.5 * ((torch.sigmoid(out) - target) / config.recon_std) ** 2
     recon = recon.flatten(2).sum(-1)  # (B, T)
     b, t, d = mu.shape
+    weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)  # of the anchor on frames t > 1
     if config.kl == "standard":
         kl = gaussian_kl(mu, std, torch.zeros_like(mu), torch.ones_like(std)).sum(1)
     elif vae.posterior == "smoother":  # the whole sequence's KL, initial frame included
         kl = (warm if config.warmup_ramp else 1.0) * markov_kl(tempered, post)
-        weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)
         if weight > 0.0:  # the anchor as a cross-entropy: no entropy bonus for wide marginals (see docstring)
-            m0, s0 = vae.prior.initial_mean.to(mu), vae.prior.initial_std.to(mu)
-            static = 0.5 * (((mu[:, 1:] - m0) / s0).square() + (std[:, 1:] / s0).square()).sum(-1)
-            kl = kl + weight * static.sum(1)
+            kl = kl + weight * initial_cross_entropy(vae.prior, mu[:, 1:], std[:, 1:].square()).sum(1)
     else:
         kl0 = initial_kl(vae.prior, mu[:, 0], std[:, 0])
         klt = transition_kl(
@@ -207,7 +205,6 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
             samples=config.samples,
         )
         kl = kl0 + (warm if config.warmup_ramp else 1.0) * klt.reshape(b, t - 1).sum(1)
-        weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)
         if weight > 0.0:
             static = initial_kl(vae.prior, mu[:, 1:].reshape(-1, d), std[:, 1:].reshape(-1, d))
             kl = kl + weight * static.reshape(b, t - 1).sum(1)
