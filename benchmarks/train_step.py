@@ -1,15 +1,21 @@
 """Cost of one training step with the ANM prior against the same VAE with a plain N(0, I) prior.
 
-    python benchmarks/train_step.py [--size 32] [--batch 8] [--seq-len 32] [--repeats 30] [--quick]
+    python benchmarks/train_step.py [--size 32] [--batch 8] [--seq-len 32] [--repeats 30] [--clock cpu|wall] [--quick]
 
 Every model is built in the same run, on the same frames, with the same encoder and decoder networks;
-they differ in the posterior and the KL term: the default (`--posterior smoother`, whose Kalman
-smoother runs a Python loop over the sequence) and the factorized posterior with each reading
-(`--kl elbo|mixture|pairwise|pooled`), against `standard`. One step =
-forward, backward and an Adam update. Reports the median step time, the ratio to the N(0, I) step,
-and peak memory: on CUDA torch.cuda.max_memory_allocated; on CPU the growth of the process's peak
-resident set (resource.getrusage) while that model trains -- a coarse figure, measured cheapest first
-because the peak only grows.
+they differ in the posterior and the KL term: the default (`--posterior smoother`: a few batched
+linearizations and Cholesky solves per step) and the factorized posterior with each reading
+(`--kl elbo|mixture|pairwise|pooled`), against `standard` with the same encoder window. One step =
+forward, backward and an Adam update.
+
+Time: the models take turns, one step each per round, for `--repeats` rounds after `--warmup`, so a
+change of load on a shared machine falls on all of them alike; reported are the median step time and
+the median over rounds of the ratio to the N(0, I) step of the same round. The clock is this process's
+CPU time by default (one torch thread; steadier than wall-clock beside other jobs), `--clock wall` on
+request and always on CUDA. Memory, measured before the timing, each model alone: on CUDA
+torch.cuda.max_memory_allocated; on CPU the growth of the process's peak resident set
+(resource.getrusage) over its warm-up steps -- a coarse figure, measured cheapest first because the
+peak only grows.
 """
 
 from __future__ import annotations
@@ -28,35 +34,54 @@ from anmc.vae.train import TrainConfig, build_vae, sequence_loss
 PRIOR = Path(__file__).resolve().parent.parent / "priors" / "pendulum.anm"
 
 
-def step_time(kl: str, posterior: str | None, frames: torch.Tensor, args, device) -> tuple[float, float]:
-    config = TrainConfig(kl=kl, posterior=posterior, size=args.size, batch=args.batch, seq_len=args.seq_len, samples=args.samples)
+def make_step(kl: str, posterior: str | None, window: int | None, frames: torch.Tensor, args, device):
+    """One model and its optimizer; returns step(), which runs one training step."""
+    config = TrainConfig(
+        kl=kl, posterior=posterior, window=window, size=args.size, batch=args.batch, seq_len=args.seq_len, samples=args.samples
+    )
     frames = frames[:, 2 - config.window :]  # seq_len latent frames whatever the window (1 or 2)
     torch.manual_seed(0)
     vae = build_vae(compile_prior(PRIOR), frames.shape[2:], config).to(device)
     if args.compile_prior and kl != "standard":
         vae.prior.compile_core()  # torch.compile of the generated rhs / rhs_and_tangents (opt-in)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for i in range(args.warmup + args.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def step():
         out = sequence_loss(vae, frames, config)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
+
+    return step
+
+
+def peak_memory(step, args, device) -> float:
+    """MiB: CUDA peak allocation, or the growth of the CPU process's peak RSS, over the warm-up steps."""
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return statistics.median(times), peak
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(max(1, args.warmup)):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+
+
+def interleaved_times(steps: dict, args, device) -> dict:
+    """Seconds per step of each model, one step each per round: {key: [seconds per round]}."""
+    clock = time.perf_counter if args.clock == "wall" or device.type == "cuda" else time.process_time
+    times = {key: [] for key in steps}
+    for _ in range(args.repeats):
+        for key, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = clock()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[key].append(clock() - t)
+    return times
 
 
 def main() -> None:
@@ -68,6 +93,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time of this process or wall-clock")
     ap.add_argument("--compile-prior", action="store_true", help="torch.compile the prior module (m.compile_core())")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a few repeats (a smoke test)")
     args = ap.parse_args()
@@ -76,15 +102,29 @@ def main() -> None:
     device = torch.device(args.device)
     frames = torch.randint(0, 256, (args.batch, args.seq_len + 1, 1, args.size, args.size), dtype=torch.uint8, device=device)
     # the standard prior first: ru_maxrss only grows, so the cheaper step is measured before the others
-    readings = [("standard", None), ("elbo", "smoother"), ("elbo", "factorized"), ("pairwise", None), ("mixture", None), ("pooled", None)]
-    results = {(kl, post): step_time(kl, post, frames, args, device) for kl, post in readings}
-    base = results["standard", None][0]
+    # (--kl, --posterior, --window): the smoother reads one frame per reading (window 1), the factorized
+    # posterior two; each ANM step is compared with the N(0, I) step of the same encoder window
+    readings = [
+        ("standard", None, 2),
+        ("standard", None, 1),
+        ("elbo", "smoother", 1),
+        ("elbo", "factorized", 2),
+        ("pairwise", None, 2),
+        ("mixture", None, 2),
+        ("pooled", None, 2),
+    ]
+    steps = {key: make_step(*key, frames, args, device) for key in readings}
+    memory = {key: peak_memory(step, args, device) for key, step in steps.items()}
+    times = interleaved_times(steps, args, device)
     mem = "peak MiB (CUDA)" if device.type == "cuda" else "RSS growth MiB"
-    print(f"train step, pendulum, {args.size}x{args.size}, batch {args.batch} x {args.seq_len} frames, {device}, torch {torch.__version__}")
-    print(f"{'prior / --kl':<28} {'ms/step':>9} {'x N(0,I)':>9} {mem:>16}")
-    for (kl, post), (t, peak) in results.items():
+    clock = "wall-clock" if args.clock == "wall" or device.type == "cuda" else "CPU time"
+    print(f"train step, pendulum, {args.size}x{args.size}, batch {args.batch} x {args.seq_len} frames, {device}, "
+          f"torch {torch.__version__}, {clock}, {args.repeats} interleaved rounds")  # fmt: skip
+    print(f"{'prior / --kl':<28} {'window':>6} {'ms/step':>9} {'x N(0,I)':>9} {mem:>16}")
+    for (kl, post, w), ts in times.items():
         name = "N(0, I) (standard)" if kl == "standard" else f"ANM ({kl}, {post or 'factorized'})"
-        print(f"{name:<28} {t * 1e3:>9.1f} {t / base:>9.2f} {peak:>16.1f}")
+        ratio = statistics.median(t / b for t, b in zip(ts, times["standard", None, w]))
+        print(f"{name:<28} {w:>6} {statistics.median(ts) * 1e3:>9.1f} {ratio:>9.2f} {memory[kl, post, w]:>16.1f}")
 
 
 if __name__ == "__main__":

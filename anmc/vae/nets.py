@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from anmc.prior.smoother import SmoothedPosterior, kalman_smoother
+from anmc.prior.smoother import SmoothedPosterior, kalman_filter, kalman_smoother
 
 
 def _levels(size: int) -> int:
@@ -134,7 +134,7 @@ class VideoVAE(nn.Module):
     Two posteriors (`posterior=`):
     - "factorized": q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2), every state read from a window of k frames;
     - "smoother": the encoder reads only the observed states, as pseudo-observations y_t with std r_t, and
-      q(z_{1:T}) is the prior conditioned on them (anmc.prior.smoother: extended Kalman filter + RTS
+      q(z_{1:T}) is the prior conditioned on them (anmc.prior.smoother: an extended Kalman
       smoother), so unobserved states (velocities) are inferred through the dynamics from the whole sequence.
     """
 
@@ -181,9 +181,10 @@ class VideoVAE(nn.Module):
         frames up to it: what a prediction may use)."""
         if self.posterior == "factorized":
             return self.encoder_readings(x)
-        post = self.smoothed(x)
         if causal:
-            return post.filtered_mean, post.filtered_std
+            mean, cov = kalman_filter(self.prior, *self.encoder_readings(x))
+            return mean, torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+        post = self.smoothed(x)
         return post.mean, post.std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ RECONSTRUCTIONS = ("bernoulli", "gaussian")
 class TrainConfig:
     """Every training choice; saved in the checkpoint so that a run directory alone can be resumed."""
 
-    epochs: int = 20
+    epochs: int = 30
     batch: int = 8
     seq_len: int = 32  # latent frames per training sequence (a sequence reads seq_len + window - 1 frames)
     lr: float = 1e-3
