@@ -125,7 +125,7 @@ def test_dense_and_recursive_paths_agree_on_the_pendulum(pendulum, seed, t_len, 
 def test_fixed_point_is_the_filter():
     """The batched fixed-point iteration finds the sequential filter's means, on a swing of 2.5 rad (where
     the first linearization, at the initial mean, is 2.5 rad off) and on readings of 1 rad noise."""
-    from anmc.prior.smoother import _filter, _filter_fixed_point
+    from anmc.prior.smoother import _filter, _filter_fixed_point, _readings_information
 
     pendulum = anmc.compile_prior(PRIORS / "pendulum.anm").module().double()
     g = torch.Generator().manual_seed(0)
@@ -135,7 +135,9 @@ def test_fixed_point_is_the_filter():
         y = z[..., :1] + noise * torch.randn(z[..., :1].shape, generator=g, dtype=F64)
         r2 = torch.full_like(y, noise**2)
         sequential = torch.stack(_filter(pendulum, y, r2)[0], 1)
-        torch.testing.assert_close(_filter_fixed_point(pendulum, y, r2), sequential, rtol=0, atol=1e-9)
+        start = pendulum.initial_mean.double().expand(6, 32, 2)
+        found = _filter_fixed_point(pendulum, _readings_information(pendulum, y, r2), start)
+        torch.testing.assert_close(found, sequential, rtol=0, atol=1e-9)
 
 
 def test_unrolled_passes_converge_to_the_recursions_gradient(pendulum):

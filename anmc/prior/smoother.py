@@ -62,10 +62,11 @@ class SmoothedPosterior:
     @property
     def std(self) -> Tensor:
         """Marginal standard deviations (B, T, d)."""
-        return _diag_sqrt(self.cov)
+        return marginal_std(self.cov)
 
 
-def _diag_sqrt(cov: Tensor) -> Tensor:
+def marginal_std(cov: Tensor) -> Tensor:
+    """Standard deviations (..., d) from covariances (..., d, d)."""
     return torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
 
 
@@ -92,50 +93,56 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, dense_up_to: int = 512, un
     sequences run the filter and Rauch-Tung-Striebel smoother under autograd (memory linear in T);
     both give the same posterior.
     """
-    b, t_len, m = y.shape
-    if m != len(module.observed_index):
-        raise ValueError(f"{m} pseudo-observations per frame for {len(module.observed_index)} observed states")
+    _check_readings(module, y)
+    t_len = y.shape[1]
     y64, r2 = y.double(), y_std.double().square()
     if t_len * module.d > dense_up_to:
         post = _rts(module, *_filter(module, y64, r2))
     else:
+        readings = _readings_information(module, y64, r2)
+        start = module.initial_mean.expand(y.shape[0], t_len, module.d)
         # to 1e-7 only: each differentiable pass below squares the remaining error (1e-7 -> ~1e-14)
-        lin = _filter_fixed_point(module, y64.detach(), r2.detach(), tol=1e-7 if unroll else 1e-10)
+        lin = _filter_fixed_point(module, readings, start, tol=1e-7 if unroll else 1e-10)
         for _ in range(unroll):
-            lin = _filtered_means(module, y64, r2, lin)
-        post = _solve_dense(module, y64, r2, *_linearize(module, lin))
+            lin = _filtered_means(module, readings, lin)
+        post = _solve_dense(module, readings, *_linearize(module, lin))
     return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
 
 
 def kalman_filter(module, y: Tensor, y_std: Tensor) -> tuple[Tensor, Tensor]:
     """The causal marginals q(z_t | y_1..y_t), means (B, T, d) and covariances (B, T, d, d): the extended
     Kalman filter alone (what a prediction may use: it must not see the frames it predicts)."""
-    if y.shape[-1] != len(module.observed_index):
-        raise ValueError(f"{y.shape[-1]} pseudo-observations per frame for {len(module.observed_index)} observed states")
+    _check_readings(module, y)
     filt_m, filt_p, *_ = _filter(module, y.double(), y_std.double().square())
     return torch.stack(filt_m, 1).to(y.dtype), torch.stack(filt_p, 1).to(y.dtype)
 
 
+def _check_readings(module, y: Tensor) -> None:
+    if y.shape[-1] != len(module.observed_index):
+        raise ValueError(f"{y.shape[-1]} pseudo-observations per frame for {len(module.observed_index)} observed states")
+
+
 @torch.no_grad()
-def _filter_fixed_point(module, y: Tensor, r2: Tensor, tol: float = 1e-10) -> Tensor:
+def _filter_fixed_point(module, readings: tuple[Tensor, Tensor], start: Tensor, tol: float = 1e-10) -> Tensor:
     """The extended Kalman filter's means (B, T, d), as the fixed point l = F(l) of `_filtered_means`,
-    iterated from the initial mean at every frame. Frame t's filtered mean depends on the points of
+    iterated from `start` (B, T, d) (training: the initial mean at every frame), with the readings'
+    information from `_readings_information`. Frame t's filtered mean depends on the points of
     frames before it only, so pass k makes frames 1..k exact and T passes end it whatever the dynamics;
     in practice the change falls quadratically (2e-1, 1e-4, 5e-8, 3e-11 for the pendulum) and the
     loop stops once it is below `tol` initial-state stds: ~5 batched passes instead of T sequential
     filter steps."""
-    b, t_len, _ = y.shape
-    scale = module.initial_std.to(device=y.device, dtype=torch.float64)
-    lin = module.initial_mean.to(device=y.device, dtype=torch.float64).expand(b, t_len, module.d)
-    for _ in range(t_len):
-        new = _filtered_means(module, y, r2, lin)
+    eta0 = readings[1]
+    scale = module.initial_std.to(eta0)
+    lin = start.to(eta0)
+    for _ in range(lin.shape[1]):
+        new = _filtered_means(module, readings, lin)
         if float(((new - lin) / scale).abs().max()) <= tol:
             return new
         lin = new
     return lin
 
 
-def _filtered_means(module, y: Tensor, r2: Tensor, lin: Tensor) -> Tensor:
+def _filtered_means(module, readings: tuple[Tensor, Tensor], lin: Tensor) -> Tensor:
     """The filtered means of the model linearized at the points lin (B, T, d), all frames at once.
 
     Eliminating z_1 .. z_{t−1} from the precision Λ leaves D_t = L_tt L_ttᵀ and h_t = L_tt w_t (L = chol Λ,
@@ -143,7 +150,7 @@ def _filtered_means(module, y: Tensor, r2: Tensor, lin: Tensor) -> Tensor:
     terms J_{t+1}ᵀQ⁻¹J_{t+1} and −J_{t+1}ᵀQ⁻¹b_{t+1}, and without them they are the information form of
     q(z_t | y_1..y_t): m_t = (D_t − J_{t+1}ᵀQ⁻¹J_{t+1})⁻¹ (h_t + J_{t+1}ᵀQ⁻¹b_{t+1})."""
     b, t_len, d = lin.shape
-    lam, eta, next_prec, next_info = _precision(module, y, r2, *_linearize(module, lin))
+    lam, eta, next_prec, next_info = _precision(module, readings, *_linearize(module, lin))
     chol = torch.linalg.cholesky(lam)
     w = torch.linalg.solve_triangular(chol, eta.reshape(b, t_len * d, 1), upper=False).reshape(b, t_len, d)
     steps = torch.arange(t_len, device=lin.device)
@@ -223,14 +230,10 @@ def _rts(module, filt_m, filt_p, pred_m, pred_p, jac) -> SmoothedPosterior:
     return SmoothedPosterior(mean, cov, cross, entropy)
 
 
-def _precision(module, y: Tensor, r2: Tensor, offset: Tensor, jm: Tensor):
-    """The linearized model z_t = J_t z_{t−1} + b_t + ε conditioned on the readings, in information form:
-
-        Λ_tt = P0⁻¹[t=1] + Q⁻¹[t>1] + J_{t+1}ᵀQ⁻¹J_{t+1}[t<T] + Hᵀ R_t⁻¹ H,   Λ_{t,t−1} = −Q⁻¹ J_t,
-        η_t  = P0⁻¹ m0[t=1] + Q⁻¹ b_t[t>1] − J_{t+1}ᵀ Q⁻¹ b_{t+1}[t<T] + Hᵀ R_t⁻¹ y_t.
-
-    Returns the dense precision (B, T·d, T·d), η (B, T, d), and the next transition's terms
-    J_{t+1}ᵀQ⁻¹J_{t+1} (B, T, d, d) and J_{t+1}ᵀQ⁻¹b_{t+1} (B, T, d) (zero at t = T)."""
+def _readings_information(module, y: Tensor, r2: Tensor) -> tuple[Tensor, Tensor]:
+    """What does not depend on the linearization, in information form: the readings on the observed
+    coordinates, the initial prior on frame 1 and Q⁻¹ on the others: diagonal blocks (B, T, d, d) and
+    η (B, T, d) (see `_precision`). Computed once per smoother call, shared by every pass."""
     b, t_len, _ = y.shape
     d = module.d
     dev = y.device
@@ -240,10 +243,25 @@ def _precision(module, y: Tensor, r2: Tensor, offset: Tensor, jm: Tensor):
     m0 = module.initial_mean.to(device=dev, dtype=torch.float64)
     first = torch.zeros(t_len, 1, dtype=torch.float64, device=dev)
     first[0] = 1.0
-    # the readings' information on the observed coordinates, the initial prior on frame 1, Q⁻¹ on the rest
     zeros = torch.zeros(b, t_len, d, dtype=torch.float64, device=dev)
     diag = torch.diag_embed(zeros.index_copy(2, obs, r2.reciprocal()) + first * p0_inv + (1.0 - first) * q_inv)
     eta = zeros.index_copy(2, obs, y / r2) + first * (p0_inv * m0)
+    return diag, eta
+
+
+def _precision(module, readings: tuple[Tensor, Tensor], offset: Tensor, jm: Tensor):
+    """The linearized model z_t = J_t z_{t−1} + b_t + ε conditioned on the readings, in information form:
+
+        Λ_tt = P0⁻¹[t=1] + Q⁻¹[t>1] + J_{t+1}ᵀQ⁻¹J_{t+1}[t<T] + Hᵀ R_t⁻¹ H,   Λ_{t,t−1} = −Q⁻¹ J_t,
+        η_t  = P0⁻¹ m0[t=1] + Q⁻¹ b_t[t>1] − J_{t+1}ᵀ Q⁻¹ b_{t+1}[t<T] + Hᵀ R_t⁻¹ y_t,
+
+    from the terms without J or b (`readings`, from `_readings_information`). Returns the dense
+    precision (B, T·d, T·d), η (B, T, d), and the next transition's terms J_{t+1}ᵀQ⁻¹J_{t+1}
+    (B, T, d, d) and J_{t+1}ᵀQ⁻¹b_{t+1} (B, T, d) (zero at t = T)."""
+    diag, eta = readings
+    b, t_len, d = eta.shape
+    dev = eta.device
+    q_inv = module.noise_std.to(eta).square().reciprocal()  # (d,)
     qj = q_inv[:, None] * jm  # Q⁻¹ J_t (B, T-1, d, d)
     next_prec = F_pad(jm.mT @ qj, (0, 0, 0, 0, 0, 1))
     next_info = F_pad((qj.mT @ offset[..., None])[..., 0], (0, 0, 0, 1))
@@ -257,17 +275,16 @@ def _precision(module, y: Tensor, r2: Tensor, offset: Tensor, jm: Tensor):
     return lam.transpose(2, 3).reshape(b, t_len * d, t_len * d), eta, next_prec, next_info
 
 
-def _solve_dense(module, y: Tensor, r2: Tensor, offset: Tensor, jm: Tensor) -> SmoothedPosterior:
+def _solve_dense(module, readings: tuple[Tensor, Tensor], offset: Tensor, jm: Tensor) -> SmoothedPosterior:
     """The linearized model's posterior as one linear solve: with Λ = L Lᵀ (`_precision`), mean Λ⁻¹η,
     covariance Λ⁻¹ (its diagonal and first sub-diagonal blocks are the marginals and cross-covariances),
     entropy ½ T·d log 2πe − Σ log diag L."""
-    b, t_len, _ = y.shape
-    d = module.d
-    lam, eta, _, _ = _precision(module, y, r2, offset, jm)
+    lam, eta, _, _ = _precision(module, readings, offset, jm)
+    b, t_len, d = eta.shape
     chol = torch.linalg.cholesky(lam)
     cov_all = torch.cholesky_inverse(chol).reshape(b, t_len, d, t_len, d)
     mean = torch.cholesky_solve(eta.reshape(b, t_len * d, 1), chol).reshape(b, t_len, d)
-    steps = torch.arange(t_len, device=y.device)
+    steps = torch.arange(t_len, device=eta.device)
     # contiguous, like the recursions' stacks: a sample drawn with randn_like(std) follows std's layout
     cov = _sym(cov_all[:, steps, :, steps].transpose(0, 1)).contiguous()  # (B, T, d, d)
     cross = cov_all[:, steps[1:], :, steps[:-1]].transpose(0, 1).contiguous()  # Cov(z_{t+1}, z_t) (B, T-1, d, d)

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from anmc.prior.smoother import SmoothedPosterior, kalman_filter, kalman_smoother
+from anmc.prior.smoother import SmoothedPosterior, kalman_filter, kalman_smoother, marginal_std
 
 
 def _levels(size: int) -> int:
@@ -183,7 +183,7 @@ class VideoVAE(nn.Module):
             return self.encoder_readings(x)
         if causal:
             mean, cov = kalman_filter(self.prior, *self.encoder_readings(x))
-            return mean, torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+            return mean, marginal_std(cov)
         post = self.smoothed(x)
         return post.mean, post.std
 
