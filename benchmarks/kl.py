@@ -1,6 +1,6 @@
 """Speed and peak memory of the linearized prior + Monte Carlo KL, against torch.distributions.
 
-    python benchmarks/kl.py [--quick] [--repeats 5] [--threads 1] [--clock cpu|wall] [--dtype float32|float64]
+    python benchmarks/kl.py [--quick] [--rounds 40] [--threads 1] [--clock cpu|wall] [--dtype float32|float64]
                             [--sizes 64 256 1024] [--dims 2 6] [--samples 1 8]
 
 What is timed, for N Gaussians, d states and S samples per component (the `pooled` reading, the one
@@ -10,22 +10,27 @@ with N-component mixtures on both sides):
     KL     KL(q̄ ‖ p̄) ≈ (1/N) Σ_i (1/S) Σ_s [log q̄(z_is) − log p̄(z_is)],  q̄ = (1/N) Σ_i N(μ_t,i, diag σ_t,i²)
 
 i.e. N·S stratified, reparameterized samples scored against two N-component mixtures.
-- ours: `LinearizedPrior(at="mean")(...).pool()` + `gmm_kl_monte_carlo` (GEMM-expanded, chunked
-  log-densities; never a samples × components × d tensor).
+- ours: what the `pooled` reading runs, `linearized_kl_monte_carlo(module, ..., pool=True)`: f and J,
+  then the prior's factorization, the draws and both log-densities (GEMM-expanded, chunked; never a
+  samples × components × d tensor) as one autograd node with its backward pass written out.
+- objects: the same estimate through the composable API, `LinearizedPrior(at="mean")(...).pool()` and
+  `gmm_kl_monte_carlo` (the prior's Cholesky factor under autograd, the mixtures as objects).
 - torch: the same f, J, J S Jᵀ + Q and `torch.linalg.cholesky`, then `MixtureSameFamily(Categorical,
   MultivariateNormal)` for q̄ and p̄ and their `log_prob` on the same N·S samples (the same noise, so
-  both estimates must agree; the `agree` column is their relative difference, and the script fails if
-  they disagree).
+  all estimates must agree; the `agree` column is ours vs torch, and the script fails if they disagree).
 - KL-only: both sides get the same Cholesky factors of p̄ (computed once, outside the timing) and time
-  the rest: mixture objects, draws, log densities. That is the part where the two implementations differ;
-  the compiled f and J (shared) dominate small problems.
+  the rest: `GaussianMixture` + `gmm_kl_monte_carlo` against `MixtureSameFamily`: mixture objects,
+  draws, log densities. That is the part `MixtureSameFamily` does; f and J (the same compiled module
+  on both sides) dominate small problems end to end.
 
 d = 2 is priors/pendulum.anm; d = 6 is three pendulums coupled by springs (source below).
-Times: median over `--repeats` batches of calls (each batch >= 20 ms) after a warm-up, per call.
-The default clock is this process's CPU time (`time.process_time`) with one torch thread, which stays
-steady on a shared machine where wall-clock medians swing 2x; `--clock wall --threads 0` gives
-wall-clock time with torch's default threads. "fwd" builds the graph (inputs and the learnable L
-require grad), "f+b" adds `backward()`.
+Times: the implementations are called in alternation, one call each per round, the order swapped every
+round, for `--rounds` rounds (more for small problems, until each has run 0.3 s; fewer for large ones,
+at least 5, once each has run 3 s), after a warm-up; the median per call is reported. Alternating keeps
+a shared machine's drifts out of the ratios. The default clock is this process's CPU time
+(`time.process_time`) with one torch thread; `--clock wall --threads 0` gives wall-clock time with
+torch's default threads. "fwd" builds the graph (inputs and the learnable L require grad), "f+b" adds
+`backward()`.
 Peak memory: the torch profiler (`profile_memory=True`) records every CPU allocation and free in one
 prior + KL fwd+bwd; they are replayed in order and the peak of the running total (bytes allocated
 inside the call, above what was live before it) is reported. Frees of blocks allocated before the call
@@ -45,6 +50,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 import anmc
 from anmc.prior import GaussianMixture, LinearizedPrior, gmm_kl_monte_carlo
+from anmc.prior.linearize import linearized_kl_monte_carlo
 
 PRIORS = Path(__file__).resolve().parent.parent / "priors"
 
@@ -93,6 +99,11 @@ def make_inputs(module, n: int, dtype, seed: int = 0):
 
 
 def ours(module, mu_prev, std_prev, mu_t, std_t, samples: int, seed: int = 1):
+    return linearized_kl_monte_carlo(module, mu_t, std_t, mu_prev, std_prev, samples=samples, pool=True,
+                                     generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+
+def objects(module, mu_prev, std_prev, mu_t, std_t, samples: int, seed: int = 1):
     p_bar = LinearizedPrior(module, at="mean")(mu_prev, std_prev).pool()
     return ours_kl(p_bar.loc, p_bar.scale_tril, mu_t, std_t, samples, seed)
 
@@ -124,20 +135,25 @@ def torch_kl(loc_p, tril_p, mu_t, std_t, samples: int, seed: int = 1):
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
-def median_time(fn, repeats: int, clock=time.process_time) -> float:
-    """Median seconds of one call, over `repeats` batches of calls each lasting >= ~20 ms, after a warm-up."""
-    fn()
-    t = clock()
-    fn()
-    once = max(clock() - t, 1e-6)
-    inner = max(1, int(0.02 / once))
-    times = []
-    for _ in range(repeats):
-        t = clock()
-        for _ in range(inner):
-            fn()
-        times.append((clock() - t) / inner)
-    return statistics.median(times)
+def interleaved_medians(fns, rounds: int, clock=time.process_time, min_seconds: float = 0.3) -> list[float]:
+    """Median seconds per call of each fn, called in alternation (one call each per round, the order
+    reversed every other round) for `rounds` rounds (fewer, but at least 5, once each has run 3 s) and
+    until each has run `min_seconds`, after a warm-up."""
+    for fn in fns:
+        fn()
+        fn()
+    times = [[] for _ in fns]
+    order = list(range(len(fns)))
+    r = 0
+    while r < 5 or (r < rounds and min(sum(t) for t in times) < 3.0) or min(sum(t) for t in times) < min_seconds:
+        for i in order if r % 2 == 0 else order[::-1]:
+            t = clock()
+            fns[i]()
+            times[i].append(clock() - t)
+        r += 1
+        if r >= 50 * rounds:
+            break
+    return [statistics.median(t) for t in times]
 
 
 def peak_bytes(fn) -> int:
@@ -160,39 +176,40 @@ def peak_bytes(fn) -> int:
     return peak
 
 
-def run_case(module, n, samples, repeats, dtype, clock):
+def run_case(module, n, samples, rounds, dtype, clock, min_seconds=0.3):
     inputs = make_inputs(module, n, dtype)
     with torch.no_grad():  # the prior's Gaussians, for the KL-only timings (both sides get the same factors)
         shared = LinearizedPrior(module, at="mean")(*inputs[:2]).pool()
     kl_inputs = [shared.loc.clone().requires_grad_(), shared.scale_tril.clone().requires_grad_(), *inputs[2:]]
-    out = {}
-    for name, est, kl_only in (("ours", ours, ours_kl), ("torch", torch_distributions, torch_kl)):
 
-        def fwd(est=est, args=inputs):
-            return est(module, *args, samples) if est in (ours, torch_distributions) else est(*args, samples)
-
-        def fwd_bwd(est=est, args=inputs):
+    def call(est, args, backward):
+        def fn():
             for t in (*args, *module.parameters()):
                 t.grad = None
-            fwd(est, args).backward()
+            out = est(module, *args, samples) if est in (ours, objects, torch_distributions) else est(*args, samples)
+            if backward:
+                out.backward()
+            return out
 
-        out[name] = dict(
-            value=float(fwd().detach()),
-            fwd=median_time(fwd, repeats, clock),
-            fwd_bwd=median_time(fwd_bwd, repeats, clock),
-            kl_fwd=median_time(lambda: fwd(kl_only, kl_inputs), repeats, clock),
-            kl_fwd_bwd=median_time(lambda: fwd_bwd(kl_only, kl_inputs), repeats, clock),
-            peak=peak_bytes(fwd_bwd),
-        )
-    a, b = out["ours"]["value"], out["torch"]["value"]
-    out["agree"] = abs(a - b) / max(abs(b), 1e-12)
+        return fn
+
+    estimates = (("ours", ours), ("objects", objects), ("torch", torch_distributions))
+    out = {"value": {name: float(est(module, *inputs, samples).detach()) for name, est in estimates}}
+    for key, backward in (("fwd", False), ("fwd_bwd", True)):
+        out[key] = interleaved_medians([call(e, inputs, backward) for e in (ours, objects, torch_distributions)],
+                                       rounds, clock, min_seconds)  # fmt: skip
+        out["kl_" + key] = interleaved_medians([call(e, kl_inputs, backward) for e in (ours_kl, torch_kl)],
+                                               rounds, clock, min_seconds)  # fmt: skip
+    out["peak"] = [peak_bytes(call(e, inputs, True)) for e in (ours, torch_distributions)]
+    v = out["value"]
+    out["agree"] = max(abs(v[name] - v["torch"]) / max(abs(v["torch"]), 1e-12) for name in ("ours", "objects"))
     return out
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, few rounds: a smoke test")
+    ap.add_argument("--rounds", type=int, default=40, help="at least this many alternating rounds per measurement")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave torch's default)")
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                     help="cpu: this process's CPU time (steady on a shared machine); wall: perf_counter")  # fmt: skip
@@ -205,14 +222,14 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     dtype, clock = getattr(torch, args.dtype), CLOCKS[args.clock]
     if args.quick:
-        sizes, dims, samples, repeats = (8, 32), (2, 6), (1, 2), 1
+        sizes, dims, samples, rounds = (8, 32), (2, 6), (1, 2), 2
     else:
-        sizes, dims, samples, repeats = args.sizes, args.dims, args.samples, args.repeats
+        sizes, dims, samples, rounds = args.sizes, args.dims, args.samples, args.rounds
     print(f"prior + KL(q̄‖p̄): N·S samples scored under two N-component mixtures; {args.dtype}, CPU, "
-          f"{torch.get_num_threads()} thread(s), {args.clock} time, median of {repeats}; "
+          f"{torch.get_num_threads()} thread(s), {args.clock} time, medians of alternating calls; "
           "torch = MixtureSameFamily(Categorical, MultivariateNormal)")  # fmt: skip
-    head = (f"{'N':>5} {'d':>2} {'S':>2} | {'fwd ms':>8} {'torch':>8} {'ratio':>6} | {'f+b ms':>8} {'torch':>8} "
-            f"{'ratio':>6} | {'KL-only ratio':>13} | {'peak MB':>8} {'torch':>8} {'ratio':>6} | "
+    head = (f"{'N':>5} {'d':>2} {'S':>2} | {'fwd ms':>7} {'torch':>7} {'ratio':>6} | {'f+b ms':>7} {'torch':>7} "
+            f"{'ratio':>6} | {'objects':>7} | {'KL-only ratio':>13} | {'peak MB':>7} {'torch':>7} {'ratio':>6} | "
             f"{'agree':>7}")  # fmt: skip
     print(head)
     print("-" * len(head))
@@ -221,22 +238,24 @@ def main(argv=None) -> None:
         module = make_module(d).to(dtype)
         for n in sizes:
             for s in samples:
-                r = run_case(module, n, s, repeats, dtype, clock)
-                o, t = r["ours"], r["torch"]
-                kl_f, kl_fb = t["kl_fwd"] / o["kl_fwd"], t["kl_fwd_bwd"] / o["kl_fwd_bwd"]
+                r = run_case(module, n, s, rounds, dtype, clock, min_seconds=0.0 if args.quick else 0.3)
+                (o, ob, t), (ofb, obfb, tfb) = r["fwd"], r["fwd_bwd"]
+                kl_f = r["kl_fwd"][1] / r["kl_fwd"][0]
+                kl_fb = r["kl_fwd_bwd"][1] / r["kl_fwd_bwd"][0]
+                po, pt = r["peak"]
                 print(
-                    f"{n:>5} {d:>2} {s:>2} | {1e3 * o['fwd']:8.2f} {1e3 * t['fwd']:8.2f} {t['fwd'] / o['fwd']:5.1f}x | "
-                    f"{1e3 * o['fwd_bwd']:8.2f} {1e3 * t['fwd_bwd']:8.2f} {t['fwd_bwd'] / o['fwd_bwd']:5.1f}x | "
-                    f"{kl_f:5.1f}x {kl_fb:5.1f}x | "
-                    f"{o['peak'] / 2**20:8.2f} {t['peak'] / 2**20:8.2f} {t['peak'] / max(o['peak'], 1):5.1f}x | "
-                    f"{r['agree']:7.1e}",
+                    f"{n:>5} {d:>2} {s:>2} | {1e3 * o:7.2f} {1e3 * t:7.2f} {t / o:5.2f}x | "
+                    f"{1e3 * ofb:7.2f} {1e3 * tfb:7.2f} {tfb / ofb:5.2f}x | {tfb / obfb:6.2f}x | "
+                    f"{kl_f:5.2f}x {kl_fb:5.2f}x | "
+                    f"{po / 2**20:7.2f} {pt / 2**20:7.2f} {pt / max(po, 1):5.1f}x | {r['agree']:7.1e}",
                     flush=True,
                 )
                 if r["agree"] > (1e-3 if dtype == torch.float32 else 1e-9):
                     failures.append(f"N={n} d={d} S={s}: estimates differ by {r['agree']:.1e}")
-    print("ratio = torch / ours (> 1: ours is faster / smaller). fwd, f+b: prior (f, J, J S Jᵀ + Q, Cholesky) + KL;")
-    print("KL-only: fwd and f+b ratios given the same Cholesky factors of p̄ (the part where the two differ);")
-    print("peak: CPU bytes allocated during one prior + KL fwd+bwd (torch profiler), above what was live before.")
+    print("ratio = torch / ours (> 1: ours is faster / smaller). fwd, f+b: prior (f, J, J S Jᵀ + Q, Cholesky) + KL,")
+    print("ours = the pooled reading's one-node path; objects: f+b ratio of LinearizedPrior(...).pool() +")
+    print("gmm_kl_monte_carlo; KL-only: fwd and f+b ratios given the same Cholesky factors of p̄ (the part")
+    print("MixtureSameFamily does); peak: CPU bytes allocated during one prior + KL fwd+bwd (torch profiler).")
     if failures:
         raise SystemExit("the two estimates disagree:\n" + "\n".join(failures))
 

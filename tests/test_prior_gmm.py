@@ -167,11 +167,35 @@ def test_chunking_does_not_change_the_result(full):
     mix = random_mixture((2,), 9, 3, full=full)
     z = torch.randn(2, 500, 3, dtype=F64) * 3
     whole = mix.log_prob_points(z)
-    comps = logdensity.Components(
-        mix.log_weights, mix.loc, tril=mix.scale_tril, std=mix.scale_diag
-    )
+    comps = logdensity.Components([mix.components()])
     for entries in (1, 37, 2 * 9 * 64):
         assert torch.allclose(logdensity.mixture_log_prob(z, comps, max_chunk_entries=entries), whole, atol=1e-12)
+
+
+@pytest.mark.parametrize("entries", [logdensity.MAX_CHUNK_ENTRIES, 37])
+def test_stacked_mixtures_have_autograds_gradients(entries):
+    """Two mixtures of different sizes (3 diagonal, 5 full components) scored in one pass, whole or in chunks
+    of 37 entries: the written-out backward pass gives the gradients that autograd gives through the float64
+    brute force, for the points and every parameter of both (each log-density weighted differently)."""
+    q = random_mixture((2,), 3, 4, full=False, seed=3)
+    p = random_mixture((2,), 5, 4, full=True, seed=4)
+    tensors = [t.clone().requires_grad_() for t in (q.log_weights, q.loc, q.scale_diag, p.log_weights, p.loc,
+                                                    p.scale_tril)]  # fmt: skip
+    z = (3 * torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(0), dtype=F64)).requires_grad_()
+    q = GaussianMixture(tensors[0], tensors[1], scale_diag=tensors[2])
+    p = GaussianMixture(tensors[3], tensors[4], scale_tril=tensors[5])
+    comps = logdensity.Components([q.components(), p.components()])
+    log_q, log_p = logdensity.mixture_log_probs(z, comps, entries)
+    w_q, w_p = torch.rand(2, 40, dtype=F64), torch.randn(2, 40, dtype=F64)
+    ours = torch.autograd.grad((w_q * log_q).sum() + (w_p * log_p).sum(), [z, *tensors], retain_graph=True)
+    ref_q = torch.stack([brute_log_prob(z[b], GaussianMixture(q.log_weights[b], q.loc[b], scale_diag=q.scale_diag[b]))
+                         for b in range(2)])  # fmt: skip
+    ref_p = torch.stack([brute_log_prob(z[b], GaussianMixture(p.log_weights[b], p.loc[b], scale_tril=p.scale_tril[b]))
+                         for b in range(2)])  # fmt: skip
+    assert torch.allclose(log_q, ref_q, atol=1e-12) and torch.allclose(log_p, ref_p, atol=1e-12)
+    ref = torch.autograd.grad((w_q * ref_q).sum() + (w_p * ref_p).sum(), [z, *tensors])
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_far_components_fall_back_to_exact_solves(monkeypatch):

@@ -174,6 +174,56 @@ def test_pooled_is_the_batch_mixture_kl_spread_over_rows(spring):
     assert (got - pairwise(spring, *one)).abs() < 3 * se
 
 
+@pytest.mark.parametrize("reading,component_cov", [("pooled", None), ("mixture", "shrunk"), ("mixture", "zero"),
+                                                   ("mixture", "full")])  # fmt: skip
+@pytest.mark.parametrize("model", ["spring", "pendulum"])
+def test_one_node_readings_have_the_gradients_of_the_mixture_objects(reading, component_cov, model, request):
+    """`pooled` and `mixture` run as one autograd node (anmc.prior.linearized_kl: the prior's covariance
+    factorized without autograd, ∂/∂Σ written out). Same draws, float64: the value and every gradient
+    (posteriors, the learnable physical param through f and J, the learnable noise) equal those of
+    LinearizedPrior + gmm_kl_monte_carlo through autograd."""
+    module = request.getfixturevalue(model)
+    args = [a.clone().requires_grad_() for a in posteriors(module, 7, 11, prev_scale=0.3)]
+    mu_prev, std_prev, mu_t, std_t = args
+    params = [*args, *(p for p in module.parameters() if p.requires_grad)]
+    if reading == "pooled":
+        got = pooled(module, *args, samples=3, generator=torch.Generator().manual_seed(5)).sum()
+        q = GaussianMixture(torch.zeros(7, dtype=F64), mu_t, scale_diag=std_t)
+        ref = gmm_kl_monte_carlo(q, LinearizedPrior(module)(mu_prev, std_prev).pool(), 3,
+                                 generator=torch.Generator().manual_seed(5))  # fmt: skip
+    else:
+        w = torch.linspace(0.5, 1.5, 7, dtype=F64)  # a weighted sum: every row's gradient counts differently
+        got = (w * mixture(module, *args, samples=3, generator=torch.Generator().manual_seed(5),
+                           component_cov=component_cov)).sum()  # fmt: skip
+        g = torch.Generator().manual_seed(5)
+        p = LinearizedPrior(module, at="samples", samples=3, component_cov=component_cov)(mu_prev, std_prev, generator=g)
+        ref = (w * gmm_kl_monte_carlo(GaussianMixture.gaussian(mu_t, scale_diag=std_t), p, 3, generator=g)).sum()
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(ref, params)):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-10 * b.abs().max().item()), (a, b)
+
+
+def test_one_node_kl_passes_gradcheck():
+    """kl_to_linearized_prior against finite differences in every input: f, J, the pushed std s, diag Q,
+    and q's means and stds (pooled: 4 components each side, 2 draws per component)."""
+    from anmc.prior.linearized_kl import kl_to_linearized_prior
+
+    g = torch.Generator().manual_seed(2)
+    B, K, d = 1, 4, 3
+    f = torch.randn(B, K, d, generator=g, dtype=F64)
+    J = torch.eye(d, dtype=F64) + 0.3 * torch.randn(B, K, d, d, generator=g, dtype=F64)
+    s = 0.2 + 0.3 * torch.rand(B, K, d, generator=g, dtype=F64)
+    var = 0.05 + 0.1 * torch.rand(d, generator=g, dtype=F64)
+    mu = f + 0.2 * torch.randn(B, K, d, generator=g, dtype=F64)
+    std = 0.2 + 0.3 * torch.rand(B, K, d, generator=g, dtype=F64)
+    inputs = tuple(t.requires_grad_() for t in (f, J, s, var, mu, std))
+
+    def fn(*xs):
+        return kl_to_linearized_prior(*xs, 2, torch.Generator().manual_seed(0))
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
 def test_elbo_bounds_pairwise_from_above(pendulum):
     """elbo ≥ pairwise always: elbo is E_z KL(q_t ‖ N(f(μ) + J(z − μ), Q)), pairwise the KL to the z-mixture of
     those Gaussians, N(f(μ), J Σ Jᵀ + Q), and KL is convex in its second argument (DESIGN.md §4, lesson 1:

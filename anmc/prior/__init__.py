@@ -2,6 +2,7 @@
 
     p(z_t) ≈ Σ_k w_k N(z_t | f(c_k), J(c_k) S_k J(c_k)ᵀ + Q)           LinearizedPrior -> GaussianMixture
     KL(q ‖ p) ≈ Σ_m π_m (1/S) Σ_s [log q(z_ms) − log p(z_ms)]           gmm_kl_monte_carlo
+    the same, q diagonal, p linearized, as one autograd node            LinearizedPrior.kl_monte_carlo
     TRANSITION_KL["elbo" | "elbo_mc" | "mixture" | "pairwise" | "pooled"]   transition_kl(name, ...)
     q(z_1:T) ∝ p(z_1:T) Π N(y_t | H z_t, r_t²), KL(q ‖ p) of the sequence         kalman_smoother, markov_kl
     q(z_t | y_1..t), the causal marginals                                     kalman_filter

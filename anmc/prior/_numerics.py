@@ -18,20 +18,30 @@ def eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
-def add_jitter(cov: torch.Tensor, rel: float | None = None) -> torch.Tensor:
-    """`cov + diag(rel · diag(cov))` for a batch of covariances `(..., d, d)`; rel defaults to 16 eps(dtype)."""
-    rel = JITTER_ULPS * eps(cov.dtype) if rel is None else rel
-    diag = cov.diagonal(dim1=-2, dim2=-1)
-    return cov + torch.diag_embed(rel * diag.detach())
+_JITTER: dict = {}
+
+
+def jitter_factor(d: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The (d, d) matrix 1 + 16 eps(dtype) I: `cov * factor` adds the relative jitter in one operation."""
+    key = (d, dtype, str(device))
+    if key not in _JITTER:
+        with torch.inference_mode(False):  # a tensor made in inference mode could never meet autograd later
+            _JITTER[key] = 1.0 + JITTER_ULPS * eps(dtype) * torch.eye(d, dtype=dtype, device=device)
+    return _JITTER[key]
 
 
 def cholesky(cov: torch.Tensor) -> torch.Tensor:
     """Lower Cholesky factor of `cov + jitter`, `(..., d, d) -> (..., d, d)`.
 
-    Starts with a relative jitter of 16 eps(dtype); each matrix that still fails gets 100x more (up to
-    1e8 x), and on the last try an absolute floor of the same size times its mean diagonal. Raises a
-    ValueError counting the matrices that are still not positive definite (NaN or inf inputs).
+    Starts with a relative jitter of 16 eps(dtype) (every diagonal entry times 1 + 16 eps, one
+    multiplication); each matrix that still fails gets 100x more (up to 1e8 x), and on the last try an
+    absolute floor of the same size times its mean diagonal. Raises a ValueError counting the matrices
+    that are still not positive definite (NaN or inf inputs).
     """
+    try:
+        return torch.linalg.cholesky(cov * jitter_factor(cov.shape[-1], cov.dtype, cov.device))
+    except torch.linalg.LinAlgError:
+        pass
     diag = cov.diagonal(dim1=-2, dim2=-1).detach()
     rel = torch.full_like(diag[..., :1], JITTER_ULPS * eps(cov.dtype))
     floor = torch.zeros_like(diag[..., :1])

@@ -17,7 +17,14 @@ import math
 import torch
 
 from anmc.prior._logdensity import Components, mixture_log_probs
-from anmc.prior._numerics import LOG_2PI
+
+
+def broadcast_shapes(*shapes) -> torch.Size:
+    """`torch.broadcast_shapes`, without its cost (tens of microseconds) when the shapes already agree."""
+    first = shapes[0]
+    if all(s == first for s in shapes[1:]):
+        return torch.Size(first)
+    return torch.broadcast_shapes(*shapes)
 
 
 class GaussianMixture:
@@ -34,12 +41,23 @@ class GaussianMixture:
             raise ValueError(f"loc must be (*batch, K, d), got shape {tuple(loc.shape)}")
         scale = scale_tril if scale_tril is not None else scale_diag
         scale_batch = scale.shape[:-2] if scale_tril is not None else scale.shape[:-1]
-        batch_k = torch.broadcast_shapes(log_weights.shape, loc.shape[:-1], scale_batch)
+        batch_k = broadcast_shapes(log_weights.shape, loc.shape[:-1], scale_batch)
         d = loc.shape[-1]
-        self.log_weights = (log_weights - torch.logsumexp(log_weights, dim=-1, keepdim=True)).expand(batch_k)
-        self.loc = loc.expand(*batch_k, d)
-        self.scale_tril = None if scale_tril is None else scale_tril.expand(*batch_k, d, d)
-        self.scale_diag = None if scale_diag is None else scale_diag.expand(*batch_k, d)
+        log_weights = log_weights - torch.logsumexp(log_weights, dim=-1, keepdim=True)
+        self.log_weights = log_weights if log_weights.shape == batch_k else log_weights.expand(batch_k)
+        self.loc = loc if loc.shape[:-1] == batch_k else loc.expand(*batch_k, d)
+        if scale_tril is not None and scale_tril.shape[:-2] != batch_k:
+            scale_tril = scale_tril.expand(*batch_k, d, d)
+        if scale_diag is not None and scale_diag.shape[:-1] != batch_k:
+            scale_diag = scale_diag.expand(*batch_k, d)
+        self.scale_tril, self.scale_diag = scale_tril, scale_diag
+
+    @classmethod
+    def _normalized(cls, log_weights, loc, *, scale_tril=None, scale_diag=None) -> GaussianMixture:
+        """A mixture from fields that already have its shapes and normalized log-weights (no checks, no copies)."""
+        out = object.__new__(cls)
+        out.log_weights, out.loc, out.scale_tril, out.scale_diag = log_weights, loc, scale_tril, scale_diag
+        return out
 
     @classmethod
     def gaussian(cls, loc, *, scale_tril=None, scale_diag=None) -> GaussianMixture:
@@ -124,7 +142,7 @@ class GaussianMixture:
             raise ValueError("pool() needs a batch dimension to merge into the components")
         b, k, d = self.batch_shape[:-1], self.num_components, self.d
         n = self.batch_shape[-1]
-        return GaussianMixture(
+        return GaussianMixture._normalized(
             self.log_weights.reshape(*b, n * k) - math.log(n),
             self.loc.reshape(*b, n * k, d),
             scale_tril=None if self.scale_tril is None else self.scale_tril.reshape(*b, n * k, d, d),
@@ -152,15 +170,14 @@ class GaussianMixture:
         z = self.transform_noise(self.sample_noise(samples, generator))
         return z.movedim(-2, 0)
 
-    def components(self) -> Components:
-        """The kernel's float64 coefficients of every component, batch flattened: `(B, K, ...)`."""
+    def components(self) -> tuple:
+        """(log_weights, loc, scale, full) with the batch flattened, `(B, K, ...)`: the kernel's raw inputs."""
         k, d = self.num_components, self.d
-        return Components(
-            self.log_weights.reshape(-1, k),
-            self.loc.reshape(-1, k, d),
-            tril=None if self.scale_tril is None else self.scale_tril.reshape(-1, k, d, d),
-            std=None if self.scale_diag is None else self.scale_diag.reshape(-1, k, d),
-        )
+        if self.scale_tril is not None:
+            scale = self.scale_tril.reshape(-1, k, d, d)
+        else:
+            scale = self.scale_diag.reshape(-1, k, d)
+        return self.log_weights.reshape(-1, k), self.loc.reshape(-1, k, d), scale, self.scale_tril is not None
 
     def log_prob_points(self, points: torch.Tensor) -> torch.Tensor:
         """log p(z) for n points per mixture: points `(*batch, n, d)` -> `(*batch, n)`.
@@ -178,17 +195,12 @@ class GaussianMixture:
         nb = len(self.batch_shape)
         ns = max(0, z.dim() - 1 - nb)
         sample = z.shape[:ns]
-        batch = torch.broadcast_shapes(z.shape[ns:-1], self.batch_shape)
+        batch = broadcast_shapes(z.shape[ns:-1], self.batch_shape)
         zb = z.expand(*sample, *batch, self.d)
         pts = zb.movedim(tuple(range(ns)), tuple(range(len(batch), len(batch) + ns)))  # (*batch, *sample, d)
         n = math.prod(sample)
         out = self.log_prob_points(pts.reshape(*batch, n, self.d)).reshape(*batch, *sample)
         return out.movedim(tuple(range(len(batch), len(batch) + ns)), tuple(range(ns)))
-
-    def log_prob_own_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        """For K = 1: log p(m + Lε) = −½‖ε‖² − ½log|Σ| − (d/2) log 2π exactly, ε `(*batch, 1, S, d)` -> `(*batch, 1, S)`."""
-        assert self.num_components == 1, "the density of a draw from its own noise is exact only for K = 1"
-        return -0.5 * noise.square().sum(-1) - self.half_log_det()[..., None] - 0.5 * self.d * LOG_2PI
 
     def __repr__(self) -> str:
         kind = "diagonal" if self.is_diagonal else "full"
@@ -204,8 +216,8 @@ def log_prob_points(points: torch.Tensor, *mixtures: GaussianMixture) -> list[to
     The mixtures' components share one GEMM per chunk (and one set of numerical safeguards); each
     mixture gets its own logsumexp. Batch shapes broadcast against each other and the points.
     """
-    batch = torch.broadcast_shapes(points.shape[:-2], *(m.batch_shape for m in mixtures))
+    batch = broadcast_shapes(points.shape[:-2], *(m.batch_shape for m in mixtures))
     n, d = points.shape[-2], points.shape[-1]
-    comps = Components.stack([(m.expand(batch) if m.batch_shape != batch else m).components() for m in mixtures])
-    pts = points.expand(*batch, n, d).reshape(-1, n, d)
+    comps = Components([(m.expand(batch) if m.batch_shape != batch else m).components() for m in mixtures])
+    pts = (points if points.shape[:-2] == batch else points.expand(*batch, n, d)).reshape(-1, n, d)
     return [lp.reshape(*batch, n) for lp in mixture_log_probs(pts, comps)]

@@ -17,6 +17,7 @@ from torch import nn
 
 from anmc.prior._numerics import cholesky
 from anmc.prior.gmm import GaussianMixture
+from anmc.prior.linearized_kl import kl_to_linearized_prior
 
 LINEARIZE_AT = ("mean", "samples")
 COMPONENT_COV = ("full", "shrunk", "zero")
@@ -84,31 +85,78 @@ class LinearizedPrior(nn.Module):
         self.component_cov, self.horizon = component_cov, horizon
 
     def forward(self, mean, std=None, *, scale_tril=None, generator: torch.Generator | None = None) -> GaussianMixture:
-        if (std is None) == (scale_tril is None):
-            raise ValueError("give exactly one of std (diagonal S) or scale_tril (full S = L Lᵀ)")
-        if self.at == "mean":
-            points = mean[..., None, :]
-            std_k = None if std is None else std[..., None, :]
-            tril_k = None if scale_tril is None else scale_tril[..., None, :, :]
-            log_w = torch.zeros(mean.shape[:-1] + (1,), dtype=mean.dtype, device=mean.device)
-        else:
-            K = self.samples
-            eps = torch.randn((*mean.shape[:-1], K, mean.shape[-1]), generator=generator, dtype=mean.dtype,
-                              device=mean.device)  # fmt: skip
-            if std is not None:
-                points = mean[..., None, :] + std[..., None, :] * eps
-            else:
-                points = mean[..., None, :] + eps @ scale_tril.mT
-            shrink = {"full": 1.0, "shrunk": 1.0 / math.sqrt(K), "zero": 0.0}[self.component_cov]
-            std_k = None if std is None or shrink == 0.0 else (shrink * std)[..., None, :]
-            tril_k = None if scale_tril is None or shrink == 0.0 else (shrink * scale_tril)[..., None, :, :]
-            log_w = torch.full(mean.shape[:-1] + (K,), -math.log(K), dtype=mean.dtype, device=mean.device)
-        if std_k is not None:
-            std_k = std_k.expand(points.shape)
-        if tril_k is not None:
-            tril_k = tril_k.expand(*points.shape, points.shape[-1])
+        points, log_w, std_k, tril_k = linearization_points(mean, std, scale_tril=scale_tril, at=self.at,
+                                                            samples=self.samples, component_cov=self.component_cov,
+                                                            generator=generator)  # fmt: skip
         loc, cov = ekf_predict(self.module, points, std=std_k, scale_tril=tril_k, horizon=self.horizon)
-        return GaussianMixture(log_w, loc, scale_tril=cholesky(cov))
+        return GaussianMixture._normalized(log_w.expand(loc.shape[:-1]), loc, scale_tril=cholesky(cov))
+
+    def kl_monte_carlo(self, q_mean, q_std, mean, std, *, samples: int = 8, pool: bool = False,
+                       generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+        """KL(q ‖ this prior) by stratified Monte Carlo, one autograd node: `linearized_kl_monte_carlo`."""
+        if self.horizon != 1:
+            raise ValueError("kl_monte_carlo pushes one frame ahead; use the mixture from forward() for horizon > 1")
+        return linearized_kl_monte_carlo(self.module, q_mean, q_std, mean, std, at=self.at, samples=samples,
+                                         component_cov=self.component_cov, pool=pool, generator=generator)  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"at={self.at!r}, samples={self.samples}, component_cov={self.component_cov!r}, horizon={self.horizon}"
+
+
+def linearization_points(mean, std=None, *, scale_tril=None, at: str = "mean", samples: int = 8,
+                         component_cov: str = "shrunk", generator: torch.Generator | None = None):  # fmt: skip
+    """LinearizedPrior's linearization points c_ik `(*B, K, d)`, log-weights `(*B, K)`, and each component's
+    S_ik as a std `(*B, K, d)` or Cholesky factor `(*B, K, d, d)` (None when S_ik = 0)."""
+    if (std is None) == (scale_tril is None):
+        raise ValueError("give exactly one of std (diagonal S) or scale_tril (full S = L Lᵀ)")
+    if at == "mean":
+        points = mean[..., None, :]
+        std_k = None if std is None else std[..., None, :]
+        tril_k = None if scale_tril is None else scale_tril[..., None, :, :]
+        log_w = torch.zeros(mean.shape[:-1] + (1,), dtype=mean.dtype, device=mean.device)
+    else:
+        K = samples
+        eps = torch.randn((*mean.shape[:-1], K, mean.shape[-1]), generator=generator, dtype=mean.dtype,
+                          device=mean.device)  # fmt: skip
+        if std is not None:
+            points = mean[..., None, :] + std[..., None, :] * eps
+        else:
+            points = mean[..., None, :] + eps @ scale_tril.mT
+        shrink = {"full": 1.0, "shrunk": 1.0 / math.sqrt(K), "zero": 0.0}[component_cov]
+        std_k = None if std is None or shrink == 0.0 else (shrink * std)[..., None, :]
+        tril_k = None if scale_tril is None or shrink == 0.0 else (shrink * scale_tril)[..., None, :, :]
+        log_w = torch.full(mean.shape[:-1] + (K,), -math.log(K), dtype=mean.dtype, device=mean.device)
+    if std_k is not None:
+        std_k = std_k.expand(points.shape)
+    if tril_k is not None:
+        tril_k = tril_k.expand(*points.shape, points.shape[-1])
+    return points, log_w, std_k, tril_k
+
+
+def linearized_kl_monte_carlo(module: nn.Module, q_mean, q_std, mean, std, *, at: str = "mean", samples: int = 8,
+                              component_cov: str = "shrunk", pool: bool = False,
+                              generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """KL(q ‖ p) by stratified Monte Carlo as one autograd node (`anmc.prior.linearized_kl`).
+
+    p = LinearizedPrior(module, at=at, samples=samples, component_cov=component_cov)(mean, std), diagonal
+    std `(*B, d)`, and q = N(q_mean, diag q_std²) per row: KL `(*B)`; with `pool`, p is pooled over the
+    rows and q is the uniform mixture of all rows' Gaussians: KL `()`. The same estimate (same draws, to
+    rounding) as `gmm_kl_monte_carlo(q, p, samples)` on those mixtures, without building them.
+    """
+    d = mean.shape[-1]
+    if at == "mean":  # one component per row: no extra dimension, no generator draw
+        f, J = module.f_and_jacobian(mean)
+        s, K = std.expand(mean.shape), 1
+    else:
+        points, _, std_k, _ = linearization_points(mean, std, at=at, samples=samples, component_cov=component_cov,
+                                                   generator=generator)  # fmt: skip
+        f, J = module.f_and_jacobian(points)
+        s, K = (torch.zeros_like(points) if std_k is None else std_k), samples
+    var = noise_cov_diag(module, q_mean)
+    if pool:
+        f, J, s = f.reshape(1, -1, d), J.reshape(1, -1, d, d), s.reshape(1, -1, d)
+        return kl_to_linearized_prior(f, J, s, var, q_mean.reshape(1, -1, d), q_std.reshape(1, -1, d), samples,
+                                      generator)[0]  # fmt: skip
+    f, J, s = f.reshape(-1, K, d), J.reshape(-1, K, d, d), s.reshape(-1, K, d)
+    kl = kl_to_linearized_prior(f, J, s, var, q_mean.reshape(-1, 1, d), q_std.reshape(-1, 1, d), samples, generator)
+    return kl.reshape(q_mean.shape[:-1])

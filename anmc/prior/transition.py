@@ -27,9 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from anmc.prior.gmm import GaussianMixture
-from anmc.prior.kl import gaussian_kl, gmm_kl_monte_carlo
-from anmc.prior.linearize import LinearizedPrior
+from anmc.prior.kl import gaussian_kl
+from anmc.prior.linearize import LinearizedPrior, linearized_kl_monte_carlo
 
 
 def _noise_std(module: nn.Module, like: Tensor) -> Tensor:
@@ -59,13 +58,11 @@ def mixture(module, mu_prev, std_prev, mu_t, std_t, *, samples=8, generator=None
     """KL(q_t ‖ p_t), p_t the linearized mixture over `samples` draws of q(z_{t−1}), by Monte Carlo, `-> (N,)`.
 
     Components N(f(z_k), J_k S J_kᵀ + Q) with S = Σ_{t−1}/K ("shrunk", the default: moment-matched,
-    see LinearizedPrior), Σ_{t−1} ("full") or 0 ("zero"); KL by `gmm_kl_monte_carlo` with `samples`
-    draws of q_t.
+    see LinearizedPrior), Σ_{t−1} ("full") or 0 ("zero"); KL by Monte Carlo with `samples` draws of q_t
+    (`linearized_kl_monte_carlo`: the estimate of `gmm_kl_monte_carlo` as one autograd node).
     """
-    prior = LinearizedPrior(module, at="samples", samples=samples, component_cov=component_cov)
-    p_t = prior(mu_prev, std_prev, generator=generator)
-    q_t = GaussianMixture.gaussian(mu_t, scale_diag=std_t)
-    return gmm_kl_monte_carlo(q_t, p_t, samples=samples, generator=generator)
+    return linearized_kl_monte_carlo(module, mu_t, std_t, mu_prev, std_prev, at="samples", samples=samples,
+                                     component_cov=component_cov, generator=generator)  # fmt: skip
 
 
 def pairwise(module, mu_prev, std_prev, mu_t, std_t, *, samples=8, generator=None) -> Tensor:
@@ -75,11 +72,13 @@ def pairwise(module, mu_prev, std_prev, mu_t, std_t, *, samples=8, generator=Non
 
 
 def pooled(module, mu_prev, std_prev, mu_t, std_t, *, samples=8, generator=None) -> Tensor:
-    """KL(q̄ ‖ p̄) between the batch mixtures, by Monte Carlo, returned as KL/N on each of the N rows."""
-    p_bar = LinearizedPrior(module, at="mean")(mu_prev, std_prev).pool()
+    """KL(q̄ ‖ p̄) between the batch mixtures, by Monte Carlo, returned as KL/N on each of the N rows.
+
+    (`linearized_kl_monte_carlo` with pool=True: the estimate of `LinearizedPrior(...).pool()` and
+    `gmm_kl_monte_carlo`, same draws, as one autograd node.)"""
+    kl = linearized_kl_monte_carlo(module, mu_t, std_t, mu_prev, std_prev, samples=samples, pool=True,
+                                   generator=generator)  # fmt: skip
     n = mu_t.shape[0]
-    q_bar = GaussianMixture(torch.zeros(n, dtype=mu_t.dtype, device=mu_t.device), mu_t, scale_diag=std_t)
-    kl = gmm_kl_monte_carlo(q_bar, p_bar, samples=samples, generator=generator)
     return (kl / n).expand(n)
 
 
