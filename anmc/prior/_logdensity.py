@@ -137,11 +137,12 @@ def _log_sum_exp(ell: torch.Tensor, splits: tuple[int, ...], out_dtype):
     The shift by each row maximum is done in ell's dtype (float64 after a promoted GEMM), the
     exponentials in `out_dtype` with the shifted terms floored at EXP_FLOOR (their weight is < 2e-35; exp
     is ~10x slower below float32's range). The softmax is the largest tensor kept for the backward pass.
+    Overwrites ell.
     """
     if len(set(splits)) == 1:  # equal splits: one reduction over a (B, n, #splits, K / #splits) view
         e = ell.view(*ell.shape[:-1], len(splits), splits[0])
         top = e.amax(-1, keepdim=True)
-        p = (e - top).to(out_dtype).clamp_min_(EXP_FLOOR).exp_()
+        p = e.sub_(top).to(out_dtype).clamp_min_(EXP_FLOOR).exp_()  # ell is not needed after this: in place
         total = p.sum(-1, keepdim=True)
         return (top + total.log()).squeeze(-1), p.div_(total).view(ell.shape)
     outs, probs = zip(*(_log_sum_exp(part, part.shape[-1:], out_dtype) for part in ell.split(splits, -1)))
@@ -200,18 +201,18 @@ def _chunk_backward(grad, comps: Components, saved):
     """
     probs, feats, xc, mc, Pm, exact = saved
     wd, d, splits, cd = comps.loc.dtype, comps.d, comps.splits, feats.dtype
-    grad = grad.to(probs.dtype)
+    grad = grad.to(cd)
+    a = probs.to(cd, copy=True)  # the one (points × components) buffer of the backward pass, written in place
     if len(splits) == 1:
-        a = probs * grad
+        a.mul_(grad)
     elif len(set(splits)) == 1:  # each component gets its own mixture's upstream gradient
-        a = (probs.view(*probs.shape[:-1], len(splits), splits[0]) * grad.unsqueeze(-1)).view(probs.shape)
+        a.view(*a.shape[:-1], len(splits), splits[0]).mul_(grad.unsqueeze(-1))
     else:
-        a = probs * grad.repeat_interleave(torch.tensor(splits, device=grad.device), dim=-1, output_size=sum(splits))
-    a = a.to(cd)
+        a.mul_(grad.repeat_interleave(torch.tensor(splits, device=grad.device), dim=-1, output_size=sum(splits)))
     if exact is not None:
         b, n, k = exact
         a_exact = a[b, n, k].to(wd)
-        a = a.index_put(exact, a.new_zeros(()))  # their terms come from the exact differences below
+        a.index_put_(exact, a.new_zeros(()))  # their terms come from the exact differences below
     sums = torch.bmm(a.mT, feats).to(wd)  # (B, K, T + d): Σ_n a_nk [x̃x̃, x̃]
     c = a.sum(-2).to(wd)  # (B, K)
     T = sums.shape[-1] - d
