@@ -53,6 +53,16 @@ def test_learnable_param_frozen_then_trained(trained):
     assert result.metrics[-1]["params"]["L"] != pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("kl", ["mixture", "pooled"])
+def test_monte_carlo_readings_train_and_learn_the_param(kl, data, tmp_path):
+    """The readings that run as one autograd node (anmc.prior.linearized_kl) train through the trainer: finite
+    losses, and the learnable length moves once physics learning starts."""
+    result = train(PRIOR, [str(data)], tmp_path / kl, TrainConfig(**{**TINY, "epochs": 2, "kl": kl, "samples": 4}))
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in result.metrics)
+    assert load_checkpoint(tmp_path / kl)["config"]["kl"] == kl
+    assert result.metrics[-1]["params"]["L"] != pytest.approx(1.0, abs=1e-6)
+
+
 def test_resume_is_bit_for_bit(data, tmp_path):
     straight, split = tmp_path / "a", tmp_path / "b"
     train(PRIOR, [str(data)], straight, TrainConfig(**TINY))
