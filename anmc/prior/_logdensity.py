@@ -92,7 +92,7 @@ class Components:
     def __init__(self, parts):
         self.raw = list(parts)
         first = parts[0][1]
-        self.in_dtype, self.d = first.dtype, first.shape[-1]
+        self.d = first.shape[-1]
         self.splits = tuple(loc.shape[-2] for _, loc, _, _ in parts)
         self.full = any(full for *_, full in parts)
         wd = _work_dtype(first.device)
@@ -127,8 +127,12 @@ class Components:
 
     def times_precision(self, v, b=None, k=None):
         """P_k v for v (B, K, d) against all components, or (F, d) gathered at (b, k)."""
-        P = self.P if b is None else self.P[b, k]
-        return (P * v[..., None, :]).sum(-1) if self.full else P * v
+        return precision_times(self.P if b is None else self.P[b, k], v, self.full)
+
+
+def precision_times(P, v, full: bool):
+    """P v for precisions P (..., d, d) (full) or their diagonals (..., d), and vectors v (..., d)."""
+    return (P * v.unsqueeze(-2)).sum(-1) if full else P * v
 
 
 def _log_sum_exp(ell: torch.Tensor, splits: tuple[int, ...], out_dtype):
@@ -242,17 +246,13 @@ def _chunk_backward(grad, comps: Components, saved):
     return dx, c, v, C
 
 
-def _step(n: int, comps: Components, max_chunk_entries: int) -> int:
-    return max(1, max_chunk_entries // max(1, comps.loc.shape[0] * comps.loc.shape[-2]))
-
-
 def kernel_forward(x: torch.Tensor, comps: Components, max_chunk_entries: int = MAX_CHUNK_ENTRIES):
     """Without autograd: [log p_j(x_n)] (B, n, #splits) in x's dtype, and the state `kernel_backward` needs.
 
     Points go in chunks of at most `max_chunk_entries` (B × n_chunk × K) entries, each centred at its
     own mean: keep points from one region together (consecutive) for the best centring.
     """
-    step = _step(x.shape[1], comps, max_chunk_entries)
+    step = max(1, max_chunk_entries // max(1, comps.loc.shape[0] * comps.loc.shape[-2]))  # points per chunk
     if x.shape[1] <= step:
         out, saved = _chunk_forward(x, comps)
         return out, [saved]
@@ -278,17 +278,17 @@ def part_gradients(comps: Components, c, v, C, index: int) -> tuple[torch.Tensor
     c, v, C, P = c[:, part], v[:, part], C[:, part], comps.P[:, part]
     if comps.full and not full:  # a diagonal mixture promoted to factors: P, L and C's diagonals suffice
         std = comps.tril[:, part].diagonal(dim1=-2, dim2=-1)
-        dm = P.diagonal(dim1=-2, dim2=-1) * v
+        dm = precision_times(P.diagonal(dim1=-2, dim2=-1), v, full=False)
         dL = C.diagonal(dim1=-2, dim2=-1) / std**3 - c.unsqueeze(-1) / std
     elif comps.full:  # ∂/∂m = P v, ∂/∂L = tril(P C Wᵀ) − diag(c / L_ii), Wᵀ = L⁻ᵀ = P L
         L = comps.tril[:, part]
-        dm = (P * v.unsqueeze(-2)).sum(-1)
+        dm = precision_times(P, v, full=True)
         P3 = P.flatten(0, 1)
         dL = bmm(bmm(P3, C.flatten(0, 1)), bmm(P3, L.flatten(0, 1))).tril_().view(L.shape)
         dL.diagonal(dim1=-2, dim2=-1).sub_(c.unsqueeze(-1) / L.diagonal(dim1=-2, dim2=-1))
     else:
         std = comps.std[:, part]
-        dm = P * v
+        dm = precision_times(P, v, full=False)
         dL = C / std**3 - c.unsqueeze(-1) / std
     return c.to(log_w.dtype), dm.to(loc.dtype), dL.to(scale.dtype)
 

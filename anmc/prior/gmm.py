@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from anmc.prior._logdensity import Components, mixture_log_probs
+from anmc.prior._logdensity import Components, bmm, mixture_log_probs
 
 
 def broadcast_shapes(*shapes) -> torch.Size:
@@ -108,12 +108,6 @@ class GaussianMixture:
         L = self.tril()
         return L @ L.mT
 
-    def half_log_det(self) -> torch.Tensor:
-        """½ log|Σ_k| = Σ_i log L_k,ii, `(*batch, K)`."""
-        if self.scale_diag is not None:
-            return self.scale_diag.log().sum(-1)
-        return self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-
     def to(self, *args, **kwargs) -> GaussianMixture:
         """A copy on another device / dtype (same arguments as `Tensor.to`)."""
         return GaussianMixture(
@@ -158,9 +152,8 @@ class GaussianMixture:
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """z = m_k + L_k ε for ε `(*batch, K, S, d)` -> `(*batch, K, S, d)`."""
-        if self.scale_diag is not None:
-            return self.loc[..., None, :] + self.scale_diag[..., None, :] * noise
-        return self.loc[..., None, :] + noise @ self.scale_tril.mT
+        full = self.scale_tril is not None
+        return draws(self.loc, self.scale_tril if full else self.scale_diag, full, noise)
 
     def rsample(self, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """S reparameterized draws from **every** component (stratified), `(S, *batch, K, d)`.
@@ -208,6 +201,12 @@ class GaussianMixture:
             f"GaussianMixture(batch_shape={tuple(self.batch_shape)}, K={self.num_components}, d={self.d}, "
             f"{kind}, dtype={self.dtype}, device={self.device})"
         )
+
+
+def draws(loc, scale, full: bool, noise: torch.Tensor) -> torch.Tensor:
+    """z = m_k + L_k ε for noise `(*batch, K, S, d)`, loc `(*batch, K, d)` and scale L `(*batch, K, d, d)` (full)
+    or σ `(*batch, K, d)` -> `(*batch, K, S, d)`."""
+    return loc.unsqueeze(-2) + (bmm(noise, scale.mT) if full else scale.unsqueeze(-2) * noise)
 
 
 def log_prob_points(points: torch.Tensor, *mixtures: GaussianMixture) -> list[torch.Tensor]:

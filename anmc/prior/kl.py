@@ -6,7 +6,7 @@ import torch
 
 from anmc.prior._logdensity import Components, bmm, kernel_backward, kernel_forward, part_gradients
 from anmc.prior._numerics import LOG_2PI
-from anmc.prior.gmm import GaussianMixture, broadcast_shapes
+from anmc.prior.gmm import GaussianMixture, broadcast_shapes, draws
 
 
 def _is_diag(mu: torch.Tensor, scale: torch.Tensor) -> bool:
@@ -87,26 +87,26 @@ def gmm_kl_monte_carlo(q: GaussianMixture, p: GaussianMixture, samples: int = 8,
     return kl, stderr
 
 
-def _draws(loc, scale, full, noise):
-    """z = m + L ε for noise (B, K, S, d) -> (B, K, S, d)."""
-    return loc.unsqueeze(-2) + (bmm(noise, scale.mT) if full else scale.unsqueeze(-2) * noise)
+def _scale_diagonal(scale, full: bool):
+    """σ_k, or the diagonal of L_k: (B, K, d)."""
+    return scale.diagonal(dim1=-2, dim2=-1) if full else scale
 
 
-def kl_core_forward(noise, q, p_parts):
+def kl_core_forward(noise, q, p):
     """Without autograd: KL(q ‖ p) (B,) and [log q − log p] (B, K_q, S) at q's draws, and what backward needs.
 
-    noise (B, K_q, S, d); q = (log-weights normalized (B, K_q), loc, scale, full); p_parts: p's
-    (log-weights, loc, scale, full), one tuple (its components may be built from anything).
+    noise (B, K_q, S, d); q = (log-weights normalized (B, K_q), loc, scale, full); p the same fields of p
+    (its components may be built from anything).
     """
     B, Kq, S, d = noise.shape
     lw_q, loc_q, scale_q, full_q = q
-    z = _draws(loc_q, scale_q, full_q, noise).reshape(B, Kq * S, d)
+    z = draws(loc_q, scale_q, full_q, noise).reshape(B, Kq * S, d)
     own = Kq == 1  # a single Gaussian's density at its own draws is exact from the noise
-    comps = Components(p_parts if own else [q, *p_parts])
+    comps = Components([p] if own else [q, p])
     out, state = kernel_forward(z, comps)
     if own:
-        diag = scale_q if not full_q else scale_q.diagonal(dim1=-2, dim2=-1)
-        log_q = -0.5 * noise.square().sum(-1).reshape(B, S) - diag.log().sum(-1).reshape(B, 1) - 0.5 * d * LOG_2PI
+        half_log_det = _scale_diagonal(scale_q, full_q).log().sum(-1).reshape(B, 1)
+        log_q = -0.5 * noise.square().sum(-1).reshape(B, S) - half_log_det - 0.5 * d * LOG_2PI
     else:
         log_q = out[..., 0]
     y = (log_q - out[..., -1]).view(B, Kq, S)
@@ -133,8 +133,7 @@ def kl_core_backward(grad, noise, q, saved):
     else:
         d_scale = (dz * noise).sum(2)
     if own:  # log q = −½‖ε‖² − Σ log L_ii − const: (1/S) Σ_s −1/L_ii per unit weight
-        diag = scale_q.to(dz.dtype) if not full_q else scale_q.to(dz.dtype).diagonal(dim1=-2, dim2=-1)
-        own_term = (g * w).unsqueeze(-1) / diag
+        own_term = (g * w).unsqueeze(-1) / _scale_diagonal(scale_q, full_q).to(dz.dtype)
         if full_q:
             d_scale.diagonal(dim1=-2, dim2=-1).sub_(own_term)
         else:
@@ -151,7 +150,7 @@ class _MonteCarloKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, noise, full_q, full_p, lw_q, loc_q, scale_q, lw_p, loc_p, scale_p):
         q = (lw_q, loc_q, scale_q, full_q)
-        kl, y, saved = kl_core_forward(noise, q, [(lw_p, loc_p, scale_p, full_p)])
+        kl, y, saved = kl_core_forward(noise, q, (lw_p, loc_p, scale_p, full_p))
         ctx.saved, ctx.q = saved, q
         ctx.save_for_backward(noise)
         ctx.mark_non_differentiable(y)

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from anmc.prior._logdensity import bmm
+from anmc.prior._logdensity import bmm, precision_times
 from anmc.prior._numerics import cholesky, jitter_factor
 from anmc.prior.kl import kl_core_backward, kl_core_forward
 
@@ -36,7 +36,7 @@ class _LinearizedKL(torch.autograd.Function):
         JD = J * s.square().unsqueeze(-2)  # J diag(s²)
         L = cholesky(bmm(JD, J.mT) + torch.diag_embed(noise_var))
         q = (mu_q.new_full(mu_q.shape[:-1], -math.log(mu_q.shape[-2])), mu_q, std_q, False)
-        kl, _, saved = kl_core_forward(noise, q, [(f.new_full((B, K), -math.log(K)), f, L, True)])
+        kl, _, saved = kl_core_forward(noise, q, (f.new_full((B, K), -math.log(K)), f, L, True))
         ctx.saved, ctx.q = saved, q
         ctx.save_for_backward(JD, J, s, noise)
         return kl.to(f.dtype)
@@ -48,7 +48,7 @@ class _LinearizedKL(torch.autograd.Function):
         (_, d_mu, d_std), (c, v, C), comps = kl_core_backward(grad, noise, ctx.q, ctx.saved)
         p = slice(comps.loc.shape[1] - J.shape[1], None)  # p's components come last in the stack
         P, c, v, C = comps.P[:, p], c[:, p], v[:, p], C[:, p]
-        d_f = (P * v.unsqueeze(-2)).sum(-1)
+        d_f = precision_times(P, v, full=True)
         P = P.flatten(0, 1)  # (B K, d, d) from here on
         G = bmm(bmm(P, C.flatten(0, 1)), P).sub_(c.reshape(-1, 1, 1) * P)  # 2 ∂/∂Σ
         G.mul_(jitter_factor(G.shape[-1], G.dtype, G.device))  # Σ was factorized as Σ ⊙ (1 + 16 eps I)

@@ -123,7 +123,7 @@ def _check_readings(module, y: Tensor) -> None:
 
 
 @torch.no_grad()
-def _filter_fixed_point(module, readings: tuple[Tensor, Tensor], start: Tensor, tol: float = 1e-10) -> Tensor:
+def _filter_fixed_point(module, readings: tuple[Tensor, Tensor, Tensor], start: Tensor, tol: float = 1e-10) -> Tensor:
     """The extended Kalman filter's means (B, T, d), as the fixed point l = F(l) of `_filtered_means`,
     iterated from `start` (B, T, d) (training: the initial mean at every frame), with the readings'
     information from `_readings_information`. Frame t's filtered mean depends on the points of
@@ -142,7 +142,7 @@ def _filter_fixed_point(module, readings: tuple[Tensor, Tensor], start: Tensor, 
     return lin
 
 
-def _filtered_means(module, readings: tuple[Tensor, Tensor], lin: Tensor) -> Tensor:
+def _filtered_means(module, readings: tuple[Tensor, Tensor, Tensor], lin: Tensor) -> Tensor:
     """The filtered means of the model linearized at the points lin (B, T, d), all frames at once.
 
     Eliminating z_1 .. z_{t−1} from the precision Λ leaves D_t = L_tt L_ttᵀ and h_t = L_tt w_t (L = chol Λ,
@@ -150,7 +150,7 @@ def _filtered_means(module, readings: tuple[Tensor, Tensor], lin: Tensor) -> Ten
     terms J_{t+1}ᵀQ⁻¹J_{t+1} and −J_{t+1}ᵀQ⁻¹b_{t+1}, and without them they are the information form of
     q(z_t | y_1..y_t): m_t = (D_t − J_{t+1}ᵀQ⁻¹J_{t+1})⁻¹ (h_t + J_{t+1}ᵀQ⁻¹b_{t+1})."""
     b, t_len, d = lin.shape
-    lam, eta, next_prec, next_info = _precision(module, readings, *_linearize(module, lin))
+    lam, eta, next_prec, next_info = _precision(readings, *_linearize(module, lin))
     chol = torch.linalg.cholesky(lam)
     w = torch.linalg.solve_triangular(chol, eta.reshape(b, t_len * d, 1), upper=False).reshape(b, t_len, d)
     steps = torch.arange(t_len, device=lin.device)
@@ -230,10 +230,11 @@ def _rts(module, filt_m, filt_p, pred_m, pred_p, jac) -> SmoothedPosterior:
     return SmoothedPosterior(mean, cov, cross, entropy)
 
 
-def _readings_information(module, y: Tensor, r2: Tensor) -> tuple[Tensor, Tensor]:
+def _readings_information(module, y: Tensor, r2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """What does not depend on the linearization, in information form: the readings on the observed
     coordinates, the initial prior on frame 1 and Q⁻¹ on the others: diagonal blocks (B, T, d, d) and
-    η (B, T, d) (see `_precision`). Computed once per smoother call, shared by every pass."""
+    η (B, T, d) (see `_precision`), and diag Q⁻¹ (d,). Computed once per smoother call, shared by every
+    pass."""
     b, t_len, _ = y.shape
     d = module.d
     dev = y.device
@@ -246,10 +247,10 @@ def _readings_information(module, y: Tensor, r2: Tensor) -> tuple[Tensor, Tensor
     zeros = torch.zeros(b, t_len, d, dtype=torch.float64, device=dev)
     diag = torch.diag_embed(zeros.index_copy(2, obs, r2.reciprocal()) + first * p0_inv + (1.0 - first) * q_inv)
     eta = zeros.index_copy(2, obs, y / r2) + first * (p0_inv * m0)
-    return diag, eta
+    return diag, eta, q_inv
 
 
-def _precision(module, readings: tuple[Tensor, Tensor], offset: Tensor, jm: Tensor):
+def _precision(readings: tuple[Tensor, Tensor, Tensor], offset: Tensor, jm: Tensor):
     """The linearized model z_t = J_t z_{t−1} + b_t + ε conditioned on the readings, in information form:
 
         Λ_tt = P0⁻¹[t=1] + Q⁻¹[t>1] + J_{t+1}ᵀQ⁻¹J_{t+1}[t<T] + Hᵀ R_t⁻¹ H,   Λ_{t,t−1} = −Q⁻¹ J_t,
@@ -258,10 +259,9 @@ def _precision(module, readings: tuple[Tensor, Tensor], offset: Tensor, jm: Tens
     from the terms without J or b (`readings`, from `_readings_information`). Returns the dense
     precision (B, T·d, T·d), η (B, T, d), and the next transition's terms J_{t+1}ᵀQ⁻¹J_{t+1}
     (B, T, d, d) and J_{t+1}ᵀQ⁻¹b_{t+1} (B, T, d) (zero at t = T)."""
-    diag, eta = readings
+    diag, eta, q_inv = readings
     b, t_len, d = eta.shape
     dev = eta.device
-    q_inv = module.noise_std.to(eta).square().reciprocal()  # (d,)
     qj = q_inv[:, None] * jm  # Q⁻¹ J_t (B, T-1, d, d)
     next_prec = F_pad(jm.mT @ qj, (0, 0, 0, 0, 0, 1))
     next_info = F_pad((qj.mT @ offset[..., None])[..., 0], (0, 0, 0, 1))
@@ -275,11 +275,11 @@ def _precision(module, readings: tuple[Tensor, Tensor], offset: Tensor, jm: Tens
     return lam.transpose(2, 3).reshape(b, t_len * d, t_len * d), eta, next_prec, next_info
 
 
-def _solve_dense(module, readings: tuple[Tensor, Tensor], offset: Tensor, jm: Tensor) -> SmoothedPosterior:
+def _solve_dense(module, readings: tuple[Tensor, Tensor, Tensor], offset: Tensor, jm: Tensor) -> SmoothedPosterior:
     """The linearized model's posterior as one linear solve: with Λ = L Lᵀ (`_precision`), mean Λ⁻¹η,
     covariance Λ⁻¹ (its diagonal and first sub-diagonal blocks are the marginals and cross-covariances),
     entropy ½ T·d log 2πe − Σ log diag L."""
-    lam, eta, _, _ = _precision(module, readings, offset, jm)
+    lam, eta, _, _ = _precision(readings, offset, jm)
     b, t_len, d = eta.shape
     chol = torch.linalg.cholesky(lam)
     cov_all = torch.cholesky_inverse(chol).reshape(b, t_len, d, t_len, d)
