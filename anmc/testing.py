@@ -180,7 +180,7 @@ def check_jacobian(
         raise _fail("autograd of the compiled f", z, J, autograd, names, atol * scale, rtol)
 
     fd, fd_fine = _differences(module, z, h), _differences(module, z, h / 4)
-    smooth = torch.isclose(fd, fd_fine, rtol=1e-5, atol=1e-7 * scale).all(-1).all(-1)
+    smooth = torch.isclose(fd, fd_fine, rtol=rtol / 10, atol=atol * scale / 10).all(-1).all(-1)
     if 2 * int(smooth.sum()) < len(z):
         raise AssertionError(
             f"central differences disagree with themselves at {int((~smooth).sum())} of {len(z)} points "
