@@ -372,19 +372,26 @@ def _print_report(report: dict) -> None:
 @click.option("--truth", type=click.Path(), help="truth.csv with the true states (default: one beside the videos).")
 @click.option("--circular", multiple=True, help="States that are angles to compare circularly (e.g. phase).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Also write the pictures of `anmc plot` into this folder.")
 @report_user_errors
-def eval_(run_dir, videos, truth, circular, json_path):
+def eval_(run_dir, videos, truth, circular, json_path, plots_dir):
     """How physical are the latents of RUN_DIR: correlation, slope, R^2 with the true states, prediction error."""
     import json
 
     from anmc.evaluate import evaluate, load_run
 
-    report = evaluate(load_run(run_dir), videos=list(videos) or None, truth=truth, circular=circular or None)
+    run = load_run(run_dir)
+    report = evaluate(run, videos=list(videos) or None, truth=truth, circular=circular or None)
     _print_report(report)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
         err.print(f"wrote {json_path}")
+    if plots_dir:
+        from anmc.plots import write_pictures
+
+        for path in write_pictures(run, Path(plots_dir) / "latent.png", videos=list(videos) or None, truth=truth):
+            err.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
 @main.command()
@@ -395,11 +402,14 @@ def eval_(run_dir, videos, truth, circular, json_path):
 @click.option("--set", "sets", multiple=True, help="Or under these edits (green).")
 @click.option("--edit", "edits", multiple=True)
 @click.option("--video", "videos", multiple=True, help="Videos to encode (default: the training videos).")
+@click.option("--truth", type=click.Path(), help="truth.csv for the latent-against-truth picture (default: one beside the videos).")
 @report_user_errors
-def plot(run_dir, output, states, intervention, sets, edits, videos):
-    """Figure 2 of the paper for RUN_DIR: prior (blue), posterior (red), intervened prior (green); loss curves."""
+def plot(run_dir, output, states, intervention, sets, edits, videos, truth):
+    """Pictures of RUN_DIR: Figure 2 of the paper (prior blue circles, posterior vermillion squares, intervened
+    prior orange triangles; loss curves) in OUTPUT, and beside it OUTPUT_reconstructions.png (frames,
+    reconstructions, predictions) and, with true states, OUTPUT_states.png (latent against truth)."""
     from anmc.evaluate import load_run
-    from anmc.plots import latent_plot
+    from anmc.plots import write_pictures
 
     run = load_run(run_dir)
     intervened, label = None, "intervened prior"
@@ -408,8 +418,10 @@ def plot(run_dir, output, states, intervention, sets, edits, videos):
 
         intervened = intervened_module(run, intervention=intervention, edits=[*sets, *edits])
         label = f"prior under {intervention or '; '.join([*sets, *edits])}"
-    path = latent_plot(run, output, states=tuple(states) if states else None, videos=list(videos) or None, intervened=intervened, intervention_label=label)
-    out.print(f"wrote {path}")
+    paths = write_pictures(run, output, videos=list(videos) or None, truth=truth, states=tuple(states) if states else None,
+                           intervened=intervened, intervention_label=label)  # fmt: skip
+    for path in paths:
+        out.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
 @main.command()

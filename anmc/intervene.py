@@ -25,6 +25,7 @@ videos differ only by the intervention.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,7 +146,7 @@ class Counterfactual:
         return Path(path)
 
     def plot(self, path: str | Path) -> Path:
-        """One panel per state: factual (blue) and counterfactual (green) latents against time."""
+        """One panel per state: factual (blue, solid) and counterfactual (vermillion, dashed) latents against time."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -157,11 +158,11 @@ class Counterfactual:
         for i, name in enumerate(self.state_names):
             ax = axes[i, 0]
             for b in range(self.latents.shape[0]):
-                ax.plot(t, self.factual_latents[b, :, i], color="tab:blue", alpha=0.8, label="factual" if b == 0 else None)
-                ax.plot(t, self.latents[b, :, i], color="tab:green", alpha=0.8, label="counterfactual" if b == 0 else None)
+                ax.plot(t, self.factual_latents[b, :, i], color="#0072B2", alpha=0.85, label="factual" if b == 0 else None)
+                ax.plot(t, self.latents[b, :, i], color="#D55E00", ls="--", alpha=0.85, label="counterfactual" if b == 0 else None)
             ax.set_ylabel(name)
-        axes[0, 0].set_title(self.label)
-        axes[0, 0].legend(fontsize=8)
+        axes[0, 0].set_title(textwrap.fill(self.label, 90), fontsize=10)
+        axes[0, 0].legend(fontsize=8, loc="upper right")
         axes[-1, 0].set_xlabel("time (s)")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
