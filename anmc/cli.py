@@ -292,8 +292,8 @@ def _config(kwargs):
     return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None or k == "time_limit"})
 
 
-def _run_training(prior, videos, run_dir, config, resume):
-    """Train with a rich progress bar; returns the TrainResult."""
+def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
+    """Train with a rich progress bar (and a TensorBoard log in RUN_DIR/tensorboard); returns the TrainResult."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from anmc.vae.train import train
@@ -313,11 +313,22 @@ def _run_training(prior, videos, run_dir, config, resume):
         info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         bar.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{config.epochs if config else '?'}", info=info)
 
+    log, on_epoch = None, None
+    if tensorboard:
+        log, on_epoch = _tensorboard_log(prior, run_dir, config, resume)
+        inner = progress
+
+        def progress(epoch, step, steps, metrics):  # noqa: F811 - the bar, then the log
+            inner(epoch, step, steps, metrics)
+            log.progress(epoch, step, steps, metrics)
+
     try:
-        result = train(prior, videos, run_dir, config, resume=resume, progress=progress)
+        result = train(prior, videos, run_dir, config, resume=resume, progress=progress, on_epoch=on_epoch)
     finally:
         if task is not None:
             bar.stop()
+        if log is not None:
+            log.close()
     if result.rank != 0:  # under torchrun, rank 0 reports
         return result
     for row in result.metrics[-3:]:
@@ -330,17 +341,37 @@ def _run_training(prior, videos, run_dir, config, resume):
     return result
 
 
+def _tensorboard_log(prior, run_dir, config, resume):
+    """The TensorBoard log of a run and its per-epoch callback (scalars, then the pictures of `anmc plot`)."""
+    from anmc.codegen.compile import compile_prior
+    from anmc.vae.checkpoint import load_checkpoint
+    from anmc.vae.tensorboard import TensorBoardLog
+    from anmc.vae.train import TrainConfig
+
+    if resume:
+        payload = load_checkpoint(run_dir)
+        compiled, config = compile_prior(payload["anm_source"]), TrainConfig.from_dict(payload["config"])
+    else:
+        compiled = compile_prior(Path(prior))
+    from anmc.plots import training_pictures
+
+    pictures = training_pictures(run_dir, compiled, config or TrainConfig())
+    log = TensorBoardLog(Path(run_dir) / "tensorboard", pictures=pictures, params=compiled.model.params)
+    return log, log.on_epoch
+
+
 @main.command()
 @click.argument("prior", type=click.Path(dir_okay=False))
 @click.argument("videos", nargs=-1, required=True)
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint (bit for bit).")
+@click.option("--tensorboard", is_flag=True, help="Also log losses, params and pictures to RUN_DIR/tensorboard (needs anmc[tensorboard]).")
 @_train_options
 @report_user_errors
-def train(prior, videos, run_dir, resume, **kwargs):
+def train(prior, videos, run_dir, resume, tensorboard, **kwargs):
     """Train a video VAE on VIDEOS whose latents follow the PRIOR (.anm)."""
     config = _config(kwargs) if not resume else _config({"epochs": kwargs["epochs"]}) if kwargs["epochs"] else None
-    _run_training(Path(prior), list(videos), run_dir, config, resume)
+    _run_training(Path(prior), list(videos), run_dir, config, resume, tensorboard=tensorboard)
 
 
 def _print_report(report: dict) -> None:

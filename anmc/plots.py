@@ -53,7 +53,7 @@ def _double_copy(module):
 
 def latent_figure(
     run: Run, states: tuple[str, str] | None = None, videos=None, intervened=None,
-    intervention_label: str = "intervened prior", max_points: int = 2000,
+    intervention_label: str = "intervened prior", max_points: int = 2000, clips: int | None = None,
 ):  # fmt: skip
     """Figure 2 and the loss curves: a matplotlib Figure (11 x 4.6 in)."""
     names = run.module.state_names
@@ -63,7 +63,7 @@ def latent_figure(
     other = _double_copy(intervened) if intervened is not None else None
     gen = torch.Generator().manual_seed(0)
     post, prior, inter = [], [], []
-    for clip in load_run_clips(run, videos):
+    for clip in load_run_clips(run, videos)[:clips]:
         mu, std = encode_frames(run, clip.frames)
         mu, std = mu.cpu().double(), std.cpu().double()
         post.append((mu[1:] + std[1:] * torch.randn(mu[1:].shape, generator=gen, dtype=mu.dtype)).numpy())
@@ -163,13 +163,13 @@ def reconstruction_figure(run: Run, videos=None, clips: int = 3, columns: int = 
     return fig
 
 
-def states_figure(run: Run, videos=None, truth=None):
+def states_figure(run: Run, videos=None, truth=None, clips: int | None = None):
     """Per state: latent mean against the true state, the least-squares line, r and the slope; None without truth."""
     truth_data = find_truth(run, videos, truth)
     if truth_data is None:
         return None
     names = run.module.state_names
-    mus = [encode_frames(run, clip.frames)[0].cpu().numpy() for clip in load_run_clips(run, videos)]
+    mus = [encode_frames(run, clip.frames)[0].cpu().numpy() for clip in load_run_clips(run, videos)[:clips]]
     lat, tru, _ = align_with_truth(mus, truth_data, run.vae.window, truth)
     shown = [n for n in truth_data["state_names"] if n in names]
     fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 4.0), dpi=DPI, squeeze=False)
@@ -220,3 +220,24 @@ def write_pictures(run: Run, latent_png: str | Path, videos=None, truth=None, **
     if fig is not None:
         paths.append(save(fig, latent_png.with_name(latent_png.stem + "_states.png")))
     return paths
+
+
+def training_pictures(run_dir: str | Path, prior, config, clips: int = 4):
+    """A `pictures(vae, row)` for `anmc.vae.tensorboard.TensorBoardLog`: the three figures of the run as it
+    stands after an epoch, from its first `clips` clips. The trainer's random state is left untouched."""
+    from anmc.vae.checkpoint import load_checkpoint
+
+    def pictures(vae, row) -> dict:
+        payload = load_checkpoint(run_dir)  # written just before the epoch's callback: videos, frame shape
+        run = Run(Path(run_dir), vae, prior, config, payload)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            figures = {
+                "latent_space": latent_figure(run, clips=clips, max_points=1000),
+                "reconstructions": reconstruction_figure(run, clips=min(clips, 2)),
+            }
+            states = states_figure(run, clips=clips)
+            if states is not None:
+                figures["latents_against_truth"] = states
+        return figures
+
+    return pictures
