@@ -471,22 +471,36 @@ def show(run_dir):
         click.echo(text, nl=False)
 
 
+# `anmc quickstart --quick`: a first look at the whole path in about two minutes on two CPU cores
+# (docs/cli.md, measured in README.md); each value replaces the full quick start's default.
+QUICK = {"clips": 12, "frames": 96, "epochs": 8, "steps_per_epoch": 100, "warmup": 200, "learn_params_after": 2}
+
+
 @main.command()
 @click.option("-o", "--output", "out_dir", default="anmc-quickstart", show_default=True, type=click.Path(file_okay=False))
-@click.option("--clips", default=24, show_default=True, type=click.IntRange(min=2))
-@click.option("--frames", default=128, show_default=True, type=click.IntRange(min=16))
+@click.option("--quick", is_flag=True, help="A first look in a few minutes: a smaller video and a shorter training (recovers less; README.md says how much).")
+@click.option("--clips", default=None, type=click.IntRange(min=2), help="Clips to synthesize [default: 24, 12 with --quick].")
+@click.option("--frames", default=None, type=click.IntRange(min=16), help="Frames per clip [default: 128, 96 with --quick].")
 @_train_options
 @report_user_errors
-def quickstart(out_dir, clips, frames, **kwargs):
-    """The whole job on the built-in default: synthesize a pendulum video, train, evaluate, plot, show."""
+def quickstart(out_dir, quick, clips, frames, **kwargs):
+    """The whole job on the built-in default: synthesize a pendulum video, train, evaluate, show, plot
+    (and, with --quick, one intervention)."""
     import json
 
     from anmc.codegen.compile import compile_prior
     from anmc.evaluate import evaluate, load_run
-    from anmc.plots import latent_plot
+    from anmc.plots import write_pictures
     from anmc.show import learned_anm
     from anmc.video.synth import synthesize
 
+    if quick:
+        ctx = click.get_current_context()
+        for key, value in QUICK.items():  # only where the user kept the default
+            if key in kwargs and ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+                kwargs[key] = value
+    clips = clips or (QUICK["clips"] if quick else 24)
+    frames = frames or (QUICK["frames"] if quick else 128)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     truth_path, prior_path = root / "pendulum.anm", root / "pendulum_guess.anm"
@@ -495,22 +509,39 @@ def quickstart(out_dir, clips, frames, **kwargs):
     # the prior we train with starts the learnable length 50% off the length that made the video
     prior_path.write_text(truth_text.replace("param L = 1.0 ", "param L = 1.5 ", 1))
     config = _config(kwargs)
+    if quick:
+        out.print(
+            f"[bold]a first look[/]: {clips} clips x {frames} frames, {config.epochs} epochs of {config.steps_per_epoch} steps "
+            "(the full quick start trains about 5x longer and recovers more)", soft_wrap=True,
+        )  # fmt: skip
     out.rule("1. synthesize a pendulum video (anmc synth)")
     syn = synthesize(compile_prior(truth_path), root / "data", clips=clips, frames=frames, size=64, seed=config.seed + 1000)
     out.print(f"{len(syn.paths)} clips x {frames} frames of 64x64 (L = 1.0 m) in {root / 'data'}, true states in truth.csv")
     out.rule("2. train (anmc train), starting from a guess L = 1.5 m")
     _run_training(prior_path, [str(root / "data")], root / "run", config, resume=False)
     out.rule("3. evaluate (anmc eval)")
-    report = evaluate(load_run(root / "run"))
+    run = load_run(root / "run")
+    report = evaluate(run)
     _print_report(report)
     (root / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     out.rule("4. the learned model as equations (anmc show)")
-    run = load_run(root / "run")
     out.print(learned_anm(run.prior.model, run.module), markup=False, highlight=False)
-    latent_plot(run, root / "latent.png")
+    pictures = write_pictures(run, root / "latent.png")
+    if quick:
+        from anmc.intervene import intervene as run_intervention
+
+        out.rule("5. what if there were air drag? (anmc intervene -i drag)")
+        cf = run_intervention(root / "run", intervention="drag", frames=90)
+        for path in cf.save(root / "drag.gif"):
+            out.print(f"wrote {escape(str(path))}", soft_wrap=True)
     out.rule("results")
     out.print(f"run: {root / 'run'}   report: {root / 'eval.json'}   figure: {root / 'latent.png'}")
-    out.print(f"next: anmc intervene {root / 'run'} --intervention drag -o {root / 'drag.gif'}")
+    if len(pictures) > 1:
+        out.print("also: " + "   ".join(str(p) for p in pictures[1:]), soft_wrap=True)
+    if quick:
+        out.print("[bold]a first look[/]: for the full result run [bold]anmc quickstart[/] without --quick", soft_wrap=True)
+    else:
+        out.print(f"next: anmc intervene {root / 'run'} --intervention drag -o {root / 'drag.gif'}")
 
 
 def default_prior_text() -> str:
