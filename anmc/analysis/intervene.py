@@ -33,7 +33,8 @@ import torch
 
 from anmc.codegen.compile import compile_model
 from anmc.errors import UserError
-from anmc.evaluate import Run, encode_frames, load_run, load_run_clips
+from anmc.analysis.evaluate import encode_frames
+from anmc.vae.run import Run, load_run, load_run_clips
 from anmc.lang.errors import did_you_mean
 from anmc.symbolic.model import apply_edits, apply_intervention, apply_interventions_from
 
@@ -102,7 +103,7 @@ class Counterfactual:
 
     def side_by_side(self, index: int = 0) -> np.ndarray:
         """(T, strip + H, 2W (+W) + gaps, 3) uint8: [video |] factual | counterfactual, each labelled on top."""
-        from anmc.video.labels import label_panels
+        from anmc.analysis.labels import label_panels
 
         panels = [self.factual[index], self.frames[index]]
         titles = ["factual", "counterfactual"]
@@ -116,7 +117,7 @@ class Counterfactual:
 
         One sample writes `path`; a batch of B writes `<stem>_00<suffix>` .. `<stem>_<B-1><suffix>`.
         """
-        from anmc.video.io import write_video
+        from anmc.data.io import write_video
 
         path = Path(path)
         if path.suffix.lower() not in VIDEO_SUFFIXES:
