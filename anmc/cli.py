@@ -138,7 +138,7 @@ def compile_(file, emit, intervention, sets, edits, output):
 def simulate(file, steps, seed, runs, intervention, no_noise, output):
     """Roll the prior out from its initial distribution, with its noise, and summarize."""
     from anmc.codegen.compile import compile_prior
-    from anmc.simulate import simulate as run
+    from anmc.codegen.rollout import simulate as run
 
     prior = compile_prior(Path(file), intervention=intervention)
     z = run(prior, steps, seed=seed, runs=runs, noise=not no_noise)
@@ -176,7 +176,7 @@ def simulate(file, steps, seed, runs, intervention, no_noise, output):
 def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
     """Simulate the prior in FILE and render it: DIR/clip_000.mp4, ... plus truth.csv and truth.json."""
     from anmc.codegen.compile import compile_prior
-    from anmc.video.synth import synthesize
+    from anmc.synthetic.synth import synthesize
 
     syn = synthesize(compile_prior(Path(file)), out_dir, clips=clips, frames=frames, size=size, seed=seed,
                      noise=noise, clutter=clutter, fmt=fmt)
@@ -211,12 +211,12 @@ def intervene(run_dir, intervention, file, sets, edits, video, start, sample, fr
     anmc intervene runs/pend --set "c = 0.8" --edit "omega' = -(g/L)*sin(theta) - c*omega*abs(omega)" -o q.mp4
     anmc intervene runs/pend --edit "start theta = 1.5 * theta" --frames 240 -o amplitude.gif
     """
-    from anmc.intervene import VIDEO_SUFFIXES
-    from anmc.intervene import intervene as run_intervention
+    from anmc.data.io import WRITE_SUFFIXES
+    from anmc.analysis.intervene import intervene as run_intervention
 
     if not (intervention or file or sets or edits):
         raise UserError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\".")
-    if Path(output).suffix.lower() not in VIDEO_SUFFIXES:
+    if Path(output).suffix.lower() not in WRITE_SUFFIXES:
         raise UserError(f"-o {output}: the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
     cf = run_intervention(
         run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
@@ -239,8 +239,8 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
     """Measure counterfactual videos of synthetic runs against the intervened physics (docs/interventions.md)."""
     import json
 
-    from anmc.physics_checks import check_interventions as run_checks
-    from anmc.physics_checks import format_table
+    from anmc.analysis.physics_checks import check_interventions as run_checks
+    from anmc.analysis.physics_checks import format_table
 
     rows = [row for run_dir in run_dirs for row in run_checks(run_dir, system=system, save_dir=save_dir)]
     click.echo(format_table(rows))
@@ -256,7 +256,7 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
 
 def _train_options(f):
     """The training flags, shared by `train` and `quickstart`."""
-    from anmc.vae.train import KL_READINGS, POSTERIORS, TrainConfig
+    from anmc.vae.config import KL_READINGS, POSTERIORS, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -287,7 +287,7 @@ def _train_options(f):
 
 
 def _config(kwargs):
-    from anmc.vae.train import TrainConfig
+    from anmc.vae.config import TrainConfig
 
     return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None or k == "time_limit"})
 
@@ -344,16 +344,16 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
 def _tensorboard_log(prior, run_dir, config, resume):
     """The TensorBoard log of a run and its per-epoch callback (scalars, then the pictures of `anmc plot`)."""
     from anmc.codegen.compile import compile_prior
-    from anmc.vae.checkpoint import load_checkpoint
+    from anmc.vae.run import load_checkpoint
     from anmc.vae.tensorboard import TensorBoardLog
-    from anmc.vae.train import TrainConfig
+    from anmc.vae.config import TrainConfig
 
     if resume:
         payload = load_checkpoint(run_dir)
         compiled, config = compile_prior(payload["anm_source"]), TrainConfig.from_dict(payload["config"])
     else:
         compiled = compile_prior(Path(prior))
-    from anmc.plots import training_pictures
+    from anmc.analysis.plots import training_pictures
 
     pictures = training_pictures(run_dir, compiled, config or TrainConfig())
     log = TensorBoardLog(Path(run_dir) / "tensorboard", pictures=pictures, params=compiled.model.params)
@@ -409,7 +409,8 @@ def eval_(run_dir, videos, truth, circular, json_path, plots_dir):
     """How physical are the latents of RUN_DIR: correlation, slope, R^2 with the true states, prediction error."""
     import json
 
-    from anmc.evaluate import evaluate, load_run
+    from anmc.analysis.evaluate import evaluate
+    from anmc.vae.run import load_run
 
     run = load_run(run_dir)
     report = evaluate(run, videos=list(videos) or None, truth=truth, circular=circular or None)
@@ -419,7 +420,7 @@ def eval_(run_dir, videos, truth, circular, json_path, plots_dir):
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
         err.print(f"wrote {json_path}")
     if plots_dir:
-        from anmc.plots import write_pictures
+        from anmc.analysis.plots import write_pictures
 
         for path in write_pictures(run, Path(plots_dir) / "latent.png", videos=list(videos) or None, truth=truth):
             err.print(f"wrote {escape(str(path))}", soft_wrap=True)
@@ -437,15 +438,15 @@ def eval_(run_dir, videos, truth, circular, json_path, plots_dir):
 @report_user_errors
 def plot(run_dir, output, states, intervention, sets, edits, videos, truth):
     """Pictures of RUN_DIR: Figure 2 of the paper (prior blue circles, posterior vermillion squares, intervened
-    prior orange triangles; loss curves) in OUTPUT, and beside it OUTPUT_reconstructions.png (frames,
+    prior black triangles; loss curves) in OUTPUT, and beside it OUTPUT_reconstructions.png (frames,
     reconstructions, predictions) and, with true states, OUTPUT_states.png (latent against truth)."""
-    from anmc.evaluate import load_run
-    from anmc.plots import write_pictures
+    from anmc.analysis.plots import write_pictures
+    from anmc.vae.run import load_run
 
     run = load_run(run_dir)
     intervened, label = None, "intervened prior"
     if intervention or sets or edits:
-        from anmc.intervene import intervened_module
+        from anmc.analysis.intervene import intervened_module
 
         intervened = intervened_module(run, intervention=intervention, edits=[*sets, *edits])
         label = f"prior under {intervention or '; '.join([*sets, *edits])}"
@@ -460,8 +461,8 @@ def plot(run_dir, output, states, intervention, sets, edits, videos, truth):
 @report_user_errors
 def show(run_dir):
     """Print the run's .anm with the learned parameter and noise values filled in."""
-    from anmc.evaluate import load_run
-    from anmc.show import learned_anm
+    from anmc.vae.run import load_run
+    from anmc.codegen.learned_anm import learned_anm
 
     run = load_run(run_dir)
     text = learned_anm(run.prior.model, run.module)
@@ -489,10 +490,11 @@ def quickstart(out_dir, quick, clips, frames, **kwargs):
     import json
 
     from anmc.codegen.compile import compile_prior
-    from anmc.evaluate import evaluate, load_run
-    from anmc.plots import write_pictures
-    from anmc.show import learned_anm
-    from anmc.video.synth import synthesize
+    from anmc.analysis.evaluate import evaluate
+    from anmc.analysis.plots import write_pictures
+    from anmc.codegen.learned_anm import learned_anm
+    from anmc.synthetic.synth import synthesize
+    from anmc.vae.run import load_run
 
     if quick:
         ctx = click.get_current_context()
@@ -528,7 +530,7 @@ def quickstart(out_dir, quick, clips, frames, **kwargs):
     out.print(learned_anm(run.prior.model, run.module), markup=False, highlight=False)
     pictures = write_pictures(run, root / "latent.png")
     if quick:
-        from anmc.intervene import intervene as run_intervention
+        from anmc.analysis.intervene import intervene as run_intervention
 
         out.rule("5. what if there were air drag? (anmc intervene -i drag)")
         cf = run_intervention(root / "run", intervention="drag", frames=90)
@@ -548,7 +550,7 @@ def default_prior_text() -> str:
     """The built-in pendulum prior shipped inside the package (priors/pendulum.anm)."""
     from importlib import resources
 
-    return resources.files("anmc").joinpath("data/pendulum.anm").read_text()
+    return resources.files("anmc").joinpath("synthetic/pendulum.anm").read_text()
 
 
 if __name__ == "__main__":  # pragma: no cover

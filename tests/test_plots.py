@@ -15,11 +15,11 @@ from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from anmc import plots  # noqa: E402
+from anmc.analysis import plots  # noqa: E402
 from anmc.cli import main  # noqa: E402
-from anmc.evaluate import load_run  # noqa: E402
-from anmc.intervene import intervened_module  # noqa: E402
-from anmc.video.labels import label_panels, panel_scale, title_size  # noqa: E402
+from anmc.vae.run import load_run  # noqa: E402
+from anmc.analysis.intervene import intervened_module  # noqa: E402
+from anmc.analysis.labels import label_panels, panel_scale, title_size  # noqa: E402
 
 PRIOR = "priors/pendulum.anm"
 SIZE = 16
@@ -27,8 +27,9 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from anmc.vae.train import TrainConfig, train
-    from anmc.video.synth import synthesize
+    from anmc.vae.config import TrainConfig
+    from anmc.vae.train import train
+    from anmc.synthetic.synth import synthesize
 
     torch.set_num_threads(1)
     data = tmp_path_factory.mktemp("pend")
@@ -126,7 +127,7 @@ def test_reconstruction_figure_rows_columns_and_images(run):
     assert labels[1:3] == ["reconstruction", "prediction"] and labels[0].endswith("frame")
     assert [ax.get_title() for ax in fig.axes[:5]] == [f"t = {t}" for t in np.unique(np.linspace(0, 23, 5).round().astype(int))]
     # the frame row shows the clip's frames, the prediction row starts from the first column (0 ahead)
-    from anmc.evaluate import load_run_clips
+    from anmc.vae.run import load_run_clips
 
     frames = load_run_clips(run)[0].frames
     np.testing.assert_allclose(first, frames[0] / 255.0, atol=1e-6)
@@ -148,7 +149,7 @@ def test_states_figure_fit_line_is_the_least_squares_slope(run):
 
 
 def test_states_figure_without_truth_is_none(run, tmp_path):
-    from anmc.video.synth import synthesize
+    from anmc.synthetic.synth import synthesize
 
     synthesize(PRIOR, out_dir=tmp_path, clips=1, frames=12, size=SIZE, seed=5, fmt="npz")
     (tmp_path / "truth.csv").unlink()

@@ -34,7 +34,7 @@ def test_quick_path_runs_every_step_and_writes_every_file(tmp_path):
 
 
 def test_quick_budget_is_smaller_than_the_full_one():
-    from anmc.vae.train import TrainConfig
+    from anmc.vae.config import TrainConfig
 
     full = TrainConfig()
     assert QUICK["epochs"] * QUICK["steps_per_epoch"] * 4 <= full.epochs * full.steps_per_epoch

@@ -64,7 +64,7 @@ def test_missing_package_is_one_sentence_and_exit_2(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_train_tensorboard_logs_and_leaves_the_run_unchanged(tmp_path):
-    from anmc.video.synth import synthesize
+    from anmc.synthetic.synth import synthesize
 
     torch.set_num_threads(1)
     synthesize(PRIOR, out_dir=tmp_path / "data", clips=3, frames=20, size=16, seed=2, fmt="npz")

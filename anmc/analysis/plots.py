@@ -27,9 +27,10 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from anmc.evaluate import Run, align_with_truth, encode_frames, find_truth, load_run_clips  # noqa: E402
+from anmc.analysis.evaluate import align_with_truth, encode_frames, find_truth  # noqa: E402
+from anmc.vae.run import Run, load_run_clips  # noqa: E402
 from anmc.prior.linearize import ekf_predict  # noqa: E402
-from anmc.vae.checkpoint import read_metrics  # noqa: E402
+from anmc.vae.run import read_metrics  # noqa: E402
 
 # From Okabe & Ito's (2008) palette, the triple whose smallest CIELAB distance is largest under simulated
 # protanopia, deuteranopia and tritanopia (Machado et al. 2009) as well as normal vision: Delta E >= 57
@@ -225,7 +226,7 @@ def write_pictures(run: Run, latent_png: str | Path, videos=None, truth=None, **
 def training_pictures(run_dir: str | Path, prior, config, clips: int = 4):
     """A `pictures(vae, row)` for `anmc.vae.tensorboard.TensorBoardLog`: the three figures of the run as it
     stands after an epoch, from its first `clips` clips. The trainer's random state is left untouched."""
-    from anmc.vae.checkpoint import load_checkpoint
+    from anmc.vae.run import load_checkpoint
 
     def pictures(vae, row) -> dict:
         payload = load_checkpoint(run_dir)  # written just before the epoch's callback: videos, frame shape
