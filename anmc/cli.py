@@ -512,9 +512,13 @@ def quickstart(out_dir, quick, clips, frames, **kwargs):
     prior_path.write_text(truth_text.replace("param L = 1.0 ", "param L = 1.5 ", 1))
     config = _config(kwargs)
     if quick:
+        from anmc.vae.config import TrainConfig
+
+        full = TrainConfig()
+        longer = full.epochs * full.steps_per_epoch / (config.epochs * (config.steps_per_epoch or full.steps_per_epoch))
         out.print(
             f"[bold]a first look[/]: {clips} clips x {frames} frames, {config.epochs} epochs of {config.steps_per_epoch} steps "
-            "(the full quick start trains about 5x longer and recovers more)", soft_wrap=True,
+            f"(the full quick start trains {longer:.0f}x longer and recovers more)", soft_wrap=True,
         )  # fmt: skip
     out.rule("1. synthesize a pendulum video (anmc synth)")
     syn = synthesize(compile_prior(truth_path), root / "data", clips=clips, frames=frames, size=64, seed=config.seed + 1000)

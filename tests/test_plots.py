@@ -87,12 +87,22 @@ def test_latent_figure_series_colours_legend_and_text(run):
     assert texts_outside(fig) == []
     ax = fig.axes[0]
     series = scatter_series(ax)
+    arrows = next(c for c in ax.collections if c.get_gid() == "shift")
+    del series["shift"]
     assert set(series) == {"prior", "posterior", "intervened"}
+    # the arrows go from f(mu) to f'(mu): twice the drag moves the means about twice as far, from the same places
+    assert len(arrows.get_offsets()) == min(150, n_points := min(500, 3 * (24 - 1)))
+    twice = plots.latent_figure(run, intervened=intervened_module(run, edits=["c = 1.6"]), max_points=500)
+    arrows2 = next(c for c in twice.axes[0].collections if c.get_gid() == "shift")
+    np.testing.assert_allclose(arrows2.get_offsets(), arrows.get_offsets())
+    assert np.abs(arrows.V).max() > 0
+    np.testing.assert_allclose(arrows2.V, 2 * np.asarray(arrows.V), rtol=0.05, atol=0.02 * np.abs(arrows.V).max())
     assert {k: v[1] for k, v in series.items()} == {k: plots.COLOURS[k].lower() for k in series}
     assert len({v[2] for v in series.values()}) == 3  # three different markers
-    n = min(500, 3 * (24 - 1))
-    assert all(len(v[0]) == n for v in series.values())
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["prior p(z_t), linearized", "posterior q(z_t)", "prior under drag"]
+    assert all(len(v[0]) == n_points for v in series.values())
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "prior p(z_t), linearized", "posterior q(z_t)", "prior under drag", "where it moves the prior's mean (magnified)"
+    ]
     assert ax.get_xlabel() == "theta" and ax.get_ylabel() == "omega"
     # the loss panel has the train and validation curves of every epoch
     lines = {line.get_label(): line for line in fig.axes[1].get_lines()}

@@ -3,11 +3,12 @@
 - `latent_figure`: the paper's Figure 2, in the plane of two states: the posterior q(z_t) of many
   encoded frames, the prior p(z_t) the linearization builds from the previous frames' posteriors
   (draws from N(f(mu_{t-1}), J Sigma_{t-1} J^T + Q), docs/method.md §3), and optionally the same prior
-  under an intervention (f' in place of f); the loss curves beside it.
+  under an intervention (f' in place of f) with arrows from f(mu) to f'(mu) (magnified: one frame of
+  an intervention moves the prior little next to its spread); the loss curves beside it.
 - `reconstruction_figure`: per clip, rows of frames x_t, reconstructions decode(mu_t), and n-step
   predictions decode(f^n(mu_{t0})) from the first column's causally encoded frame, n = t - t0.
 - `states_figure`: per state, the latent mean against the true state with the least-squares line
-  (slope 1.0: the latent is in the prior's units) and Pearson r.
+  (slope +-1: the latent is in the prior's units, up to the free sign) and Pearson r.
 
 Prior, posterior and intervened prior are blue circles, vermillion squares and black triangles
 (colours that stay apart under the common colour-vision deficiencies, markers that differ as well); figures have fixed sizes, so a picture is the same at every call.
@@ -44,7 +45,7 @@ def _prior_draws(module, mu_prev, std_prev, gen) -> np.ndarray:
         mean, cov = ekf_predict(module, mu_prev, std=std_prev)
         cov = cov + 1e-9 * torch.eye(cov.shape[-1], dtype=cov.dtype)
         eps = torch.randn(mean.shape, generator=gen, dtype=mean.dtype)
-        return (mean + (torch.linalg.cholesky(cov) @ eps[..., None])[..., 0]).numpy()
+        return (mean + (torch.linalg.cholesky(cov) @ eps[..., None])[..., 0]).numpy(), mean.numpy()
 
 
 def _double_copy(module):
@@ -63,14 +64,18 @@ def latent_figure(
     module = _double_copy(run.module)
     other = _double_copy(intervened) if intervened is not None else None
     gen = torch.Generator().manual_seed(0)
-    post, prior, inter = [], [], []
+    post, prior, inter, shift, base = [], [], [], [], []
     for clip in load_run_clips(run, videos)[:clips]:
         mu, std = encode_frames(run, clip.frames)
         mu, std = mu.cpu().double(), std.cpu().double()
         post.append((mu[1:] + std[1:] * torch.randn(mu[1:].shape, generator=gen, dtype=mu.dtype)).numpy())
-        prior.append(_prior_draws(module, mu[:-1], std[:-1], gen))
+        draws, mean = _prior_draws(module, mu[:-1], std[:-1], gen)
+        prior.append(draws)
         if other is not None:
-            inter.append(_prior_draws(other, mu[:-1], std[:-1], gen))
+            draws, other_mean = _prior_draws(other, mu[:-1], std[:-1], gen)
+            inter.append(draws)
+            base.append(mean)
+            shift.append(other_mean - mean)
     post, prior = np.concatenate(post), np.concatenate(prior)
     pick = np.random.default_rng(0).permutation(len(post))[:max_points]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=DPI)
@@ -86,6 +91,14 @@ def latent_figure(
     ax.set_xlabel(states[0])
     ax.set_ylabel(states[1])
     ax.set_title(f"{module.model_name}: latent space")
+    if inter:
+        # one frame of an intervention moves the prior little next to its spread: show where it moves it
+        base, shift = np.concatenate(base), np.concatenate(shift)
+        arrows = pick[:150]
+        ax.quiver(
+            base[arrows, i], base[arrows, j], shift[arrows, i], shift[arrows, j], color=COLOURS["intervened"],
+            angles="xy", width=0.003, gid="shift", label="where it moves the prior's mean (magnified)",
+        )  # fmt: skip
     legend = ax.legend(markerscale=2.0, fontsize=8, loc="upper right", framealpha=0.9)
     for handle in legend.legend_handles:
         handle.set_alpha(1.0)
@@ -187,13 +200,14 @@ def states_figure(run: Run, videos=None, truth=None, clips: int | None = None):
             r = float(np.corrcoef(x, y)[0, 1]) if y.std() > 0 else 0.0
             grid = np.array([x.min(), x.max()])
             ax.plot(grid, slope * grid + intercept, color=COLOURS["prior"], lw=2, label=f"fit: slope {slope:.3f}", gid="fit")
-            ax.plot(grid, grid, color="black", lw=1, ls=":", label="slope 1 (prior's units)", gid="identity")
+            unit = 1.0 if slope >= 0 else -1.0  # the sign is free: (theta, omega) -> (-theta, -omega) is a symmetry
+            ax.plot(grid, unit * grid, color="black", lw=1, ls=":", label=f"slope {unit:+.0f} (prior's units)", gid="identity")
             ax.set_title(f"{name}: r = {r:+.3f}, slope {slope:+.3f}", fontsize=9)
         else:
             ax.set_title(f"{name}: constant", fontsize=9)
         ax.set_xlabel(f"true {name}")
         ax.set_ylabel(f"latent {name}")
-        ax.legend(fontsize=7, loc="upper left", markerscale=2)
+        ax.legend(fontsize=7, loc="best", markerscale=2)
     fig.tight_layout()
     return fig
 
