@@ -174,6 +174,7 @@ def test_cli_plot_writes_the_three_pictures_at_their_sizes(run_dir, tmp_path):
     assert sizes["latent.png"] == (1100, 460)
     assert set(sizes) == {"latent.png", "latent_reconstructions.png", "latent_states.png"}
     assert sizes["latent_states.png"] == (840, 400)
+    assert sizes["latent_reconstructions.png"] == (1040, 1085)  # 8 columns; 3 clips x 3 rows
     assert all(f"wrote {out.parent / name}" in result.output for name in sizes)
 
 
@@ -212,4 +213,11 @@ def test_counterfactual_video_and_latent_plot_are_labelled(run, tmp_path):
 
     path = cf.plot(tmp_path / "lat.png")
     assert Image.open(path).size == (880, 528)
+    fig = cf.figure()
+    assert texts_outside(fig) == []
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["factual", "counterfactual"]
+    np.testing.assert_allclose(lines[1].get_ydata(), cf.latents[0, :, 0])
+    long = anmc.intervene(run.run_dir, edits=["c = 0.8", "omega' = -(g / L) * sin(theta) - c * omega * abs(omega) - 0.1 * omega"], frames=10)
+    assert texts_outside(long.figure()) == []
     plt.close("all")

@@ -143,7 +143,7 @@ class Counterfactual:
                     fh.write(",".join([str(b), str(i), f"{t[i]:.6g}", *(f"{v:.6g}" for v in row)]) + "\n")
         return Path(path)
 
-    def plot(self, path: str | Path) -> Path:
+    def figure(self):
         """One panel per state: factual (blue, solid) and counterfactual (vermillion, dashed) latents against time."""
         import matplotlib
 
@@ -152,7 +152,7 @@ class Counterfactual:
 
         d = len(self.state_names)
         t = self.time
-        fig, axes = plt.subplots(d, 1, figsize=(8, 2.4 * d), sharex=True, squeeze=False)
+        fig, axes = plt.subplots(d, 1, figsize=(8, 2.4 * d), dpi=110, sharex=True, squeeze=False)
         for i, name in enumerate(self.state_names):
             ax = axes[i, 0]
             for b in range(self.latents.shape[0]):
@@ -163,7 +163,14 @@ class Counterfactual:
         axes[0, 0].legend(fontsize=8, loc="upper right")
         axes[-1, 0].set_xlabel("time (s)")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        return fig
+
+    def plot(self, path: str | Path) -> Path:
+        """Write `figure()` to `path` at its own size."""
+        import matplotlib.pyplot as plt
+
+        fig = self.figure()
+        fig.savefig(path, dpi=fig.dpi)
         plt.close(fig)
         return Path(path)
 
