@@ -221,3 +221,32 @@ def test_counterfactual_video_and_latent_plot_are_labelled(run, tmp_path):
     long = anmc.intervene(run.run_dir, edits=["c = 0.8", "omega' = -(g / L) * sin(theta) - c * omega * abs(omega) - 0.1 * omega"], frames=10)
     assert texts_outside(long.figure()) == []
     plt.close("all")
+
+
+# Machado, Oliveira & Fernandes (2009), severity 1.0, on linear RGB
+CVD = {
+    "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+    "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+    "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]],
+    "normal": np.eye(3).tolist(),
+}
+
+
+def _lab(hex_colour: str, matrix) -> np.ndarray:
+    """CIELAB (D65) of a colour as seen through a simulated colour-vision deficiency."""
+    srgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ np.clip(np.array(matrix) @ linear, 0, 1)
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_the_three_series_colours_stay_apart_under_colour_vision_deficiencies():
+    keys = ["prior", "posterior", "intervened"]
+    for name, matrix in CVD.items():
+        for a in range(3):
+            for b in range(a + 1, 3):
+                distance = np.linalg.norm(_lab(plots.COLOURS[keys[a]], matrix) - _lab(plots.COLOURS[keys[b]], matrix))
+                assert distance > 50, (name, keys[a], keys[b], distance)
+    assert len({plots.MARKERS[k] for k in keys}) == 3
