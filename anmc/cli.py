@@ -53,8 +53,20 @@ def report_user_errors(command):
         except UserError as e:
             err.print(f"[bold red]error[/]: {escape(str(e))}", soft_wrap=True, highlight=False)
             sys.exit(2)
+        except OSError as e:  # the file system refused: a read-only folder, a full disk, a missing path
+            err.print(f"[bold red]error[/]: {escape(os_error_message(e))}", soft_wrap=True, highlight=False)
+            sys.exit(2)
 
     return wrapper
+
+
+def os_error_message(e: OSError) -> str:
+    """One sentence for an OSError: what failed, on which path, what to do."""
+    where = f" {e.filename}" if e.filename else ""
+    return (
+        f"the file system refused{where}: {e.strerror or e}; what was written before stays as it was: "
+        "check the path, its permissions and the free disk space, then run the command again."
+    )
 
 
 def _write(text: str, output: str | None, lexer: str) -> None:
@@ -339,7 +351,11 @@ def _run_training(prior, videos, run_dir, config, resume):
 @report_user_errors
 def train(prior, videos, run_dir, resume, **kwargs):
     """Train a video VAE on VIDEOS whose latents follow the PRIOR (.anm)."""
-    config = _config(kwargs) if not resume else _config({"epochs": kwargs["epochs"]}) if kwargs["epochs"] else None
+    if resume:  # the run keeps its own config; only an --epochs given on the command line extends it
+        given = click.get_current_context().get_parameter_source("epochs") != click.core.ParameterSource.DEFAULT
+        config = _config({"epochs": kwargs["epochs"]}) if given else None
+    else:
+        config = _config(kwargs)
     _run_training(Path(prior), list(videos), run_dir, config, resume)
 
 

@@ -57,7 +57,7 @@ class Run:
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     """Rebuild the VAE and prior of a run directory from its checkpoint (weights_only=True)."""
     payload = load_checkpoint(run_dir, map_location=device)
-    config = TrainConfig.from_dict(payload["config"])
+    config = TrainConfig.from_dict(payload["config"], f"{run_dir}/checkpoint.pt")
     try:
         prior = compile_prior(payload["anm_source"])
     except UserError as err:
@@ -192,6 +192,11 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         truth = next((c for c in candidates if c.exists()), None)
     truth_data = read_truth(truth) if truth is not None else None
     names = run.module.state_names
+    if truth_data is not None and not set(truth_data["state_names"]) & set(names):
+        raise UserError(
+            f"{truth} has the columns {', '.join(truth_data['state_names'])} but the run's states are {', '.join(names)}; "
+            "name the truth columns after the prior's states."
+        )
     k = run.vae.window
     mus, recon_err, frames_seen = [], 0.0, 0
     for clip in clips:

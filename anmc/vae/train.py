@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,6 +41,7 @@ from anmc.prior.smoother import initial_cross_entropy, markov_kl
 from anmc.vae.checkpoint import (
     CheckpointError,
     append_metrics,
+    check_config,
     load_checkpoint,
     save_checkpoint,
     truncate_metrics,
@@ -114,10 +115,10 @@ class TrainConfig:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        data = {"posterior": "factorized"} | data  # runs from before the smoother posterior were factorized
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, source: str = "the checkpoint") -> "TrainConfig":
+        """The config saved in a checkpoint; CheckpointError if a field has the wrong type."""
+        data = {"posterior": "factorized"} | check_config(data, cls, source)  # runs from before the smoother were factorized
+        return cls(**data)
 
 
 @dataclass

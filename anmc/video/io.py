@@ -569,6 +569,11 @@ def read_truth(path: str | Path) -> dict:
             f"{path} starts with columns {','.join(header[:4])}; a truth file needs clip,frame followed by one column per state."
         )
     names = header[2:]
+    twice = next((h for h in names if names.count(h) > 1 or h in ("clip", "frame")), None)
+    if twice is not None:
+        raise VideoError(f"{path} has the column {twice!r} twice; keep one column per state.")
+    if "" in names:
+        raise VideoError(f"{path} has a column without a name (column {names.index('') + 3}); name it after its state or drop it.")
     n = len(rows) - 1
     clip = np.empty(n, dtype=np.int64)
     frame = np.empty(n, dtype=np.int64)
