@@ -205,8 +205,9 @@ def test_cli_compile_numpy_with_the_exploit_in_a_file_name(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from anmc.vae.train import TrainConfig, train
-    from anmc.video.synth import synthesize
+    from anmc.vae.config import TrainConfig
+    from anmc.vae.train import train
+    from anmc.synthetic.synth import synthesize
 
     torch.set_num_threads(1)
     data, run = tmp_path_factory.mktemp("pend"), tmp_path_factory.mktemp("run")

@@ -18,7 +18,7 @@ import anmc
 from anmc.cli import main
 from anmc.lang.errors import AnmError
 from anmc.lang.parser import LONG_CHAIN, MAX_NESTING
-from anmc.show import learned_anm
+from anmc.codegen.learned_anm import learned_anm
 from anmc.symbolic.model import symbol
 
 ROOT = Path(__file__).resolve().parents[1]
