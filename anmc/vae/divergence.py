@@ -34,8 +34,8 @@ def diverged(what: str, epoch: int, step: int, run_dir: str | Path, last_good: i
         else f"no checkpoint was written to {run_dir} yet"
     )
     return TrainingDiverged(
-        f"training diverged at epoch {epoch}, step {step}: {what}; {kept}. The prior's dynamics may blow up where "
-        "the encoder puts the states (x' = x^3 far out, 1/x near 0): try a smaller dt or more substeps, bound the "
+        f"training diverged at epoch {epoch}, step {step} ({what}); {kept}: the prior's dynamics may blow up where "
+        "the encoder puts the states (x' = x^3 far out, 1/x near 0), so try a smaller dt or more substeps, bound the "
         "equation (tanh, min/max) or a lower --lr, then train again (or --resume)."
     )
 

@@ -165,9 +165,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def truncate_metrics(run_dir: str | Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (an interrupted run's partial log) before resuming."""
+def truncate_metrics(run_dir: str | Path, epochs_done: int, last_row: dict | None = None) -> None:
+    """Drop metric lines of epochs after the checkpoint (an interrupted run's partial log) before resuming;
+    `last_row` (the checkpoint's own copy of its epoch's row) restores that line if it was cut short."""
     rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epochs_done]
+    if last_row is not None and last_row.get("epoch") == epochs_done and not any(r.get("epoch") == epochs_done for r in rows):
+        rows.append(last_row)
     (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

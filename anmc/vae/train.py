@@ -198,7 +198,7 @@ def _restore(s: _Session, payload: dict) -> None:
     s.optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"])
     s.start_epoch, s.step = int(payload["epoch"]), int(payload["step"])
-    truncate_metrics(s.run_dir, s.start_epoch)
+    truncate_metrics(s.run_dir, s.start_epoch, payload.get("metrics"))
 
 
 def _epoch_batches(s: _Session, epoch: int):
