@@ -393,3 +393,40 @@ def test_cli_eval_with_a_bad_truth_file(trained, tmp_path, header, phrase):
     res = invoke("eval", trained, "--truth", _truth(tmp_path / "truth.csv", header))
     assert_clean_exit_2(res, phrase)
     np.testing.assert_equal(res.exit_code, 2)
+
+
+# ---------------------------------------------------------------- no code from a checkpoint
+
+
+class _Touch:
+    """Unpickling this would create the marker file (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _malicious(run: Path, marker: Path, kind: str) -> None:
+    import pickle
+
+    payload = torch.load(run / CHECKPOINT, weights_only=True)
+    if kind == "raw":  # a plain pickle, no zip container
+        (run / CHECKPOINT).write_bytes(pickle.dumps(_Touch(marker)))
+    elif kind == "zip":  # torch's own zip format, the object at the top
+        torch.save(_Touch(marker), run / CHECKPOINT)
+    else:  # nested inside an otherwise valid payload
+        payload["config"]["seed"] = _Touch(marker)
+        torch.save(payload, run / CHECKPOINT)
+
+
+@pytest.mark.parametrize("kind", ["raw", "zip", "nested"])
+def test_a_malicious_pickle_never_runs(run, data, tmp_path, kind):
+    marker = tmp_path / "ran"
+    _malicious(run, marker, kind)
+    for args in (["eval", run], ["show", run], ["plot", run, "-o", tmp_path / "l.png"],
+                 ["intervene", run, "--set", "c = 0.8", "--sample", "--frames", "3", "-o", tmp_path / "x.npz"],
+                 ["train", PRIOR, data, "-o", run, "--resume"]):  # fmt: skip
+        assert_clean_exit_2(invoke(*args), "is not a readable anmc checkpoint")
+        assert not marker.exists()
