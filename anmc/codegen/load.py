@@ -57,11 +57,13 @@ class UnsafeSourceError(RuntimeError):
     """The generated source contains something the emitter never writes; it is not run."""
 
 
-def audit(source: str, allowed_names: set[str]) -> None:
+def audit(source: str | pyast.Module, allowed_names: set[str]) -> None:
     """Raise UnsafeSourceError unless `source` uses only emitter constructs and `allowed_names`, in
-    statements of the shape the emitter writes (module docstring)."""
-    _audit_text(source)
-    tree = pyast.parse(source)
+    statements of the shape the emitter writes (module docstring). Given a parsed tree instead of
+    the text, the caller checks the text with `audit_text`."""
+    if isinstance(source, str):
+        audit_text(source)
+    tree = pyast.parse(source) if isinstance(source, str) else source
     _audit_statements(tree)
     for node in pyast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
@@ -98,10 +100,10 @@ def audit(source: str, allowed_names: set[str]) -> None:
 
 # Python's encoding declaration (PEP 263), looked for on the first two lines of a file.
 _CODING = re.compile(r"^[ \t\f]*#.*?coding[:=]")
-_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "start"}
+_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "rhs_and_tangents_vjp", "start"}
 
 
-def _audit_text(source: str) -> None:
+def audit_text(source: str) -> None:
     """Printable characters and `\\n` only; no encoding declaration."""
     bad = next((c for c in source if not (c == "\n" or c.isprintable())), None)
     if bad is not None:
