@@ -356,7 +356,9 @@ def train(prior, videos, run_dir, resume, **kwargs):
         config = _config({"epochs": kwargs["epochs"]}) if given else None
     else:
         config = _config(kwargs)
-    _run_training(Path(prior), list(videos), run_dir, config, resume)
+    result = _run_training(Path(prior), list(videos), run_dir, config, resume)
+    if resume and not result.metrics and result.rank == 0:
+        out.print(f"the run already has its {result.epochs} epoch(s); `--resume --epochs N` extends it to N.")
 
 
 def _print_report(report: dict) -> None:

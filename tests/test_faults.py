@@ -268,6 +268,7 @@ def test_plain_resume_keeps_the_runs_epochs(run, data):
     before = checkpoint_bytes(run)
     res = invoke("train", PRIOR, data, "-o", run, "--resume")
     assert res.exit_code == 0, res.output
+    assert "already has its 2 epoch(s)" in res.output
     assert load_checkpoint(run)["epoch"] == 2 and checkpoint_bytes(run) == before
     res = invoke("train", PRIOR, data, "-o", run, "--resume", "--epochs", "3")
     assert res.exit_code == 0, res.output
