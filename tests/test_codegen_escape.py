@@ -225,3 +225,17 @@ def test_cli_intervene_with_the_exploit_gives_the_honest_counterfactual(run_dir,
         return rows
 
     np.testing.assert_array_equal(latents(EXPLOIT, "attacked"), latents("omega' = -omega", "honest"))
+
+
+def test_cli_intervene_file_whose_path_holds_a_carriage_return(run_dir, tmp_path):
+    folder = tmp_path / "x\r        omega = omega * 0 + 42 #"
+    folder.mkdir()
+    (folder / "iv.anm").write_text("intervention fast\n  omega' = -omega\n")
+
+    def latents(args, name):
+        out = tmp_path / f"{name}.npz"
+        result = CliRunner().invoke(main, ["intervene", str(run_dir), *args, "--sample", "--frames", "5", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        return np.loadtxt(tmp_path / f"{name}_latents.csv", delimiter=",", skiprows=1)
+
+    np.testing.assert_array_equal(latents(["--file", str(folder / "iv.anm")], "attacked"), latents(["--edit", "omega' = -omega"], "honest"))
