@@ -1,4 +1,4 @@
-"""Generated source -> a live class, after an audit of every name and attribute it uses.
+r"""Generated source -> a live class, after an audit of every name and attribute it uses.
 
 The emitter only writes identifiers the language admitted, and user text only through
 `anmc.codegen.escape.comment_safe`, but the source is audited once more before `exec`:
