@@ -239,3 +239,41 @@ def test_cli_intervene_file_whose_path_holds_a_carriage_return(run_dir, tmp_path
         return np.loadtxt(tmp_path / f"{name}_latents.csv", delimiter=",", skiprows=1)
 
     np.testing.assert_array_equal(latents(["--file", str(folder / "iv.anm")], "attacked"), latents(["--edit", "omega' = -omega"], "honest"))
+
+
+# ---------------------------------------------------------------- any text, end to end
+
+
+def _statements(source: str) -> list[str]:
+    """Every statement of the module, docstrings dropped (what runs, not what reads)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+            node.body = body[1:]
+    return [ast.dump(s) for s in tree.body]
+
+
+_HONEST_EDIT = anmc.compile_prior(PENDULUM, edits=["omega' = -omega"])
+_any_text = st.text(alphabet=st.one_of(st.sampled_from(DANGEROUS + "#'= omega42.anm"), st.characters()), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_any_text, st.sampled_from(["", ".anm"]))
+def test_any_comment_in_an_edit_runs_the_same_statements(text, suffix):
+    edit = "omega' = -omega #" + text + suffix  # an edit ending in .anm is quoted as a file name
+    if "\n" in edit.strip():
+        return  # an edit is one line: refused before anything is generated (tests/test_lang_errors.py)
+    prior = anmc.compile_prior(PENDULUM, edits=[edit])
+    assert _statements(prior.source) == _statements(_HONEST_EDIT.source)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_any_text)
+def test_any_file_name_runs_the_same_statements(name):
+    from dataclasses import replace
+
+    model = anmc.load_model(PENDULUM)
+    honest = anmc.compile_model(model)
+    renamed = anmc.compile_model(replace(model, program=replace(model.program, filename=name)))
+    assert _statements(renamed.source) == _statements(honest.source)

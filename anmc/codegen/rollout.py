@@ -40,5 +40,5 @@ def check_finite(z: torch.Tensor, names) -> None:
     raise NonFiniteRollout(
         f"the rollout blew up at frame {t} of run {run}: {', '.join(states)} became "
         f"{float(z[run, t, names.index(states[0])])} (the frame before: {before}); "
-        "the dynamics diverge from this start: check the equations, lower dt or add substeps, or simulate fewer --steps."
+        "the dynamics diverge from this start: check the equations, lower dt or add substeps, or roll out fewer frames."
     )
