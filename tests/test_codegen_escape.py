@@ -277,3 +277,18 @@ def test_any_file_name_runs_the_same_statements(name):
     honest = anmc.compile_model(model)
     renamed = anmc.compile_model(replace(model, program=replace(model.program, filename=name)))
     assert _statements(renamed.source) == _statements(honest.source)
+
+
+def test_a_file_name_with_surrogates_does_not_leak_into_sys_modules(tmp_path):
+    """A Linux file name that is not UTF-8 decodes with surrogates; the generated module's __file__ must
+    still be a path other tools can handle (hypothesis resolves every module's file)."""
+    import os
+    import sys
+
+    path = tmp_path / os.fsdecode(b"p\xff\n.anm")
+    path.write_text(PENDULUM.read_text())
+    prior = anmc.compile_prior(path)
+    module = sys.modules[prior.module_class.__module__]
+    assert all(c.isprintable() for c in module.__file__)
+    Path(module.__file__).resolve()
+    module.__file__.encode("utf-8")

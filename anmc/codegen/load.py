@@ -26,6 +26,8 @@ import re
 import sys
 import types
 
+from anmc.codegen.escape import comment_safe
+
 _ALLOWED_NODES = (
     pyast.Module, pyast.Import, pyast.ImportFrom, pyast.alias, pyast.ClassDef, pyast.FunctionDef,
     pyast.arguments, pyast.arg, pyast.Return, pyast.Assign, pyast.Expr, pyast.Call, pyast.Attribute,
@@ -249,7 +251,9 @@ def _is_storage_attribute(attr: str, allowed: set[str]) -> bool:
 def load_class(source: str, class_name: str, allowed_names: set[str], filename: str = "<anmc>") -> type:
     """Audit `source`, execute it, and return the class `class_name`."""
     audit(source, allowed_names)
-    code_name = f"<anmc generated: {filename}>"
+    # the module's __file__ and linecache key: tools that walk sys.modules (hypothesis, inspect, coverage)
+    # choke on a raw file name's surrogates or line breaks
+    code_name = f"<anmc generated: {comment_safe(filename)}>"
     linecache.cache[code_name] = (len(source), None, source.splitlines(True), code_name)  # readable tracebacks
     # A real module object, so that pickling, torch.compile and inspect can find the class again.
     module = types.ModuleType(f"anmc_generated_{class_name.lower()}_{next(_counter)}")
