@@ -29,6 +29,7 @@ from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.data.dataset import FrameSequences, frame_datasets
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
+from anmc.vae.diagnostics import epoch_diagnostics
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae
 from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
@@ -109,6 +110,7 @@ def train(
             if progress is not None and s.rank == 0:
                 progress(epoch, i + 1, s.steps_per_epoch, {k: float(out[k].detach()) for k in sums} | _param_summary(s.vae))
         row = _end_epoch(s, epoch, sums, learn_physics, seconds=time.monotonic() - started)
+        row["diagnostics"] = epoch_diagnostics(s.vae, s.val_data if s.val_data is not None else s.train_data, s.config, row, s.device)
         result.metrics.append(row)
         result.epochs = epoch + 1
         if s.rank == 0:
