@@ -211,12 +211,12 @@ def intervene(run_dir, intervention, file, sets, edits, video, start, sample, fr
     anmc intervene runs/pend --set "c = 0.8" --edit "omega' = -(g/L)*sin(theta) - c*omega*abs(omega)" -o q.mp4
     anmc intervene runs/pend --edit "start theta = 1.5 * theta" --frames 240 -o amplitude.gif
     """
-    from anmc.analysis.intervene import VIDEO_SUFFIXES
+    from anmc.data.io import WRITE_SUFFIXES
     from anmc.analysis.intervene import intervene as run_intervention
 
     if not (intervention or file or sets or edits):
         raise UserError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\".")
-    if Path(output).suffix.lower() not in VIDEO_SUFFIXES:
+    if Path(output).suffix.lower() not in WRITE_SUFFIXES:
         raise UserError(f"-o {output}: the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
     cf = run_intervention(
         run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
