@@ -195,7 +195,7 @@ def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
 @click.option("--set", "sets", multiple=True, metavar="'NAME = EXPR'", help="Change a const or param (repeatable).")
 @click.option("--edit", "edits", multiple=True, metavar="EDIT", help="An equation, `init x ~ ...` or `start x = ...` (repeatable).")
 @click.option("--video", help="Encode the start from this video (default: the run's training clips).")
-@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0), help="First frame of the opening window.")
+@click.option("--start", default=None, type=click.IntRange(min=0), help="The frame the rollouts start from, its state filtered from the frames up to it [default: 10, so that the start carries the velocity].")
 @click.option("--sample", is_flag=True, help="Start from the (intervened) initial distribution instead of a video.")
 @click.option("--frames", default=90, show_default=True, type=click.IntRange(min=2), help="Frames to roll out.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Counterfactuals at once (OUT_00, OUT_01, ...).")

@@ -4,16 +4,16 @@
     check_frame_rate(["data/pend"], dt=1/30)    # raises UserError when they disagree, saying what to change
     check_frame_rate(["data/pend"], dt=1/30, fps=30)   # --fps: the user states the rate (metadata ignored)
 
-Where the rate comes from: an mp4/avi/... its container's `fps` (imageio-ffmpeg); a GIF its frames'
-`duration` (ms, rounded by the format: 33 ms reads 30.3 fps); an `.npz` its `fps` array (what
-`write_video` stores); a `.npy` or a folder of images carries none. Rates within `TOLERANCE` of 1/dt
-agree (docs/data.md, *Frame rate and dt*).
+Where the rate comes from: an mp4/avi/... its container's `fps` (imageio-ffmpeg); an `.npz` its `fps`
+array (what `write_video` stores). A GIF's frame durations are whole hundredths of a second (30 fps
+is stored as 30 ms, read back as 33.3 fps), so a GIF is not trusted for its rate, like a `.npy` or a
+folder of images, which carry none. Rates within `TOLERANCE` of 1/dt agree (docs/data.md, *Frame rate
+and dt*).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from anmc.data.io import FFMPEG_SUFFIXES, clip_sources
 from anmc.errors import UserError
 
-TOLERANCE = 0.03  # relative; a GIF's whole-millisecond durations are off by up to ~1.5% at 30 fps
+TOLERANCE = 0.02  # relative (29.97 fps NTSC video agrees with dt = 1/30)
 
 
 def source_fps(path: str | Path) -> float | None:
@@ -38,11 +38,6 @@ def source_fps(path: str | Path) -> float | None:
             finally:
                 reader.close()
             return float(fps) if fps else None
-        if suffix == ".gif":
-            import imageio.v3 as iio
-
-            ms = iio.immeta(path, plugin="pillow", extension=".gif").get("duration")
-            return 1000.0 / float(ms) if ms else None
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return float(z["fps"]) if "fps" in z.files else None
@@ -81,9 +76,8 @@ def frame_rate(videos) -> FrameRate:
 
 
 def dt_text(fps: float) -> str:
-    """`1/25` for a whole rate, else the nearest simple fraction or a decimal."""
-    frac = Fraction(1 / fps).limit_denominator(1000)
-    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - 1 / fps) < 1e-6 / fps else f"{1 / fps:.6g}"
+    """How to write dt in the .anm for a rate: `1/25`, `1/29.97` (the language evaluates the quotient)."""
+    return f"1/{round(fps)}" if abs(fps - round(fps)) < 1e-6 * fps else f"1/{fps:.6g}"
 
 
 def check_frame_rate(videos, dt: float, fps: float | None = None, prior_name: str = "the prior") -> float | None:
