@@ -328,8 +328,11 @@ def _run_training(prior, videos, run_dir, config, resume):
     """Train with a rich progress bar (a terminal) or one line per epoch (anything else); returns the TrainResult."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from anmc.vae.threads import apply_thread_default
     from anmc.vae.train import train
 
+    threads, why = apply_thread_default()  # measured: docs/results.md, Threads
+    err.print(f"torch threads: {threads} ({why})", soft_wrap=True, highlight=False)
     # the bar starts on the first step, so that an error while loading the data is the only thing printed
     bar = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

@@ -311,9 +311,9 @@ def main() -> None:
         conditions = [replace(CONDITIONS[c], source=32) for c in ("black", "grey")]
         seeds, args.epochs, args.clips, args.frames = [0], 1, 3, 24
         args.tiny = {"size": 16, "batch": 2, "seq_len": 4, "steps_per_epoch": 2}
-    import torch
+    from anmc.vae.threads import apply_thread_default
 
-    torch.set_num_threads(1)
+    print("torch threads: %d (%s)" % apply_thread_default(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         rows = []

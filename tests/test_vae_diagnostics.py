@@ -128,3 +128,15 @@ def test_eval_reports_a_collapsed_run(data, tmp_path):
     report = json.loads((tmp_path / "e.json").read_text())
     assert [f["code"] for f in report["diagnostics"]] == ["posterior_collapse"]
     assert report["diagnostics"][0]["evidence"]["recon_explained"] <= diag.MEAN_IMAGE_LEVEL
+
+
+@pytest.mark.slow
+def test_quickstart_prints_a_plain_line_per_epoch(tmp_path):
+    """Redirected output (click's runner: stderr is not a terminal) shows progress after every epoch, not only at the end."""
+    res = CliRunner().invoke(main, ["quickstart", "-o", str(tmp_path / "qs"), "--clips", "2", "--frames", "16", "--size", "16",
+                                    "--batch", "2", "--seq-len", "4", "--steps-per-epoch", "2", "--epochs", "2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "ETA" in lines[0] and "L=" in lines[0] and "torch threads:" in res.stderr
+    assert "\x1b[" not in res.stderr  # no bar, no escape codes
