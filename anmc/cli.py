@@ -331,8 +331,7 @@ def _run_training(prior, videos, run_dir, config, resume):
     from anmc.vae.threads import apply_thread_default
     from anmc.vae.train import train
 
-    threads, why = apply_thread_default()  # measured: docs/results.md, Threads
-    err.print(f"torch threads: {threads} ({why})", soft_wrap=True, highlight=False)
+    threads_note = "torch threads: %d (%s)" % apply_thread_default()  # measured: docs/results.md, Threads
     # the bar starts on the first step, so that an error while loading the data is the only thing printed
     bar = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -341,7 +340,10 @@ def _run_training(prior, videos, run_dir, config, resume):
     task = None
 
     def progress(epoch, step, steps, metrics):
-        nonlocal task
+        nonlocal task, threads_note
+        if threads_note:  # on the first step, so that an error while loading the data is the only thing printed
+            err.print(threads_note, soft_wrap=True, highlight=False, markup=False)
+            threads_note = None
         if not err.is_terminal:
             return
         if task is None:
