@@ -63,6 +63,9 @@ class TrainConfig:
     time_limit: float | None = None  # minutes; training stops after the epoch that crosses it
     seed: int = 0
     device: str = "auto"
+    # torch's CPU thread count (None: leave torch's). Saved with the run and set again on resume: sums
+    # split across threads round differently, so an exact resume needs the same count.
+    threads: int | None = None
 
     def __post_init__(self):
         if self.kl not in KL_READINGS:

@@ -30,6 +30,7 @@ from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.data.dataset import FrameSequences, frame_datasets
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
+from anmc.vae.diagnostics import epoch_diagnostics
 from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401 - TrainingDiverged re-exported
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae
@@ -120,6 +121,7 @@ def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoc
             if progress is not None and s.rank == 0:
                 progress(epoch, i + 1, s.steps_per_epoch, {k: float(out[k].detach()) for k in sums} | _param_summary(s.vae))
         row = _end_epoch(s, epoch, sums, learn_physics, seconds=time.monotonic() - started)
+        row["diagnostics"] = epoch_diagnostics(s.vae, s.val_data if s.val_data is not None else s.train_data, s.config, row, s.device)
         result.metrics.append(row)
         result.epochs = epoch + 1
         if s.rank == 0:
@@ -143,6 +145,8 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
             saved.epochs = config.epochs  # resuming may extend a run, nothing else
         config = saved
     config = config or TrainConfig()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     rank, world = _distributed()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda":
