@@ -222,7 +222,7 @@ def test_checkpoint_with_missing_keys_or_wrong_types(run, data, damage, command)
 
 @pytest.mark.parametrize("name", list(BLOW_UP))
 def test_diverging_prior_stops_with_a_message(data, tmp_path, name):
-    res = invoke("train", blow_up(tmp_path, name), data, "-o", tmp_path / "run", *TINY, "--epochs", "2")
+    res = invoke("train", blow_up(tmp_path, name), data, "-o", tmp_path / "run", *TINY, "--epochs", "2", "--fps", "2")  # dt = 0.5
     assert_clean_exit_2(res, "training diverged at epoch 1, step 1", "no checkpoint was written", "smaller dt")
 
 

@@ -31,7 +31,7 @@ from anmc.data.dataset import FrameSequences, frame_datasets
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
 from anmc.vae.diagnostics import epoch_diagnostics
-from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401 - TrainingDiverged re-exported
+from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae
 from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
