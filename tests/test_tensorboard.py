@@ -56,7 +56,10 @@ def test_missing_package_is_one_sentence_and_exit_2(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     with pytest.raises(UserError, match="pip install 'anmc\\[tensorboard\\]'"):
         TensorBoardLog(tmp_path)
-    result = CliRunner().invoke(main, ["train", PRIOR, str(tmp_path), "-o", str(tmp_path / "run"), "--tensorboard"])
+    from anmc.synthetic.synth import synthesize
+
+    synthesize(PRIOR, out_dir=tmp_path / "data", clips=2, frames=12, size=16, seed=1, fmt="npz")
+    result = CliRunner().invoke(main, ["train", PRIOR, str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--tensorboard"])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {MISSING}"
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
