@@ -571,8 +571,8 @@ def show(run_dir):
         click.echo(text, nl=False)
 
 
-# `anmc quickstart --quick`: a first look at the whole path in about two minutes on two CPU cores
-# (docs/cli.md, measured in README.md); each value replaces the full quick start's default.
+# `anmc quickstart --quick`: a first look at the whole path (2 min 32 s on two quiet CPU cores, measured;
+# README.md); each value replaces the full quick start's default.
 QUICK = {"clips": 12, "frames": 96, "epochs": 8, "steps_per_epoch": 80, "warmup": 200, "learn_params_after": 2}
 
 
