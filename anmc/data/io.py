@@ -29,9 +29,9 @@ import numpy as np
 from anmc.errors import UserError
 
 FFMPEG_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-VIDEO_SUFFIXES = FFMPEG_SUFFIXES + (".gif", ".npy", ".npz")
+VIDEO_SUFFIXES = FFMPEG_SUFFIXES + (".gif", ".npy", ".npz")  # what read_video reads (and IMAGE_SUFFIXES in a folder)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-WRITE_SUFFIXES = (".mp4", ".gif", ".npy", ".npz")
+WRITE_SUFFIXES = (".mp4", ".gif", ".npy", ".npz")  # what write_video writes
 
 MP4_CRF = 12  # x264 quality: 0 is lossless, 23 its default; 12 keeps synthetic 64x64 frames within a few levels
 
@@ -86,7 +86,7 @@ def iter_frames(
     crop: tuple[int, int, int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     """`read_video`'s frames a chunk at a time, uint8 `(t, H, W)` or `(t, H, W, 3)` each: a long video
-    never has to sit in memory whole (anmc.video.cache writes the chunks to disk)."""
+    never has to sit in memory whole (anmc.data.cache writes the chunks to disk)."""
     path = Path(path)
     if not path.exists():
         raise VideoError(f"{path} does not exist; check the path.")

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from anmc.prior.scan import prefix_scan, suffix_scan
+from anmc.posterior.scan import prefix_scan, suffix_scan
 
 
 @dataclass

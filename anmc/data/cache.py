@@ -11,7 +11,7 @@ modification time and the decoding options (size, gray, crop): a changed video o
 
 `DiskFrames` reads windows with os.pread, so the process holds only the frames of the current batch
 (no pages of a mapping stay resident as the epochs touch the whole file; the operating system's page
-cache keeps what fits). FrameSequences (anmc.video.dataset) and a DataLoader with workers read
+cache keeps what fits). FrameSequences (anmc.data.dataset) and a DataLoader with workers read
 through it; docs/scaling.md measures the resident memory as the data set grows.
 """
 
@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from anmc.video.io import Clip, VideoError, _clip_name, clip_sources, iter_frames
+from anmc.data.io import Clip, VideoError, _clip_name, clip_sources, iter_frames
 
 VERSION = 1
 

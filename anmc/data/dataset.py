@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anmc.video.cache import DiskFrames, cached_clips
-from anmc.video.io import Clip, VideoError, load_clips
+from anmc.data.cache import DiskFrames, cached_clips
+from anmc.data.io import Clip, VideoError, load_clips
 
 
 def train_val_split(n_clips: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -95,7 +95,7 @@ class FrameSequences(Dataset):
     it fits there (see `storage_device`; else on the CPU, `.device` says which). Item i is the view
     `frames[s_i : s_i + length]`; `batch(idx)` gathers `(B, length, C, H, W)` without a DataLoader.
 
-    Clips whose frames are `DiskFrames` (anmc.video.cache) stay on disk (`on_disk`, `frames` is None):
+    Clips whose frames are `DiskFrames` (anmc.data.cache) stay on disk (`on_disk`, `frames` is None):
     an item is read when asked for, so a DataLoader's workers can feed a data set larger than memory.
     """
 
