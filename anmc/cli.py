@@ -75,6 +75,15 @@ def main():
     """anmc: physics priors written as equations, compiled into interpretable video models."""
 
 
+_device_option = click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:N or auto (a checkpoint loads onto any).")
+
+
+def _device(name: str) -> str:
+    from anmc.vae.train import resolve_device
+
+    return str(resolve_device(name))
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @report_user_errors
@@ -202,8 +211,9 @@ def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
 @click.option("--noise/--no-noise", default=False, show_default=True, help="Add the prior's noise to the rollouts (the same draws for both).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.gif or OUT.mp4 (plus OUT_latents.csv/.png).")
+@_device_option
 @report_user_errors
-def intervene(run_dir, intervention, file, sets, edits, video, start, sample, frames, batch, noise, seed, output):
+def intervene(run_dir, intervention, file, sets, edits, video, start, sample, frames, batch, noise, seed, output, device):
     """Counterfactual video from RUN_DIR under an intervention written in the .anm language.
 
     \b
@@ -218,8 +228,10 @@ def intervene(run_dir, intervention, file, sets, edits, video, start, sample, fr
         raise UserError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\".")
     if Path(output).suffix.lower() not in WRITE_SUFFIXES:
         raise UserError(f"-o {output}: the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
+    from anmc.vae.run import load_run
+
     cf = run_intervention(
-        run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
+        load_run(run_dir, _device(device)), intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
         sample=sample, frames=frames, batch=batch, noise=noise, seed=seed,
     )  # fmt: skip
     for note in cf.notes:
@@ -280,6 +292,10 @@ def _train_options(f):
         click.option("--time-limit", default=None, type=float, help="Minutes; stop after the epoch that crosses it."),
         click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--seed", default=d.seed, show_default=True, type=int),
+        click.option("--precision", default=d.precision, show_default=True, type=click.Choice(["fp32", "bf16"]), help="bf16: the networks under bfloat16 autocast (the prior's algebra stays float32/float64)."),
+        click.option("--compile", "compile", is_flag=True, help="torch.compile the prior's generated core (a C++ compiler is needed; the first steps compile)."),
+        click.option("--cache", default=None, type=click.Path(file_okay=False), help="Decode the videos once into this folder and read them from disk (data larger than memory; docs/scaling.md)."),
+        click.option("--workers", default=d.workers, show_default=True, type=click.IntRange(min=0), help="DataLoader processes reading a --cache."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -339,7 +355,9 @@ def _run_training(prior, videos, run_dir, config, resume):
 @report_user_errors
 def train(prior, videos, run_dir, resume, **kwargs):
     """Train a video VAE on VIDEOS whose latents follow the PRIOR (.anm)."""
-    config = _config(kwargs) if not resume else _config({"epochs": kwargs["epochs"]}) if kwargs["epochs"] else None
+    # resuming takes the checkpoint's config; the command line may extend it and say where it runs
+    where = ("epochs", "device", "workers", "cache")
+    config = _config(kwargs) if not resume else _config({k: kwargs[k] for k in where})
     _run_training(Path(prior), list(videos), run_dir, config, resume)
 
 
@@ -372,15 +390,16 @@ def _print_report(report: dict) -> None:
 @click.option("--truth", type=click.Path(), help="truth.csv with the true states (default: one beside the videos).")
 @click.option("--circular", multiple=True, help="States that are angles to compare circularly (e.g. phase).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@_device_option
 @report_user_errors
-def eval_(run_dir, videos, truth, circular, json_path):
+def eval_(run_dir, videos, truth, circular, json_path, device):
     """How physical are the latents of RUN_DIR: correlation, slope, R^2 with the true states, prediction error."""
     import json
 
     from anmc.analysis.evaluate import evaluate
     from anmc.vae.run import load_run
 
-    report = evaluate(load_run(run_dir), videos=list(videos) or None, truth=truth, circular=circular or None)
+    report = evaluate(load_run(run_dir, _device(device)), videos=list(videos) or None, truth=truth, circular=circular or None)
     _print_report(report)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -396,13 +415,14 @@ def eval_(run_dir, videos, truth, circular, json_path):
 @click.option("--set", "sets", multiple=True, help="Or under these edits (green).")
 @click.option("--edit", "edits", multiple=True)
 @click.option("--video", "videos", multiple=True, help="Videos to encode (default: the training videos).")
+@_device_option
 @report_user_errors
-def plot(run_dir, output, states, intervention, sets, edits, videos):
+def plot(run_dir, output, states, intervention, sets, edits, videos, device):
     """Figure 2 of the paper for RUN_DIR: prior (blue), posterior (red), intervened prior (green); loss curves."""
     from anmc.vae.run import load_run
     from anmc.analysis.plots import latent_plot
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, _device(device))
     intervened, label = None, "intervened prior"
     if intervention or sets or edits:
         from anmc.analysis.intervene import intervened_module

@@ -19,6 +19,7 @@ KL_READINGS = ("elbo", "elbo_mc", "mixture", "pairwise", "pooled", "standard")
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
 POSTERIORS = ("factorized", "smoother")
 DECODERS = ("deconv", "broadcast")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -60,6 +61,13 @@ class TrainConfig:
     time_limit: float | None = None  # minutes; training stops after the epoch that crosses it
     seed: int = 0
     device: str = "auto"
+    # Scale (docs/scaling.md): bfloat16 autocast for the networks (the prior's algebra stays float32/float64),
+    # torch.compile of the prior's generated core, and decoded frames cached in a folder and read from disk
+    # by `workers` DataLoader processes instead of held in memory.
+    precision: str = "fp32"
+    compile: bool = False
+    cache: str | None = None
+    workers: int = 2
 
     def __post_init__(self):
         if self.kl not in KL_READINGS:
@@ -79,6 +87,10 @@ class TrainConfig:
                 f"--posterior smoother computes its own KL (the elbo reading for a posterior correlated in time); "
                 f"drop --kl {self.kl} or use --posterior factorized."
             )
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
+        if self.workers < 0:
+            raise UserError(f"--workers {self.workers}: give 0 (read in the training process) or more.")
         if self.window < 1 or self.seq_len < 2 or self.batch < 1 or self.epochs < 1:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
 

@@ -163,3 +163,11 @@ class RankBatches(torch.utils.data.Sampler):
         rows = rank_rows(self.batch, self.ctx)
         for i in range(self.steps):
             yield order[i * self.batch : (i + 1) * self.batch][rows].tolist()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op alone)."""
+    if ctx.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
