@@ -96,11 +96,7 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
     """
     _check_readings(module, y)
     readings = _Readings.build(module, y.double(), y_std.double().square())
-    # to 1e-7 only: each differentiable pass below squares the remaining error (1e-7 -> ~1e-14)
-    lin = _filter_fixed_point(module, readings, tol=1e-7 if unroll else 1e-10)
-    for _ in range(unroll):
-        lin = _filter(module, readings, lin)[0]
-    post = _smooth(module, readings, lin)
+    post = _smooth(module, readings, _points(module, readings, unroll))
     return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
 
 
@@ -110,11 +106,17 @@ def kalman_filter(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> tuple[Te
     `kalman_smoother` finds its linearization points."""
     _check_readings(module, y)
     readings = _Readings.build(module, y.double(), y_std.double().square())
+    mean, cov = _filter(module, readings, _points(module, readings, unroll))
+    return mean.to(y.dtype), cov.to(y.dtype)
+
+
+def _points(module, readings: "_Readings", unroll: int) -> Tensor:
+    """The linearization points (B, T, d): the filter's fixed point, then `unroll` differentiable passes."""
+    # to 1e-7 only: each differentiable pass below squares the remaining error (1e-7 -> ~1e-14)
     lin = _filter_fixed_point(module, readings, tol=1e-7 if unroll else 1e-10)
     for _ in range(unroll):
         lin = _filter(module, readings, lin)[0]
-    mean, cov = _filter(module, readings, lin)
-    return mean.to(y.dtype), cov.to(y.dtype)
+    return lin
 
 
 def _check_readings(module, y: Tensor) -> None:
