@@ -1,6 +1,6 @@
 """Resident memory and step time as the training set grows: frames in memory against frames on disk (--cache).
 
-    python benchmarks/data_scale.py --frames 10000 100000 1000000 --dir /tmp/anmc_scale [--steps 20] [--keep]
+    python benchmarks/data_scale.py --frames 10000 100000 1000000 [--dir /tmp/anmc_scale] [--steps 20] [--keep] [--quick]
 
 Synthetic 64x64 gray clips of 10,000 frames (a bright disc on a pendulum's path, written as .npy) make
 each data set; every measurement runs in a fresh process: load the data (decode into the cache the
@@ -21,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,17 +87,21 @@ def measure(data: str, cache: str | None, steps: int, workers: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--dir", type=Path, default=Path("/tmp/anmc_scale"))
+    ap.add_argument("--dir", type=Path, default=None, help="where the data and the cache go [default: a new temporary folder]")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--in-memory-up-to", type=int, default=100_000)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="10,000 frames, one step (a smoke test)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         data, cache = args.child
         print(json.dumps(measure(data, None if cache == "-" else cache, args.steps, args.workers)))
         return
+    if args.quick:
+        args.frames, args.steps, args.workers = [CLIP], 1, 1
+    args.dir = args.dir or Path(tempfile.mkdtemp(prefix="anmc_scale_"))
     rows = []
     try:
         for n in args.frames:
