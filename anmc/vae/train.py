@@ -17,8 +17,10 @@ logs and checkpoints (anmc.vae.distributed, docs/scaling.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +32,13 @@ from anmc.data.dataset import FrameSequences, frame_datasets
 from anmc.errors import UserError
 from anmc.vae import distributed
 from anmc.vae.config import TrainConfig
+from anmc.vae.diagnostics import epoch_diagnostics
 from anmc.vae.distributed import DistContext, RankBatches
+from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae
 from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
+from anmc.vae.run_lock import run_lock
 
 
 @dataclass
@@ -43,10 +48,6 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
     stopped_early: str | None = None
     rank: int = 0  # this process's rank under torchrun (rank 0 logs and reports)
-
-
-class TrainingDiverged(UserError):
-    """The loss became non-finite; the last good checkpoint is kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,8 +102,20 @@ def train(
 
     `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar);
     `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics).
+
+    The process that writes the run (rank 0) holds its lock throughout (`anmc.vae.run_lock`: a second
+    writer gets RunLocked); a loss, gradient or smoother that becomes non-finite stops the run with
+    TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept.
     """
-    s = _setup(prior, videos, Path(run_dir), config, resume)
+    run_dir = Path(run_dir)
+    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes the run
+    with run_lock(run_dir) if writer else contextlib.nullcontext():
+        return _train(prior, videos, run_dir, config, resume, progress, on_epoch)
+
+
+def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoch) -> TrainResult:
+    """`train`'s loop: setup, then for each epoch its steps, its end and its checkpoint."""
+    s = _setup(prior, videos, run_dir, config, resume)
     try:
         return _loop(s, progress, on_epoch)
     finally:
@@ -129,6 +142,7 @@ def _loop(s: _Session, progress, on_epoch) -> TrainResult:
                 progress(epoch, i + 1, s.steps_per_epoch, {k: float(out[k].detach()) for k in sums} | _param_summary(s.vae))
         sums = distributed.all_mean(sums, s.ctx)  # each rank's sums are over its share of the batches
         row = _end_epoch(s, epoch, sums, learn_physics, seconds=time.monotonic() - started)
+        row["diagnostics"] = epoch_diagnostics(s.vae, s.val_data if s.val_data is not None else s.train_data, s.config, row, s.device)
         result.metrics.append(row)
         result.epochs = epoch + 1
         if s.rank == 0:
@@ -154,17 +168,24 @@ class _LossModule(torch.nn.Module):
         return sequence_loss(self.vae, frames, self.config, warm=warm, noise=noise)
 
 
+_DEFAULTS = TrainConfig()
+
+
 def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: bool) -> _Session:
     """Config (the checkpoint's when resuming), process group, compiled prior, data, VAE, optimizer, state."""
     payload = None
     if resume:
         payload = load_checkpoint(run_dir)
         saved = TrainConfig.from_dict(payload["config"])
-        if config is not None:  # resuming may extend a run and choose where it runs, nothing else
+        if config is not None:  # resuming may extend a run and choose where it runs (fields set off their defaults), nothing else
             saved.epochs = max(saved.epochs, config.epochs)
-            saved.device, saved.workers, saved.cache = config.device, config.workers, config.cache or saved.cache
+            for name in ("device", "workers", "cache"):
+                if getattr(config, name) != getattr(_DEFAULTS, name):
+                    setattr(saved, name, getattr(config, name))
         config = saved
     config = config or TrainConfig()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     ctx = distributed.setup(resolve_device(config.device))
     distributed.check_batch(config.batch, ctx)
     torch.manual_seed(config.seed)
@@ -219,7 +240,7 @@ def _restore(s: _Session, payload: dict) -> None:
     s.optimizer.load_state_dict(payload["optimizer"])
     distributed.set_rng_state(payload["rng"])
     s.start_epoch, s.step = int(payload["epoch"]), int(payload["step"])
-    truncate_metrics(s.run_dir, s.start_epoch)
+    truncate_metrics(s.run_dir, s.start_epoch, payload.get("metrics"))
 
 
 def _epoch_batches(s: _Session, epoch: int):
@@ -250,18 +271,17 @@ def _step(s: _Session, frames: torch.Tensor, epoch: int, i: int, last_good: int)
     config = s.config
     warm = min(1.0, s.step / config.warmup) if config.warmup else 1.0
     s.optimizer.param_groups[0]["lr"] = _learning_rate(config, s.step, config.epochs * s.steps_per_epoch)
+    where = (epoch + 1, i + 1, s.run_dir, last_good)
     noise = lambda shape: distributed.batch_noise(shape, config.batch, s.ctx, s.device)  # noqa: E731
-    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-        out = s.model(frames, warm, noise)
+    with guard(*where), torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        out = s.model(frames, warm, noise)  # guard: the smoother's solves on a blown-up covariance
     loss = out["loss"]
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(
-            f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint "
-            f"(epoch {last_good}) is kept in {s.run_dir}: try a lower --lr, or --resume after changing nothing to retry."
-        )
+    check_finite("the loss", loss, *where)
     s.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # under DistributedDataParallel, also the mean of the ranks' gradients
-    torch.nn.utils.clip_grad_norm_(s.vae.parameters(), config.grad_clip)
+    with guard(*where):
+        loss.backward()  # under DistributedDataParallel, also the mean of the ranks' gradients
+    norm = torch.nn.utils.clip_grad_norm_(s.vae.parameters(), config.grad_clip)
+    check_finite("the gradient's norm", norm, *where)  # before the step: the weights stay finite
     s.optimizer.step()
     s.step += 1
     return out
@@ -272,12 +292,15 @@ def _end_epoch(s: _Session, epoch: int, sums: dict, learn_physics: bool, seconds
     s.vae.eval()
     row = {"epoch": epoch + 1, "step": s.step, **{k: v / s.steps_per_epoch for k, v in sums.items()}}
     if s.val_data is not None:
-        row |= validation_loss(s.vae, s.val_data, s.config, s.device)
+        with guard(epoch + 1, s.steps_per_epoch, s.run_dir, last_good=epoch):
+            row |= validation_loss(s.vae, s.val_data, s.config, s.device)
     return row | {"params": _param_summary(s.vae), "physics_learning": learn_physics, "seconds": round(seconds, 2)}
 
 
 def _checkpoint(s: _Session, epochs_done: int, row: dict) -> None:
-    """Write the run's checkpoint (atomically, `anmc.vae.run.save_checkpoint`)."""
+    """Write the run's checkpoint (atomically, `anmc.vae.run.save_checkpoint`); never non-finite weights."""
+    if not finite_weights(s.vae):
+        raise diverged("the weights became non-finite", epochs_done, s.steps_per_epoch, s.run_dir, epochs_done - 1)
     save_checkpoint(
         s.run_dir,
         {
