@@ -23,11 +23,11 @@ _ALLOWED_NODES = (
     pyast.USub, pyast.UAdd, pyast.Gt, pyast.keyword,
 )  # fmt: skip
 _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
-_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h"}
+_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_J", "_gF", "_gJ"}
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
     "model_name", "state_names", "observed_states", "param_names", "learnable_param_names", "param_bounds",
-    "noise_learnable", "initial_kinds", "dt", "substeps", "integrator",
+    "noise_learnable", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads",
 }  # fmt: skip
 _ATTRIBUTES = {
     # torch functions the printer emits
@@ -35,7 +35,7 @@ _ATTRIBUTES = {
     "asin", "acos", "sign", "minimum", "maximum", "clamp", "sigmoid", "stack", "full_like", "zeros_like", "tensor",
     "pow", "heaviside", "floor", "ceil",
     # tensor methods, module plumbing, math constants
-    "unbind", "unflatten", "to", "expand_as", "dtype", "Parameter", "register_buffer", "__init__", "pi", "e",
+    "unbind", "unflatten", "to", "sum", "expand_as", "dtype", "Parameter", "register_buffer", "__init__", "pi", "e",
 }  # fmt: skip
 
 
@@ -92,7 +92,10 @@ def comment_safe(text: str) -> str:
 def _is_generated_name(name: str, allowed: set[str]) -> bool:
     if name.startswith("_t") and name[2:].isdigit():
         return True
-    if name.startswith("J_") and name[2:].isdigit():
+    for prefix in ("J_", "_gF_", "_gJ_"):
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
+            return True
+    if name.startswith("_P_") and all(part.isdigit() for part in name[3:].split("_")) and name.count("_") == 3:
         return True
     for prefix in ("next_", "start_"):
         if name.startswith(prefix) and name[len(prefix) :] in allowed:
