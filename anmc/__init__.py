@@ -3,29 +3,49 @@
     import anmc
     prior = anmc.compile_prior("priors/pendulum.anm")
     f, J = prior.module().f_and_jacobian(z)
+
+Importing `anmc` (or `anmc.lang`) loads neither torch nor SymPy: the public names below resolve on first
+use (module `__getattr__`), so `anmc check` stays instant. The pipeline, one sub-package a stage:
+lang → symbolic → codegen → prior → posterior → data / synthetic → vae → analysis → cli
+(docs/architecture.md).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from anmc.codegen.compile import CompiledPrior, compile_model, compile_prior  # noqa: E402
-from anmc.lang.errors import AnmError  # noqa: E402
-from anmc.lang.parser import parse_anm  # noqa: E402
-from anmc.symbolic.model import Model, apply_edits, apply_intervention, load_model  # noqa: E402
+import importlib
 
-# `anmc.intervene(run_dir, edits=[...]) -> Counterfactual`. The function shadows the submodule of the same
-# name as an attribute of the package: import from it with `from anmc.intervene import ...`.
-from anmc.intervene import Counterfactual, intervene  # noqa: E402
+from anmc._version import __version__
 
-__all__ = [
-    "AnmError",
-    "CompiledPrior",
-    "Counterfactual",
-    "Model",
-    "apply_edits",
-    "apply_intervention",
-    "compile_model",
-    "compile_prior",
-    "intervene",
-    "load_model",
-    "parse_anm",
-]
+# public name -> the module that defines it
+_PUBLIC = {
+    "AnmError": "anmc.lang.errors",
+    "parse_anm": "anmc.lang.parser",
+    "Model": "anmc.symbolic.model",
+    "load_model": "anmc.symbolic.model",
+    "apply_edits": "anmc.symbolic.model",
+    "apply_intervention": "anmc.symbolic.model",
+    "CompiledPrior": "anmc.codegen.compile",
+    "compile_model": "anmc.codegen.compile",
+    "compile_prior": "anmc.codegen.compile",
+    "simulate": "anmc.codegen.rollout",
+    "TrainConfig": "anmc.vae.config",
+    "train": "anmc.vae.train",
+    "load_run": "anmc.vae.run",
+    "evaluate": "anmc.analysis.evaluate",
+    "Counterfactual": "anmc.analysis.intervene",
+    "intervene": "anmc.analysis.intervene",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # resolve once
+        return value
+    raise AttributeError(f"module 'anmc' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -138,7 +138,7 @@ def compile_(file, emit, intervention, sets, edits, output):
 def simulate(file, steps, seed, runs, intervention, no_noise, output):
     """Roll the prior out from its initial distribution, with its noise, and summarize."""
     from anmc.codegen.compile import compile_prior
-    from anmc.simulate import simulate as run
+    from anmc.codegen.rollout import simulate as run
 
     prior = compile_prior(Path(file), intervention=intervention)
     z = run(prior, steps, seed=seed, runs=runs, noise=not no_noise)
@@ -176,7 +176,7 @@ def simulate(file, steps, seed, runs, intervention, no_noise, output):
 def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
     """Simulate the prior in FILE and render it: DIR/clip_000.mp4, ... plus truth.csv and truth.json."""
     from anmc.codegen.compile import compile_prior
-    from anmc.video.synth import synthesize
+    from anmc.synthetic.synth import synthesize
 
     syn = synthesize(compile_prior(Path(file)), out_dir, clips=clips, frames=frames, size=size, seed=seed,
                      noise=noise, clutter=clutter, fmt=fmt)
@@ -211,12 +211,12 @@ def intervene(run_dir, intervention, file, sets, edits, video, start, sample, fr
     anmc intervene runs/pend --set "c = 0.8" --edit "omega' = -(g/L)*sin(theta) - c*omega*abs(omega)" -o q.mp4
     anmc intervene runs/pend --edit "start theta = 1.5 * theta" --frames 240 -o amplitude.gif
     """
-    from anmc.intervene import VIDEO_SUFFIXES
-    from anmc.intervene import intervene as run_intervention
+    from anmc.data.io import WRITE_SUFFIXES
+    from anmc.analysis.intervene import intervene as run_intervention
 
     if not (intervention or file or sets or edits):
         raise UserError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\".")
-    if Path(output).suffix.lower() not in VIDEO_SUFFIXES:
+    if Path(output).suffix.lower() not in WRITE_SUFFIXES:
         raise UserError(f"-o {output}: the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
     cf = run_intervention(
         run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
@@ -239,8 +239,8 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
     """Measure counterfactual videos of synthetic runs against the intervened physics (docs/interventions.md)."""
     import json
 
-    from anmc.physics_checks import check_interventions as run_checks
-    from anmc.physics_checks import format_table
+    from anmc.analysis.physics_checks import check_interventions as run_checks
+    from anmc.analysis.physics_checks import format_table
 
     rows = [row for run_dir in run_dirs for row in run_checks(run_dir, system=system, save_dir=save_dir)]
     click.echo(format_table(rows))
@@ -256,7 +256,7 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
 
 def _train_options(f):
     """The training flags, shared by `train` and `quickstart`."""
-    from anmc.vae.train import KL_READINGS, POSTERIORS, TrainConfig
+    from anmc.vae.config import KL_READINGS, POSTERIORS, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -287,7 +287,7 @@ def _train_options(f):
 
 
 def _config(kwargs):
-    from anmc.vae.train import TrainConfig
+    from anmc.vae.config import TrainConfig
 
     return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None or k == "time_limit"})
 
@@ -377,7 +377,8 @@ def eval_(run_dir, videos, truth, circular, json_path):
     """How physical are the latents of RUN_DIR: correlation, slope, R^2 with the true states, prediction error."""
     import json
 
-    from anmc.evaluate import evaluate, load_run
+    from anmc.analysis.evaluate import evaluate
+    from anmc.vae.run import load_run
 
     report = evaluate(load_run(run_dir), videos=list(videos) or None, truth=truth, circular=circular or None)
     _print_report(report)
@@ -398,13 +399,13 @@ def eval_(run_dir, videos, truth, circular, json_path):
 @report_user_errors
 def plot(run_dir, output, states, intervention, sets, edits, videos):
     """Figure 2 of the paper for RUN_DIR: prior (blue), posterior (red), intervened prior (green); loss curves."""
-    from anmc.evaluate import load_run
-    from anmc.plots import latent_plot
+    from anmc.vae.run import load_run
+    from anmc.analysis.plots import latent_plot
 
     run = load_run(run_dir)
     intervened, label = None, "intervened prior"
     if intervention or sets or edits:
-        from anmc.intervene import intervened_module
+        from anmc.analysis.intervene import intervened_module
 
         intervened = intervened_module(run, intervention=intervention, edits=[*sets, *edits])
         label = f"prior under {intervention or '; '.join([*sets, *edits])}"
@@ -417,8 +418,8 @@ def plot(run_dir, output, states, intervention, sets, edits, videos):
 @report_user_errors
 def show(run_dir):
     """Print the run's .anm with the learned parameter and noise values filled in."""
-    from anmc.evaluate import load_run
-    from anmc.show import learned_anm
+    from anmc.vae.run import load_run
+    from anmc.codegen.learned_anm import learned_anm
 
     run = load_run(run_dir)
     text = learned_anm(run.prior.model, run.module)
@@ -439,10 +440,11 @@ def quickstart(out_dir, clips, frames, **kwargs):
     import json
 
     from anmc.codegen.compile import compile_prior
-    from anmc.evaluate import evaluate, load_run
-    from anmc.plots import latent_plot
-    from anmc.show import learned_anm
-    from anmc.video.synth import synthesize
+    from anmc.analysis.evaluate import evaluate
+    from anmc.vae.run import load_run
+    from anmc.analysis.plots import latent_plot
+    from anmc.codegen.learned_anm import learned_anm
+    from anmc.synthetic.synth import synthesize
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -474,7 +476,7 @@ def default_prior_text() -> str:
     """The built-in pendulum prior shipped inside the package (priors/pendulum.anm)."""
     from importlib import resources
 
-    return resources.files("anmc").joinpath("data/pendulum.anm").read_text()
+    return resources.files("anmc").joinpath("synthetic/pendulum.anm").read_text()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,7 @@
     python benchmarks/interventions.py --quick          # smoke test, < 60 s on 1 CPU thread
 
 For each run trained on `anmc synth` data (pendulum, spring or falling; the system is read from the
-truth.json beside its training videos), `anmc.physics_checks.check_interventions` decodes the
+truth.json beside its training videos), `anmc.analysis.physics_checks.check_interventions` decodes the
 factual and counterfactual rollouts of the paper's interventions, tracks the object in the decoded
 frames (intensity centroid and trained encoder) and compares with a simulation of the intervened
 .anm with the true parameters from the same encoded start. `--save DIR` also writes each
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from anmc.physics_checks import check_interventions, format_table, self_check
+from anmc.analysis.physics_checks import check_interventions, format_table, self_check
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("pendulum", "spring", "falling")
@@ -45,8 +45,9 @@ def ground_truth(size: int) -> bool:
 
 
 def tiny_run(root: Path) -> Path:
-    from anmc.vae.train import TrainConfig, train
-    from anmc.video.synth import synthesize
+    from anmc.vae.config import TrainConfig
+    from anmc.vae.train import train
+    from anmc.synthetic.synth import synthesize
 
     prior = ROOT / "priors" / "pendulum.anm"
     synthesize(prior, out_dir=root / "data", clips=4, frames=24, size=16, seed=3, fmt="npz")

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import anmc
-from anmc.simulate import simulate
-from anmc.video.render import geometry, render_frames, renderer_for
-from anmc.video.synth import synthesize
+from anmc.codegen.rollout import simulate
+from anmc.synthetic.render import geometry, render_frames, renderer_for
+from anmc.synthetic.synth import synthesize
 
 PRIORS = Path(__file__).resolve().parent.parent / "priors"
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 from anmc.codegen.compile import compile_prior
-from anmc.vae.train import TrainConfig, build_vae, sequence_loss
+from anmc.vae.config import TrainConfig
+from anmc.vae.loss import sequence_loss
+from anmc.vae.nets import build_vae
 
 PRIOR = Path(__file__).resolve().parent.parent / "priors" / "pendulum.anm"
 

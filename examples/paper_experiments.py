@@ -20,11 +20,13 @@ import time
 from pathlib import Path
 
 import anmc
-from anmc.evaluate import evaluate, load_run
+from anmc.analysis.evaluate import evaluate
+from anmc.vae.run import load_run
 from anmc.symbolic.model import apply_edits
 from anmc.codegen.compile import compile_model
-from anmc.vae.train import TrainConfig, train
-from anmc.video.synth import synthesize
+from anmc.vae.config import TrainConfig
+from anmc.vae.train import train
+from anmc.synthetic.synth import synthesize
 
 PRIORS = Path(__file__).resolve().parent.parent / "priors"
 

@@ -216,4 +216,4 @@ def test_simulate_bad_steps_and_bad_file(tmp_path):
 
 
 def test_packaged_pendulum_is_the_prior():
-    assert (ROOT / "anmc" / "data" / "pendulum.anm").read_text() == PENDULUM.read_text()
+    assert (ROOT / "anmc" / "synthetic" / "pendulum.anm").read_text() == PENDULUM.read_text()

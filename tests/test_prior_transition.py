@@ -226,7 +226,7 @@ def test_one_node_kl_passes_gradcheck():
 
 def test_elbo_bounds_pairwise_from_above(pendulum):
     """elbo ≥ pairwise always: elbo is E_z KL(q_t ‖ N(f(μ) + J(z − μ), Q)), pairwise the KL to the z-mixture of
-    those Gaussians, N(f(μ), J Σ Jᵀ + Q), and KL is convex in its second argument (DESIGN.md §4, lesson 1:
+    those Gaussians, N(f(μ), J Σ Jᵀ + Q), and KL is convex in its second argument (docs/method.md §5, lesson 1:
     pairwise lets the encoder hide a mismatch in a wide σ_{t−1}; elbo charges for it)."""
     args = posteriors(pendulum, 8, 10, prev_scale=0.3)
     assert (elbo(pendulum, *args) >= pairwise(pendulum, *args)).all()

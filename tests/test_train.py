@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 import anmc.vae.train as train_mod
 from anmc.cli import main
-from anmc.evaluate import evaluate, load_run
-from anmc.vae.checkpoint import load_checkpoint
-from anmc.vae.train import TrainConfig, TrainingDiverged, train
-from anmc.video.synth import synthesize
+from anmc.analysis.evaluate import evaluate
+from anmc.vae.run import load_checkpoint, load_run
+from anmc.vae.config import TrainConfig
+from anmc.vae.train import TrainingDiverged, train
+from anmc.synthetic.synth import synthesize
 
 PRIOR = "priors/pendulum.anm"
 TINY = dict(size=16, batch=4, seq_len=4, steps_per_epoch=6, epochs=2, learn_params_after=1, val_fraction=0.25)
@@ -105,15 +107,39 @@ def test_non_finite_loss_keeps_last_good_checkpoint(data, tmp_path, monkeypatch)
     assert all(torch.equal(good[k], kept["vae"][k]) for k in good)
 
 
-def test_eval_report_keys(trained, data):
+def test_eval_report_matches_a_direct_computation(trained, data):
+    """The report's numbers, recomputed here from the encoder's latents, the truth file and the frames."""
+    from anmc.analysis.evaluate import encode_frames, frames_tensor
+    from anmc.data.io import read_truth
+    from anmc.vae.run import load_run_clips
+
     run, _ = trained
-    report = evaluate(load_run(run))
+    loaded = load_run(run)
+    report = evaluate(loaded)
     assert set(report) >= {"states", "params", "recon_mse", "prediction"}
     assert set(report["states"]) == {"theta", "omega"}
-    for row in report["states"].values():
-        assert set(row) == {"pearson", "r2", "slope", "knn_r2", "mae", "sign"}
+    truth = read_truth(data / "truth.csv")
+    clips = load_run_clips(loaded)
+    k = loaded.vae.window
+    lat = np.concatenate([encode_frames(loaded, c.frames)[0].numpy() for c in clips])
+    tru = np.concatenate([truth["clips"][i][k - 1 :][: len(c.frames) - k + 1] for i, c in enumerate(clips)])
+    for j, name in enumerate(("theta", "omega")):
+        row = report["states"][name]
+        r = np.corrcoef(lat[:, j], tru[:, j])[0, 1]
+        assert row["pearson"] == pytest.approx(r, abs=1e-6)
+        assert row["sign"] == (1 if r >= 0 else -1)
+        assert row["slope"] == pytest.approx(np.polyfit(tru[:, j], lat[:, j], 1)[0], rel=1e-5)
+        assert row["mae"] >= 0 and row["r2"] <= 1 and row["knn_r2"] <= 1
     assert report["params"]["L"]["true"] == pytest.approx(1.0, abs=1e-5)
-    assert set(report["prediction"]["1"]) == {"model", "repeat_last"}
+    assert report["params"]["L"]["learned"] == pytest.approx(float(loaded.module.param_values()["L"].detach()), rel=1e-7)
+    # repeating the last frame, one step ahead: mean over the same starts as the report's
+    x = [frames_tensor(c.frames).float() / 255.0 for c in clips]
+    errs = []
+    for xc in x:
+        ts = np.unique(np.linspace(k - 1, xc.shape[0] - 2, 8).astype(int))
+        errs += ((xc[ts] - xc[ts + 1]) ** 2).mean((1, 2, 3)).tolist()
+    assert report["prediction"]["1"]["repeat_last"] == pytest.approx(np.mean(errs), rel=1e-6)
+    assert 0 < report["prediction"]["1"]["model"] < 1
 
 
 def test_cli_eval_plot_show(trained, tmp_path):
@@ -233,3 +259,13 @@ def test_smoother_posterior_needs_the_elbo_reading(data, tmp_path):
     res = CliRunner().invoke(main, ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--posterior", "smoother", "--kl", "mixture"])
     assert res.exit_code == 2, res.output
     assert "--posterior smoother" in res.output and "Traceback" not in res.output
+
+
+def test_config_names_are_the_implemented_ones():
+    """TrainConfig's choices are plain data (the CLI reads them without torch): they name what exists."""
+    from anmc.prior import TRANSITION_KL
+    from anmc.vae import config, nets
+
+    assert config.KL_READINGS == (*TRANSITION_KL, "standard")
+    assert set(config.DECODERS) == set(nets.DECODERS)
+    assert nets.POSTERIORS is config.POSTERIORS

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from anmc import __version__
+from anmc._version import __version__
 from anmc.codegen.load import comment_safe
 from anmc.symbolic.integrators import H, substep_expressions, substep_jacobian
-from anmc.symbolic.model import Model, symbol
+from anmc.symbolic.model import Model
 
 
 class _Printer(NumPyPrinter):

@@ -26,12 +26,14 @@ import time
 import torch
 from torch import nn
 
-# Explicit Runge-Kutta tableaus: stage s > 0 is evaluated at z + h * sum_j a[s-1][j] k_j, and the
-# substep is z + h * sum_s b[s] k_s (the same methods as anmc.symbolic.integrators).
+from anmc.lang.integrators import INTEGRATORS
+
+# Explicit Runge-Kutta tableaus as floats, from the language's one table (anmc.lang.integrators): stage
+# s > 0 is evaluated at z + h * sum_j a[s-1][j] k_j, and the substep is z + h * sum_s b[s] k_s.
 TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
-    "euler": ((), (1.0,)),
-    "midpoint": (((0.5,),), (0.0, 1.0)),
-    "rk4": (((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6)),
+    m.name: (tuple(tuple(float(x) for x in row) for row in m.a), tuple(float(x) for x in m.b))
+    for m in INTEGRATORS.values()
+    if not m.sweep
 }
 
 

@@ -25,7 +25,7 @@ import re
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
 
-from anmc import __version__
+from anmc._version import __version__
 from anmc.symbolic.integrators import H
 from anmc.symbolic.model import Model, symbol
 

@@ -14,6 +14,7 @@ import re
 
 from anmc.lang import ast
 from anmc.lang.errors import Diagnostic, diagnostic_at, did_you_mean
+from anmc.lang.integrators import INTEGRATORS
 
 # The whole function whitelist, with arities (None: two or more). Nothing else can be called.
 FUNCTIONS: dict[str, int | None] = {
@@ -22,7 +23,6 @@ FUNCTIONS: dict[str, int | None] = {
 }  # fmt: skip
 CONSTANTS = ("pi", "e")
 NON_SMOOTH = ("abs", "sign", "min", "max")
-INTEGRATORS = ("euler", "semi_implicit_euler", "midpoint", "rk4")
 DISTRIBUTIONS = {"Normal": ("mean", "standard deviation"), "Uniform": ("low", "high")}
 
 # The words of the language itself (grammar.lark): never usable as names.
@@ -128,93 +128,104 @@ class _Checker:
         return True
 
     def run(self) -> list[Diagnostic]:
+        """Every check, in the order its diagnostics are reported; returns them."""
         p = self.p
-        dynamics = [s for s in p.statements if isinstance(s, ast.Dynamics)]
-        noises = [s for s in p.statements if isinstance(s, ast.NoiseDecl)]
-        observes = [s for s in p.statements if isinstance(s, ast.ObserveDecl)]
-        interventions = [s for s in p.statements if isinstance(s, ast.Intervention)]
+        of = lambda kind: [s for s in p.statements if isinstance(s, kind)]  # noqa: E731
+        self.declarations()
+        self.dynamics_blocks(of(ast.Dynamics))
+        self.noise_lines(of(ast.NoiseDecl))
+        self.observe_lines(of(ast.ObserveDecl))
+        dynamics = of(ast.Dynamics)
+        self.interventions(of(ast.Intervention), dynamics[0].kind if dynamics else "continuous")
+        self.unused()
+        return self.diags
 
-        # declarations first, so that order in the file does not matter for states and params
-        constant_scope: dict[str, str] = {}
-        for s in p.statements:
+    def declarations(self) -> None:
+        """consts, then params, then states (so that their order in the file does not matter), building
+        the scopes later checks use: `constant_scope` (consts), `value_scope` (+ params),
+        `dynamic_scope` (+ states)."""
+        self.constant_scope: dict[str, str] = {}
+        for s in self.p.statements:
             if isinstance(s, ast.ConstDecl):
-                self.expr(s.value, dict(constant_scope), "a const's value")
+                self.expr(s.value, dict(self.constant_scope), "a const's value")
                 if self.declare(s.name, s.name_span, self.consts, s):
-                    constant_scope[s.name] = "const"
-        for s in p.statements:
+                    self.constant_scope[s.name] = "const"
+        for s in self.p.statements:
             if isinstance(s, ast.ParamDecl):
-                self.expr(s.value, constant_scope, "a param's value")
-                if s.bounds:
-                    for b in s.bounds:
-                        self.expr(b, constant_scope, "a param's bounds")
+                self.expr(s.value, self.constant_scope, "a param's value")
+                for b in s.bounds or ():
+                    self.expr(b, self.constant_scope, "a param's bounds")
                 self.declare(s.name, s.name_span, self.params, s)
-        value_scope = {**constant_scope, **{n: "param" for n in self.params}}
-        for s in p.statements:
+        self.value_scope = {**self.constant_scope, **{n: "param" for n in self.params}}
+        for s in self.p.statements:
             if isinstance(s, ast.StateDecl):
-                self.distribution(s.init, value_scope)
+                self.distribution(s.init, self.value_scope)
                 self.declare(s.name, s.name_span, self.states, s)
         if not self.states:
             self.error("the model declares no state; add a line such as 'state x ~ Normal(0, 1)'", None)
-        dynamic_scope = {**value_scope, **{n: "state" for n in self.states}}
+        self.dynamic_scope = {**self.value_scope, **{n: "state" for n in self.states}}
 
-        # dynamics
+    def dynamics_blocks(self, dynamics: list[ast.Dynamics]) -> None:
+        """Exactly one `dynamics` block, checked by `dynamics`."""
         if not dynamics:
             self.error("the model has no 'dynamics' block; add 'dynamics continuous dt = ... using rk4' and one equation per state", None)
         for extra in dynamics[1:]:
             self.error(f"a second 'dynamics' block (the first is at line {dynamics[0].span.line}); a model has one", extra.span)
         if dynamics:
-            self.dynamics(dynamics[0], constant_scope, dynamic_scope)
+            self.dynamics(dynamics[0], self.constant_scope, self.dynamic_scope)
 
-        # noise
+    def noise_lines(self, noises: list[ast.NoiseDecl]) -> None:
+        """One noise std per state, no more, no fewer, over params and consts."""
         if not noises:
             self.error("the model has no 'noise' line; add e.g. 'noise " + ", ".join(f"{s} = 0.01" for s in self.states) + "'", None)
-        seen_noise: dict[str, ast.NoiseEntry] = {}
+        seen: dict[str, ast.NoiseEntry] = {}
         for decl in noises:
             for entry in decl.entries:
-                self.expr(entry.std, value_scope, "a noise std")
+                self.expr(entry.std, self.value_scope, "a noise std")
                 if entry.state not in self.states:
                     self.error(f"noise for unknown state '{entry.state}'" + did_you_mean(entry.state, self.states), entry.state_span)
-                elif entry.state in seen_noise:
-                    self.error(f"noise for '{entry.state}' is given twice (first at line {seen_noise[entry.state].span.line})", entry.state_span)
+                elif entry.state in seen:
+                    self.error(f"noise for '{entry.state}' is given twice (first at line {seen[entry.state].span.line})", entry.state_span)
                 else:
-                    seen_noise[entry.state] = entry
+                    seen[entry.state] = entry
         if noises:
             for name in self.states:
-                if name not in seen_noise:
+                if name not in seen:
                     self.error(f"no noise std for state '{name}'; add '{name} = ...' to the noise line (0 is allowed)", noises[0].span)
 
-        # observe
+    def observe_lines(self, observes: list[ast.ObserveDecl]) -> None:
+        """At most one `observe` line naming known states once each (a warning when there is none)."""
         if not observes:
             self.warn("no 'observe' line: the decoder will see every state, velocities included, which entangles the latents; add e.g. 'observe " + next(iter(self.states), "x") + "'", None)
-        seen_obs: set[str] = set()
+        seen: set[str] = set()
         for decl in observes:
             for name, span in decl.states:
                 if name not in self.states:
                     self.error(f"observe names unknown state '{name}'" + did_you_mean(name, self.states), span)
-                elif name in seen_obs:
+                elif name in seen:
                     self.error(f"state '{name}' is observed twice", span)
-                seen_obs.add(name)
+                seen.add(name)
         if len(observes) > 1:
             self.error(f"a second 'observe' line (the first is at line {observes[0].span.line}); list all observed states on one", observes[1].span)
 
-        # interventions
-        kind = dynamics[0].kind if dynamics else "continuous"
-        seen_iv: dict[str, ast.Intervention] = {}
+    def interventions(self, interventions: list[ast.Intervention], kind: str) -> None:
+        """Unique names, each item checked by `intervention_item` against the model's dynamics `kind`."""
+        seen: dict[str, ast.Intervention] = {}
         for iv in interventions:
-            if iv.name in seen_iv:
-                self.error(f"intervention '{iv.name}' is declared twice (first at line {seen_iv[iv.name].span.line})", iv.name_span)
-            seen_iv[iv.name] = iv
+            if iv.name in seen:
+                self.error(f"intervention '{iv.name}' is declared twice (first at line {seen[iv.name].span.line})", iv.name_span)
+            seen[iv.name] = iv
             if not iv.items:
                 self.warn(f"intervention '{iv.name}' changes nothing", iv.name_span)
             for item in iv.items:
-                self.intervention_item(item, kind, constant_scope, value_scope, dynamic_scope)
+                self.intervention_item(item, kind, self.constant_scope, self.value_scope, self.dynamic_scope)
 
-        # unused declarations
+    def unused(self) -> None:
+        """A warning for each const or param no expression uses."""
         for table, kind_name in ((self.consts, "const"), (self.params, "param")):
             for name, decl in table.items():
                 if name not in self.used:
                     self.warn(f"{kind_name} '{name}' is never used", decl.name_span)
-        return self.diags
 
     def distribution(self, dist: ast.Distribution, scope):
         if dist.kind not in DISTRIBUTIONS:

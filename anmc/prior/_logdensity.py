@@ -321,8 +321,3 @@ def mixture_log_probs(x: torch.Tensor, comps: Components, max_chunk_entries: int
     """[log p_j(x_n)] for each mixture j stacked in comps: points x (B, n, d) -> list of (B, n)."""
     raw = [t for log_w, loc, scale, _ in comps.raw for t in (log_w, loc, scale)]
     return _MixtureLogDensity.apply(x, comps, max_chunk_entries, *raw).unbind(-1)
-
-
-def mixture_log_prob(x: torch.Tensor, comps: Components, max_chunk_entries: int = MAX_CHUNK_ENTRIES) -> torch.Tensor:
-    """log p(x_n) = logsumexp_k ℓ_nk for points x (B, n, d) against one mixture's components -> (B, n)."""
-    return mixture_log_probs(x, comps, max_chunk_entries)[0]

@@ -1,4 +1,4 @@
-"""The four readings of the transition KL (DESIGN.md §4), chosen by name, and the initial-frame KL.
+"""The four readings of the transition KL (docs/method.md §5), chosen by name, and the initial-frame KL.
 
 Every reading has one signature, for N transitions with diagonal posteriors
 q(z_{t−1}) = N(μ_{t−1}, diag σ_{t−1}²) and q(z_t) = N(μ_t, diag σ_t²):

@@ -101,7 +101,27 @@ def _describe_number(value: sp.Expr) -> str:
         return "an infinite value (such as 1/0, log(0) or 1e999)"
     if value is sp.nan:
         return "an undefined value (such as 0 * 1e999 or atan2(0, 0))"
-    return f"{sp.N(value, 6)}, which is not a finite real number"
+    return number_text(value) + (", which is not a real number" if _is_complex(value) else ", which is too large for a float")
+
+
+def _is_complex(value: sp.Expr) -> bool:
+    return sp.im(sp.N(value, 15)) != 0
+
+
+def number_text(value: sp.Expr) -> str:
+    """A number as anmc writes it in messages (6 significant digits, `i` for the imaginary unit), the same
+    across SymPy versions: '3.14159i', '2 + 1i', '4.36327e+3010299956'."""
+    import mpmath
+
+    z = sp.N(value, 15)
+    real, im = (mpmath.mpf(sp.Float(part, 15)._mpf_) for part in (sp.re(z), sp.im(z)))
+    text = lambda x: re_.sub(r"\.0(?=$|e)", "", mpmath.nstr(x, 6, min_fixed=-4, max_fixed=7))  # noqa: E731
+    re_ = re
+    if im == 0:
+        return text(real)
+    if real == 0:
+        return text(im) + "i"
+    return f"{text(real)} {'-' if im < 0 else '+'} {text(abs(im))}i"
 
 
 def source_text(span: ast.Span, source: str) -> str:
@@ -218,9 +238,6 @@ class Model:
         names = [*self.states, *self.consts, *self.params]
         return {n: symbol(n) for n in names}
 
-    def learnable_params(self) -> tuple[str, ...]:
-        return tuple(n for n, p in self.params.items() if p.learn)
-
 
 # ---------------------------------------------------------------- building
 
@@ -244,7 +261,7 @@ class _Builder:
         except (TypeError, ValueError):
             result = complex("nan")
         if result.imag != 0 or not math.isfinite(result.real):
-            self.error(f"{what} is not a finite real number (it evaluates to {sp.N(value, 6)})", expr.span, source, filename)
+            self.error(f"{what} is not a finite real number (it evaluates to {number_text(value)})", expr.span, source, filename)
             return math.nan
         return result.real
 
@@ -258,95 +275,24 @@ class _Builder:
             self.error(f"{what} contains {_describe_number(bad)}", expr.span, source, filename)
 
     def build(self) -> Model:
-        p, o = self.p, self.o
-        stmts = p.statements
-        consts: dict[str, float] = {}
-        for s in stmts:
-            if isinstance(s, ast.ConstDecl):
-                consts[s.name] = self.number(s.value, consts, f"const '{s.name}'")
-        params: dict[str, Param] = {}
-        for s in stmts:
-            if isinstance(s, ast.ParamDecl):
-                value = self.number(s.value, consts, f"param '{s.name}'")
-                bounds = None
-                if s.bounds:
-                    lo = self.number(s.bounds[0], consts, "the lower bound")
-                    hi = self.number(s.bounds[1], consts, "the upper bound")
-                    bounds = (lo, hi)
-                    if not lo < hi:
-                        self.error(f"empty bounds [{lo:g}, {hi:g}] for param '{s.name}': the lower bound must be below the upper", s.bounds[0].span)
-                    elif not lo <= value <= hi:
-                        self.error(f"param '{s.name}' = {value:g} is outside its bounds [{lo:g}, {hi:g}]", s.value.span)
-                    elif s.learn and not lo < value < hi:
-                        self.error(f"learnable param '{s.name}' = {value:g} sits on a bound of [{lo:g}, {hi:g}]; start it strictly inside", s.value.span)
-                line = p.source.splitlines()[s.span.line - 1].split("#")[0].strip()
-                params[s.name] = Param(s.name, value, bounds, s.learn, s.span.line, line)
-        # interventions' `set`: evaluated with the declared values, then substituted
-        declared = {**consts, **{n: q.value for n, q in params.items()}}
-        for name, (expr, src, fname) in o.sets.items():
-            value = self.number(expr, declared, f"the value set for '{name}'", src, fname)
-            if name in params:
-                q = params[name]
-                if q.bounds and not q.bounds[0] <= value <= q.bounds[1]:
-                    self.error(f"'{name}' = {value:g} is outside its bounds [{q.bounds[0]:g}, {q.bounds[1]:g}]; widen them in the model if this is intended", expr.span, src, fname)
-                params[name] = replace(q, value=value)
-            else:
-                consts[name] = value
-        if o.sets:  # consts that depend on a changed const follow it
-            for s in stmts:
-                if isinstance(s, ast.ConstDecl) and s.name not in o.sets:
-                    consts[s.name] = self.number(s.value, consts, f"const '{s.name}'")
+        """The Model: each declaration kind evaluated in turn (the order in which errors are reported)."""
+        stmts = self.p.statements
+        consts = self.consts()
+        params = self.params(consts)
+        self.apply_sets(consts, params)
         values = {**consts, **{n: q.value for n, q in params.items()}}
-
-        states, init = [], {}
-        for s in stmts:
-            if isinstance(s, ast.StateDecl):
-                states.append(s.name)
-                dist, src, fname = o.inits.get(s.name, (s.init, p.source, p.filename))
-                init[s.name] = self.distribution(dist, values, src, fname)
-
+        states, init = self.states(values)
         dyn = next(s for s in stmts if isinstance(s, ast.Dynamics))
-        dt, dt_text = 1.0, "1"
-        if dyn.dt is not None:
-            dt = self.number(dyn.dt, consts, "dt")
-            dt_text = source_text(dyn.dt.span, p.source)
-            if not dt > 0:
-                self.error(f"dt must be positive, got {dt:g}", dyn.dt.span)
+        dt, dt_text = self.frame_interval(dyn, consts)
         symbols = {n: symbol(n) for n in [*states, *consts, *params]}
         symbols["dt"] = sp.Float(dt)
-        rhs, rhs_text = {}, {}
-        for eq in dyn.equations:
-            eq_, src, fname = o.equations.get(eq.state, (eq, p.source, p.filename))
-            rhs[eq.state] = to_sympy(eq_.rhs, symbols)
-            self.finite(rhs[eq.state], eq_.rhs, f"the equation of '{eq.state}'", src, fname, consts)
-            prefix = f"{eq.state}' = " if eq_.derivative else f"next {eq.state} = "
-            rhs_text[eq.state] = prefix + source_text(eq_.rhs.span, src)
-        start = {}
-        for s, (e, src, fname) in o.starts.items():
-            start[s] = to_sympy(e, symbols)
-            self.finite(start[s], e, f"the start value of '{s}'", src, fname, consts)
-
-        noise = {}
-        for decl in (s for s in stmts if isinstance(s, ast.NoiseDecl)):
-            for entry in decl.entries:
-                value = self.number(entry.std, values, f"the noise std of '{entry.state}'")
-                if value < 0 or (entry.learn and value <= 0):
-                    need = "positive to be learnable" if entry.learn else "zero or positive"
-                    self.error(f"the noise std of '{entry.state}' must be {need}, got {value:g}", entry.std.span)
-                noise[entry.state] = NoiseStd(value, entry.learn)
+        rhs, rhs_text = self.equations(dyn, symbols, consts)
+        start = self.starts(symbols, consts)
+        noise = self.noise(values)
         observed_decl = [s for s in stmts if isinstance(s, ast.ObserveDecl)]
         observed = {n for n, _ in observed_decl[0].states} if observed_decl else set(states)
-        name = p.model or re.sub(r"\W", "_", Path(p.filename).stem) or "model"
-        if not name[:1].isalpha():
-            name = "model_" + name
-        title = "".join(part[:1].upper() + part[1:] for part in name.split("_"))  # the generated class's name
-        if keyword.iskeyword(title):
-            if p.model:
-                self.error(f"'{name}' cannot name a model: its generated class would be called '{title}', a Python keyword", p.model_span)
-            name += "_model"
-        interventions = tuple(s.name for s in stmts if isinstance(s, ast.Intervention))
         return Model(
-            name=name,
+            name=self.model_name(),
             states=tuple(states),
             observed=tuple(s for s in states if s in observed),
             consts=consts,
@@ -361,10 +307,120 @@ class _Builder:
             noise={s: noise[s] for s in states},
             init=init,
             start=start,
-            program=p,
-            overrides=o,
-            interventions=interventions,
+            program=self.p,
+            overrides=self.o,
+            interventions=tuple(s.name for s in stmts if isinstance(s, ast.Intervention)),
         )
+
+    def consts(self) -> dict[str, float]:
+        """`const` values, in file order (a const may use the consts above it)."""
+        consts: dict[str, float] = {}
+        for s in self.p.statements:
+            if isinstance(s, ast.ConstDecl):
+                consts[s.name] = self.number(s.value, consts, f"const '{s.name}'")
+        return consts
+
+    def params(self, consts: dict[str, float]) -> dict[str, Param]:
+        """`param` values and bounds: a value inside its bounds, a learnable one strictly inside."""
+        params: dict[str, Param] = {}
+        for s in self.p.statements:
+            if isinstance(s, ast.ParamDecl):
+                value = self.number(s.value, consts, f"param '{s.name}'")
+                bounds = None
+                if s.bounds:
+                    lo = self.number(s.bounds[0], consts, "the lower bound")
+                    hi = self.number(s.bounds[1], consts, "the upper bound")
+                    bounds = (lo, hi)
+                    if not lo < hi:
+                        self.error(f"empty bounds [{lo:g}, {hi:g}] for param '{s.name}': the lower bound must be below the upper", s.bounds[0].span)
+                    elif not lo <= value <= hi:
+                        self.error(f"param '{s.name}' = {value:g} is outside its bounds [{lo:g}, {hi:g}]", s.value.span)
+                    elif s.learn and not lo < value < hi:
+                        self.error(f"learnable param '{s.name}' = {value:g} sits on a bound of [{lo:g}, {hi:g}]; start it strictly inside", s.value.span)
+                line = self.p.source.splitlines()[s.span.line - 1].split("#")[0].strip()
+                params[s.name] = Param(s.name, value, bounds, s.learn, s.span.line, line)
+        return params
+
+    def apply_sets(self, consts: dict[str, float], params: dict[str, Param]) -> None:
+        """Interventions' `set NAME = value`, evaluated with the declared values, then substituted in place;
+        consts that depend on a changed const follow it."""
+        declared = {**consts, **{n: q.value for n, q in params.items()}}
+        for name, (expr, src, fname) in self.o.sets.items():
+            value = self.number(expr, declared, f"the value set for '{name}'", src, fname)
+            if name in params:
+                q = params[name]
+                if q.bounds and not q.bounds[0] <= value <= q.bounds[1]:
+                    self.error(f"'{name}' = {value:g} is outside its bounds [{q.bounds[0]:g}, {q.bounds[1]:g}]; widen them in the model if this is intended", expr.span, src, fname)
+                params[name] = replace(q, value=value)
+            else:
+                consts[name] = value
+        if self.o.sets:
+            for s in self.p.statements:
+                if isinstance(s, ast.ConstDecl) and s.name not in self.o.sets:
+                    consts[s.name] = self.number(s.value, consts, f"const '{s.name}'")
+
+    def states(self, values: dict[str, float]) -> tuple[list[str], dict[str, InitialDistribution]]:
+        """The states in declaration order and their initial distributions (an intervention's `init` wins)."""
+        states, init = [], {}
+        for s in self.p.statements:
+            if isinstance(s, ast.StateDecl):
+                states.append(s.name)
+                dist, src, fname = self.o.inits.get(s.name, (s.init, self.p.source, self.p.filename))
+                init[s.name] = self.distribution(dist, values, src, fname)
+        return states, init
+
+    def frame_interval(self, dyn: ast.Dynamics, consts: dict[str, float]) -> tuple[float, str]:
+        """dt (positive) and its source text; 1 for discrete dynamics without one."""
+        if dyn.dt is None:
+            return 1.0, "1"
+        dt = self.number(dyn.dt, consts, "dt")
+        if not dt > 0:
+            self.error(f"dt must be positive, got {dt:g}", dyn.dt.span)
+        return dt, source_text(dyn.dt.span, self.p.source)
+
+    def equations(self, dyn: ast.Dynamics, symbols: dict, consts: dict[str, float]) -> tuple[dict, dict]:
+        """Each state's right-hand side as SymPy (an intervention's edited equation wins) and its text."""
+        rhs, rhs_text = {}, {}
+        for eq in dyn.equations:
+            eq_, src, fname = self.o.equations.get(eq.state, (eq, self.p.source, self.p.filename))
+            rhs[eq.state] = to_sympy(eq_.rhs, symbols)
+            self.finite(rhs[eq.state], eq_.rhs, f"the equation of '{eq.state}'", src, fname, consts)
+            prefix = f"{eq.state}' = " if eq_.derivative else f"next {eq.state} = "
+            rhs_text[eq.state] = prefix + source_text(eq_.rhs.span, src)
+        return rhs, rhs_text
+
+    def starts(self, symbols: dict, consts: dict[str, float]) -> dict:
+        """Interventions' `start STATE = expr` (a map of the encoded start state) as SymPy."""
+        start = {}
+        for s, (e, src, fname) in self.o.starts.items():
+            start[s] = to_sympy(e, symbols)
+            self.finite(start[s], e, f"the start value of '{s}'", src, fname, consts)
+        return start
+
+    def noise(self, values: dict[str, float]) -> dict[str, NoiseStd]:
+        """Noise stds: zero or positive, positive when learnable."""
+        noise = {}
+        for decl in (s for s in self.p.statements if isinstance(s, ast.NoiseDecl)):
+            for entry in decl.entries:
+                value = self.number(entry.std, values, f"the noise std of '{entry.state}'")
+                if value < 0 or (entry.learn and value <= 0):
+                    need = "positive to be learnable" if entry.learn else "zero or positive"
+                    self.error(f"the noise std of '{entry.state}' must be {need}, got {value:g}", entry.std.span)
+                noise[entry.state] = NoiseStd(value, entry.learn)
+        return noise
+
+    def model_name(self) -> str:
+        """The `model` name (else the file's stem), usable as the generated class's name."""
+        p = self.p
+        name = p.model or re.sub(r"\W", "_", Path(p.filename).stem) or "model"
+        if not name[:1].isalpha():
+            name = "model_" + name
+        title = "".join(part[:1].upper() + part[1:] for part in name.split("_"))  # the generated class's name
+        if keyword.iskeyword(title):
+            if p.model:
+                self.error(f"'{name}' cannot name a model: its generated class would be called '{title}', a Python keyword", p.model_span)
+            name += "_model"
+        return name
 
     def distribution(self, dist: ast.Distribution, values, source, filename) -> InitialDistribution:
         a = self.number(dist.args[0], values, f"the first argument of {dist.kind}", source, filename)

@@ -5,17 +5,25 @@
 
 The encoder sees k frames because one frame cannot show a velocity; the decoder sees only the
 states a single frame shows (the prior's `observe` line), so velocities must be carried by the
-dynamics, not by the pixels (DESIGN.md §4). Frames are square, 2^n pixels on a side (16..128).
+dynamics, not by the pixels (docs/method.md §5). Frames are square, 2^n pixels on a side (16..128).
 """
 
 from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from anmc.prior.smoother import SmoothedPosterior, kalman_filter, kalman_smoother, marginal_std
+from anmc.errors import UserError
+from anmc.vae.config import POSTERIORS
+from anmc.posterior.smoother import SmoothedPosterior, kalman_filter, kalman_smoother, marginal_std
+
+if TYPE_CHECKING:  # build_vae's argument types; importing them at run time would run the layers upward
+    from anmc.codegen.compile import CompiledPrior
+    from anmc.vae.config import TrainConfig
 
 
 def _levels(size: int) -> int:
@@ -122,7 +130,6 @@ class BroadcastDecoder(nn.Module):
 
 
 DECODERS = {"deconv": DeconvDecoder, "broadcast": BroadcastDecoder}
-POSTERIORS = ("factorized", "smoother")
 
 
 class VideoVAE(nn.Module):
@@ -134,7 +141,7 @@ class VideoVAE(nn.Module):
     Two posteriors (`posterior=`):
     - "factorized": q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2), every state read from a window of k frames;
     - "smoother": the encoder reads only the observed states, as pseudo-observations y_t with std r_t, and
-      q(z_{1:T}) is the prior conditioned on them (anmc.prior.smoother: an extended Kalman
+      q(z_{1:T}) is the prior conditioned on them (anmc.posterior.smoother: an extended Kalman
       smoother), so unobserved states (velocities) are inferred through the dynamics from the whole sequence.
     """
 
@@ -191,3 +198,16 @@ class VideoVAE(nn.Module):
         lead = z.shape[:-1]
         out = self.decoder(z[..., self.observed].reshape(-1, len(self.observed)))
         return out.reshape(*lead, *out.shape[1:])
+
+
+def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig") -> VideoVAE:
+    """The VAE for a compiled prior and frames of `frame_shape` (C, H, W), as `config` describes it."""
+    channels, height, width = frame_shape
+    if height != width:
+        raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
+    vae = VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context,
+                   posterior=config.posterior)  # fmt: skip
+    if config.kl == "standard":  # the plain-VAE baseline decodes from every latent
+        vae.observed = list(range(vae.prior.d))
+        vae.decoder = DECODERS[config.decoder](vae.prior.d, channels, height)
+    return vae

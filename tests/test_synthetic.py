@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import anmc
-from anmc.video import load_clips, read_truth, read_video
-from anmc.video.render import geometry, measure_frames, object_position_px, pulse_profile, render_frames
-from anmc.video.synth import synthesize
+from anmc.data import load_clips, read_truth, read_video
+from anmc.synthetic.render import geometry, measure_frames, object_position_px, pulse_profile, render_frames
+from anmc.synthetic.synth import synthesize
 
 PRIORS = Path(__file__).resolve().parent.parent / "priors"
 SIZE = 64

@@ -9,7 +9,7 @@ the renderer, its pixel geometry and the true parameter values), each check
 1. picks a start: the encoded state (posterior mean) of a training-clip frame whose true-physics
    rollout suits the check (a pendulum swinging about 0.8 rad, the largest spring oscillation, the
    highest ball, ...);
-2. applies the intervention to the trained model (`anmc.intervene`: learned values kept where the
+2. applies the intervention to the trained model (`anmc.analysis.intervene`: learned values kept where the
    intervention sets nothing) and decodes the factual and counterfactual rollouts from that start;
 3. tracks the object in the decoded frames twice: by intensity centroid (`render.measure_frames` on
    frames minus their median, i.e. the background; the geometry scaled to the run's frame size) and
@@ -36,10 +36,10 @@ the encoder's. The checks (tolerances from the project's issue 7, never loosened
 A swing is half a period (one side to the other). Interventions come from the run's own intervention
 blocks where it declares them, else from the equivalent edits listed in `CHECKS`.
 
-The signal analysis (`swings`, `amplitude`, `period`, `decay_per_swing`, `fall_speed`,
-`fall_acceleration`) and `rows_from_videos` are plain functions of sampled trajectories and frames, so
-that they can be checked on clean renders of simulated trajectories, with no model involved
-(tests/test_physics_checks.py).
+The signal analysis (`anmc.analysis.signals`: `swings`, `amplitude`, `period`, `decay_per_swing`,
+`fall_speed`, `fall_acceleration`, tracking) and `rows_from_videos` are plain functions of sampled
+trajectories and frames, so that they can be checked on clean renders of simulated trajectories, with no
+model involved (tests/test_physics_checks.py).
 """
 
 from __future__ import annotations
@@ -53,13 +53,23 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from anmc.analysis.signals import (
+    align_sign,
+    amplitude,
+    decay_per_swing,
+    fall_acceleration,
+    fall_speed,
+    period,
+    scale_geometry,
+    track_centroid,
+    track_encoder,
+)
 from anmc.errors import UserError
-from anmc.video.render import KEY_STATE, measure_frames
+from anmc.synthetic.render import KEY_STATE
 
 __all__ = [
-    "CHECKS", "Check", "Row", "amplitude", "check_interventions", "decay_per_swing", "fall_acceleration",
-    "fall_speed", "find_truth", "format_table", "period", "rows_from_videos", "scale_geometry", "self_check",
-    "simulate_check", "swings", "track_centroid", "Trial",
+    "CHECKS", "Check", "Row", "check_interventions", "find_truth", "format_table", "rows_from_videos", "self_check",
+    "simulate_check", "Trial",
 ]  # fmt: skip
 
 
@@ -92,242 +102,6 @@ def _rel(measured: float, simulated: float) -> float:
     if not (math.isfinite(measured) and math.isfinite(simulated)) or simulated == 0:
         return math.nan
     return abs(measured - simulated) / abs(simulated)
-
-
-# ---------------------------------------------------------------------------------------------
-# signal analysis of a sampled 1-D trajectory x(t)
-
-
-@dataclass
-class Swings:
-    """Zero crossings (about the centre) and one extremum per complete half swing between them."""
-
-    center: float
-    crossing_times: np.ndarray
-    extremum_times: np.ndarray
-    extremum_values: np.ndarray
-
-
-def _finite(t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t, x = np.asarray(t, np.float64), np.asarray(x, np.float64)
-    keep = np.isfinite(x) & np.isfinite(t)
-    return t[keep], x[keep]
-
-
-def _crossings(t: np.ndarray, s: np.ndarray, h: float) -> list[int]:
-    """Indices k of the zero crossings of s between samples k and k+1, with hysteresis h: a crossing
-    counts when s goes from beyond +h to beyond -h (or back); noise near zero makes no extra ones."""
-    state, last_zc, out = 0, None, []
-    for i in range(len(s)):
-        if i and (s[i - 1] >= 0) != (s[i] >= 0):
-            last_zc = i - 1
-        if s[i] > h:
-            new = 1
-        elif s[i] < -h:
-            new = -1
-        else:
-            continue
-        if state and new != state and last_zc is not None:
-            out.append(last_zc)
-        state = new
-    return out
-
-
-def _extremum(t: np.ndarray, x: np.ndarray, i: int, sign: float) -> tuple[float, float]:
-    """The extremum near sample i, refined by the parabola through i-1, i, i+1 (uniform sampling)."""
-    if 0 < i < len(x) - 1:
-        a, b, c = x[i - 1], x[i], x[i + 1]
-        den = a - 2 * b + c
-        if den * sign < 0:  # a proper peak (trough) of the parabola
-            d = 0.5 * (a - c) / den
-            if abs(d) <= 1:
-                return t[i] + d * (t[i + 1] - t[i - 1]) / 2, b - 0.25 * (a - c) * d
-    return t[i], x[i]
-
-
-def swings(t, x, hysteresis: float = 0.15) -> Swings:
-    """Crossings of the centre and the extremum of every complete half swing of x(t) (NaNs dropped).
-
-    The centre is the midpoint of successive extrema (first guess: the median, which a decaying swing
-    keeps near its centre where the midrange follows the first, largest swing), recomputed once;
-    crossings use a hysteresis of `hysteresis` times the half range.
-    """
-    t, x = _finite(t, x)
-    empty = Swings(math.nan, np.empty(0), np.empty(0), np.empty(0))
-    if len(x) < 5:
-        return empty
-    lo, hi = np.percentile(x, [2, 98])
-    if not hi > lo:
-        return empty
-    center = float(np.median(x))
-    result = empty
-    for _ in range(2):
-        s = x - center
-        h = hysteresis * 0.5 * (hi - lo)
-        ks = _crossings(t, s, h)
-        tc = np.array([t[k] + (t[k + 1] - t[k]) * s[k] / (s[k] - s[k + 1]) for k in ks])
-        et, ev = [], []
-        for a, b in zip(ks[:-1], ks[1:]):
-            seg = s[a + 1 : b + 1]
-            if not len(seg):
-                continue
-            sign = 1.0 if seg.mean() > 0 else -1.0
-            i = a + 1 + int(np.argmax(sign * seg))
-            te, xe = _extremum(t, x, i, sign)
-            et.append(te)
-            ev.append(xe)
-        result = Swings(center, tc, np.array(et), np.array(ev))
-        if len(ev) >= 2:
-            center = float(np.mean(0.5 * (np.array(ev[1:]) + np.array(ev[:-1]))))
-        else:
-            break
-    return result
-
-
-def period(t, x) -> float:
-    """Oscillation period from the crossing times: least squares t_k = t0 + k T/2 + (-1)^k e (the
-    alternating term absorbs an offset of the centre). NaN with fewer than 3 crossings."""
-    tc = swings(t, x).crossing_times
-    if len(tc) < 3:
-        return math.nan
-    k = np.arange(len(tc), dtype=np.float64)
-    cols = [np.ones_like(k), k] + ([(-1.0) ** k] if len(tc) >= 4 else [])
-    coef, *_ = np.linalg.lstsq(np.stack(cols, 1), tc, rcond=None)
-    return float(2 * coef[1])
-
-
-def amplitude(t, x) -> float:
-    """Half the mean peak-to-peak of successive extrema (independent of the centre). NaN with < 2 extrema."""
-    ev = swings(t, x).extremum_values
-    if len(ev) < 2:
-        return math.nan
-    return float(np.mean(np.abs(np.diff(ev))) / 2)
-
-
-def decay_per_swing(t, x) -> float:
-    """Amplitude decay rate per swing (half period): -slope of log |e_{k+1} - e_k| against k.
-
-    For amplitudes A_{k+1} = r A_k the peak-to-peak p_k = A_k + A_{k+1} also shrinks by r, so this is
-    -log r (0.4 for a linear pendulum with c = 0.8 /s and a 1 s swing). NaN with < 3 extrema.
-    """
-    ev = swings(t, x).extremum_values
-    if len(ev) < 3:
-        return math.nan
-    p = np.abs(np.diff(ev))
-    if (p <= 0).any():
-        return math.nan
-    k = np.arange(len(p), dtype=np.float64)
-    return float(-np.polyfit(k, np.log(p), 1)[0])
-
-
-def fall_speed(t, y, mask=None) -> float:
-    """|dy/dt| by a straight-line fit of y(t) over the frames in `mask` (NaN with fewer than 3)."""
-    t, y = np.asarray(t, np.float64), np.asarray(y, np.float64)
-    keep = np.isfinite(y) & (np.ones_like(y, bool) if mask is None else np.asarray(mask, bool))
-    if keep.sum() < 3:
-        return math.nan
-    return float(abs(np.polyfit(t[keep], y[keep], 1)[0]))
-
-
-def fall_acceleration(t, y, mask=None) -> float:
-    """Downward acceleration -d2y/dt2 from a quadratic fit of y(t) over `mask` (NaN with fewer than 5)."""
-    t, y = np.asarray(t, np.float64), np.asarray(y, np.float64)
-    keep = np.isfinite(y) & (np.ones_like(y, bool) if mask is None else np.asarray(mask, bool))
-    if keep.sum() < 5:
-        return math.nan
-    return float(-2 * np.polyfit(t[keep] - t[keep][0], y[keep], 2)[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# tracking the object in frames
-
-
-def scale_geometry(geom: dict, size: int) -> dict:
-    """The renderer geometry of truth.json at another frame size (videos are area-resized, so pixel
-    coordinates scale by size / geom['size']; `floor_row` may become fractional)."""
-    f = size / geom["size"]
-    if f == 1:
-        return dict(geom)
-    out = {}
-    for key, value in geom.items():
-        if key in ("pivot", "center"):
-            out[key] = [v * f for v in value]
-        elif key.endswith("_px") or key in ("floor_row", "px_per_m"):
-            out[key] = value * f
-        else:
-            out[key] = value
-    out["size"] = int(size)
-    return out
-
-
-def track_centroid(renderer: str, frames: np.ndarray, geom: dict) -> np.ndarray:
-    """The drawn state (theta, x, y, ...) read from frames (T, S, S) by intensity centroid.
-
-    Decoded frames are never exactly black and blur the scenery into the object's rows, so the
-    background goes first: for the spring and the falling ball each pixel's minimum over the video
-    (the wall, the floor and the background; the object moves more than its own size in the videos
-    the checks make), then for every renderer each frame's median.
-    """
-    f = np.asarray(frames, np.float64)
-    if f.ndim == 4:  # RGB: BT.601 luma
-        f = f[..., :3] @ np.array([0.299, 0.587, 0.114])
-    if np.asarray(frames).dtype == np.uint8:
-        f = f / 255.0
-    if renderer in ("spring", "falling") and len(f) > 1:
-        f = f - f.min(axis=0, keepdims=True)  # the static scenery (wall, floor) and background
-    f = np.clip(f - np.median(f, axis=(1, 2), keepdims=True), 0.0, None)
-    g = dict(geom)
-    shift = 0.0
-    if renderer == "spring":
-        return _spring_x(f, g)
-    if renderer == "falling":
-        row = int(math.floor(g["floor_row"]))
-        shift = (g["floor_row"] - row) / g["px_per_m"]
-        g["floor_row"] = row
-    return measure_frames(renderer, f, g) + shift
-
-
-def _spring_x(f: np.ndarray, geom: dict) -> np.ndarray:
-    """The block's x from the centroid of the rows the block covers and the zigzag (with its antialiased
-    rim) does not, above and below the spring: usable down to 16x16 frames, where
-    `measure_frames`' band above the coil is empty."""
-    cy, hh = geom["center"][1], geom["block_half_height_px"]
-    reach = geom["coil_amplitude_px"] + geom["coil_half_width_px"] + 0.5
-    rows = [i for i in range(geom["size"])
-            if (i + 1 > cy - hh and i + 1 <= cy - reach) or (i >= cy + reach and i < cy + hh)]  # fmt: skip
-    wall = math.ceil(geom["wall_px"])
-    band = f[:, rows, wall:]
-    c = np.arange(wall, f.shape[2]) + 0.5
-    mass = band.sum(axis=(1, 2))
-    cx = (band.sum(axis=1) @ c) / np.where(mass > 0, mass, np.nan)
-    return (cx - geom["center"][0]) / geom["px_per_m"]
-
-
-def track_encoder(run, frames: np.ndarray, state: str) -> np.ndarray:
-    """Posterior mean of `state` for every frame (NaN for the first window - 1 frames, which have none).
-
-    With the smoother posterior an observed state is read from the encoder's per-frame readings, not the
-    smoothed posterior: the smoother would pull the measurement toward the trained (factual) dynamics."""
-    from anmc.evaluate import _as_tensor, encode_frames
-
-    i = list(run.module.state_names).index(state)
-    if run.vae.posterior == "smoother" and i in run.vae.observed:
-        with torch.no_grad():
-            x = _as_tensor(frames).to(next(run.vae.parameters()).device)
-            values = run.vae.encoder_readings(x[None])[0][0, :, run.vae.observed.index(i)]
-    else:
-        values = encode_frames(run, frames)[0][:, i]
-    out = np.full(len(frames), np.nan)
-    out[len(frames) - len(values) :] = values.cpu().numpy()
-    return out
-
-
-def _align_sign(encoder: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    ok = np.isfinite(encoder) & np.isfinite(reference)
-    if ok.sum() > 2 and encoder[ok].std() > 0 and reference[ok].std() > 0:
-        if np.corrcoef(encoder[ok], reference[ok])[0, 1] < 0:
-            return -encoder
-    return encoder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +370,8 @@ def find_truth(run) -> tuple[dict, Path]:
 
 def _candidate_starts(run, max_clips: int = 16) -> np.ndarray:
     """Encoded states (N, d) of every frame (with a full window) of the first `max_clips` training clips."""
-    from anmc.evaluate import encode_frames, load_run_clips
+    from anmc.analysis.evaluate import encode_frames
+    from anmc.vae.run import load_run_clips
 
     clips = load_run_clips(run)[:max_clips]
     return np.concatenate([encode_frames(run, c.frames)[0].cpu().numpy() for c in clips]).astype(np.float64)
@@ -616,8 +391,8 @@ def check_interventions(
     `intervene_<system>_<slug>.gif` (+ latents CSV/PNG) there. `frames_scale` shortens rollouts
     (smoke tests only: too few swings leave quantities unmeasurable).
     """
-    from anmc.evaluate import Run, load_run
-    from anmc.intervene import intervened_module, rollout_counterfactual
+    from anmc.vae.run import Run, load_run
+    from anmc.analysis.intervene import intervened_module, rollout_counterfactual
 
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     meta, truth_path = find_truth(run)
@@ -652,7 +427,7 @@ def check_interventions(
             "centroid": (track_centroid(system, cf.factual[0], geom), track_centroid(system, cf.frames[0], geom)),
         }
         enc_f, enc_cf = track_encoder(run, cf.factual[0], key), track_encoder(run, cf.frames[0], key)
-        measured["encoder"] = (_align_sign(enc_f, measured["centroid"][0]), _align_sign(enc_cf, measured["centroid"][1]))
+        measured["encoder"] = (align_sign(enc_f, measured["centroid"][0]), align_sign(enc_cf, measured["centroid"][1]))
         trial = Trial(float(run.module.dt), names, sim_f[i], sim_cf[i], _param_values(mcf), measured)
         rows.extend(rows_from_videos(check, trial))
         if save_dir is not None:
@@ -690,9 +465,9 @@ def self_check(system: str, size: int = 64, priors_dir: str | Path | None = None
     analysis alone; the centroid column checks tracking + analysis.
     """
     from anmc.symbolic.model import load_model
-    from anmc.video.render import geometry, render_frames
+    from anmc.synthetic.render import geometry, render_frames
 
-    priors_dir = Path(priors_dir) if priors_dir else Path(__file__).resolve().parent.parent / "priors"
+    priors_dir = Path(priors_dir) if priors_dir else Path(__file__).resolve().parents[2] / "priors"
     model = load_model(priors_dir / f"{system}.anm")
     default_z0 = {"pendulum": [0.8, 0.0], "spring": [0.6, 0.0], "falling": [3.0, 0.0]}
     z0 = np.asarray(default_z0[system] if z0 is None else z0, np.float64)

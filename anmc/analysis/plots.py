@@ -16,9 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from anmc.evaluate import Run, encode_frames, load_run_clips  # noqa: E402
+from anmc.analysis.evaluate import encode_frames  # noqa: E402
+from anmc.vae.run import Run, load_run_clips  # noqa: E402
 from anmc.prior.linearize import ekf_predict  # noqa: E402
-from anmc.vae.checkpoint import read_metrics  # noqa: E402
+from anmc.vae.run import read_metrics  # noqa: E402
 
 
 def _prior_draws(module, mu_prev, std_prev, gen) -> np.ndarray:

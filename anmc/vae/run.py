@@ -8,6 +8,9 @@ A run directory holds everything needed to evaluate, intervene or resume:
     RUN/metrics.jsonl    one JSON line per epoch
     RUN/config.json      the resolved config, for reading
 
+`load_run` rebuilds a trained run (its compiled prior and VAE) from the directory alone; every
+command that reads a run (`eval`, `intervene`, `plot`, `show`, `check-interventions`) starts there.
+
 `save_checkpoint` writes a temporary file beside the target and renames it over, so an interrupted
 run never leaves a half-written checkpoint.
 """
@@ -20,9 +23,15 @@ import pickle
 import zipfile
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import torch
 
+from anmc.codegen.compile import CompiledPrior, compile_prior
+from anmc.data.io import Clip, load_clips
 from anmc.errors import UserError
+from anmc.vae.config import TrainConfig
+from anmc.vae.nets import VideoVAE, build_vae
 
 FORMAT = "anmc-checkpoint-1"
 CHECKPOINT = "checkpoint.pt"
@@ -81,3 +90,50 @@ def truncate_metrics(run_dir: str | Path, epochs_done: int) -> None:
     """Drop metric lines of epochs after the checkpoint (an interrupted run's partial log) before resuming."""
     rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epochs_done]
     (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class Run:
+    """A trained run loaded from its directory."""
+
+    run_dir: Path
+    vae: VideoVAE
+    prior: CompiledPrior
+    config: TrainConfig
+    payload: dict
+
+    @property
+    def module(self):
+        return self.vae.prior
+
+    @property
+    def videos(self) -> list[str]:
+        return list(self.payload.get("videos", []))
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
+    """Rebuild the VAE and prior of a run directory from its checkpoint (weights_only=True)."""
+    payload = load_checkpoint(run_dir, map_location=device)
+    config = TrainConfig.from_dict(payload["config"])
+    try:
+        prior = compile_prior(payload["anm_source"])
+    except UserError as err:
+        raise CheckpointError(f"the prior stored in {run_dir} no longer compiles ({str(err).splitlines()[0]}); retrain the run.") from None
+    vae = build_vae(prior, payload["frame_shape"], config)
+    try:
+        vae.load_state_dict(payload["vae"])
+    except RuntimeError:
+        raise CheckpointError(
+            f"the weights in {run_dir} do not fit the model its prior describes; the checkpoint comes from another model or anmc version: retrain."
+        ) from None
+    return Run(Path(run_dir), vae.to(device).eval(), prior, config, payload)
+
+
+def load_run_clips(run: Run, videos=None) -> list[Clip]:
+    """The clips to evaluate: `videos` if given, else the run's training videos, at the run's frame size."""
+    sources = videos or run.videos
+    if not sources:
+        raise UserError(f"{run.run_dir} records no training videos; pass --video.")
+    c, h, w = run.payload["frame_shape"]
+    clips = load_clips(sources, size=h, gray=(c == 1), min_frames=run.vae.window + 1)
+    return clips

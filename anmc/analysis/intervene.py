@@ -32,14 +32,14 @@ import numpy as np
 import torch
 
 from anmc.codegen.compile import compile_model
+from anmc.data.io import WRITE_SUFFIXES, write_video
 from anmc.errors import UserError
-from anmc.evaluate import Run, encode_frames, load_run, load_run_clips
+from anmc.analysis.evaluate import encode_frames
+from anmc.vae.run import Run, load_run, load_run_clips
 from anmc.lang.errors import did_you_mean
 from anmc.symbolic.model import apply_edits, apply_intervention, apply_interventions_from
 
 __all__ = ["Counterfactual", "intervene", "intervened_module", "intervened_model", "rollout_counterfactual"]
-
-VIDEO_SUFFIXES = (".gif", ".mp4", ".npz", ".npy")
 
 
 def intervened_model(run: Run, intervention: str | None = None, edits=(), file: str | Path | None = None):
@@ -102,7 +102,7 @@ class Counterfactual:
 
     def side_by_side(self, index: int = 0) -> np.ndarray:
         """(T, strip + H, 2W (+W) + gaps, 3) uint8: [video |] factual | counterfactual, each labelled on top."""
-        from anmc.video.labels import label_panels
+        from anmc.analysis.labels import label_panels
 
         panels = [self.factual[index], self.frames[index]]
         titles = ["factual", "counterfactual"]
@@ -116,10 +116,8 @@ class Counterfactual:
 
         One sample writes `path`; a batch of B writes `<stem>_00<suffix>` .. `<stem>_<B-1><suffix>`.
         """
-        from anmc.video.io import write_video
-
         path = Path(path)
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
+        if path.suffix.lower() not in WRITE_SUFFIXES:
             raise UserError(f"cannot write {path.name}; the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
         path.parent.mkdir(parents=True, exist_ok=True)
         fps = fps or round(1.0 / self.dt, 3)

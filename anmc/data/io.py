@@ -29,9 +29,9 @@ import numpy as np
 from anmc.errors import UserError
 
 FFMPEG_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-VIDEO_SUFFIXES = FFMPEG_SUFFIXES + (".gif", ".npy", ".npz")
+VIDEO_SUFFIXES = FFMPEG_SUFFIXES + (".gif", ".npy", ".npz")  # what read_video reads (and IMAGE_SUFFIXES in a folder)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-WRITE_SUFFIXES = (".mp4", ".gif", ".npy", ".npz")
+WRITE_SUFFIXES = (".mp4", ".gif", ".npy", ".npz")  # what write_video writes
 
 MP4_CRF = 12  # x264 quality: 0 is lossless, 23 its default; 12 keeps synthetic 64x64 frames within a few levels
 

@@ -21,68 +21,17 @@ prior n frames, decode, compare with frame t + n, against repeating frame t.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from anmc.codegen.compile import CompiledPrior, compile_prior
+from anmc.data.io import Clip, read_truth
 from anmc.errors import UserError
-from anmc.vae.checkpoint import CheckpointError, load_checkpoint
-from anmc.vae.nets import VideoVAE
-from anmc.vae.train import TrainConfig, build_vae
-from anmc.video.io import Clip, load_clips, read_truth
+from anmc.vae.run import Run, load_run_clips
 
 
-@dataclass
-class Run:
-    """A trained run loaded from its directory."""
-
-    run_dir: Path
-    vae: VideoVAE
-    prior: CompiledPrior
-    config: TrainConfig
-    payload: dict
-
-    @property
-    def module(self):
-        return self.vae.prior
-
-    @property
-    def videos(self) -> list[str]:
-        return list(self.payload.get("videos", []))
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
-    """Rebuild the VAE and prior of a run directory from its checkpoint (weights_only=True)."""
-    payload = load_checkpoint(run_dir, map_location=device)
-    config = TrainConfig.from_dict(payload["config"])
-    try:
-        prior = compile_prior(payload["anm_source"])
-    except UserError as err:
-        raise CheckpointError(f"the prior stored in {run_dir} no longer compiles ({str(err).splitlines()[0]}); retrain the run.") from None
-    vae = build_vae(prior, payload["frame_shape"], config)
-    try:
-        vae.load_state_dict(payload["vae"])
-    except RuntimeError:
-        raise CheckpointError(
-            f"the weights in {run_dir} do not fit the model its prior describes; the checkpoint comes from another model or anmc version: retrain."
-        ) from None
-    return Run(Path(run_dir), vae.to(device).eval(), prior, config, payload)
-
-
-def load_run_clips(run: Run, videos=None) -> list[Clip]:
-    """The clips to evaluate: `videos` if given, else the run's training videos, at the run's frame size."""
-    sources = videos or run.videos
-    if not sources:
-        raise UserError(f"{run.run_dir} records no training videos; pass --video.")
-    c, h, w = run.payload["frame_shape"]
-    clips = load_clips(sources, size=h, gray=(c == 1), min_frames=run.vae.window + 1)
-    return clips
-
-
-def _as_tensor(frames: np.ndarray) -> torch.Tensor:
+def frames_tensor(frames: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(frames))
     return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (T, C, H, W)
 
@@ -93,7 +42,7 @@ def encode_frames(run: Run, frames: np.ndarray, chunk: int = 256, causal: bool =
 
     The smoother posterior reads the whole clip at once (each state given every frame; with `causal`,
     given the frames up to it); the factorized one encodes windows in chunks of `chunk` frames."""
-    x = _as_tensor(frames).to(next(run.vae.parameters()).device)
+    x = frames_tensor(frames).to(next(run.vae.parameters()).device)
     k = run.vae.window
     if run.vae.posterior == "smoother":
         chunk = x.shape[0]
@@ -164,7 +113,7 @@ def prediction_errors(run: Run, clips: list[Clip], horizons=(1, 5, 10), starts_p
     for n in horizons:
         model_err, copy_err, count = 0.0, 0.0, 0
         for clip in clips:
-            x = _as_tensor(clip.frames).float() / 255.0
+            x = frames_tensor(clip.frames).float() / 255.0
             mu, _ = encode_frames(run, clip.frames, causal=True)  # the start may not see the frames it predicts
             last = x.shape[0] - 1 - n
             if last < k - 1:
@@ -199,7 +148,7 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         mus.append(mu.cpu().numpy())
         with torch.no_grad():
             pred = torch.sigmoid(run.vae.decode(mu)).cpu()
-        x = _as_tensor(clip.frames).float()[k - 1 :] / 255.0
+        x = frames_tensor(clip.frames).float()[k - 1 :] / 255.0
         recon_err += float(((pred - x) ** 2).mean((1, 2, 3)).sum())
         frames_seen += x.shape[0]
     report: dict = {"states": {}, "params": {}, "recon_mse": recon_err / max(frames_seen, 1)}

@@ -1,6 +1,6 @@
 """Numpy renderers of the paper's four systems, plus a generic dot for any other prior.
 
-Renderers only draw: the states come from simulating the `.anm` (see `anmc.video.synth`). Each draws
+Renderers only draw: the states come from simulating the `.anm` (see `anmc.synthetic.synth`). Each draws
 square `size x size` gray frames, white objects on black, antialiased: a pixel's intensity is the
 fraction of it a shape covers (exact for boxes, `clip(r + 0.5 - distance, 0, 1)` for round shapes
 and lines), and shapes are composited front over back (`img = img (1 - cov) + value cov`).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anmc.video.io import (
+from anmc.data.io import (
     VideoError,
     clip_sources,
     load_clips,

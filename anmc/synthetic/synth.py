@@ -1,7 +1,7 @@
 """Synthetic physics videos: simulate a prior from its own `.anm`, draw it, write clips + ground truth.
 
-Physics comes only from the `.anm`; the renderers only draw (`anmc.video.render`). Simulation is
-`anmc.simulate.simulate` (the same as `anmc simulate`), for `clips` independent clips of `frames`
+Physics comes only from the `.anm`; the renderers only draw (`anmc.synthetic.render`). Simulation is
+`anmc.codegen.rollout.simulate` (the same as `anmc simulate`), for `clips` independent clips of `frames`
 frames, in float64 with one seeded generator:
 
     g = torch.Generator().manual_seed(seed)
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from anmc.simulate import simulate
-from anmc.video import render
-from anmc.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_truth, write_truth, write_video
-from anmc.video.render import geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for
+from anmc.codegen.rollout import simulate
+import anmc.synthetic.render as render
+from anmc.data.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_truth, write_truth, write_video
+from anmc.synthetic.render import geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for
 
 __all__ = [
     "Synthetic", "synthesize", "write_synthetic", "render_frames", "object_position_px", "measure_frames",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from anmc.video.dataset import FrameSequences, frame_datasets, split_clips, train_val_split
-from anmc.video.io import Clip, VideoError, write_video
+from anmc.data.dataset import FrameSequences, frame_datasets, split_clips, train_val_split
+from anmc.data.io import Clip, VideoError, write_video
 
 
 def numbered_clip(i: int, n: int, h=8, w=8, rgb=False) -> Clip:
@@ -105,6 +105,6 @@ def test_frames_live_on_the_gpu_when_they_fit():
 
 
 def test_storage_device_defaults_to_cpu():
-    from anmc.video.dataset import storage_device
+    from anmc.data.dataset import storage_device
 
     assert storage_device(10, None).type == "cpu" and storage_device(10, "cpu").type == "cpu"

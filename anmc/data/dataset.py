@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anmc.video.io import Clip, VideoError, load_clips
+from anmc.data.io import Clip, VideoError, load_clips
 
 
 def train_val_split(n_clips: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import anmc
 from anmc.prior import gaussian_kl
-from anmc.prior.smoother import kalman_filter, kalman_smoother, markov_kl
+from anmc.posterior.smoother import kalman_filter, kalman_smoother, markov_kl
 from anmc.prior.transition import elbo
 
 F64 = torch.float64
@@ -125,7 +125,7 @@ def test_dense_and_recursive_paths_agree_on_the_pendulum(pendulum, seed, t_len, 
 def test_fixed_point_is_the_filter():
     """The batched fixed-point iteration finds the sequential filter's means, on a swing of 2.5 rad (where
     the first linearization, at the initial mean, is 2.5 rad off) and on readings of 1 rad noise."""
-    from anmc.prior.smoother import _filter, _filter_fixed_point, _readings_information
+    from anmc.posterior.smoother import _filter, _filter_fixed_point, _readings_information
 
     pendulum = anmc.compile_prior(PRIORS / "pendulum.anm").module().double()
     g = torch.Generator().manual_seed(0)
@@ -189,7 +189,7 @@ def test_uncorrelated_posterior_reduces_to_factorized_elbo(pendulum):
     std = 0.01 + 0.1 * torch.rand(b, t_len, d, generator=g, dtype=F64)
     post_cov = torch.diag_embed(std**2)
     entropy = 0.5 * (torch.log(2 * math.pi * math.e * std**2)).sum((1, 2))
-    from anmc.prior.smoother import SmoothedPosterior
+    from anmc.posterior.smoother import SmoothedPosterior
 
     post = SmoothedPosterior(mu, post_cov, torch.zeros(b, t_len - 1, d, d, dtype=F64), entropy)
     m0, s0 = pendulum.initial_mean.double(), pendulum.initial_std.double()

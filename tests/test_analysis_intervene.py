@@ -14,9 +14,9 @@ from click.testing import CliRunner
 import anmc
 from anmc.cli import main
 from anmc.errors import UserError
-from anmc.evaluate import load_run
-from anmc.intervene import Counterfactual, intervened_module
-from anmc.video.io import read_video
+from anmc.vae.run import load_run
+from anmc.analysis.intervene import Counterfactual, intervened_module
+from anmc.data.io import read_video
 
 PRIOR = "priors/pendulum.anm"
 SIZE = 16
@@ -24,8 +24,9 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from anmc.vae.train import TrainConfig, train
-    from anmc.video.synth import synthesize
+    from anmc.vae.config import TrainConfig
+    from anmc.vae.train import train
+    from anmc.synthetic.synth import synthesize
 
     torch.set_num_threads(1)
     data = tmp_path_factory.mktemp("pend")

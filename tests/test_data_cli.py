@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from anmc.cli import main, report_user_errors
-from anmc.video.io import load_clips, write_video
+from anmc.data.io import load_clips, write_video
 
 PRIORS = Path(__file__).resolve().parent.parent / "priors"
 
