@@ -209,15 +209,17 @@ class _RhsEmitter:
         self.state_set = set(self.states)
         self.batch_set = set(self.states)  # symbols that are vectors over the batch (never hoisted)
         self.const_values = {symbol(n): sp.Float(v) for n, v in model.consts.items()}
+        self.const_set = set(self.const_values)
         self.counter = 0
         self.hoisted: dict[sp.Expr, sp.Symbol] = {}  # param-only expression -> its symbol in `constants`
+        self.diff = _Differentiator()
         self.F_h = [self.hoist(self.fold(model.rhs[s])) for s in model.states]
         # the nonzero entries of A = dF/dz, sparse: (i, j) -> dF_i/dz_j, for the states F_i contains
         self.A: dict[tuple[int, int], sp.Expr] = {}
         for i, Fi in enumerate(self.F_h):
             for j, s in enumerate(self.states):
-                if s in Fi.free_symbols:
-                    a = self.hoist(self.fold(_drop_dirac(Fi.diff(s))))
+                if s in self.diff.free(Fi):
+                    a = self.hoist(self.fold(self.diff(Fi, s)))
                     if a != 0:
                         self.A[i, j] = a
         params = [symbol(n) for n in model.params]
@@ -229,7 +231,7 @@ class _RhsEmitter:
         self.grad_scalars = [s for s in _sorted_symbols(forward, [*params, *self.hoisted.values()]) if s in learn]
         # the entries whose value changes with the state or a learnable scalar take part in the backward pass
         # through P_e = <gJ_i, J_j> (summed over the columns)
-        self.P = {ij: sp.Symbol(f"_P_{ij[0]}_{ij[1]}", real=True) for ij, a in self.A.items() if a.free_symbols & (self.state_set | learn)}
+        self.P = {ij: sp.Symbol(f"_P_{ij[0]}_{ij[1]}", real=True) for ij, a in self.A.items() if self.diff.free(a) & (self.state_set | learn)}
         self.gF = [sp.Symbol(f"_gF_{i}", real=True) for i in range(model.d)]
         self.batch_set |= {*self.gF, *self.P.values()}
         self.vjp = self._vjp_expressions()
@@ -249,7 +251,7 @@ class _RhsEmitter:
         if e.is_Atom:
             return e
         arithmetic = e.is_Add or e.is_Mul or e.is_Pow
-        if e.free_symbols <= set(self.const_values):
+        if self.diff.free(e) <= self.const_set:
             return sp.Float(sp.N(e.xreplace(self.const_values)))
         args = [self.fold(a) for a in e.args]
         if not arithmetic:
@@ -258,7 +260,7 @@ class _RhsEmitter:
 
     # ---- hoisting param-only factors
     def _is_free(self, e: sp.Expr) -> bool:
-        return not (e.free_symbols & self.batch_set)
+        return not (self.diff.free(e) & self.batch_set)
 
     def hoist(self, e: sp.Expr) -> sp.Expr:
         """`e` with its maximal param-only parts (not single names or numbers) replaced by symbols."""
@@ -294,13 +296,13 @@ class _RhsEmitter:
         for ij, p in self.P.items():
             a = self.A[ij]
             for m, s in enumerate(self.states):
-                if s in a.free_symbols:
-                    gz[m].append(p * self.fold(_drop_dirac(a.diff(s))))
+                if s in self.diff.free(a):
+                    gz[m].append(p * self.fold(self.diff(a, s)))
         gs = []
         for s in self.grad_scalars:
-            terms = [self.gF[i] * F.diff(s) for i, F in enumerate(self.F_h) if s in F.free_symbols]
-            terms += [p * self.A[ij].diff(s) for ij, p in self.P.items() if s in self.A[ij].free_symbols]
-            gs.append(self.fold(_drop_dirac(sp.Add(*terms))))
+            terms = [self.gF[i] * self.diff(F, s) for i, F in enumerate(self.F_h) if s in self.diff.free(F)]
+            terms += [p * self.diff(self.A[ij], s) for ij, p in self.P.items() if s in self.diff.free(self.A[ij])]
+            gs.append(self.fold(sp.Add(*terms)))
         return [self.hoist(sp.Add(*t)) for t in gz], [self.hoist(g) for g in gs]
 
     # ---- source
@@ -497,6 +499,63 @@ class _RhsEmitter:
         grad_s = self._vector(reduced[n + d :], str(self.gF[0]), batch)
         lines.append(f"        return torch.stack({self._tuple(grad_z)}), torch.stack({self._tuple(grad_J)}), {self._tuple(grad_s)}")
         return lines
+
+
+class _Differentiator:
+    """d e / d s by the chain rule over the expression tree, memoized: the same derivatives as SymPy's
+    `diff` (each function's own `fdiff`), without its per-call machinery, which dominated compile time
+    (docs/method.md, "The compiled prior"). Dirac deltas (d sign(x)/dx) are dropped: zero wherever the
+    map is differentiable."""
+
+    def __init__(self):
+        self.memo: dict = {}
+        self.symbols: dict = {}
+
+    def free(self, e: sp.Expr) -> frozenset:
+        """e.free_symbols, memoized (SymPy recomputes it on every access)."""
+        out = self.symbols.get(e)
+        if out is None:
+            out = frozenset(e.free_symbols) if e.is_Atom else frozenset().union(*(self.free(a) for a in e.args))
+            self.symbols[e] = out
+        return out
+
+    def __call__(self, e: sp.Expr, s: sp.Symbol) -> sp.Expr:
+        key = (e, s)
+        if key in self.memo:
+            return self.memo[key]
+        if s not in self.free(e):
+            out = sp.Integer(0)
+        elif e == s:
+            out = sp.Integer(1)
+        elif e.is_Add:
+            out = sp.Add(*(self(a, s) for a in e.args))
+        elif e.is_Mul:
+            args = e.args
+            terms = []
+            for k, a in enumerate(args):
+                da = self(a, s)
+                if da != 0:
+                    terms.append(sp.Mul(*args[:k], da, *args[k + 1 :]))
+            out = sp.Add(*terms)
+        elif e.is_Pow:
+            b, x = e.args
+            if s not in self.free(x):
+                out = x * b ** (x - 1) * self(b, s)
+            else:
+                out = e * (self(x, s) * sp.log(b) + x * self(b, s) / b)
+        elif isinstance(e, sp.Function):
+            terms = []
+            for k, a in enumerate(e.args):
+                da = self(a, s)
+                if da != 0:
+                    terms.append(e.fdiff(k + 1) * da)
+            out = _drop_dirac(sp.Add(*terms))
+            if out.has(sp.Derivative):  # an fdiff left unevaluated (sign's, say): SymPy's diff knows more
+                out = _drop_dirac(e.diff(s))
+        else:  # anything else: SymPy's own
+            out = _drop_dirac(e.diff(s))
+        self.memo[key] = out
+        return out
 
 
 def _drop_dirac(expr: sp.Expr) -> sp.Expr:
