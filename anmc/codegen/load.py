@@ -46,10 +46,25 @@ class UnsafeSourceError(RuntimeError):
     """The generated source contains something the emitter never writes; it is not run."""
 
 
-def audit(source: str, allowed_names: set[str]) -> None:
-    """Raise UnsafeSourceError unless `source` uses only emitter constructs and `allowed_names`."""
-    tree = pyast.parse(source)
-    for node in pyast.walk(tree):
+def _nodes(tree: pyast.AST):
+    """Every node of the tree (what ast.walk gives, without its per-node generators: the audit's hot loop)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                stack.extend(v for v in value if isinstance(v, pyast.AST))
+            elif isinstance(value, pyast.AST):
+                stack.append(value)
+
+
+def audit(source: str | pyast.Module, allowed_names: set[str]) -> None:
+    """Raise UnsafeSourceError unless `source` (text or its parsed tree) uses only emitter constructs and
+    `allowed_names`."""
+    tree = pyast.parse(source) if isinstance(source, str) else source
+    for node in _nodes(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise UnsafeSourceError(f"generated code contains a {type(node).__name__} node")
         if isinstance(node, pyast.Import):
@@ -112,12 +127,13 @@ def _is_storage_attribute(attr: str, allowed: set[str]) -> bool:
 
 def load_class(source: str, class_name: str, allowed_names: set[str], filename: str = "<anmc>") -> type:
     """Audit `source`, execute it, and return the class `class_name`."""
-    audit(source, allowed_names)
+    tree = pyast.parse(source)
+    audit(tree, allowed_names)
     code_name = f"<anmc generated: {filename}>"
     linecache.cache[code_name] = (len(source), None, source.splitlines(True), code_name)  # readable tracebacks
     # A real module object, so that pickling, torch.compile and inspect can find the class again.
     module = types.ModuleType(f"anmc_generated_{class_name.lower()}_{next(_counter)}")
     module.__file__ = code_name
     sys.modules[module.__name__] = module
-    exec(compile(source, code_name, "exec"), module.__dict__)  # noqa: S102 - audited above
+    exec(compile(tree, code_name, "exec"), module.__dict__)  # noqa: S102 - audited above
     return module.__dict__[class_name]
