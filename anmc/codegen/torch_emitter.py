@@ -24,6 +24,7 @@ import re
 
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
+from sympy.simplify.cse_main import tree_cse
 
 from anmc._version import __version__
 from anmc.symbolic.integrators import H
@@ -276,7 +277,7 @@ class _RhsEmitter:
             if free:
                 part = e.func(*free)
                 # `-c*x` prints as one product (a subtraction inside a sum); everything else is hoisted
-                keep = part.is_Atom or (e.is_Mul and part.could_extract_minus_sign() and (-part).is_Atom)
+                keep = part.is_Atom or (e.is_Mul and _negative(part) and (-part).is_Atom)
                 free = [part if keep else self._symbol_for(part)]
             return e.func(*free, *dependent)
         return e.func(*(self.hoist(a) for a in e.args))
@@ -384,8 +385,11 @@ class _RhsEmitter:
         return out
 
     def _cse_lines(self, exprs: list[sp.Expr]) -> tuple[list[str], list[sp.Expr], set]:
-        """cse over `exprs`: the lines of the temporaries, the reduced expressions, and the batch symbols."""
-        replacements, reduced = sp.cse(exprs, symbols=self.symbols(), optimizations=None, order="none")
+        """Common subexpressions over `exprs`: the lines of the temporaries, the reduced expressions, and the
+        batch symbols. SymPy's tree cse alone (repeated subtrees, in linear time); `sp.cse` would first run
+        its pairwise Add/Mul matching, which cost more than the rest of the compile on large models."""
+        exprs = [sp.sympify(e) for e in exprs]
+        replacements, reduced = tree_cse(exprs, self.symbols(), opt_subs={}, order="none")
         batch = set(self.batch_set)
         for s, e in replacements:
             if e.free_symbols & batch:
@@ -418,7 +422,7 @@ class _RhsEmitter:
                 c = coef.get((i, j))
                 if c is None:
                     continue
-                sign = "-" if c.could_extract_minus_sign() else "+"
+                sign = "-" if _negative(c) else "+"
                 c = -c if sign == "-" else c
                 terms.append((sign, f"{rows}_{j}" if c == 1 else f"{pr.parenthesize(c, 50)}*{rows}_{j}"))
             if not terms:
@@ -439,7 +443,7 @@ class _RhsEmitter:
         """The entries of A after cse, each a name or a number (a temporary for a longer expression)."""
         coef = {}
         for (i, j), e in zip(self.A, reduced):
-            if not (e.is_Atom or (e.could_extract_minus_sign() and (-e).is_Atom)):
+            if not (e.is_Atom or (_negative(e) and (-e).is_Atom)):
                 s = self.fresh()
                 lines.append(f"        {s} = {self.printer.doprint(e)}  # {what(i, j)}")
                 e = s
@@ -499,6 +503,14 @@ class _RhsEmitter:
         grad_s = self._vector(reduced[n + d :], str(self.gF[0]), batch)
         lines.append(f"        return torch.stack({self._tuple(grad_z)}), torch.stack({self._tuple(grad_J)}), {self._tuple(grad_s)}")
         return lines
+
+
+def _negative(e: sp.Expr) -> bool:
+    """A negative number, or a product with a negative numeric factor (prints as a subtraction); cheap,
+    unlike SymPy's could_extract_minus_sign on sums."""
+    if e.is_Number:
+        return bool(e < 0)
+    return bool(e.is_Mul and e.args[0].is_Number and e.args[0] < 0)
 
 
 class _Differentiator:
@@ -565,7 +577,7 @@ def _drop_dirac(expr: sp.Expr) -> sp.Expr:
 
 def emit_torch(model: Model) -> str:
     """The full Python source of the generated module for `model`."""
-    printer = AnmTorchPrinter({"strict": True})
+    printer = AnmTorchPrinter({"strict": True, "order": "none"})
     rhs = _RhsEmitter(model, printer)
     d = model.d
     cls = class_name(model)

@@ -92,4 +92,4 @@ class Pendulum(AnmModule):
         _t5 = _t0*_t3  # domega'/dtheta
         _t6 = _t5*_gJ_1  # dphi/d(dtheta/dz0)
         _t7 = _gJ_0 - c*_gJ_1  # dphi/d(domega/dz0)
-        return torch.stack((-_P_1_0*_t0*_t4 + _gF_1*_t0*_t3, _gF_0 - _gF_1*c)), torch.stack((_t6, _t7)), (_P_1_0*_t3 + _gF_1*_t4,)
+        return torch.stack((_gF_1*_t0*_t3 - _P_1_0*_t0*_t4, _gF_0 - _gF_1*c)), torch.stack((_t6, _t7)), (_P_1_0*_t3 + _gF_1*_t4,)
