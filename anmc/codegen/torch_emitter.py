@@ -82,6 +82,15 @@ class AnmTorchPrinter(TorchPrinter):
 
     like = "z"  # a tensor in scope whose dtype and device a 0/1 step takes
 
+    CHUNK = 32  # terms per parenthesized group in a long sum: Python's parser nests a flat sum term by term
+
+    def _print_Add(self, expr, order=None):
+        terms = list(expr.args)
+        if len(terms) <= self.CHUNK:
+            return super()._print_Add(expr, order=order)
+        groups = [sp.Add(*terms[i : i + self.CHUNK], evaluate=False) for i in range(0, len(terms), self.CHUNK)]
+        return " + ".join(f"({self._print(g)})" for g in groups)
+
     def _print_Heaviside(self, expr):
         return f"({self._print(expr.args[0])} > 0).to({self.like})"
 
