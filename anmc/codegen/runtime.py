@@ -1,21 +1,23 @@
 """The base class of every generated prior module: what is the same for all models.
 
-A generated class (see `anmc compile`) adds its model's numbers and three methods:
+A generated class (see `anmc compile`) adds its model's numbers and four methods:
 
-    constants(z)                           the params cast to z's dtype/device, and their param-only
-                                           factors (`-g/L`), once per call
-    rhs(*states, *c)                       the right-hand sides F (z' for continuous dynamics, the next
-                                           values for discrete ones) at one point
-    rhs_and_tangents(*states, *J, *c)      F and its tangents: given the rows J_i = d z_i / d z0 of the
-                                           point's Jacobian with respect to the frame's input z0, the
-                                           rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l (chain rule)
+    constants(z)                            the params cast to z's dtype/device, and their param-only
+                                            factors (`-g/L`), once per call: the scalars c
+    rhs(z, *c)                              the right-hand sides F (z' for continuous dynamics, the
+                                            next values for discrete ones) at the points z (d, B)
+    rhs_and_tangents(z, J, *c)              F and its tangents: given the rows J_l = d z_l / d z0
+                                            (d, d, B) of the points' Jacobian with respect to the
+                                            frame's input z0, the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l
+    rhs_and_tangents_vjp(z, J, gF, gJ, *c)  the backward pass of rhs_and_tangents (docs/method.md §8)
 
-Each state is a contiguous vector over the (flattened) batch, (B,); each row J_i is (d, B). This base
-runs the integrator over them. `f_and_jacobian` starts from J = I and carries the rows through every
-stage of every substep (forward-mode differentiation written out), so J is the exact derivative of
-the same discrete map `forward` computes: no symbolic expansion of the substeps, no d x d matrix
-products, and one tensor operation per term over the whole batch. Inputs and outputs keep the public
-layout z (..., d) -> f (..., d), J (..., d, d). Q = diag(noise_std**2), noise_std (d,).
+States are stacked, (d, B) over the flattened batch, tangent rows (d, d, B). This base runs the
+integrator over them. `f_and_jacobian` starts from J = I and carries the rows through every stage of
+every substep (forward-mode differentiation written out), so J is the exact derivative of the same
+discrete map `forward` computes. Where autograd would record it (a learnable param or the input
+requires grad), the whole frame is one autograd node whose backward pass runs the stages in reverse
+through `rhs_and_tangents_vjp`. Inputs and outputs keep the public layout z (..., d) -> f (..., d),
+J (..., d, d). Q = diag(noise_std**2), noise_std (d,).
 """
 
 from __future__ import annotations

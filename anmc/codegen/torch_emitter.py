@@ -2,19 +2,23 @@
 
     source = emit_torch(model)
 
-The generated class holds the model's numbers and three small methods: `constants` (the params
-cast to the input's dtype and device, and the param-only factors of the equations), `rhs` (the
-right-hand sides, one expression per state, cse'd) and `rhs_and_tangents` (the same, plus the
-derivative of each right-hand side along the rows of the running Jacobian: the symbolic dF/dz
-written out row by row, so each term is one tensor operation over the whole batch). The integrator
-and the chain rule through its stages live in `anmc.codegen.runtime.AnmModule`; nothing is expanded
-symbolically across stages or substeps, which keeps both the source and the compile time small.
+The generated class holds the model's numbers and four small methods over stacked tensors (states
+z (d, B), tangent rows J (d, d, B)): `constants` (the params cast to the input's dtype and device, and
+the param-only factors of the equations and their derivatives), `rhs` (the right-hand sides, cse'd),
+`rhs_and_tangents` (the same, plus the derivative of each right-hand side along the rows of the
+running Jacobian: the sparse symbolic dF/dz written out row by row, so each term is one tensor
+operation over the whole batch) and `rhs_and_tangents_vjp` (its backward pass: the cotangents of the
+point, of the tangent rows and of the learnable scalars, from SymPy's derivatives of
+phi = sum_i gF_i F_i + sum_e P_e A_e; docs/method.md §8). The integrator, the chain rule through its
+stages and their reverse live in `anmc.codegen.runtime.AnmModule`; nothing is expanded symbolically
+across stages or substeps, which keeps both the source and the compile time small.
 
 The printer is SymPy's `TorchPrinter` with a few cases of our own (readable powers and floats,
-elementwise min/max, the step function of piecewise Jacobians). Everything the emitter writes is
-either fixed text, a number, or an identifier that the language admitted (declared names match
-`[A-Za-z][A-Za-z0-9_]*` and are not Python keywords, builtins or names the code uses itself) or
-one of its own (`_t0`, `J_0`, ...); `anmc.codegen.load` audits the result again before running it.
+elementwise min/max, the step function of piecewise Jacobians, long sums in groups). Everything the
+emitter writes is either fixed text, a number, or an identifier that the language admitted (declared
+names match `[A-Za-z][A-Za-z0-9_]*` and are not Python keywords, builtins or names the code uses
+itself) or one of its own, which start with an underscore or are `J_<digits>` (`_t0`, `_gF_1`,
+`_P_1_0`, `J_0`, ...); `anmc.codegen.load` audits the result again before running it.
 """
 
 from __future__ import annotations
