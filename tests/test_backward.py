@@ -138,3 +138,24 @@ def test_random_models_written_backward_equals_autograd(spec, seed):
         assert_same_gradients(module, z, seed % 1000)
     except AssertionError as err:
         raise AssertionError(f"{err}\nfor the model\n{text}") from None
+
+
+def chain(n: int) -> str:
+    """n pendulums coupled to their neighbours by a learnable spring k: k's gradient has 4n - 2 terms."""
+    lines = ["model chain", "const g = 9.81", "param L = 1.0 in [0.05, 20] learn", "param k = 2.0 in [0, 50] learn"]
+    lines += [f"state {s}{i} ~ Normal(0, 0.5)" for i in range(n) for s in "xv"]
+    lines.append("dynamics continuous dt = 1/30 using rk4 steps 2")
+    for i in range(n):
+        left = f" - k * (x{i} - x{i - 1})" if i > 0 else ""
+        right = f" - k * (x{i} - x{i + 1})" if i < n - 1 else ""
+        lines += [f"  x{i}' = v{i}", f"  v{i}' = -(g / L) * sin(x{i}){left}{right}"]
+    lines += ["noise " + ", ".join(f"x{i} = 0.01, v{i} = 0.05" for i in range(n)), "observe x0"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_param_in_every_equation_long_sums_are_printed_in_groups():
+    prior = anmc.compile_prior(chain(12))
+    assert ") + (" in prior.source  # the k-gradient's 46 terms, in groups of at most 32
+    module = prior.module().double()
+    z = module.sample_initial(4, generator=torch.Generator().manual_seed(3))
+    assert_same_gradients(module, z)
