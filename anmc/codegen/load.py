@@ -33,7 +33,7 @@ _ATTRIBUTES = {
     # torch functions the printer emits
     "sin", "cos", "tan", "exp", "log", "sqrt", "rsqrt", "abs", "tanh", "sinh", "cosh", "atan", "atan2",
     "asin", "acos", "sign", "minimum", "maximum", "clamp", "sigmoid", "stack", "full_like", "zeros_like", "tensor",
-    "pow", "heaviside", "floor", "ceil",
+    "pow", "heaviside", "floor", "ceil", "add", "addcmul",
     # tensor methods, module plumbing, math constants
     "unbind", "unflatten", "to", "sum", "expand_as", "dtype", "Parameter", "register_buffer", "__init__", "pi", "e",
 }  # fmt: skip

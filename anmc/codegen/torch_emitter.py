@@ -426,7 +426,9 @@ class _RhsEmitter:
         return lines
 
     def _rows(self, coef: dict[tuple[int, int], sp.Expr], rows: str, names: list[str], comment: str, lines: list[str]) -> list[str]:
-        """sum_j coef[i, j] * rows_j for each i, printed: one expression per output row (a temporary when long)."""
+        """sum_j coef[i, j] * rows_j for each i, printed: one expression per output row (a temporary when
+        long). Rows of three terms or more accumulate with torch.addcmul / torch.add(alpha=): one pass
+        over the (d, B) row per term instead of two (a product, then a sum)."""
         pr, d = self.printer, self.model.d
         out = []
         for i in range(d):
@@ -436,20 +438,30 @@ class _RhsEmitter:
                 if c is None:
                     continue
                 sign = "-" if _negative(c) else "+"
-                c = -c if sign == "-" else c
-                terms.append((sign, f"{rows}_{j}" if c == 1 else f"{pr.parenthesize(c, 50)}*{rows}_{j}"))
+                terms.append((sign, -c if sign == "-" else c, f"{rows}_{j}"))
             if not terms:
                 out.append(f"torch.zeros_like({rows}_0)")
                 continue
-            text = ("-" if terms[0][0] == "-" else "") + terms[0][1]
-            for sign, t in terms[1:]:
-                text += f" {sign} {t}"
-            if len(terms) == 1 and terms[0][0] == "+" and "*" not in text:
-                out.append(text)
+            if len(terms) == 1 and terms[0][0] == "+" and terms[0][1] == 1:
+                out.append(terms[0][2])
+                continue
+            if len(terms) < 3:
+                text = ""
+                for k, (sign, c, row) in enumerate(terms):
+                    t = row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}"
+                    text += ("-" if sign == "-" else "") + t if k == 0 else f" {sign} {t}"
             else:
-                s = self.fresh()
-                lines.append(f"        {s} = {text}  # {comment.format(names[i])}")
-                out.append(str(s))
+                sign, c, row = terms[0]
+                text = ("-" if sign == "-" else "") + (row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}")
+                for sign, c, row in terms[1:]:
+                    if c.is_Number:
+                        alpha = f"-{pr.doprint(c)}" if sign == "-" else pr.doprint(c)
+                        text = f"torch.add({text}, {row}{'' if alpha == '1' else f', alpha={alpha}'})"
+                    else:
+                        text = f"torch.addcmul({text}, {pr.doprint(c)}, {row}{', value=-1' if sign == '-' else ''})"
+            s = self.fresh()
+            lines.append(f"        {s} = {text}  # {comment.format(names[i])}")
+            out.append(str(s))
         return out
 
     def _coefficients(self, reduced: list[sp.Expr], lines: list[str], what) -> dict[tuple[int, int], sp.Expr]:
