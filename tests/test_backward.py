@@ -159,3 +159,27 @@ def test_a_param_in_every_equation_long_sums_are_printed_in_groups():
     module = prior.module().double()
     z = module.sample_initial(4, generator=torch.Generator().manual_seed(3))
     assert_same_gradients(module, z)
+
+
+@pytest.mark.slow
+def test_compile_core_compiles_once_for_every_batch_size():
+    """torch.compile of the integration (minutes on a loaded 2-core machine; needs a C++ compiler):
+    after compile_core()'s warm-up no batch size from 256 to 65536 compiles a new graph, forward or
+    backward, with or without grad, and the values and gradients are the eager ones."""
+    torch._dynamo.reset()
+    eager = anmc.compile_prior(ROOT / "priors" / "pendulum.anm").module()
+    module = anmc.compile_prior(ROOT / "priors" / "pendulum.anm").module().compile_core()
+    assert module.compile_seconds > 0
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for B in (256, 1000, 4096, 65536):
+        z = torch.randn(B, 2, generator=torch.Generator().manual_seed(B))
+        grads = []
+        for m in (module, eager):
+            zg = z.clone().requires_grad_()
+            f, J = m.f_and_jacobian(zg)
+            grads.append(torch.autograd.grad(f.sum() + (J**2).sum(), [zg, m._raw_L]))
+            with torch.no_grad():
+                grads[-1] += m.f_and_jacobian(z)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs

@@ -82,7 +82,10 @@ _CACHE: dict = {}
 
 
 def _cached(key, make):
-    """A small tensor made once per (what, dtype, device) and never written to (index tables, J = I)."""
+    """A small tensor made once per (what, dtype, device) and never written to (index tables, J = I).
+    Under torch.compile it is made afresh: a lookup would become a guard that fails once the entry exists."""
+    if torch.compiler.is_compiling():
+        return make()
     if key not in _CACHE:
         with torch.inference_mode(False):  # a tensor made in inference mode could never meet autograd later
             _CACHE[key] = make()
