@@ -48,12 +48,14 @@ _PLANS: dict = {}
 def _plan(integrator: str, h: float) -> tuple:
     """The stages of an explicit Runge-Kutta substep of length h: ((a_sj * h for the nonzero a_sj), b_s * h)."""
     key = (integrator, h)
-    if key not in _PLANS:
+    compiling = torch.compiler.is_compiling()  # under torch.compile a lookup would become a guard: no cache
+    if compiling or key not in _PLANS:
         a, b = TABLEAUS[integrator]
         rows = ((),) + a
-        _PLANS[key] = tuple(
-            (tuple((j, h * coef) for j, coef in enumerate(row) if coef), h * weight) for row, weight in zip(rows, b)
-        )
+        plan = tuple((tuple((j, h * coef) for j, coef in enumerate(row) if coef), h * weight) for row, weight in zip(rows, b))
+        if compiling:
+            return plan
+        _PLANS[key] = plan
     return _PLANS[key]
 
 
