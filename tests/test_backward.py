@@ -29,7 +29,7 @@ def gradients(module, z, w_f, w_J, written: bool):
     f, J = module.f_and_jacobian(z)
     loss = (w_f * f).sum() + (w_J * J).sum()
     grads = torch.autograd.grad(loss, [z, *params], allow_unused=True) if loss.requires_grad else [None] * (1 + len(params))
-    module.written_backward = True
+    module.written_backward = None
     return f.detach(), J.detach(), [torch.zeros_like(x) if g is None else g for g, x in zip(grads, [z, *params])]
 
 
@@ -61,6 +61,7 @@ def test_gradcheck_through_state_and_params(path):
     module = anmc.compile_prior(path).module().double()
     z = module.sample_initial(3, generator=torch.Generator().manual_seed(2)).requires_grad_()
     params = [p for p in module.parameters() if p.requires_grad]
+    module.written_backward = True
     assert torch.autograd.gradcheck(lambda z: module.f_and_jacobian(z), (z,), eps=1e-6, atol=1e-7)
     if not params:
         return
@@ -97,8 +98,8 @@ def graph_nodes(t: torch.Tensor) -> list[str]:
     return names
 
 
-def test_the_steps_are_one_autograd_node():
-    module = anmc.compile_prior(ROOT / "priors" / "pendulum.anm").module()
+def test_the_steps_are_one_autograd_node_for_small_models():
+    module = anmc.compile_prior(ROOT / "priors" / "pendulum.anm").module()  # d = 2: written by default
     z = torch.randn(8, 2, requires_grad=True)
     f, J = module.f_and_jacobian(z)
     ours = graph_nodes(J)
@@ -106,11 +107,14 @@ def test_the_steps_are_one_autograd_node():
     module.written_backward = False
     recorded = graph_nodes(module.f_and_jacobian(z)[1])
     assert "_FrameAndJacobianBackward" not in recorded and len(recorded) > 100
+    larger = anmc.compile_prior(ROOT / "benchmarks" / "priors" / "coupled6.anm").module()  # d = 6: recorded by default
+    assert "_FrameAndJacobianBackward" not in graph_nodes(larger.f_and_jacobian(torch.randn(8, 6, requires_grad=True))[1])
 
 
 def test_only_the_params_gradient_when_the_state_needs_none():
     module = anmc.compile_prior(ROOT / "priors" / "pendulum.anm").module().double()
     z = torch.randn(8, 2, dtype=torch.float64)
+    module.written_backward = True
     f, J = module.f_and_jacobian(z)
     (g,) = torch.autograd.grad(J.sum() + f.sum(), [module._raw_L])
     module.written_backward = False

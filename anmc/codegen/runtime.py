@@ -175,16 +175,27 @@ class _Core:
                 gz, gT = gz + gy, gT + gt
             return gz, gT
         plan = _plan(m.integrator, m.dt / m.substeps)
-        gks = [gz * weight if weight else None for _, weight in plan]
-        gdks = [gT * weight if weight else None for _, weight in plan]
-        gz_in, gT_in = gz, gT
+        acc_k: list = [None] * len(plan)  # sum_{r>s} a_rs gy_r, accumulated in place (fresh tensors we own)
+        acc_dk: list = [None] * len(plan)
+        gz_in = gT_in = None
         for s in reversed(range(len(plan))):
-            gy, gt = self.vjp(next(tape), gks[s], gdks[s], acc)
-            gz_in, gT_in = gz_in + gy, gT_in + gt
+            weight = plan[s][1]  # the stage's cotangents: b_s times the substep's, plus what later stages add
+            gk = _axpy(acc_k[s], gz, weight)
+            gdk = _axpy(acc_dk[s], gT, weight)
+            gy, gt = self.vjp(next(tape), gk, gdk, acc)
+            gz_in = gz + gy if gz_in is None else gz_in.add_(gy)
+            gT_in = gT + gt if gT_in is None else gT_in.add_(gt)
             for j, alpha in plan[s][0]:  # y_s = z + h sum_j a_sj k_j
-                gks[j] = gy * alpha if gks[j] is None else torch.add(gks[j], gy, alpha=alpha)
-                gdks[j] = gt * alpha if gdks[j] is None else torch.add(gdks[j], gt, alpha=alpha)
+                acc_k[j] = gy * alpha if acc_k[j] is None else acc_k[j].add_(gy, alpha=alpha)
+                acc_dk[j] = gt * alpha if acc_dk[j] is None else acc_dk[j].add_(gt, alpha=alpha)
         return gz_in, gT_in
+
+
+def _axpy(acc, x, weight):
+    """acc + weight * x, into acc when there is one (a tensor of the backward pass's own)."""
+    if acc is None:
+        return x * weight
+    return acc.add_(x, alpha=weight) if weight else acc
 
 
 class _FrameAndJacobian(torch.autograd.Function):
@@ -234,7 +245,12 @@ class AnmModule(nn.Module):
     integrator: str = ""
 
     scalar_grads: tuple[int, ...] = ()  # which of constants()'s scalars learnable params reach
-    written_backward: bool = True  # False: autograd records f_and_jacobian's operations instead (for comparisons)
+    # f_and_jacobian's backward pass: True, the written one (one autograd node); False, autograd recording
+    # the steps' operations; None, the one measured faster for the model's size: written for d <= 2, where
+    # the call is bound by dispatch (pendulum, forward + backward 0.86x autograd's time), recorded above,
+    # where it is bound by memory and autograd's reuse of saved values wins (d = 4..32: 1.05-1.5x;
+    # docs/results.md §4)
+    written_backward: bool | None = None
 
     # ---------------------------------------------------------------- generated
     def constants(self, z: torch.Tensor) -> tuple:  # pragma: no cover - generated
@@ -325,7 +341,8 @@ class AnmModule(nn.Module):
         autograd would record the steps, one autograd node with the written-out backward pass does instead."""
         scalars = self.constants(zt)
         wanted = [zt, *scalars]
-        if self.written_backward and torch.is_grad_enabled() and _plain(zt) and any(isinstance(x, torch.Tensor) and x.requires_grad for x in wanted):
+        written = self.written_backward if self.written_backward is not None else self.d <= 2
+        if written and torch.is_grad_enabled() and _plain(zt) and any(isinstance(x, torch.Tensor) and x.requires_grad for x in wanted):
             return _FrameAndJacobian.apply(self, steps, zt, *scalars)
         core = _Core(self, scalars)
         T = self._identity(zt)
