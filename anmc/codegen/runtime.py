@@ -289,8 +289,8 @@ class AnmModule(nn.Module):
         """Opt in to `torch.compile` (options passed on) for the integration itself, which then runs as a
         few fused, vectorized loops over the batch instead of one tensor operation per term. The batch
         dimension is marked dynamic, so one compilation serves every batch size (no recompiles from 256 to
-        65536), and the forward and backward graphs are compiled here, once, by a warm-up call on a small
-        batch (with the learnable params' gradient, as training runs it); `compile_seconds` says how long
+        65536), and the forward and backward graphs are compiled here, once, by warm-up calls (with the
+        learnable params' gradient, as training runs it, and without); `compile_seconds` says how long
         that took. A C++ compiler is needed. `compile_core(off=True)` switches back. Returns the module."""
         if options.pop("off", False):
             self.__dict__.pop("_compiled_core", None)
@@ -299,14 +299,17 @@ class AnmModule(nn.Module):
         start = time.perf_counter()
         self.__dict__["_compiled_core"] = (torch.compile(self._frame, **options), torch.compile(self._frame_and_jacobian, **options))
         ref = next(iter(self.buffers()), None)
-        z = torch.zeros(8, self.d, dtype=ref.dtype if ref is not None else None, device=ref.device if ref is not None else None)
-        with torch.enable_grad():
-            f, J = self.f_and_jacobian(z.requires_grad_())
-            (f.sum() + J.sum()).backward()
-        self.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.f_and_jacobian(z)
-            self(z)
+        # Two batch sizes: the compiled graphs come in two size ranges (up to 4096 and above, a guard the
+        # compiler adds), and both are compiled here rather than at the first large batch.
+        for batch in (8, 8192):
+            z = torch.zeros(batch, self.d, dtype=ref.dtype if ref is not None else None, device=ref.device if ref is not None else None)
+            with torch.enable_grad():
+                f, J = self.f_and_jacobian(z.requires_grad_())
+                (f.sum() + J.sum()).backward()
+            self.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                self.f_and_jacobian(z)
+                self(z)
         self.compile_seconds = time.perf_counter() - start
         return self
 
