@@ -15,9 +15,7 @@ from typing import Callable
 
 from anmc.codegen import cache
 from anmc.codegen.load import UnsafeSourceError, comment_safe, load_class
-from anmc.codegen.other_emitters import emit_latex, emit_numpy
 from anmc.codegen.runtime import AnmModule
-from anmc.codegen.torch_emitter import class_name, emit_torch
 from anmc.lang.check import reserved_reason
 from anmc.lang.errors import AnmError, Diagnostic
 from anmc.lang.parser import parse_anm
@@ -56,14 +54,20 @@ class CompiledPrior:
         return self.module_class()
 
     def numpy_source(self) -> str:
+        from anmc.codegen.other_emitters import emit_numpy
+
         return emit_numpy(self.model)
 
     def latex(self) -> str:
+        from anmc.codegen.other_emitters import emit_latex
+
         return emit_latex(self.model)
 
 
 def compile_model(model: Model) -> CompiledPrior:
     """Emit and load the torch module of an already-built model."""
+    from anmc.codegen.torch_emitter import class_name, emit_torch  # (SymPy's printers: not needed for a cached prior)
+
     shown = model
     if comment_safe(model.filename) != model.filename:  # the file name is written into comments and the docstring
         shown = replace(model, program=replace(model.program, filename=comment_safe(model.filename)))
