@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from anmc.codegen import cache
-from anmc.codegen.load import UnsafeSourceError, comment_safe, load_class
+from anmc.codegen.load import UnsafeSourceError, load_class
 from anmc.codegen.runtime import AnmModule
 from anmc.lang.check import reserved_reason
 from anmc.lang.errors import AnmError, Diagnostic
@@ -68,11 +68,8 @@ def compile_model(model: Model) -> CompiledPrior:
     """Emit and load the torch module of an already-built model."""
     from anmc.codegen.torch_emitter import class_name, emit_torch  # (SymPy's printers: not needed for a cached prior)
 
-    shown = model
-    if comment_safe(model.filename) != model.filename:  # the file name is written into comments and the docstring
-        shown = replace(model, program=replace(model.program, filename=comment_safe(model.filename)))
     try:
-        source = emit_torch(shown)
+        source = emit_torch(model)  # user text (file names, equations as typed) goes in through escape.comment_safe
         allowed = {*model.states, *model.consts, *model.params}
         cls = load_class(source, class_name(model), allowed, model.filename)
     except RecursionError:

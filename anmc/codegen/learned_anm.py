@@ -19,7 +19,7 @@ def _fmt(value: float) -> str:
 
 def learned_anm(model: Model, module) -> str:
     """The model's source with learned param and noise values filled in (starting values as comments)."""
-    lines = model.source.splitlines()
+    lines = list(ast.source_lines(model.source))
     edits: dict[int, list[tuple[int, int, str, str]]] = {}  # line -> [(col0, col1, new text, note)]
     values = {k: float(v.detach()) for k, v in module.param_values().items()}
     noise = dict(zip(module.state_names, module.noise_std.tolist()))
@@ -48,4 +48,6 @@ def learned_anm(model: Model, module) -> str:
         tail = "; ".join(reversed(notes))
         comment = comment.strip()
         lines[line_no - 1] = code.rstrip() + "   # learned (" + tail + ")" + (f"; {comment}" if comment else "")
+    if lines and lines[-1] == "":  # the text ended with a line break
+        lines.pop()
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
 from anmc._version import __version__
-from anmc.codegen.load import comment_safe
+from anmc.codegen.escape import comment_safe
 from anmc.symbolic.integrators import H, substep_expressions, substep_jacobian
 from anmc.symbolic.model import Model
 
