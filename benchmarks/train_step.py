@@ -72,7 +72,7 @@ def make_step(kl: str, posterior: str | None, window: int | None, frames: torch.
     torch.manual_seed(0)
     vae = build_vae(compile_prior(prior), frames.shape[2:], config).to(device)
     if args.compile_prior and kl != "standard":
-        vae.prior.compile_core()  # torch.compile of the generated rhs / rhs_and_tangents (opt-in)
+        vae.prior.compile_core()  # torch.compile of the integration (opt-in)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
 
     def step():
