@@ -424,3 +424,15 @@ def test_fuzz_edits(edit):
             anmc.compile_prior(model, edits=[edit])
         except AnmError:
             pass
+
+
+def test_number_text_is_anmcs_own_and_total():
+    """Messages print numbers with anmc's formatter (stable across SymPy versions), for every kind of value."""
+    import sympy as sp
+
+    from anmc.symbolic.model import number_text
+
+    cases = {sp.sqrt(-1): "1i", sp.log(-1): "3.14159i", sp.Integer(2) + sp.I: "2 + 1i", sp.Rational(1, 3): "0.333333",
+             sp.Integer(2) ** (10**10): "4.36327e+3010299956", sp.nan: "nan", sp.zoo: "infinity", sp.nan * sp.I: "nan"}  # fmt: skip
+    for value, text in cases.items():
+        assert number_text(value) == text, value
