@@ -56,7 +56,7 @@ def compile_model(model: Model) -> CompiledPrior:
         shown = replace(model, program=replace(model.program, filename=comment_safe(model.filename)))
     try:
         source = emit_torch(shown)
-        allowed = {*model.states, *model.consts, *model.params}
+        allowed = {*model.states, *model.consts, *model.params, *model.lets}
         cls = load_class(source, class_name(model), allowed, model.filename)
     except RecursionError:
         raise AnmError(too_deep(model.filename)) from None

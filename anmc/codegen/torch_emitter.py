@@ -26,8 +26,9 @@ import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
 
 from anmc._version import __version__
+from anmc.codegen.lets import let_values, name_temporaries
 from anmc.symbolic.integrators import H
-from anmc.symbolic.model import Model, symbol
+from anmc.symbolic.model import Model, source_text, symbol
 
 
 class AnmTorchPrinter(TorchPrinter):
@@ -288,7 +289,7 @@ class _RhsEmitter:
         m = self.model
         dyn = next((s for s in m.program.statements if type(s).__name__ == "Dynamics"), None)
         lines = {eq.state: eq.span.line for eq in dyn.equations} if dyn is not None else {}
-        out = []
+        out = [f"{indent}# line {let.span.line}: let {let.name} = {source_text(let.value.span, m.source)}" for let in getattr(dyn, "lets", ())]
         for s in m.states:
             if s in m.overrides.equations:
                 eq, _, fname = m.overrides.equations[s]
@@ -302,6 +303,13 @@ class _RhsEmitter:
                 where = f"line {lines[s]}" if s in lines else "the model"
             out.append(f"{indent}# {where}: {m.rhs_text[s]}")
         return out
+
+    def _named(self, replacements, reduced):
+        """cse temporaries whose value is a `let`'s take its name (anmc.codegen.lets); nothing else changes."""
+        hoisted = dict(self.hoisted)
+        targets = {n: self.hoist(self.fold(v)) for n, v in let_values(self.model).items()}
+        self.hoisted = hoisted
+        return name_temporaries(replacements, reduced, targets)
 
     def _signature(self, name: str, tangents: bool) -> str:
         d = self.model.d
@@ -323,7 +331,8 @@ class _RhsEmitter:
             *self._const_lines(self.F_h, "        "),
         ]
         replacements, reduced = sp.cse(self.F_h, symbols=self.symbols(), optimizations="basic")
-        lines += [f"        {s} = {pr.doprint(e)}" for s, e in replacements]
+        replacements, reduced, named = self._named(replacements, reduced)
+        lines += [f"        {s} = {pr.doprint(e)}" + ("  # let" if s.name in named else "") for s, e in replacements]
         lines.append(f"        return {self._tuple([pr.doprint(e) for e in reduced])}")
         return lines
 
@@ -343,7 +352,8 @@ class _RhsEmitter:
         exprs = list(self.F_h) + [self.A_h[i, j] for i, j in entries]
         lines += self._const_lines(exprs, "        ")
         replacements, reduced = sp.cse(exprs, symbols=self.symbols(), optimizations="basic")
-        lines += [f"        {s} = {pr.doprint(e)}" for s, e in replacements]
+        replacements, reduced, named = self._named(replacements, reduced)
+        lines += [f"        {s} = {pr.doprint(e)}" + ("  # let" if s.name in named else "") for s, e in replacements]
         values = [pr.doprint(e) for e in reduced[:d]]
         coef: dict[tuple[int, int], sp.Expr] = {}
         for (i, j), e in zip(entries, reduced[d:]):
