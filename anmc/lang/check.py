@@ -301,8 +301,9 @@ class _Checker:
                 + ", ".join(self.states) + "), not in the order the equations are written",
                 dyn.integrator_span,
             )
+        energy_lines = len(dyn.items) > len(dyn.equations) + len(dyn.lets)  # reported above: the block's kind is wrong
         for name, decl in self.states.items():
-            if name not in seen:
+            if name not in seen and not energy_lines:
                 form = f"{name}' = ..." if dyn.kind == "continuous" else f"next {name} = ..."
                 self.error(f"state '{name}' has no equation; add '{form}' to the dynamics block", decl.name_span)
 
@@ -366,18 +367,20 @@ class _Checker:
                 example = "coordinates theta" if kind == "coordinates" else "velocities omega"
                 self.error(f"the lagrangian block has no '{kind}' line; add e.g. '{example}'", dyn.span)
         listed: dict[str, str] = {}
+        unknown = False
         for kind, names in lists.items():
             for name, span in names:
                 if name not in self.states:
-                    self.error(f"{kind} names '{name}', which is not a state" + did_you_mean(name, self.states) + "; declare it with 'state'", span)
+                    unknown = True
+                    self.error(f"{kind} names '{name}', which is not a state" + (did_you_mean(name, self.states) or "; declare it with 'state'"), span)
                 elif name in listed:
-                    self.error(f"state '{name}' is listed twice (as {listed[name]} and {kind[:-1] if kind == 'coordinates' else 'velocity'})", span)
+                    self.error(f"state '{name}' is listed twice (as {listed[name]} and as {'a coordinate' if kind == 'coordinates' else 'a velocity'})", span)
                 else:
                     listed[name] = "a coordinate" if kind == "coordinates" else "a velocity"
         q, v = lists["coordinates"], lists["velocities"]
         if q and v and len(q) != len(v):
             self.error(f"{len(q)} coordinates but {len(v)} velocities; the velocities line pairs one velocity with each coordinate, in order", dyn.of(ast.NameList)[-1].span)
-        if q and v:
+        if q and v and not unknown:
             for name, decl in self.states.items():
                 if name not in listed:
                     self.error(f"state '{name}' is neither a coordinate nor a velocity of the lagrangian block; add it to one of the two lines", decl.name_span)

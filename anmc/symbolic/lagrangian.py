@@ -16,8 +16,8 @@ and v_i' = (M^-1 b)_i, so everything after the symbolic layer (the exact Jacobia
 the integrators) is the same as for hand-written equations. See docs/language.md, "Equations from
 a Lagrangian".
 
-How M^-1 b is formed was measured (benchmarks/lagrangian.py): the adjugate (`inverse`) against
-SymPy's LU solve (`lu`), for 2 and 3 coordinates; `SOLVER` is the faster one.
+How M^-1 b is formed was measured (benchmarks/lagrangian.py): Cramer's rule (`adjugate`: adj(M) b / det M)
+against SymPy's LU solve (`lu`), for 2 and 3 coordinates; `SOLVER` is the faster to compile.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-SOLVERS = ("lu", "inverse")
-SOLVER = "lu"
+SOLVERS = ("lu", "adjugate")
+SOLVER = "adjugate"
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,16 @@ def euler_lagrange(q: list[sp.Symbol], v: list[sp.Symbol], T: sp.Expr, V: sp.Exp
 
 
 def solve(M: sp.Matrix, b: sp.Matrix, solver: str | None = None) -> list[sp.Expr]:
-    """v' = M^-1 b: by SymPy's LU solve (`lu`) or the adjugate over the determinant (`inverse`); `SOLVER` by default."""
+    """v' = M^-1 b: by SymPy's LU solve (`lu`) or the adjugate times b over the determinant (`adjugate`, Cramer's rule);
+    `SOLVER` by default."""
     solver = solver or SOLVER
     if len(b) == 1:
         return [sp.cancel(b[0] / M[0, 0]) if M[0, 0].is_number else b[0] / M[0, 0]]
     if solver == "lu":
         x = M.LUsolve(b)
-    elif solver == "inverse":
-        x = M.inv(method="ADJ") * b
+    elif solver == "adjugate":
+        det = M.det(method="berkowitz")
+        x = [e / det for e in M.adjugate() * b]
     else:
         raise ValueError(f"unknown solver {solver!r}; must be one of {', '.join(SOLVERS)}")
     return list(x)
