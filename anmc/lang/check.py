@@ -276,7 +276,8 @@ class _Checker:
         for item in dyn.items:
             if isinstance(item, ast.Let):
                 later.pop(item.name, None)
-                self.let(item, scope, {} if item.name in in_cycle else later)
+                cyclic = {n: "let" for n in in_cycle} if item.name in in_cycle else {}  # reported once, as the cycle
+                self.let(item, scope, {} if cyclic else later, cyclic)
                 if item.name not in self.lets and item.name not in scope:
                     self.lets[item.name] = item
                     self.let_order.append(item.name)
@@ -307,9 +308,10 @@ class _Checker:
                 form = f"{name}' = ..." if dyn.kind == "continuous" else f"next {name} = ..."
                 self.error(f"state '{name}' has no equation; add '{form}' to the dynamics block", decl.name_span)
 
-    def let(self, let: ast.Let, scope, later) -> None:
-        """A `let`: a new name (not a state, param or const, not declared twice) over the names above it."""
-        self.expr(let.value, scope, "a 'let'", note_non_smooth=True, later=later)
+    def let(self, let: ast.Let, scope, later, also=None) -> None:
+        """A `let`: a new name (not a state, param or const, not declared twice) over the names above it
+        (and `also`: the other lets of its cycle, already reported)."""
+        self.expr(let.value, {**scope, **(also or {})}, "a 'let'", note_non_smooth=True, later=later)
         why = reserved_reason(let.name)
         if why:
             self.error(f"{why}; choose another name for this let", let.name_span)
