@@ -53,8 +53,20 @@ def report_user_errors(command):
         except UserError as e:
             err.print(f"[bold red]error[/]: {escape(str(e))}", soft_wrap=True, highlight=False)
             sys.exit(2)
+        except OSError as e:  # the file system refused: a read-only folder, a full disk, a missing path
+            err.print(f"[bold red]error[/]: {escape(os_error_message(e))}", soft_wrap=True, highlight=False)
+            sys.exit(2)
 
     return wrapper
+
+
+def os_error_message(e: OSError) -> str:
+    """One sentence for an OSError: what failed, on which path, what to do."""
+    where = f" {e.filename}" if e.filename else ""
+    return (
+        f"the file system refused{where}: {e.strerror or e}; what was written before stays as it was: "
+        "check the path, its permissions and the free disk space, then run the command again."
+    )
 
 
 def _write(text: str, output: str | None, lexer: str) -> None:
@@ -195,7 +207,7 @@ def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
 @click.option("--set", "sets", multiple=True, metavar="'NAME = EXPR'", help="Change a const or param (repeatable).")
 @click.option("--edit", "edits", multiple=True, metavar="EDIT", help="An equation, `init x ~ ...` or `start x = ...` (repeatable).")
 @click.option("--video", help="Encode the start from this video (default: the run's training clips).")
-@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0), help="First frame of the opening window.")
+@click.option("--start", default=None, type=click.IntRange(min=0), help="The frame the rollouts start from, its state filtered from the frames up to it [default: 10, so that the start carries the velocity].")
 @click.option("--sample", is_flag=True, help="Start from the (intervened) initial distribution instead of a video.")
 @click.option("--frames", default=90, show_default=True, type=click.IntRange(min=2), help="Frames to roll out.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Counterfactuals at once (OUT_00, OUT_01, ...).")
@@ -211,12 +223,12 @@ def intervene(run_dir, intervention, file, sets, edits, video, start, sample, fr
     anmc intervene runs/pend --set "c = 0.8" --edit "omega' = -(g/L)*sin(theta) - c*omega*abs(omega)" -o q.mp4
     anmc intervene runs/pend --edit "start theta = 1.5 * theta" --frames 240 -o amplitude.gif
     """
-    from anmc.analysis.intervene import VIDEO_SUFFIXES
+    from anmc.data.io import WRITE_SUFFIXES
     from anmc.analysis.intervene import intervene as run_intervention
 
     if not (intervention or file or sets or edits):
         raise UserError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\".")
-    if Path(output).suffix.lower() not in VIDEO_SUFFIXES:
+    if Path(output).suffix.lower() not in WRITE_SUFFIXES:
         raise UserError(f"-o {output}: the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
     cf = run_intervention(
         run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
@@ -292,12 +304,69 @@ def _config(kwargs):
     return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None or k == "time_limit"})
 
 
+def epoch_line(row: dict, epochs: int | None, first_epoch: int) -> str:
+    """One plain line per epoch (for a log file, a notebook, CI): loss, KL, params, seconds, ETA."""
+    params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
+    done = row["epoch"] - first_epoch
+    eta = ""
+    if epochs and done > 0:
+        left = row["seconds"] / done * (epochs - row["epoch"])
+        eta = f", ETA {left / 60:.1f} min" if left >= 60 else f", ETA {left:.0f} s"
+    val = f" val {row['val_loss']:.4g}" if "val_loss" in row else ""
+    return (f"epoch {row['epoch']}/{epochs or '?'}: loss {row['loss']:.4g} recon {row['recon']:.4g} kl {row['kl']:.4g}{val}"
+            f"{' ' + params if params else ''} | {row['seconds']:.0f} s{eta}")  # fmt: skip
+
+
+class _EpochReporter:
+    """`train`'s on_epoch: a plain line per epoch when stderr is not a terminal; each new diagnostic once, as a warning."""
+
+    def __init__(self, epochs: int | None, plain: bool):
+        self.epochs, self.plain, self.first, self.seen = epochs, plain, None, set()
+
+    def __call__(self, vae, row):
+        from anmc.vae.diagnostics import describe
+
+        self.first = row["epoch"] - 1 if self.first is None else self.first
+        if self.plain:
+            click.echo(epoch_line(row, self.epochs, self.first), err=True)
+        for f in row.get("diagnostics", ()):
+            key = (f["code"], f["evidence"].get("param") or f["evidence"].get("state"))
+            if key not in self.seen:
+                self.seen.add(key)
+                err.print(f"[bold yellow]warning[/] (epoch {row['epoch']}): {escape(describe(f))}", soft_wrap=True)
+
+
+def _saved_threads(run_dir) -> int | None:
+    """The thread count a run recorded in its config.json (None for runs from before it was recorded)."""
+    import json
+
+    try:
+        value = json.loads((Path(run_dir) / "config.json").read_text()).get("threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _run_training(prior, videos, run_dir, config, resume):
-    """Train with a rich progress bar; returns the TrainResult."""
+    """Train with a rich progress bar (a terminal) or one line per epoch (anything else); returns the TrainResult."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from anmc.vae.threads import apply_thread_default
     from anmc.vae.train import train
 
+    saved = _saved_threads(run_dir) if resume else None
+    if saved:  # the run's own count: an exact resume needs it (TrainConfig.threads)
+        threads_note = f"torch threads: {saved} (the run's own, for an exact resume)"
+    else:
+        threads_note = "torch threads: %d (%s)" % apply_thread_default()  # measured: docs/results.md, Threads
+        if config is not None and config.threads is None:
+            config.threads = torch_threads()
     # the bar starts on the first step, so that an error while loading the data is the only thing printed
     bar = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -306,7 +375,12 @@ def _run_training(prior, videos, run_dir, config, resume):
     task = None
 
     def progress(epoch, step, steps, metrics):
-        nonlocal task
+        nonlocal task, threads_note
+        if threads_note:  # on the first step, so that an error while loading the data is the only thing printed
+            err.print(threads_note, soft_wrap=True, highlight=False, markup=False)
+            threads_note = None
+        if not err.is_terminal:
+            return
         if task is None:
             bar.start()
             task = bar.add_task("train", total=steps, epoch="-", info="")
@@ -314,7 +388,9 @@ def _run_training(prior, videos, run_dir, config, resume):
         bar.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{config.epochs if config else '?'}", info=info)
 
     try:
-        result = train(prior, videos, run_dir, config, resume=resume, progress=progress)
+        epochs = config.epochs if config else None
+        result = train(prior, videos, run_dir, config, resume=resume, progress=progress,
+                       on_epoch=_EpochReporter(epochs, plain=not err.is_terminal))  # fmt: skip
     finally:
         if task is not None:
             bar.stop()
@@ -335,12 +411,25 @@ def _run_training(prior, videos, run_dir, config, resume):
 @click.argument("videos", nargs=-1, required=True)
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint (bit for bit).")
+@click.option("--fps", type=float, help="The recording's frame rate (default: the videos' metadata); checked against the prior's dt.")
 @_train_options
 @report_user_errors
-def train(prior, videos, run_dir, resume, **kwargs):
+def train(prior, videos, run_dir, resume, fps, **kwargs):
     """Train a video VAE on VIDEOS whose latents follow the PRIOR (.anm)."""
-    config = _config(kwargs) if not resume else _config({"epochs": kwargs["epochs"]}) if kwargs["epochs"] else None
-    _run_training(Path(prior), list(videos), run_dir, config, resume)
+    from anmc.data.rate import check_frame_rate
+    from anmc.symbolic.model import load_model
+
+    model = load_model(Path(prior))
+    if fps is not None or not (model.kind == "discrete" and model.dt_text == "1"):  # a discrete prior may have no dt
+        check_frame_rate(list(videos), model.dt, fps, prior_name=f"{prior}")
+    if resume:  # the run keeps its own config; only an --epochs given on the command line extends it
+        given = click.get_current_context().get_parameter_source("epochs") != click.core.ParameterSource.DEFAULT
+        config = _config({"epochs": kwargs["epochs"]}) if given else None
+    else:
+        config = _config(kwargs)
+    result = _run_training(Path(prior), list(videos), run_dir, config, resume)
+    if resume and not result.metrics and result.rank == 0:
+        out.print(f"the run already has its {result.epochs} epoch(s); `--resume --epochs N` extends it to N.")
 
 
 def _print_report(report: dict) -> None:
@@ -364,6 +453,10 @@ def _print_report(report: dict) -> None:
     for n, row in report["prediction"].items():
         pred.add_row(n, f"{row['model']:.4g}", f"{row['repeat_last']:.4g}")
     out.print(pred)
+    from anmc.vae.diagnostics import describe
+
+    for f in report.get("diagnostics", ()):
+        out.print(f"[bold yellow]warning[/]: {escape(describe(f))}", soft_wrap=True)
 
 
 @main.command(name="eval")

@@ -286,3 +286,34 @@ def test_bad_truth(tmp_path, text, match):
     with pytest.raises(VideoError, match=match) as e:
         read_truth(tmp_path / "truth.csv")
     one_sentence(e.value)
+
+
+# --------------------------------------------------------------------------------------------- imageio's clock
+
+def _slow_header(monkeypatch):
+    """What imageio-ffmpeg raises when ffmpeg's stream header takes over 10 s (a large video on a busy machine)."""
+    import imageio.v2 as iio2
+
+    def no_meta(*args, **kwargs):
+        raise OSError("Could not load meta information\n=== stderr ===\n")
+
+    monkeypatch.setattr(iio2, "get_reader", no_meta)
+
+
+@pytest.mark.parametrize("hw", [(32, 48), (720, 1280)])
+@pytest.mark.parametrize("rgb", [False, True])
+def test_video_whose_header_is_slow_still_reads_the_same_frames(tmp_path, monkeypatch, hw, rgb):
+    path = write_video(tmp_path / "v.mp4", moving_square(t=20, h=hw[0], w=hw[1], rgb=rgb))
+    expected = read_video(path, gray=not rgb)
+    _slow_header(monkeypatch)
+    got = read_video(path, gray=not rgb)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_slow_header_and_a_corrupt_video_is_still_one_sentence(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "v.mp4", moving_square(t=30))
+    path.write_bytes(path.read_bytes()[:400])
+    _slow_header(monkeypatch)
+    with pytest.raises(VideoError, match="could not be decoded") as e:
+        read_video(path)
+    one_sentence(e.value)

@@ -28,6 +28,7 @@ import torch
 
 from anmc.data.io import Clip, read_truth
 from anmc.errors import UserError
+from anmc.vae.diagnostics import run_diagnostics
 from anmc.vae.run import Run, load_run_clips
 
 
@@ -141,8 +142,13 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         truth = next((c for c in candidates if c.exists()), None)
     truth_data = read_truth(truth) if truth is not None else None
     names = run.module.state_names
+    if truth_data is not None and not set(truth_data["state_names"]) & set(names):
+        raise UserError(
+            f"{truth} has the columns {', '.join(truth_data['state_names'])} but the run's states are {', '.join(names)}; "
+            "name the truth columns after the prior's states."
+        )
     k = run.vae.window
-    mus, recon_err, frames_seen = [], 0.0, 0
+    mus, recon_err, frames_seen, moments = [], 0.0, 0, [0.0, 0.0]
     for clip in clips:
         mu, _ = encode_frames(run, clip.frames)
         mus.append(mu.cpu().numpy())
@@ -151,6 +157,7 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         x = frames_tensor(clip.frames).float()[k - 1 :] / 255.0
         recon_err += float(((pred - x) ** 2).mean((1, 2, 3)).sum())
         frames_seen += x.shape[0]
+        moments = [moments[0] + x.sum(0), moments[1] + (x**2).sum(0)]  # the mean image's error, for the diagnostics
     report: dict = {"states": {}, "params": {}, "recon_mse": recon_err / max(frames_seen, 1)}
     meta = truth_data["meta"] if truth_data else {}
     true_params = meta.get("params", {})
@@ -191,4 +198,5 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
                 lat[ok, li], col[ok], lat[ok], (fit[ok], ~fit[ok]), circular=name in circular
             )
     report["prediction"] = prediction_errors(run, clips)
+    report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen)
     return report

@@ -13,7 +13,11 @@ intervention does not set keep their learned values, and so do the noise stds.
 
 Where the counterfactual starts:
 - from a video (default: the run's first training clip; `video=`, `start=`): both rollouts start at the
-  encoded state z_1 of frames start .. start+k-1; the intervention's `start x = expr` lines (an
+  encoded state z_1 of frames start .. start+k-1: with the smoother posterior, the filter's mean
+  E[z_start | frames 0 .. start], so that the unobserved states (a velocity) come from the frames
+  before the start. One frame says nothing about a velocity (at frame 0 the filter's omega is the
+  prior's mean, 0), so the default start is frame `INFORMED_START` (clamped to the clip), and an
+  earlier explicit start is noted. The intervention's `start x = expr` lines (an
   expression of the encoded state, e.g. `start theta = 1.5 * theta`) transform the counterfactual's.
   `init` lines do not apply (the start is encoded, not drawn).
 - `sample=True`: the factual start is drawn from the model's initial distribution and the
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from anmc.codegen.compile import compile_model
+from anmc.data.io import WRITE_SUFFIXES, write_video
 from anmc.errors import UserError
 from anmc.analysis.evaluate import encode_frames
 from anmc.vae.run import Run, load_run, load_run_clips
@@ -40,7 +45,7 @@ from anmc.symbolic.model import apply_edits, apply_intervention, apply_intervent
 
 __all__ = ["Counterfactual", "intervene", "intervened_module", "intervened_model", "rollout_counterfactual"]
 
-VIDEO_SUFFIXES = (".gif", ".mp4", ".npz", ".npy")
+INFORMED_START = 10  # frames: the default start, after enough frames for the filter to know the unobserved states
 
 
 def intervened_model(run: Run, intervention: str | None = None, edits=(), file: str | Path | None = None):
@@ -117,10 +122,8 @@ class Counterfactual:
 
         One sample writes `path`; a batch of B writes `<stem>_00<suffix>` .. `<stem>_<B-1><suffix>`.
         """
-        from anmc.data.io import write_video
-
         path = Path(path)
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
+        if path.suffix.lower() not in WRITE_SUFFIXES:
             raise UserError(f"cannot write {path.name}; the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
         path.parent.mkdir(parents=True, exist_ok=True)
         fps = fps or round(1.0 / self.dt, 3)
@@ -236,7 +239,8 @@ def intervene(
     of its blocks when no name is given); `edits` are one-line edits in the language (`"c = 0.8"`,
     `"omega' = ..."`, `"init theta ~ Normal(0, 1.6)"`, `"start theta = 1.5 * theta"`), checked against
     the trained model; errors point into the edit string. Start from `video` (default: the training
-    clips) at frame `start` (default 0), or `sample` from the initial distribution. `batch` B
+    clips) at frame `start` (default: INFORMED_START, so the start carries the velocity), or `sample`
+    from the initial distribution. `batch` B
     counterfactuals: B draws, or B starts (clip b mod #clips, `frames` apart within a clip).
     """
     run = run if isinstance(run, Run) else load_run(run)
@@ -247,8 +251,7 @@ def intervene(
         raise UserError(f"--batch must be at least 1, got {batch}.")
     if sample and (video is not None or start):
         raise UserError("--sample draws the start from the initial distribution; leave out --video/--start, or drop --sample.")
-    start = start or 0
-    if start < 0:
+    if start is not None and start < 0:
         raise UserError(f"--start must be a frame index (0 or more), got {start}.")
     cf_module = intervened_module(run, intervention, edits, file)
     label = _label(intervention, edits, file)
@@ -264,7 +267,8 @@ def intervene(
         z0, spans = [], []
         for b in range(batch):
             clip = clips[b % len(clips)]
-            s = start + (b // len(clips)) * frames
+            first_start = min(INFORMED_START, clip.n_frames - k) if start is None else start
+            s = first_start + (b // len(clips)) * frames
             if s + k > clip.n_frames:
                 raise UserError(
                     f"{clip.path} has {clip.n_frames} frames; a start at frame {s} leaves no full window of {k} frames"
@@ -275,6 +279,13 @@ def intervene(
             first = 0 if run.vae.posterior == "smoother" else s
             mu, _ = encode_frames(run, clip.frames[first : s + k], causal=True)
             z0.append(mu[-1])
+            unobserved = [n for n in run.module.state_names if n not in run.module.observed_states]
+            if run.vae.posterior == "smoother" and unobserved and s < INFORMED_START and not any("read" in n for n in notes):
+                notes.append(
+                    f"the start at frame {s} has read {s + 1} frame(s), too few for the unobserved states "
+                    f"({', '.join(unobserved)}), which stay near the prior's mean; a start at frame {INFORMED_START} "
+                    "or later (the default) carries them from the video"
+                )
             span = clip.frames[s + k - 1 : s + k - 1 + frames]
             if len(span) < frames:
                 if not notes or "video panel" not in notes[-1]:

@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from anmc.codegen.load import UnsafeSourceError, comment_safe, load_class
+from anmc.codegen.load import UnsafeSourceError, load_class
 from anmc.codegen.other_emitters import emit_latex, emit_numpy
 from anmc.codegen.runtime import AnmModule
 from anmc.codegen.torch_emitter import class_name, emit_torch
@@ -51,11 +51,8 @@ class CompiledPrior:
 
 def compile_model(model: Model) -> CompiledPrior:
     """Emit and load the torch module of an already-built model."""
-    shown = model
-    if comment_safe(model.filename) != model.filename:  # the file name is written into comments and the docstring
-        shown = replace(model, program=replace(model.program, filename=comment_safe(model.filename)))
     try:
-        source = emit_torch(shown)
+        source = emit_torch(model)  # user text (file names, equations as typed) goes in through escape.comment_safe
         allowed = {*model.states, *model.consts, *model.params, *model.lets}
         cls = load_class(source, class_name(model), allowed, model.filename)
     except RecursionError:

@@ -19,7 +19,7 @@ def _fmt(value: float) -> str:
 
 def learned_anm(model: Model, module) -> str:
     """The model's source with learned param and noise values filled in (starting values as comments)."""
-    lines = model.source.splitlines()
+    lines = list(ast.source_lines(model.source))
     edits: dict[int, list[tuple[int, int, str, str]]] = {}  # line -> [(col0, col1, new text, note)]
     values = {k: float(v.detach()) for k, v in module.param_values().items()}
     noise = dict(zip(module.state_names, module.noise_std.tolist()))
@@ -48,20 +48,6 @@ def learned_anm(model: Model, module) -> str:
         tail = "; ".join(reversed(notes))
         comment = comment.strip()
         lines[line_no - 1] = code.rstrip() + "   # learned (" + tail + ")" + (f"; {comment}" if comment else "")
+    if lines and lines[-1] == "":  # the text ended with a line break
+        lines.pop()
     return "\n".join(lines + _derived(model)) + "\n"
-
-
-def _derived(model: Model) -> list[str]:
-    """For `dynamics lagrangian`: the equations anmc derived (M v' = b, anmc.symbolic.lagrangian), as comments."""
-    d = model.derivation
-    if d is None:
-        return []
-    import sympy as sp
-
-    small = lambda e: sp.simplify(e) if sp.count_ops(e) < 200 else e  # noqa: E731
-    out = ["", "# The equations of motion anmc derived from the Lagrangian (M v' = b, v = " + ", ".join(d.velocities) + "):"]
-    n = len(d.velocities)
-    for i in range(n):
-        row = " + ".join(f"({sp.sstr(small(d.mass[i, j]))})*{d.velocities[j]}'" for j in range(n))
-        out.append(f"#   {row} = {sp.sstr(small(d.rhs[i]))}")
-    return out

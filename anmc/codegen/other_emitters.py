@@ -7,7 +7,7 @@ from sympy.printing.numpy import NumPyPrinter
 
 from anmc._version import __version__
 from anmc.codegen.lets import let_values, name_temporaries
-from anmc.codegen.load import comment_safe
+from anmc.codegen.escape import comment_safe
 from anmc.lang.integrators import INTEGRATORS
 from anmc.symbolic.integrators import H, substep_expressions, substep_jacobian
 from anmc.symbolic.model import symbol

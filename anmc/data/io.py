@@ -29,9 +29,9 @@ import numpy as np
 from anmc.errors import UserError
 
 FFMPEG_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-VIDEO_SUFFIXES = FFMPEG_SUFFIXES + (".gif", ".npy", ".npz")
+VIDEO_SUFFIXES = FFMPEG_SUFFIXES + (".gif", ".npy", ".npz")  # what read_video reads (and IMAGE_SUFFIXES in a folder)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-WRITE_SUFFIXES = (".mp4", ".gif", ".npy", ".npz")
+WRITE_SUFFIXES = (".mp4", ".gif", ".npy", ".npz")  # what write_video writes
 
 MP4_CRF = 12  # x264 quality: 0 is lossless, 23 its default; 12 keeps synthetic 64x64 frames within a few levels
 
@@ -198,6 +198,11 @@ def _read_ffmpeg(path: Path, chunk: int = 16) -> Iterator[np.ndarray]:
     try:
         reader = iio2.get_reader(path, format="FFMPEG")
     except Exception as err:  # noqa: BLE001
+        if "Could not load meta information" in str(err):
+            # imageio-ffmpeg gives ffmpeg 10 s to print the stream header; a large video on a busy machine
+            # takes longer (a valid 4000x4000 mp4 failed 2 of 4 times under load). Read it without that clock.
+            yield from _read_ffmpeg_pipe(path, chunk)
+            return
         raise _corrupt(path, err) from None
     try:
         buf = []
@@ -217,6 +222,44 @@ def _read_ffmpeg(path: Path, chunk: int = 16) -> Iterator[np.ndarray]:
             yield np.stack(buf)
     finally:
         reader.close()
+
+
+_STREAM = re.compile(r"Stream #\S+.*?: Video: .*?(?<![0-9a-fx])(\d{2,5})x(\d{2,5})(?![0-9])")
+
+
+def _read_ffmpeg_pipe(path: Path, chunk: int = 16) -> Iterator[np.ndarray]:
+    """Frames straight from the ffmpeg that imageio-ffmpeg ships, as rgb24 `(n, H, W, 3)` chunks: the
+    stream header is read to its end (no time limit), then the raw frames from a pipe."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    probe = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True, errors="replace")
+    found = _STREAM.search(probe.stderr)
+    if found is None:
+        raise _corrupt(path)
+    w, h = int(found.group(1)), int(found.group(2))
+    size = w * h * 3
+    cmd = [exe, "-nostdin", "-v", "error", "-i", str(path), "-f", "image2pipe", "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    complete = False
+    try:
+        while True:
+            data = proc.stdout.read(size * chunk)
+            n = len(data) // size
+            if n:
+                yield np.frombuffer(data[: n * size], dtype=np.uint8).reshape(n, h, w, 3)
+            if len(data) < size * chunk:
+                break
+        complete = True
+    finally:
+        proc.stdout.close()
+        if not complete:  # the reader stopped early (or failed): do not wait for ffmpeg to finish
+            proc.kill()
+        code = proc.wait()
+    if code != 0:
+        raise _corrupt(path)
 
 
 def _read_gif(path: Path) -> Iterator[np.ndarray]:
@@ -569,6 +612,11 @@ def read_truth(path: str | Path) -> dict:
             f"{path} starts with columns {','.join(header[:4])}; a truth file needs clip,frame followed by one column per state."
         )
     names = header[2:]
+    twice = next((h for h in names if names.count(h) > 1 or h in ("clip", "frame")), None)
+    if twice is not None:
+        raise VideoError(f"{path} has the column {twice!r} twice; keep one column per state.")
+    if "" in names:
+        raise VideoError(f"{path} has a column without a name (column {names.index('') + 3}); name it after its state or drop it.")
     n = len(rows) - 1
     clip = np.empty(n, dtype=np.int64)
     frame = np.empty(n, dtype=np.int64)

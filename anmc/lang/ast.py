@@ -8,6 +8,7 @@ and the symbolic layer can point at the exact line and column of a fault.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Union
 
 
@@ -23,6 +24,14 @@ class Span:
     @staticmethod
     def unknown() -> "Span":
         return Span(0, 0, 0, 0)
+
+
+@lru_cache(maxsize=16)  # asked once per equation and param of a file: split it once
+def source_lines(text: str) -> tuple[str, ...]:
+    """The lines of `text` as spans number them: Lark counts `\\n` only (a `\\r` before it belongs to
+    the line break). `str.splitlines` would also split at `\\x0b`, `\\x0c`, `\\x1c`-`\\x1e`, `\\x85`,
+    `\\u2028` and `\\u2029`, which the language allows inside comments, and shift every later line."""
+    return tuple(line.removesuffix("\r") for line in text.split("\n"))
 
 
 # ---------------------------------------------------------------- expressions

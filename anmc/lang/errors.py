@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass
 
 from anmc.errors import UserError
-from anmc.lang.ast import Span
+from anmc.lang.ast import Span, source_lines
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def diagnostic_at(
     """A diagnostic pointing at `span` of `source` (a span of None points at the file as a whole)."""
     if span is None or span.line <= 0:
         return Diagnostic(message, filename, 0, 0, "", 1, severity)
-    lines = source.splitlines()
+    lines = source_lines(source)
     line_text = lines[span.line - 1] if span.line - 1 < len(lines) else ""
     width = span.end_column - span.column if span.end_line == span.line else len(line_text) - span.column + 1
     return Diagnostic(message, filename, span.line, span.column, line_text, max(1, width), severity)

@@ -12,6 +12,7 @@ from functools import lru_cache
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
+from lark.tree import Meta
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from anmc.lang import ast
@@ -246,7 +247,7 @@ class _ToAst(Transformer):
 
 def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
     line, column = max(err.line, 1), max(err.column, 1)
-    lines = text.splitlines()
+    lines = ast.source_lines(text)
     source_line = lines[line - 1] if 0 < line <= len(lines) else ""
     if isinstance(err, UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
@@ -295,7 +296,78 @@ def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
 
 
 # Deeper parse trees are refused with a message: the AST transform, the checker and SymPy all recurse.
+# Depth is measured after long flat chains are regrouped (`_regroup_chains`): a sum of 5000 terms is
+# about 13 levels deep, 101 nested parentheses are 101.
 MAX_NESTING = 100
+# Chains of + and - (or * and /) longer than this are regrouped as a balanced tree of the same value.
+LONG_CHAIN = 32
+_CHAINS = {"add": "add", "sub": "add", "mul": "mul", "div": "mul"}  # rule -> its family
+_INVERSE = {"add": "sub", "sub": "add", "mul": "div", "div": "mul"}
+
+
+def _meta(first, last) -> Meta:
+    """A span from the start of `first` to the end of `last` (Trees or Tokens)."""
+    a = first.meta if isinstance(first, Tree) else first
+    b = last.meta if isinstance(last, Tree) else last
+    m = Meta()
+    m.line, m.column, m.end_line, m.end_column = a.line, a.column, b.end_line, b.end_column
+    m.start_pos, m.end_pos = a.start_pos, b.end_pos
+    m.empty = False
+    return m
+
+
+def _balanced(items: list, head_meta: Meta):
+    """A balanced tree of `t0 op1 t1 op2 t2 ...` (items: (op, term), the first op ignored) with the same value:
+    `a - b - c - d` -> `(a - b) - (c + d)`, `a / b / c * d` -> `(a / b) / (c / d)`."""
+    if len(items) == 1:
+        return items[0][1]
+    mid = len(items) // 2
+    left, right = items[:mid], items[mid:]
+    op = right[0][0]
+    flip = op in ("sub", "div")  # the right group's own operators flip: a - (b + c) = a - b - c
+    inner = [(op, right[0][1])] + [(_INVERSE[o] if flip else o, t) for o, t in right[1:]]
+    lt, rt = _balanced(left, None), _balanced(inner, None)
+    return Tree(op, [lt, rt], head_meta if head_meta is not None else _meta(_first(lt), _last(rt)))
+
+
+def _first(node):
+    while isinstance(node, Tree) and node.data in _CHAINS:
+        node = node.children[0]
+    return node
+
+
+def _last(node):
+    while isinstance(node, Tree) and node.data in _CHAINS:
+        node = node.children[-1]
+    return node
+
+
+def _regroup_chains(tree: Tree) -> None:
+    """Regroup (in place, iteratively) every left-leaning chain of more than LONG_CHAIN terms as a
+    balanced tree: the parser builds `a + b + c` as `(a + b) + c`, so a flat sum of n terms is n levels
+    deep for everything recursive after it. SymPy flattens sums and products, so the model is the same."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        for i, child in enumerate(node.children):
+            if not isinstance(child, Tree):
+                continue
+            family = _CHAINS.get(child.data)
+            if family is None:
+                stack.append(child)
+                continue
+            ops, terms, cur = [], [], child
+            while isinstance(cur, Tree) and _CHAINS.get(cur.data) == family:
+                ops.append(cur.data)
+                terms.append(cur.children[-1])
+                cur = cur.children[0]
+            terms.append(cur)
+            ops.append(family)
+            ops.reverse()
+            terms.reverse()
+            if len(terms) > LONG_CHAIN:
+                node.children[i] = _balanced(list(zip(ops, terms)), child.meta)
+            stack.extend(t for t in terms if isinstance(t, Tree))
 
 
 _EXPRESSION_RULES = {"add", "sub", "mul", "div", "neg", "pow", "call", "number", "name"}
@@ -319,6 +391,7 @@ def _parse(text: str, filename: str, start: str):
         text += "\n"
     try:
         tree = _parser(start).parse(text)
+        _regroup_chains(tree)
         _check_nesting(tree, text, filename)
         return _ToAst().transform(tree), text
     except UnexpectedInput as err:
@@ -334,7 +407,7 @@ def parse_anm(text: str, filename: str = "<anm>") -> ast.Program:
         pos = text.index("\x00")
         line = text.count("\n", 0, pos) + 1
         column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        shown = text.splitlines()[line - 1].replace("\x00", "\u2400")  # a visible stand-in, one column wide
+        shown = ast.source_lines(text)[line - 1].replace("\x00", "\u2400")  # a visible stand-in, one column wide
         raise AnmError(Diagnostic("the file contains NUL bytes; is it really a .anm text file?", filename, line, column, shown))
     items, text = _parse(text, filename, "start")
     model = model_span = None

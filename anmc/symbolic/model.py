@@ -127,7 +127,7 @@ def number_text(value: sp.Expr) -> str:
 
 def source_text(span: ast.Span, source: str) -> str:
     """The text of a one-line span, as written."""
-    line = source.splitlines()[span.line - 1]
+    line = ast.source_lines(source)[span.line - 1]
     end = span.end_column - 1 if span.end_line == span.line else len(line)
     return line[span.column - 1 : end].split("#")[0].strip()
 
@@ -353,7 +353,7 @@ class _Builder:
                         self.error(f"param '{s.name}' = {value:g} is outside its bounds [{lo:g}, {hi:g}]", s.value.span)
                     elif s.learn and not lo < value < hi:
                         self.error(f"learnable param '{s.name}' = {value:g} sits on a bound of [{lo:g}, {hi:g}]; start it strictly inside", s.value.span)
-                line = self.p.source.splitlines()[s.span.line - 1].split("#")[0].strip()
+                line = ast.source_lines(self.p.source)[s.span.line - 1].split("#")[0].strip()
                 params[s.name] = Param(s.name, value, bounds, s.learn, s.span.line, line)
         return params
 

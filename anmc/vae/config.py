@@ -11,7 +11,10 @@ Plain data, no torch: the CLI builds its options from it without loading the net
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
 
 from anmc.errors import UserError
 
@@ -60,6 +63,9 @@ class TrainConfig:
     time_limit: float | None = None  # minutes; training stops after the epoch that crosses it
     seed: int = 0
     device: str = "auto"
+    # torch's CPU thread count (None: leave torch's). Saved with the run and set again on resume: sums
+    # split across threads round differently, so an exact resume needs the same count.
+    threads: int | None = None
 
     def __post_init__(self):
         if self.kl not in KL_READINGS:
@@ -83,7 +89,46 @@ class TrainConfig:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        data = {"posterior": "factorized"} | data  # runs from before the smoother posterior were factorized
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, source: str = "the checkpoint") -> "TrainConfig":
+        """The config saved in a checkpoint; a UserError naming the first field of the wrong type."""
+        data = {"posterior": "factorized"} | _typed_fields(data, cls, source)  # runs from before the smoother were factorized
+        return cls(**data)
+
+
+def _typed_fields(data: dict, cls, path) -> dict:
+    """`data` (a checkpoint's config) with each field of the dataclass `cls` of its declared type
+    (`int`, `float`, `str`, `bool`, or one of those or None); a UserError naming the first that is not.
+    Unknown keys are dropped (a newer anmc may add fields)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        ok = any(_is_a(value, t) for t in allowed)
+        if not ok:
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise UserError(
+                f"{path}: the config's {f.name!r} is {type(value).__name__} {_shown(value)}, not {names}; "
+                "the checkpoint was edited or comes from another program: retrain the run."
+            )
+        out[f.name] = value
+    return out
+
+
+def _is_a(value, kind) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -12,18 +12,21 @@ A run directory holds everything needed to evaluate, intervene or resume:
 command that reads a run (`eval`, `intervene`, `plot`, `show`, `check-interventions`) starts there.
 
 `save_checkpoint` writes a temporary file beside the target and renames it over, so an interrupted
-run never leaves a half-written checkpoint.
+run never leaves a half-written checkpoint; when the write fails (a full disk, a read-only folder)
+the temporary file is removed, the previous checkpoint stays, and the error says so.
+`load_checkpoint` checks every key's type before anything uses it, and `read_metrics` skips a
+last line cut short by a kill (the line is written again when the run resumes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import zipfile
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -41,17 +44,45 @@ class CheckpointError(UserError):
     """A run directory or checkpoint that cannot be used; the message says why and what to do."""
 
 
+class CheckpointWriteError(UserError):
+    """The checkpoint could not be written; the previous one is intact."""
+
+
+# key -> (type, what it holds); the checkpoint is refused unless each has that type
+_KEYS = {
+    "anm_source": (str, "the .anm text"),
+    "anm_filename": (str, "the .anm file name"),
+    "config": (dict, "the training config"),
+    "epoch": (int, "epochs done"),
+    "step": (int, "steps done"),
+    "vae": (dict, "the weights"),
+    "optimizer": (dict, "the optimizer state"),
+    "rng": (torch.Tensor, "the random state"),
+    "frame_shape": (list, "the frame shape"),
+}
+_OPTIONAL = {"videos": (list, "the training videos"), "metrics": (dict, "the last metrics row")}
+
+
 def save_checkpoint(run_dir: str | Path, payload: dict) -> Path:
     """Write `payload` to RUN/checkpoint.pt atomically (temp file + fsync + rename)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / CHECKPOINT
     tmp = run_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save({"format": FORMAT, **payload}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": FORMAT, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError of its zip writer
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+        kept = f"the previous checkpoint {target} is intact" if target.exists() else f"no checkpoint was written to {run_dir}"
+        raise CheckpointWriteError(
+            f"could not write the checkpoint ({reason}); {kept}: free disk space or fix the folder's permissions, then --resume."
+        ) from None
     return target
 
 
@@ -71,7 +102,35 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an anmc checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__}); give the directory of an `anmc train` run.")
+    check_payload(payload, path)
     return payload
+
+
+def check_payload(payload: dict, path) -> None:
+    """CheckpointError unless every key a run needs is there with its type (a 3-int frame shape,
+    string video paths): an edited or foreign file stops here, not at a KeyError deep inside."""
+    for key, (kind, what) in {**_KEYS, **_OPTIONAL}.items():
+        if key not in payload:
+            if key in _OPTIONAL:
+                continue
+            raise CheckpointError(f"{path} has no {key!r} ({what}); it is damaged or from another anmc version: retrain the run.")
+        value = payload[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if ok and key == "frame_shape":
+            ok = len(value) == 3 and all(isinstance(v, int) and v > 0 for v in value)
+        if ok and key == "videos":
+            ok = all(isinstance(v, str) for v in value)
+        if ok and key in ("epoch", "step"):
+            ok = value >= 0
+        if not ok:
+            raise CheckpointError(
+                f"{path} holds {type(value).__name__} {_short(value)} as {key!r} ({what}); it is damaged or from another anmc version: retrain the run."
+            )
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def append_metrics(run_dir: str | Path, row: dict) -> None:
@@ -80,15 +139,38 @@ def append_metrics(run_dir: str | Path, row: dict) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The metrics rows. A last line cut short (the run was killed while writing it) is skipped;
+    any other line that is not a JSON object is a CheckpointError naming it."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().split("\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} cannot be read ({err}); delete it (training rewrites it on --resume from the checkpoint).") from None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            if i == last:  # the line being written when the run stopped
+                break
+            raise CheckpointError(f"{path} line {i + 1} is not a metrics row; delete that line (or the file) and try again.")
+        rows.append(row)
+    return rows
 
 
-def truncate_metrics(run_dir: str | Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (an interrupted run's partial log) before resuming."""
+def truncate_metrics(run_dir: str | Path, epochs_done: int, last_row: dict | None = None) -> None:
+    """Drop metric lines of epochs after the checkpoint (an interrupted run's partial log) before resuming;
+    `last_row` (the checkpoint's own copy of its epoch's row) restores that line if it was cut short."""
     rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epochs_done]
+    if last_row is not None and last_row.get("epoch") == epochs_done and not any(r.get("epoch") == epochs_done for r in rows):
+        rows.append(last_row)
     (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -114,7 +196,7 @@ class Run:
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     """Rebuild the VAE and prior of a run directory from its checkpoint (weights_only=True)."""
     payload = load_checkpoint(run_dir, map_location=device)
-    config = TrainConfig.from_dict(payload["config"])
+    config = TrainConfig.from_dict(payload["config"], f"{run_dir}/checkpoint.pt")
     try:
         prior = compile_prior(payload["anm_source"])
     except UserError as err:

@@ -16,6 +16,7 @@ share of every batch, gradients are averaged with all-reduce; rank 0 logs and wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,9 +30,12 @@ from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.data.dataset import FrameSequences, frame_datasets
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
+from anmc.vae.diagnostics import epoch_diagnostics
+from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae
 from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
+from anmc.vae.run_lock import run_lock
 
 
 @dataclass
@@ -41,10 +45,6 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
     stopped_early: str | None = None
     rank: int = 0  # this process's rank under torchrun (rank 0 logs and reports)
-
-
-class TrainingDiverged(UserError):
-    """The loss became non-finite; the last good checkpoint is kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,8 +92,20 @@ def train(
 
     `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar);
     `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics).
+
+    The process that writes the run (rank 0) holds its lock throughout (`anmc.vae.run_lock`: a second
+    writer gets RunLocked); a loss, gradient or smoother that becomes non-finite stops the run with
+    TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept.
     """
-    s = _setup(prior, videos, Path(run_dir), config, resume)
+    run_dir = Path(run_dir)
+    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes the run
+    with run_lock(run_dir) if writer else contextlib.nullcontext():
+        return _train(prior, videos, run_dir, config, resume, progress, on_epoch)
+
+
+def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoch) -> TrainResult:
+    """`train`'s loop: setup, then for each epoch its steps, its end and its checkpoint."""
+    s = _setup(prior, videos, run_dir, config, resume)
     result = TrainResult(s.run_dir, s.start_epoch, rank=s.rank)
     started = time.monotonic()
     for epoch in range(s.start_epoch, s.config.epochs):
@@ -109,6 +121,7 @@ def train(
             if progress is not None and s.rank == 0:
                 progress(epoch, i + 1, s.steps_per_epoch, {k: float(out[k].detach()) for k in sums} | _param_summary(s.vae))
         row = _end_epoch(s, epoch, sums, learn_physics, seconds=time.monotonic() - started)
+        row["diagnostics"] = epoch_diagnostics(s.vae, s.val_data if s.val_data is not None else s.train_data, s.config, row, s.device)
         result.metrics.append(row)
         result.epochs = epoch + 1
         if s.rank == 0:
@@ -132,6 +145,8 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
             saved.epochs = config.epochs  # resuming may extend a run, nothing else
         config = saved
     config = config or TrainConfig()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     rank, world = _distributed()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda":
@@ -187,7 +202,7 @@ def _restore(s: _Session, payload: dict) -> None:
     s.optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"])
     s.start_epoch, s.step = int(payload["epoch"]), int(payload["step"])
-    truncate_metrics(s.run_dir, s.start_epoch)
+    truncate_metrics(s.run_dir, s.start_epoch, payload.get("metrics"))
 
 
 def _epoch_batches(s: _Session, epoch: int):
@@ -217,18 +232,18 @@ def _step(s: _Session, idx: torch.Tensor, epoch: int, i: int, last_good: int) ->
     frames = s.train_data.batch(idx).to(s.device, non_blocking=True)
     warm = min(1.0, s.step / config.warmup) if config.warmup else 1.0
     s.optimizer.param_groups[0]["lr"] = _learning_rate(config, s.step, config.epochs * s.steps_per_epoch)
-    out = sequence_loss(s.vae, frames, config, warm=warm)
+    where = (epoch + 1, i + 1, s.run_dir, last_good)
+    with guard(*where):  # the smoother's solves on a blown-up covariance
+        out = sequence_loss(s.vae, frames, config, warm=warm)
     loss = out["loss"]
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(
-            f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint "
-            f"(epoch {last_good}) is kept in {s.run_dir}: try a lower --lr, or --resume after changing nothing to retry."
-        )
+    check_finite("the loss", loss, *where)
     s.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with guard(*where):
+        loss.backward()
     if s.world > 1:
         _average_gradients(s.vae, s.world)
-    torch.nn.utils.clip_grad_norm_(s.vae.parameters(), config.grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(s.vae.parameters(), config.grad_clip)
+    check_finite("the gradient's norm", norm, *where)  # before the step: the weights stay finite
     s.optimizer.step()
     s.step += 1
     return out
@@ -239,12 +254,15 @@ def _end_epoch(s: _Session, epoch: int, sums: dict, learn_physics: bool, seconds
     s.vae.eval()
     row = {"epoch": epoch + 1, "step": s.step, **{k: v / s.steps_per_epoch for k, v in sums.items()}}
     if s.val_data is not None:
-        row |= validation_loss(s.vae, s.val_data, s.config, s.device)
+        with guard(epoch + 1, s.steps_per_epoch, s.run_dir, last_good=epoch):
+            row |= validation_loss(s.vae, s.val_data, s.config, s.device)
     return row | {"params": _param_summary(s.vae), "physics_learning": learn_physics, "seconds": round(seconds, 2)}
 
 
 def _checkpoint(s: _Session, epochs_done: int, row: dict) -> None:
-    """Write the run's checkpoint (atomically, `anmc.vae.run.save_checkpoint`)."""
+    """Write the run's checkpoint (atomically, `anmc.vae.run.save_checkpoint`); never non-finite weights."""
+    if not finite_weights(s.vae):
+        raise diverged("the weights became non-finite", epochs_done, s.steps_per_epoch, s.run_dir, epochs_done - 1)
     save_checkpoint(
         s.run_dir,
         {

@@ -1,0 +1,203 @@
+"""Failures that announce themselves: a collapsed posterior, a param stuck on its bound, latents off the prior's scale.
+
+    findings = epoch_diagnostics(vae, data, config, row, device)   # the training loop, at each epoch's end
+    findings = latent_diagnostics(module, mu, kl_per_frame, recon, baseline, floor)   # evaluate, from its own numbers
+
+Each finding is a plain dict `{"code", "message", "advice", "evidence"}` (JSON-ready: it goes into
+metrics.jsonl and `anmc eval --json`'s `"diagnostics"`). The checks (docs/cli.md, *Diagnostics*):
+
+- `posterior_collapse`: at least two of three signs (docs/method.md §6: the KL term can win over a
+  likelihood that gives the latents little to explain):
+  KL per frame below `KL_NEAR_ZERO` nats; the observed latents' spread over frames, std_t(mu_t) / s0
+  (s0 the prior's initial std), below `CONSTANT_SPREAD`; the reconstruction explains less than
+  `MEAN_IMAGE_LEVEL` of what separates the mean image from a perfect one,
+
+      explained = (L_mean_image - L_recon) / (L_mean_image - L_floor),
+
+  L the reconstruction loss per frame (its floor: 0 for a squared error, the targets' own binary
+  entropy for the Bernoulli likelihood, which a mid-grey background makes large).
+- `param_at_bound`: a bounded learnable param whose position in its range, s = (v - lo) / (hi - lo)
+  (the sigmoid of its raw value), is within `AT_BOUND` of 0 or 1, where its gradient s(1 - s) vanishes.
+- `latent_scale`: a latent whose spread std_t(mu_t) / s0 is outside [1 / SCALE_DRIFT, SCALE_DRIFT]
+  (and not collapsed): the latents are not in the prior's units, so learned params mean little.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+KL_NEAR_ZERO = 0.02  # nats per frame (a collapsed run in issue 19 had 3e-6; trained pendulums have several)
+CONSTANT_SPREAD = 0.05  # std over frames of a latent mean, in units of the prior's initial std
+MEAN_IMAGE_LEVEL = 0.05  # fraction of the mean-image-to-perfect gap the reconstruction closes
+AT_BOUND = 0.005  # position in a param's range, s or 1 - s
+SCALE_DRIFT = 5.0  # spread ratio outside [1/5, 5]
+CHECK_AFTER_FREEZE = 1  # collapse and scale are judged from this many epochs after the params' freeze ends (and at
+# the last epoch); bounds every epoch
+
+
+def finding(code: str, message: str, advice: str, **evidence) -> dict:
+    return {"code": code, "message": message, "advice": advice, "evidence": evidence}
+
+
+def describe(f: dict) -> str:
+    """One line for a terminal or a log: the message, then what to try."""
+    return f"{f['message']} Try: {f['advice']}"
+
+
+def collapse_finding(kl_per_frame: float | None, spread: dict[str, float], explained: float | None) -> dict | None:
+    """`posterior_collapse` when two of its three signs hold (a missing sign counts as absent)."""
+    signs = {
+        "kl_near_zero": kl_per_frame is not None and kl_per_frame < KL_NEAR_ZERO,
+        "latents_constant": bool(spread) and max(spread.values()) < CONSTANT_SPREAD,
+        "mean_image_reconstruction": explained is not None and explained < MEAN_IMAGE_LEVEL,
+    }
+    if sum(signs.values()) < 2:
+        return None
+    said = []
+    if signs["kl_near_zero"]:
+        said.append(f"KL {kl_per_frame:.2g} nats per frame")
+    if signs["latents_constant"]:
+        said.append("latents nearly constant (spread " + ", ".join(f"{k} {v:.2g}" for k, v in spread.items()) + " of the prior's std)")
+    if signs["mean_image_reconstruction"]:
+        said.append(f"the reconstruction is no better than the mean image ({explained:+.1%} of the way from it to a perfect one)")
+    return finding(
+        "posterior_collapse",
+        "the posterior has collapsed onto the prior: " + "; ".join(said) + "; the latents carry no information about the frames.",
+        "--recon gaussian (the Bernoulli likelihood gives a grey or bright background little to explain); frames with "
+        "the object in contrast to a plain background (crop, --size); a smaller --beta; a longer --warmup. "
+        "docs/data.md, 'The background matters'.",
+        kl_per_frame=kl_per_frame, spread=spread, recon_explained=explained, signs=signs,
+    )  # fmt: skip
+
+
+def scale_findings(spread: dict[str, float]) -> list[dict]:
+    """`latent_scale` for each latent whose spread is outside [1/SCALE_DRIFT, SCALE_DRIFT] but not collapsed."""
+    out = []
+    for name, ratio in spread.items():
+        if CONSTANT_SPREAD <= ratio < 1 / SCALE_DRIFT or ratio > SCALE_DRIFT:
+            way = "narrower" if ratio < 1 else "wider"
+            out.append(finding(
+                "latent_scale",
+                f"latent {name} spreads {ratio:.3g}x the prior's initial std over the frames ({way} than the prior's "
+                f"scale); the latents are not in the prior's units, so learned params (and slopes) mean little.",
+                "check the prior's initial distribution and dt against the recording (--fps, docs/data.md); if the "
+                f"true {name} really moves that little, narrow its `state {name} ~ ...` line; otherwise --recon gaussian "
+                "or more epochs.",
+                state=name, spread=ratio,
+            ))  # fmt: skip
+    return out
+
+
+def param_findings(module) -> list[dict]:
+    """`param_at_bound` for each bounded learnable param within AT_BOUND of an end of its range."""
+    out = []
+    values = module.param_values()
+    for name in module.learnable_param_names:
+        if name not in module.param_bounds:
+            continue
+        lo, hi = module.param_bounds[name]
+        v = float(values[name].detach())
+        s = (v - lo) / (hi - lo)
+        if s < AT_BOUND or s > 1 - AT_BOUND:
+            end, bound = ("lower", lo) if s < 0.5 else ("upper", hi)
+            out.append(finding(
+                "param_at_bound",
+                f"param {name} = {v:.4g} sits at the {end} bound {bound:g} of its range [{lo:g}, {hi:g}], where it can no "
+                "longer learn (its gradient vanishes there).",
+                f"widen `in [{lo:g}, {hi:g}]` in the .anm if {name} may lie outside it; start it inside the range; check "
+                "dt against the video's frame rate (--fps); a collapsed posterior also drives params to a bound.",
+                param=name, value=v, bounds=[lo, hi], position=s,
+            ))  # fmt: skip
+    return out
+
+
+def spread_ratios(module, mu: torch.Tensor, states=None) -> dict[str, float]:
+    """std over frames of each latent mean, mu (N, d) flattened over clips and frames, over the prior's initial std."""
+    s0 = module.initial_std.detach().to(mu)
+    std = mu.detach().reshape(-1, mu.shape[-1]).std(0)
+    names = module.state_names
+    index = range(len(names)) if states is None else states
+    return {names[i]: float(std[i] / s0[i]) for i in index}
+
+
+def explained_fraction(recon: float, baseline: float, floor: float = 0.0) -> float | None:
+    """(baseline - recon) / (baseline - floor): 0 at the mean image, 1 at a perfect reconstruction."""
+    gap = baseline - floor
+    return None if not gap > 1e-12 else float((baseline - recon) / gap)
+
+
+def latent_diagnostics(module, mu: torch.Tensor, kl_per_frame: float | None, explained: float | None, observed) -> list[dict]:
+    """Every finding from a run's latent means mu (N, d), its KL per frame and its reconstruction's explained fraction."""
+    observed_spread = spread_ratios(module, mu, observed)
+    findings = [collapse_finding(kl_per_frame, observed_spread, explained)]
+    findings = [f for f in findings if f is not None]
+    if not findings:
+        findings += scale_findings(spread_ratios(module, mu))
+    return findings + param_findings(module)
+
+
+@torch.no_grad()
+def batch_reconstruction(vae, frames: torch.Tensor, config) -> tuple[torch.Tensor, float, float, float]:
+    """mu (B, T, d), and per frame the loss of decoding mu, of the batch's mean image, and the loss's floor."""
+    if vae.posterior == "smoother":
+        mu = vae.smoothed(frames).mean
+    else:
+        mu, _ = vae.encode(frames)
+    out = vae.decode(mu)
+    target = frames[:, vae.window - 1 :].float() / 255.0
+    mean = target.mean((0, 1), keepdim=True).expand_as(target)
+    if config.recon == "bernoulli":
+        eps = 1e-4
+        logit = torch.logit(mean.clamp(eps, 1 - eps))
+
+        def loss(logits):
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).sum(-1).mean()
+
+        floor = float(loss(torch.logit(target.clamp(eps, 1 - eps))))
+        return mu, float(loss(out)), float(loss(logit)), floor
+    scale = config.recon_std
+
+    def sq(pred):
+        return (0.5 * ((pred - target) / scale) ** 2).flatten(2).sum(-1).mean()
+
+    return mu, float(sq(torch.sigmoid(out))), float(sq(mean)), 0.0
+
+
+@torch.no_grad()
+def epoch_diagnostics(vae, data, config, row: dict, device, sequences: int = 8) -> list[dict]:
+    """The findings at the end of an epoch, from a fixed batch of `data` (FrameSequences) and the epoch's mean KL.
+
+    Collapse and scale are judged from epoch learn_params_after + CHECK_AFTER_FREEZE on (or at the last
+    epoch): the first epochs' latents are still the barely trained networks' (the issue's collapsed run
+    had KL near 0 from epoch 5)."""
+    epoch = row["epoch"]
+    if epoch < min(config.learn_params_after + CHECK_AFTER_FREEZE, config.epochs):
+        return param_findings(vae.prior)
+    was_training = vae.training
+    vae.eval()
+    state = torch.get_rng_state()
+    n = min(len(data), sequences)
+    idx = torch.linspace(0, len(data) - 1, n).long()
+    mu, recon, baseline, floor = batch_reconstruction(vae, data.batch(idx).to(device), config)
+    torch.set_rng_state(state)
+    vae.train(was_training)
+    kl = row.get("val_kl", row.get("kl"))
+    kl = None if kl is None or not math.isfinite(kl) else float(kl)
+    return latent_diagnostics(vae.prior, mu, kl, explained_fraction(recon, baseline, floor), vae.observed)
+
+
+def run_diagnostics(run, mus, recon_mse: float, moments, frames: int) -> list[dict]:
+    """The findings of a trained run (`anmc eval`): latent means `mus` (a list of (T, d) arrays, one a clip),
+    the reconstruction MSE, and `moments` = (sum of frames, sum of squared frames) over `frames` frames, whose
+    per-pixel variance is the mean image's MSE. The KL is the checkpoint's last epoch's."""
+    mu = torch.as_tensor(np.concatenate(mus))
+    mean_image_mse = float((moments[1] / frames - (moments[0] / frames) ** 2).mean()) if frames else None
+    explained = None if mean_image_mse is None else explained_fraction(recon_mse, mean_image_mse)
+    last = run.payload.get("metrics") or {}
+    kl = last.get("val_kl", last.get("kl"))
+    kl = None if kl is None or not math.isfinite(kl) else float(kl)
+    return latent_diagnostics(run.module, mu, kl, explained, run.vae.observed)

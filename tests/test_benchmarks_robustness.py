@@ -1,0 +1,143 @@
+"""The robustness benchmark's own video generator (benchmarks/robustness.py): tiny versions of every
+condition, their shapes and determinism, and that each condition does what it says."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+spec = importlib.util.spec_from_file_location("robustness", Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py")
+rb = importlib.util.module_from_spec(spec)
+sys.modules["robustness"] = rb  # dataclasses look their module up
+spec.loader.exec_module(rb)
+
+N = 32  # tiny source side
+SWING = np.linspace(-0.9, 0.9, 8)  # angles of a tiny clip
+
+
+def render(name, seed=0, theta=SWING, **changes):
+    cond = replace(rb.CONDITIONS[name], **{"source": N, **changes})
+    return rb.render_clip(cond, np.asarray(theta, float), np.random.default_rng(seed))
+
+
+def luma(frames):
+    return frames.astype(float) @ [0.299, 0.587, 0.114] / 255
+
+
+@pytest.mark.parametrize("name", list(rb.CONDITIONS))
+def test_every_condition_renders_deterministically(name):
+    a = render(name, source=48 if name == "res48" else N)  # res256 at a tiny stand-in side
+    assert a.dtype == np.uint8 and a.shape == (len(SWING), a.shape[1], a.shape[1], 3)
+    np.testing.assert_array_equal(a, render(name, source=a.shape[1]))  # same seed, same frames
+    assert a.std() > 0
+    random = {"texture", "noise05", "noise10", "distractor", "jitter", "drift", "flicker"}
+    if name in random:
+        assert not np.array_equal(a, render(name, seed=1, source=a.shape[1]))
+
+
+def test_sources_of_48_and_256_pixels():
+    assert rb.CONDITIONS["res48"].source == 48 and rb.CONDITIONS["res256"].source == 256
+    assert rb.render_clip(rb.CONDITIONS["res48"], SWING[:2], np.random.default_rng(0)).shape == (2, 48, 48, 3)
+
+
+def test_backgrounds():
+    corner = lambda name: render(name)[:, -3:, :3].reshape(-1, 3)  # noqa: E731  bottom-left, never reached by the bob
+    assert (corner("black") == 0).all() and (corner("white") == 255).all() and (corner("grey") == 128).all()
+    g = luma(render("gradient")[0])
+    assert g[0, 0] < g[N // 2, N // 2] < g[-1, -1]
+    t = render("texture")
+    np.testing.assert_array_equal(t[0, -5:], t[-1, -5:])  # static
+    assert luma(t[0, -5:]).std() > 0.05
+
+
+def test_rgb_contrast_is_what_it_says():
+    for c in (0.3, 0.15):
+        rgb = np.array(rb.contrast_rgb(c))
+        assert rgb @ [0.299, 0.587, 0.114] - 0.5 == pytest.approx(c, abs=1e-9) and len(set(rgb)) == 3  # a colour, not grey
+    frame = render("contrast15", theta=[0.0])[0]
+    bob = int((rb.PIVOT[1] + rb.ROD) * N), N // 2
+    assert luma(frame)[bob] - luma(frame)[-1, 0] == pytest.approx(0.15, abs=0.01)
+
+
+def test_rod_string_or_nothing():
+    mid = int((rb.PIVOT[1] + rb.ROD / 2) * N), N // 2  # halfway down a hanging rod
+    lum = {name: luma(render(name, theta=[0.0], background="grey"))[0][mid] for name in ("black", "string", "bob_only")}
+    assert lum["bob_only"] == pytest.approx(128 / 255)
+    assert abs(lum["black"] - 0.5) > abs(lum["string"] - 0.5) > 0.01  # a rod covers more of the pixel than a string
+
+
+def test_pixel_noise_has_its_std():
+    for name, sigma in (("noise05", 0.05), ("noise10", 0.1)):
+        clean = render(name, noise=0.0, background="grey").astype(float)
+        noisy = render(name, background="grey").astype(float)
+        assert ((noisy - clean) / 255).std() == pytest.approx(sigma, rel=0.1)
+
+
+def test_distractor_moves_and_is_the_only_change():
+    still = np.zeros(8)
+    diff = np.abs(render("distractor", theta=still).astype(float) - render("black", theta=still)).sum(-1)
+    assert (diff.reshape(8, -1).max(1) > 0).all()
+    ys, xs = zip(*[np.argwhere(d > 0).mean(0) for d in diff])
+    assert np.hypot(np.diff(ys), np.diff(xs)).min() > 0.3  # a new place every frame
+
+
+def test_occluder_pixels_are_constant_while_the_bob_swings():
+    frames = render("occluder", theta=np.linspace(-1.2, 1.2, 12))
+    top, left, bottom, right = rb.occluder_box(N)
+    box = frames[:, top:bottom, left:right]
+    assert (box == box[0]).all() and (box[0] == np.round(np.array([0.35, 0.3, 0.25]) * 255)).all()
+    # the swing does reach behind it: unoccluded, those pixels change
+    assert not (render("black", theta=np.linspace(-1.2, 1.2, 12))[:, top:bottom, left:right] == box[0]).all()
+
+
+def test_jitter_shifts_the_whole_frame_by_at_most_two_pixels():
+    theta = np.full(10, 0.3)
+    base = render("black", theta=theta)[0]
+    shaky = render("jitter", theta=theta)
+    shifts = []
+    for frame in shaky:
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if np.array_equal(frame[2:-2, 2:-2], base[2 + dy : N - 2 + dy, 2 + dx : N - 2 + dx])]  # fmt: skip
+        assert found, "each frame is the still frame, moved"
+        shifts.append(found[0])
+    assert len(set(shifts)) > 2
+
+
+def test_drift_is_slow_and_flicker_is_not():
+    still = np.full(40, 0.2)
+    base = luma(render("black", theta=still)).mean((1, 2))
+    drift = luma(render("drift", theta=still)).mean((1, 2)) / base
+    flicker = luma(render("flicker", theta=still)).mean((1, 2)) / base
+    assert drift.max() / drift.min() > 1.3 and np.abs(np.diff(drift)).max() < 0.06
+    assert np.abs(np.diff(flicker)).mean() > 0.04
+
+
+def test_rk4_pendulum_is_the_physics():
+    z = rb.rk4_pendulum([0.05], [0.0], 400, 1 / 100)  # small swing: period 2 pi sqrt(L/g)
+    crossings = np.flatnonzero(np.diff(np.sign(z[0, :, 0])) != 0)
+    period = 2 * np.mean(np.diff(crossings)) / 100
+    assert period == pytest.approx(2 * math.pi * math.sqrt(rb.L_TRUE / rb.G), rel=0.02)
+    big = rb.rk4_pendulum([1.2], [1.0], 300, 1 / 30)[0]
+    energy = 0.5 * rb.L_TRUE * big[:, 1] ** 2 - rb.G * np.cos(big[:, 0])
+    assert np.ptp(energy) < 1e-6
+
+
+def test_dataset_truth_and_the_25_fps_video(tmp_path):
+    from anmc.data.io import read_truth
+    from anmc.data.rate import source_fps
+
+    cond = replace(rb.CONDITIONS["fps25"], source=N)
+    states = rb.make_dataset(cond, tmp_path / "d", seed=3, clips=2, frames=12)
+    truth = read_truth(tmp_path / "d")
+    np.testing.assert_allclose(truth["clips"][1], states[1])
+    assert truth["meta"]["params"]["L"] == rb.L_TRUE and truth["meta"]["fps"] == 25
+    assert source_fps(tmp_path / "d" / "clip_000.mp4") == pytest.approx(25)
+    np.testing.assert_allclose(states, rb.draw_states(2, 12, 25.0, np.random.default_rng([3, 19])))  # by seed
+    prior, note = rb.prior_for(tmp_path / "d", tmp_path / "p.anm")
+    assert "dt = 1/25 using" in prior.read_text() and "param L = 0.9 " in prior.read_text() and note

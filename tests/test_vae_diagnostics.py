@@ -1,0 +1,142 @@
+"""Failures that announce themselves (anmc.vae.diagnostics): each diagnostic provoked, in training and in eval.
+
+A collapsed posterior is built by hand (an encoder whose readings are constant, a decoder that draws one
+grey image whatever the latent), a param is started on its bound, and a latent's scale is set off the
+prior's; healthy numbers raise nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from anmc.cli import main
+from anmc.codegen.compile import compile_prior
+from anmc.data.dataset import frame_datasets
+from anmc.synthetic.synth import synthesize
+from anmc.vae import diagnostics as diag
+from anmc.vae.config import TrainConfig
+from anmc.vae.nets import build_vae
+from anmc.vae.run import load_checkpoint, save_checkpoint
+
+PRIOR = "priors/pendulum.anm"
+TINY = ["--size", "16", "--batch", "4", "--seq-len", "4", "--steps-per-epoch", "3", "--learn-params-after", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pend")
+    synthesize(PRIOR, out_dir=out, clips=4, frames=24, size=16, seed=5, fmt="npz")
+    return out
+
+
+def collapse(vae, grey: float = 0.1) -> None:
+    """Readings that ignore the frames and a decoder that draws one grey image whatever the latent."""
+    with torch.no_grad():
+        vae.encoder.head[-1].weight.zero_()
+        vae.decoder.fc[0].weight.zero_()
+        last = vae.decoder.deconv[-1]
+        last.weight.zero_()
+        last.bias.fill_(float(torch.logit(torch.tensor(grey))))
+
+
+def test_collapse_needs_two_of_three_signs():
+    assert diag.collapse_finding(1e-6, {"theta": 0.01}, 0.5)["code"] == "posterior_collapse"
+    assert diag.collapse_finding(1e-6, {"theta": 0.5}, -0.2)["evidence"]["signs"] == {
+        "kl_near_zero": True, "latents_constant": False, "mean_image_reconstruction": True}
+    assert diag.collapse_finding(3.0, {"theta": 0.5}, 0.01) is None  # one sign alone is not a collapse
+    assert diag.collapse_finding(3.0, {"theta": 0.9}, 0.8) is None
+    assert diag.collapse_finding(None, {"theta": 0.01}, None) is None
+
+
+def test_explained_fraction_is_zero_at_the_mean_image_and_one_at_perfect():
+    assert diag.explained_fraction(10.0, 10.0, 2.0) == 0.0
+    assert diag.explained_fraction(2.0, 10.0, 2.0) == 1.0
+    assert diag.explained_fraction(1.0, 1.0, 1.0) is None  # no gap: nothing to explain
+
+
+def test_collapsed_vae_is_found_at_epoch_end(data):
+    config = TrainConfig(size=16, batch=4, seq_len=4, epochs=1, learn_params_after=0)
+    train_data, _ = frame_datasets([str(data)], length=config.seq_len, size=16, val_fraction=0.25, seed=0)
+    vae = build_vae(compile_prior(PRIOR), train_data.frame_shape, config)
+    collapse(vae)
+    found = diag.epoch_diagnostics(vae, train_data, config, {"epoch": 1, "kl": 3e-6}, "cpu")
+    assert [f["code"] for f in found] == ["posterior_collapse"]
+    assert all(found[0]["evidence"]["signs"].values())
+    assert "--recon gaussian" in found[0]["advice"]
+    # before the epoch the checks start at, only the bounds are judged
+    late = TrainConfig(size=16, batch=4, seq_len=4, epochs=10, learn_params_after=3)
+    assert diag.epoch_diagnostics(vae, train_data, late, {"epoch": 3, "kl": 3e-6}, "cpu") == []
+    assert diag.epoch_diagnostics(vae, train_data, late, {"epoch": 4, "kl": 3e-6}, "cpu")[0]["code"] == "posterior_collapse"
+
+
+def test_param_on_its_bound_is_found():
+    module = compile_prior(PRIOR).module()
+    assert diag.param_findings(module) == []  # L = 1 in [0.05, 20]
+    module.set_param("L", 19.999)
+    (f,) = diag.param_findings(module)
+    assert f["code"] == "param_at_bound" and f["evidence"]["param"] == "L" and "upper bound 20" in f["message"]
+    module.set_param("L", 0.0505)
+    assert "lower bound 0.05" in diag.param_findings(module)[0]["message"]
+
+
+def test_latent_scale_drift_is_found_and_collapse_takes_precedence():
+    module = compile_prior(PRIOR).module()
+    s0 = module.initial_std
+    wide = torch.randn(500, 2) * s0 * torch.tensor([8.0, 1.0])
+    (f,) = diag.latent_diagnostics(module, wide, 2.0, 0.9, [0])
+    assert f["code"] == "latent_scale" and f["evidence"]["state"] == "theta" and "wider" in f["message"]
+    narrow = torch.randn(500, 2) * s0 * torch.tensor([1.0, 0.1])
+    assert [f["evidence"]["state"] for f in diag.latent_diagnostics(module, narrow, 2.0, 0.9, [0])] == ["omega"]
+    flat = torch.randn(500, 2) * s0 * 0.01
+    assert [f["code"] for f in diag.latent_diagnostics(module, flat, 1e-5, 0.9, [0])] == ["posterior_collapse"]
+    assert diag.latent_diagnostics(module, torch.randn(500, 2) * s0, 2.0, 0.9, [0]) == []
+
+
+def test_train_warns_of_a_param_started_on_its_bound_and_prints_plain_epoch_lines(data, tmp_path):
+    prior = tmp_path / "stuck.anm"
+    prior.write_text(open(PRIOR).read().replace("param L = 1.0 in [0.05, 20]", "param L = 19.995 in [0.05, 20]"))
+    res = CliRunner().invoke(main, ["train", str(prior), str(data), "-o", str(tmp_path / "run"), *TINY, "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]  # stderr is not a terminal here
+    assert all(" kl " in line and "L=" in line and " s" in line and "ETA" in line for line in lines)
+    assert res.stderr.count("param L") == 1  # said once, when first found
+    assert "sits at the upper bound 20" in res.stderr and "Try: widen" in res.stderr
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "param_at_bound" in [f["code"] for f in rows[0]["diagnostics"]]
+
+
+def test_eval_reports_a_collapsed_run(data, tmp_path):
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", PRIOR, str(data), "-o", str(run), *TINY, "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    payload = load_checkpoint(run)
+    from anmc.vae.run import load_run
+
+    loaded = load_run(run)
+    collapse(loaded.vae)
+    payload["vae"] = loaded.vae.state_dict()
+    payload["metrics"]["kl"] = payload["metrics"]["val_kl"] = 2e-6
+    save_checkpoint(run, payload)
+    res = CliRunner().invoke(main, ["eval", str(run), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert "warning" in res.stdout and "the posterior has collapsed" in res.stdout
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert [f["code"] for f in report["diagnostics"]] == ["posterior_collapse"]
+    assert report["diagnostics"][0]["evidence"]["recon_explained"] <= diag.MEAN_IMAGE_LEVEL
+
+
+@pytest.mark.slow
+def test_quickstart_prints_a_plain_line_per_epoch(tmp_path):
+    """Redirected output (click's runner: stderr is not a terminal) shows progress after every epoch, not only at the end."""
+    res = CliRunner().invoke(main, ["quickstart", "-o", str(tmp_path / "qs"), "--clips", "2", "--frames", "16", "--size", "16",
+                                    "--batch", "2", "--seq-len", "4", "--steps-per-epoch", "2", "--epochs", "2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "ETA" in lines[0] and "L=" in lines[0] and "torch threads:" in res.stderr
+    assert "\x1b[" not in res.stderr  # no bar, no escape codes
