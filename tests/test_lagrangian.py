@@ -168,7 +168,7 @@ def _energy(z: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def double_pendulum_by_steps():
     text = (ROOT / "priors" / "double_pendulum.anm").read_text()
-    return {n: anmc.compile_prior(text.replace("using rk4 steps 2", f"using rk4 steps {n}")).module() for n in (1, 2)}
+    return {n: anmc.compile_prior(text.replace("using rk4 steps 2", f"using rk4 steps {n}")).module().double() for n in (1, 2)}
 
 
 def _drift(module, z0: torch.Tensor, frames: int) -> torch.Tensor:
