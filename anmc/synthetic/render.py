@@ -443,6 +443,8 @@ def measure_frames(renderer: str, frames: np.ndarray, geom: dict) -> np.ndarray:
     mean of the pixels the disc covers fully (compare with `pulse_profile`); dot: (u0, u1) mapped back
     to the first two states (inside the clipped range). Returns `(T,)`, or `(T, 2)` for the dot.
     """
+    if renderer in ("double_pendulum", "coupled_masses"):
+        raise ValueError(f"measure_frames reads one object; the {renderer} renderer draws two (use its truth.csv)")
     frames = np.asarray(frames)
     f = frames.astype(np.float64) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float64)
     size = geom["size"]
