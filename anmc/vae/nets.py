@@ -132,25 +132,6 @@ class BroadcastDecoder(nn.Module):
 DECODERS = {"deconv": DeconvDecoder, "broadcast": BroadcastDecoder}
 
 
-class SmootherFailed(UserError):
-    """The smoother's factorization failed: one sentence with what to try, never a traceback (exit 2).
-
-    Seen with the double pendulum early in training: readings that jump by radians between frames
-    make the iterated linearization diverge (filtered velocities of 10^2 .. 10^4 rad/s), where the
-    Jacobian of f grows with the velocities (the centripetal omega^2 terms), so J^T Q^-1 J swamps the
-    precision (condition number past 10^8 within three passes) until Cholesky fails or f overflows."""
-
-    def __init__(self, prior, y: torch.Tensor):
-        names, index = getattr(prior, "state_names", None), getattr(prior, "observed_index", None)
-        observed = [names[i] for i in index] if names is not None and index is not None else ["the observed states"]
-        super().__init__(
-            f"the smoother could not factor the posterior precision of this {getattr(prior, 'd', '?')}-state prior (the encoder's "
-            f"readings of {', '.join(observed)} jump further between frames than the dynamics allow, largest reading "
-            f"{float(y.detach().abs().max()):.3g}); try larger noise stds for the observed states in the .anm "
-            f"(e.g. 'noise {observed[0]} = 0.1'), a smaller --lr, or a shorter --seq-len"
-        )
-
-
 class VideoVAE(nn.Module):
     """Encoder + decoder + the compiled prior module (whose learnable physical params train jointly).
 
@@ -199,11 +180,7 @@ class VideoVAE(nn.Module):
         if self.posterior != "smoother":
             raise ValueError("smoothed() needs a VideoVAE built with posterior='smoother'")
         y, r = self.encoder_readings(x)
-        prior = self.prior if prior is None else prior
-        try:
-            return kalman_smoother(prior, y, r)
-        except torch.linalg.LinAlgError:
-            raise SmootherFailed(prior, y) from None
+        return kalman_smoother(self.prior if prior is None else prior, y, r)
 
     def encode(self, x: torch.Tensor, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, std (B, T-k+1, d) in the prior's units. With the smoother posterior these are the smoothed
