@@ -87,6 +87,15 @@ def main():
     """anmc: physics priors written as equations, compiled into interpretable video models."""
 
 
+_device_option = click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:N or auto (a checkpoint loads onto any).")
+
+
+def _device(name: str) -> str:
+    from anmc.vae.train import resolve_device
+
+    return str(resolve_device(name))
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @report_user_errors
@@ -214,8 +223,9 @@ def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
 @click.option("--noise/--no-noise", default=False, show_default=True, help="Add the prior's noise to the rollouts (the same draws for both).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.gif or OUT.mp4 (plus OUT_latents.csv/.png).")
+@_device_option
 @report_user_errors
-def intervene(run_dir, intervention, file, sets, edits, video, start, sample, frames, batch, noise, seed, output):
+def intervene(run_dir, intervention, file, sets, edits, video, start, sample, frames, batch, noise, seed, output, device):
     """Counterfactual video from RUN_DIR under an intervention written in the .anm language.
 
     \b
@@ -230,8 +240,10 @@ def intervene(run_dir, intervention, file, sets, edits, video, start, sample, fr
         raise UserError("give an intervention: --intervention NAME, --file F, --set 'c = 0.8' or --edit \"omega' = ...\".")
     if Path(output).suffix.lower() not in WRITE_SUFFIXES:
         raise UserError(f"-o {output}: the counterfactual video must be .gif or .mp4 (or .npz/.npy for the raw frames).")
+    from anmc.vae.run import load_run
+
     cf = run_intervention(
-        run_dir, intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
+        load_run(run_dir, _device(device)), intervention=intervention, edits=[*sets, *edits], file=file, video=video, start=start,
         sample=sample, frames=frames, batch=batch, noise=noise, seed=seed,
     )  # fmt: skip
     for note in cf.notes:
@@ -292,6 +304,10 @@ def _train_options(f):
         click.option("--time-limit", default=None, type=float, help="Minutes; stop after the epoch that crosses it."),
         click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--seed", default=d.seed, show_default=True, type=int),
+        click.option("--precision", default=d.precision, show_default=True, type=click.Choice(["fp32", "bf16"]), help="bf16: the networks under bfloat16 autocast (the prior's algebra stays float32/float64)."),
+        click.option("--compile", "compile", is_flag=True, help="torch.compile the prior's generated core (a C++ compiler is needed; the first steps compile)."),
+        click.option("--cache", default=None, type=click.Path(file_okay=False), help="Decode the videos once into this folder and read them from disk (data larger than memory; docs/scaling.md)."),
+        click.option("--workers", default=d.workers, show_default=True, type=click.IntRange(min=0), help="DataLoader processes reading a --cache."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -422,9 +438,10 @@ def train(prior, videos, run_dir, resume, fps, **kwargs):
     model = load_model(Path(prior))
     if fps is not None or not (model.kind == "discrete" and model.dt_text == "1"):  # a discrete prior may have no dt
         check_frame_rate(list(videos), model.dt, fps, prior_name=f"{prior}")
-    if resume:  # the run keeps its own config; only an --epochs given on the command line extends it
-        given = click.get_current_context().get_parameter_source("epochs") != click.core.ParameterSource.DEFAULT
-        config = _config({"epochs": kwargs["epochs"]}) if given else None
+    if resume:  # the run keeps its own config; --epochs given extends it, --device/--workers/--cache move it
+        ctx = click.get_current_context()
+        given = [k for k in ("epochs", "device", "workers", "cache") if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT]
+        config = _config({"epochs": 1} | {k: kwargs[k] for k in given}) if given else None  # epochs: the larger is kept
     else:
         config = _config(kwargs)
     result = _run_training(Path(prior), list(videos), run_dir, config, resume)
@@ -465,15 +482,16 @@ def _print_report(report: dict) -> None:
 @click.option("--truth", type=click.Path(), help="truth.csv with the true states (default: one beside the videos).")
 @click.option("--circular", multiple=True, help="States that are angles to compare circularly (e.g. phase).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@_device_option
 @report_user_errors
-def eval_(run_dir, videos, truth, circular, json_path):
+def eval_(run_dir, videos, truth, circular, json_path, device):
     """How physical are the latents of RUN_DIR: correlation, slope, R^2 with the true states, prediction error."""
     import json
 
     from anmc.analysis.evaluate import evaluate
     from anmc.vae.run import load_run
 
-    report = evaluate(load_run(run_dir), videos=list(videos) or None, truth=truth, circular=circular or None)
+    report = evaluate(load_run(run_dir, _device(device)), videos=list(videos) or None, truth=truth, circular=circular or None)
     _print_report(report)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -489,13 +507,14 @@ def eval_(run_dir, videos, truth, circular, json_path):
 @click.option("--set", "sets", multiple=True, help="Or under these edits (green).")
 @click.option("--edit", "edits", multiple=True)
 @click.option("--video", "videos", multiple=True, help="Videos to encode (default: the training videos).")
+@_device_option
 @report_user_errors
-def plot(run_dir, output, states, intervention, sets, edits, videos):
+def plot(run_dir, output, states, intervention, sets, edits, videos, device):
     """Figure 2 of the paper for RUN_DIR: prior (blue), posterior (red), intervened prior (green); loss curves."""
     from anmc.vae.run import load_run
     from anmc.analysis.plots import latent_plot
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, _device(device))
     intervened, label = None, "intervened prior"
     if intervention or sets or edits:
         from anmc.analysis.intervene import intervened_module

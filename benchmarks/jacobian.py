@@ -1,72 +1,95 @@
-"""Speed of the compiled f_and_jacobian against the usual ways of getting a batch of Jacobians, and
-the compile time of each prior.
+"""Speed of the compiled f_and_jacobian, forward and forward + backward, against
+torch.func.vmap(torch.func.jacrev) of the same map written by hand in torch; operation counts; compile
+times (fresh process, cached) and, optionally, torch.compile's first call.
 
-    python benchmarks/jacobian.py [--batch 4096 65536] [--threads N] [--no-compile] [--quick]
+    python benchmarks/jacobian.py [--batch 256 4096 65536] [--systems ...] [--compile-core] [--large] [--quick]
 
-For the RK4 pendulum (priors/pendulum.anm) and a 6-state system (benchmarks/priors/coupled6.anm: two
-coupled pendulums and a driven, damped oscillator; rk4, 2 substeps), on float32 batches on the CPU,
-each column is the time of one call returning f (B, d) and J (B, d, d):
+Systems (float32, CPU, rk4 with 2 substeps, params L (and others) learnable where the prior says so):
+pendulum (d = 2, priors/pendulum.anm), double_pendulum (d = 4) and coupled6 (d = 6) from
+benchmarks/priors/, and chainN: N pendulums in a row, each coupled to its neighbours by springs
+(d = 2N, written by `chain_anm`). For each system and batch size B, four settings:
 
-    ours          the compiled module's f_and_jacobian (params frozen: the references below
-                  take their params as plain numbers, so nothing records an autograd graph)
-    ours+grad     the same with the learnable params requiring grad, as in training
-    compiled      ours after module.compile_core() (torch.compile of the integration; opt-in)
-    vmap(jacrev)  torch.func.vmap(torch.func.jacrev(f)) of the same f written by hand in torch
-    a.f.jacobian  torch.autograd.functional.jacobian(vectorize=True) of sum_b f(z)_b, (d, B, d)
-    analytic      a hand-written Jacobian: F and dF/dz by hand, pushed through RK4 by the chain
-                  rule with batched d x d matrix products (the way one writes it in torch)
-    numpy         numpy, same algorithm and the same cse'd expressions as ours (sympy lambdify
-                  with cse over F and dF/dz), to see how much is torch's per-operation dispatch
-    x vmap        vmap(jacrev) time / ours time
+    fwd fixed    f and J, params frozen (nothing records a graph)
+    fwd learn    f and J with the learnable params requiring grad, as in training (a graph is recorded)
+    f+b fixed    f and J, then the backward pass of sum(w_f f) + sum(w_J J) to z
+    f+b learn    the same to z and to the learnable params, as a training step does
 
-ours, compiled, analytic and numpy return f and J; vmap(jacrev) and a.f.jacobian return J only.
-Every column's J is checked against the analytic one (float64) before it is timed.
+each timed for anmc (`ours`) and for vmap(jacrev) (the hand-written f, with jacrev's has_aux giving
+f too), and their ratio (vmap time / ours). Both are checked to give the same f and J first. Times
+are the minimum over rounds of the mean over a block of calls, the rounds interleaved across every
+column of a system and batch size (a loaded machine hurts each column alike); one torch thread.
 
-Times are the minimum over rounds of the mean over a block of calls, the rounds interleaved
-across the columns (a shared, noisy machine hurts a column only as much as the others). Compile
-time is parse -> module instance: the first compile in a fresh process (which also builds the
-parser) and the median of warm compiles with SymPy's cache cleared.
+`ops`: aten operations per call (a TorchDispatchMode count) for ours and vmap at B = 256.
+Compile time: parse -> module instance in a fresh process, torch, sympy and lark imported before the
+clock starts; `first` with an empty cache, `cached` the second compile (anmc.codegen.cache). With
+--large also 1000 equations (chain500). With --compile-core: compile_core()'s first call (forward and
+backward compiled once, the batch dimension dynamic) and the number of graphs compiled over batch
+sizes 256 to 65536.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
+import os
 import subprocess
 import sys
-import time
+import tempfile
 import timeit
 from pathlib import Path
 
-import numpy as np
-import sympy as sp
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import anmc
-from anmc.symbolic.model import symbol
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = {"pendulum": ROOT / "priors" / "pendulum.anm", "coupled6": ROOT / "benchmarks" / "priors" / "coupled6.anm"}
+PRIORS = ROOT / "benchmarks" / "priors"
 G = 9.81
 
 
 # ---------------------------------------------------------------- the systems, by hand
 
 
-def pendulum_F(z, L=1.0, c=0.0):
+def chain_anm(n: int) -> str:
+    """N pendulums (angles x_i, velocities v_i) coupled to their neighbours by springs: d = 2N states."""
+    lines = [
+        f"# {n} pendulums in a row, neighbours joined by springs (generated by benchmarks/jacobian.py)",
+        "model chain",
+        "const g = 9.81",
+        "param L = 1.0 in [0.05, 20] learn",
+        "param k = 2.0 in [0, 50] learn",
+        "param c = 0.1 in [0, 10]",
+    ]
+    lines += [f"state {s}{i} ~ Normal(0, {sd})" for i in range(n) for s, sd in (("x", 0.5), ("v", 1))]
+    lines.append("dynamics continuous dt = 1/30 using rk4 steps 2")
+    for i in range(n):
+        left = f" - k * (x{i} - x{i - 1})" if i > 0 else ""
+        right = f" - k * (x{i} - x{i + 1})" if i < n - 1 else ""
+        lines += [f"  x{i}' = v{i}", f"  v{i}' = -(g / L) * sin(x{i}){left}{right} - c * v{i}"]
+    lines.append("noise " + ", ".join(f"x{i} = 0.01, v{i} = 0.05" for i in range(n)))
+    lines.append("observe " + ", ".join(f"x{i}" for i in range(n)))
+    return "\n".join(lines) + "\n"
+
+
+def pendulum_F(z, p):
     th, om = z[..., 0], z[..., 1]
-    return torch.stack((om, -(G / L) * torch.sin(th) - c * om), -1)
+    return torch.stack((om, -(G / p["L"]) * torch.sin(th) - p["c"] * om), -1)
 
 
-def pendulum_A(z, L=1.0, c=0.0):
-    th = z[..., 0]
-    zero, one = torch.zeros_like(th), torch.ones_like(th)
-    return torch.stack((zero, one, -(G / L) * torch.cos(th), torch.full_like(th, -c)), -1).unflatten(-1, (2, 2))
+def double_pendulum_F(z, p):
+    t1, o1, t2, o2 = z.unbind(-1)
+    L1, L2, m1, m2 = p["L1"], p["L2"], p["m1"], p["m2"]
+    den = 2 * m1 + m2 - m2 * torch.cos(2 * t1 - 2 * t2)
+    s, c = torch.sin(t1 - t2), torch.cos(t1 - t2)
+    a1 = (-G * (2 * m1 + m2) * torch.sin(t1) - m2 * G * torch.sin(t1 - 2 * t2) - 2 * s * m2 * (o2**2 * L2 + o1**2 * L1 * c)) / (L1 * den)
+    a2 = (2 * s * (o1**2 * L1 * (m1 + m2) + G * (m1 + m2) * torch.cos(t1) + o2**2 * L2 * m2 * c)) / (L2 * den)
+    return torch.stack((o1, a1, o2, a2), -1)
 
 
-def coupled6_F(z, L=1.0, kc=2.0, c=0.1, w=6.0, zeta=0.05, eps=0.5):
+def coupled6_F(z, p):
     t1, o1, t2, o2, x, v = z.unbind(-1)
+    L, kc, c, w, zeta, eps = (p[k] for k in ("L", "kc", "c", "w", "zeta", "eps"))
     return torch.stack(
         (
             o1,
@@ -80,90 +103,35 @@ def coupled6_F(z, L=1.0, kc=2.0, c=0.1, w=6.0, zeta=0.05, eps=0.5):
     )
 
 
-def coupled6_A(z, L=1.0, kc=2.0, c=0.1, w=6.0, zeta=0.05, eps=0.5):
-    t1, t2 = z[..., 0], z[..., 2]
-    o, i = torch.zeros_like(t1), torch.ones_like(t1)
-    a1, a2 = -(G / L) * torch.cos(t1) - kc, -(G / L) * torch.cos(t2) - kc
-    k, cc, ww, dd = torch.full_like(t1, kc), torch.full_like(t1, -c), torch.full_like(t1, -(w**2)), torch.full_like(t1, -2 * zeta * w)
-    rows = (
-        (o, i, o, o, o, o),
-        (a1, cc, k, o, o, o),
-        (o, o, o, i, o, o),
-        (k, o, a2, cc, o, o),
-        (o, o, o, o, o, i),
-        (eps * torch.cos(t1), o, o, o, ww, dd),
-    )
-    return torch.stack([e for row in rows for e in row], -1).unflatten(-1, (6, 6))
+def chain_F(z, p):
+    """The chain, vectorized over the pendulums (what one writes in torch by hand)."""
+    x, v = z[..., 0::2], z[..., 1::2]
+    k = p["k"]
+    pull = torch.zeros_like(x)
+    pull = pull + torch.nn.functional.pad(k * (x[..., :-1] - x[..., 1:]), (1, 0))  # the left neighbour
+    pull = pull + torch.nn.functional.pad(k * (x[..., 1:] - x[..., :-1]), (0, 1))  # the right neighbour
+    acc = -(G / p["L"]) * torch.sin(x) + pull - p["c"] * v
+    return torch.stack((v, acc), -1).flatten(-2)
 
 
-def rk4(F, z, h, steps):
+SYSTEMS = {
+    "pendulum": (ROOT / "priors" / "pendulum.anm", pendulum_F),
+    "double_pendulum": (PRIORS / "double_pendulum.anm", double_pendulum_F),
+    "coupled6": (PRIORS / "coupled6.anm", coupled6_F),
+    "chain4": (chain_anm(4), chain_F),
+    "chain8": (chain_anm(8), chain_F),
+    "chain16": (chain_anm(16), chain_F),
+}
+
+
+def rk4(F, z, p, h, steps):
     for _ in range(steps):
-        k1 = F(z)
-        k2 = F(z + h / 2 * k1)
-        k3 = F(z + h / 2 * k2)
-        k4 = F(z + h * k3)
+        k1 = F(z, p)
+        k2 = F(z + h / 2 * k1, p)
+        k3 = F(z + h / 2 * k2, p)
+        k4 = F(z + h * k3, p)
         z = z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
     return z
-
-
-def rk4_and_jacobian(F, A, z, h, steps):
-    """The analytic Jacobian of RK4: stage Jacobians A(y_s) chained through the stages, by hand."""
-    d = z.shape[-1]
-    J = torch.eye(d, dtype=z.dtype).expand(*z.shape[:-1], d, d)
-    for _ in range(steps):
-        k1, D1 = F(z), A(z) @ J
-        y2, T2 = z + h / 2 * k1, J + h / 2 * D1
-        k2, D2 = F(y2), A(y2) @ T2
-        y3, T3 = z + h / 2 * k2, J + h / 2 * D2
-        k3, D3 = F(y3), A(y3) @ T3
-        y4, T4 = z + h * k3, J + h * D3
-        k4, D4 = F(y4), A(y4) @ T4
-        z = z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-        J = J + h / 6 * (D1 + 2 * D2 + 2 * D3 + D4)
-    return z, J
-
-
-HAND = {"pendulum": (pendulum_F, pendulum_A), "coupled6": (coupled6_F, coupled6_A)}
-
-
-# ---------------------------------------------------------------- numpy, the same expressions
-
-
-def numpy_f_and_jacobian(prior):
-    """f_and_jacobian in numpy over the same F and dF/dz, cse'd and lambdified, the same algorithm."""
-    model = prior.model
-    m = prior.module()
-    d, states = model.d, [symbol(s) for s in model.states]
-    params = [symbol(p) for p in model.params]
-    consts = {symbol(n): v for n, v in model.consts.items()}
-    F = [model.rhs[s].xreplace(consts) for s in model.states]
-    A = sp.Matrix(F).jacobian(states)
-    nz = [(i, j) for i in range(d) for j in range(d) if A[i, j] != 0]
-    rows = sp.symbols(f"R0:{d}")  # the rows J_l (d, B) of the tangent, as opaque symbols
-    dk = [sum((A[i, j] * rows[j] for j in range(d) if (i, j) in nz), sp.Integer(0)) for i in range(d)]
-    fn = sp.lambdify([*states, *rows, *params], [*F, *dk], modules="numpy", cse=True)
-    values = [float(v.detach()) for v in m.param_values().values()]
-    h = m.dt / m.substeps
-
-    def run(z: np.ndarray):
-        zs = list(np.ascontiguousarray(z.T))
-        Js = list(np.eye(d, dtype=z.dtype)[:, :, None])
-        for _ in range(m.substeps):
-            out = fn(*zs, *Js, *values)
-            k1, d1 = out[:d], out[d:]
-            out = fn(*[a + h / 2 * b for a, b in zip(zs, k1)], *[a + h / 2 * b for a, b in zip(Js, d1)], *values)
-            k2, d2 = out[:d], out[d:]
-            out = fn(*[a + h / 2 * b for a, b in zip(zs, k2)], *[a + h / 2 * b for a, b in zip(Js, d2)], *values)
-            k3, d3 = out[:d], out[d:]
-            out = fn(*[a + h * b for a, b in zip(zs, k3)], *[a + h * b for a, b in zip(Js, d3)], *values)
-            k4, d4 = out[:d], out[d:]
-            zs = [a + h / 6 * (p + q) + h / 3 * (r + s) for a, p, q, r, s in zip(zs, k1, k4, k2, k3)]
-            Js = [a + h / 6 * (p + q) + h / 3 * (r + s) for a, p, q, r, s in zip(Js, d1, d4, d2, d3)]
-        B = z.shape[0]
-        Js = [np.broadcast_to(r, (d, B)) for r in Js]
-        return np.ascontiguousarray(np.stack(zs, -1)), np.ascontiguousarray(np.stack(Js, 0).transpose(2, 0, 1))
-
-    return run
 
 
 # ---------------------------------------------------------------- timing
@@ -178,80 +146,157 @@ def interleaved(fns: dict, number: int, rounds: int) -> dict:
     return best
 
 
-def jacobian_rows(batches, quick: bool, compile_core: bool):
-    rows, notes = [], []
-    for name, path in SYSTEMS.items():
-        prior = anmc.compile_prior(path)
-        F, A = HAND[name]
-        m = prior.module().requires_grad_(False)
-        mg = prior.module()
-        h, steps = m.dt / m.substeps, m.substeps
-        f = lambda z, F=F: rk4(F, z, h, steps)  # noqa: E731
-        vj = torch.func.vmap(torch.func.jacrev(f))
-        npf = numpy_f_and_jacobian(prior)
-        mc = None
-        if compile_core:
-            mc = prior.module().requires_grad_(False).compile_core()
-        for B in batches:
-            z = torch.randn(B, m.d, generator=torch.Generator().manual_seed(0))
-            zn = z.numpy()
-            ref_f, ref_J = rk4_and_jacobian(F, A, z.double(), h, steps)
-            fns = {
-                "ours": lambda: m.f_and_jacobian(z),
-                "ours+grad": lambda: mg.f_and_jacobian(z),
-                "vmap(jacrev)": lambda: vj(z),
-                "a.f.jacobian": lambda: torch.autograd.functional.jacobian(lambda x: f(x).sum(0), z, vectorize=True),
-                "analytic": lambda: rk4_and_jacobian(F, A, z, h, steps),
-                "numpy": lambda: npf(zn),
-            }
-            if mc is not None:
-                t = time.perf_counter()
-                try:
-                    mc.f_and_jacobian(z)
-                    fns["compiled"] = lambda: mc.f_and_jacobian(z)
-                    notes.append(f"{name} B={B}: compile_core's first call took {time.perf_counter() - t:.1f} s")
-                except Exception as err:  # no C++ compiler, an unsupported torch...
-                    notes.append(f"{name}: compile_core failed ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
-                    mc = None
-            for key in ("ours", "compiled", "analytic"):  # every column computes the same thing
-                if key in fns:
-                    got_f, got_J = fns[key]()
-                    assert torch.allclose(got_J.double(), ref_J, rtol=1e-3, atol=1e-4), f"{name} {key}: J differs"
-                    assert torch.allclose(got_f.double(), ref_f, rtol=1e-4, atol=1e-5), f"{name} {key}: f differs"
-            got_f, got_J = npf(zn)
-            assert np.allclose(got_J, ref_J.numpy(), rtol=1e-3, atol=1e-4), f"{name} numpy: J differs"
-            assert torch.allclose(vj(z).double(), ref_J, rtol=1e-3, atol=1e-4), f"{name} vmap(jacrev): J differs"
-            number = 1 if quick else max(2, int(120_000 / B))
-            times = interleaved(fns, number, 1 if quick else 9)
-            rows.append((name, m.d, B, times))
-    return rows, notes
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operations dispatched while active."""
 
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> int:
+    with OpCounter() as counter:
+        fn()
+    return counter.count
+
+
+def setup(name: str, B: int):
+    """The callables of one system at batch size B: {setting: {"ours": fn, "vmap": fn}}, and op counts."""
+    source, F = SYSTEMS[name]
+    prior = anmc.compile_prior(source)
+    learn = prior.module()
+    fixed = prior.module().requires_grad_(False)
+    h, steps, d = learn.dt / learn.substeps, learn.substeps, learn.d
+    values = {n: float(v.detach()) for n, v in learn.param_values().items()}
+    learnable = set(learn.learnable_param_names)
+    p_fixed = dict(values)
+    p_learn = {n: torch.tensor(v, requires_grad=n in learnable) for n, v in values.items()}
+
+    def f_pair(z, p):
+        y = rk4(F, z, p, h, steps)
+        return y, y
+
+    def vj(z, p):
+        J, f = torch.func.vmap(torch.func.jacrev(f_pair, has_aux=True), in_dims=(0, None))(z, p)
+        return f, J
+
+    gen = torch.Generator().manual_seed(0)
+    z = 0.5 * torch.randn(B, d, generator=gen)
+    zg = z.clone().requires_grad_()
+    w_f, w_J = torch.randn(B, d, generator=gen), torch.randn(B, d, d, generator=gen)
+    with torch.no_grad():  # the same f and J first
+        f1, J1 = fixed.f_and_jacobian(z)
+        f2, J2 = vj(z, p_fixed)
+    assert torch.allclose(f1, f2, rtol=1e-4, atol=1e-5) and torch.allclose(J1, J2, rtol=1e-3, atol=1e-4), name
+
+    def backward(call):
+        def run():
+            f, J = call()
+            ((w_f * f).sum() + (w_J * J).sum()).backward()
+
+        return run
+
+    fns = {
+        "fwd fixed": {"ours": lambda: fixed.f_and_jacobian(z), "vmap": lambda: vj(z, p_fixed)},
+        "fwd learn": {"ours": lambda: learn.f_and_jacobian(z), "vmap": lambda: vj(z, p_learn)},
+        "f+b fixed": {"ours": backward(lambda: fixed.f_and_jacobian(zg)), "vmap": backward(lambda: vj(zg, p_fixed))},
+        "f+b learn": {"ours": backward(lambda: learn.f_and_jacobian(zg)), "vmap": backward(lambda: vj(zg, p_learn))},
+    }
+    return fns, d
+
+
+def speed_rows(systems, batches, quick: bool):
+    rows = []
+    for name in systems:
+        for B in batches:
+            fns, d = setup(name, B)
+            flat = {(s, k): fn for s, pair in fns.items() for k, fn in pair.items()}
+            for fn in flat.values():  # warm-up
+                fn()
+            ops = {}
+            if B == min(batches):
+                ops = {k: count_ops(fns["f+b learn"][k]) for k in ("ours", "vmap")}
+                ops.update({f"fwd {k}": count_ops(fns["fwd fixed"][k]) for k in ("ours", "vmap")})
+            number = 1 if quick else max(1, int(40_000 / (B * max(1, d // 4))))
+            times = interleaved(flat, number, 1 if quick else 7)
+            rows.append((name, d, B, times, ops))
+    return rows
+
+
+# ---------------------------------------------------------------- compile time
 
 COMPILE_SNIPPET = """
 import sys, time
+import torch, sympy, lark
+sys.path.insert(0, sys.argv[2])
+from jacobian_sources import source
+src = source(sys.argv[1])
 t = time.perf_counter()
 import anmc
-t0 = time.perf_counter()
-anmc.compile_prior(sys.argv[1]).module()
-print(time.perf_counter() - t0)
+anmc.compile_prior(src).module()
+print(time.perf_counter() - t)
+"""
+
+SOURCES_MODULE = """
+from pathlib import Path
+def source(name):
+    if name.startswith("chain"):
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("jacobian_bench", {bench!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.chain_anm(int(name[5:]))
+    return name
 """
 
 
-def compile_times(quick: bool):
-    import sympy.core.cache
+def compile_time(name: str, cache_dir: str, helper: str) -> float:
+    env = {**os.environ, "ANMC_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", COMPILE_SNIPPET, name, helper], capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
-    out = []
-    paths = sorted((ROOT / "priors").glob("*.anm")) + [SYSTEMS["coupled6"]]
-    for path in paths:
-        first = float(subprocess.run([sys.executable, "-c", COMPILE_SNIPPET, str(path)], capture_output=True, text=True, check=True).stdout)
-        warm = []
-        for _ in range(1 if quick else 5):
-            sympy.core.cache.clear_cache()
-            t = time.perf_counter()
-            anmc.compile_prior(path).module()
-            warm.append(time.perf_counter() - t)
-        out.append((path.relative_to(ROOT), first, statistics.median(warm)))
-    return out
+
+def compile_rows(large: bool, quick: bool):
+    names = [str(ROOT / "priors" / "pendulum.anm"), str(PRIORS / "double_pendulum.anm"), "chain16"]
+    if quick:
+        names = names[:1]
+    if large:
+        names.append("chain500")
+    rows = []
+    with tempfile.TemporaryDirectory() as helper, tempfile.TemporaryDirectory() as cache_dir:
+        Path(helper, "jacobian_sources.py").write_text(SOURCES_MODULE.format(bench=str(Path(__file__).resolve())))
+        for name in names:
+            label = Path(name).stem if name.endswith(".anm") else name
+            eqs = anmc.compile_prior(name if name.endswith(".anm") else chain_anm(int(name[5:]))).module().d if not name.startswith("chain5") else 1000
+            first = compile_time(name, cache_dir, helper)
+            cached = compile_time(name, cache_dir, helper)
+            rows.append((label, eqs, first, cached))
+    return rows
+
+
+def compile_core_rows(quick: bool):
+    import torch._dynamo
+
+    rows = []
+    for name in ("pendulum",) if quick else ("pendulum", "chain16"):
+        source, _ = SYSTEMS[name]
+        torch._dynamo.reset()
+        m = anmc.compile_prior(source).module()
+        m.compile_core()
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        for B in (256, 4096, 65536) if not quick else (256, 1000):
+            z = torch.randn(B, m.d, requires_grad=True)
+            f, J = m.f_and_jacobian(z)
+            (f.sum() + J.sum()).backward()
+            with torch.no_grad():
+                m.f_and_jacobian(z)
+        after = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        rows.append((name, m.compile_seconds, after - before))
+    return rows
 
 
 def fmt_ms(seconds: float) -> str:
@@ -261,38 +306,49 @@ def fmt_ms(seconds: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, nargs="+", default=[4096, 65536])
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column (it compiles for ~10-30 s)")
-    ap.add_argument("--quick", action="store_true", help="tiny batches, one repeat, no torch.compile: a smoke test")
+    ap.add_argument("--batch", type=int, nargs="+", default=[256, 4096, 65536])
+    ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    ap.add_argument("--compile-core", action="store_true", help="also time compile_core() (torch.compile; minutes on a loaded machine)")
+    ap.add_argument("--large", action="store_true", help="also compile 1000 equations (chain500)")
+    ap.add_argument("--no-speed", action="store_true", help="compile times only")
+    ap.add_argument("--quick", action="store_true", help="tiny batches, one repeat, two systems: a smoke test")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     batches = [64, 256] if args.quick else args.batch
-    compile_core = not (args.no_compile or args.quick)
+    systems = ["pendulum", "chain4"] if args.quick else args.systems
 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 150))
-    rows, notes = jacobian_rows(batches, args.quick, compile_core)
-    cols = ["ours", "ours+grad"] + (["compiled"] if any("compiled" in t for *_, t in rows) else [])
-    cols += ["vmap(jacrev)", "a.f.jacobian", "analytic", "numpy"]
-    table = Table(title=f"f and J per call, ms (float32, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    for c in ["system", "d", "batch", *cols, "x vmap"]:
-        table.add_column(c, justify="left" if c == "system" else "right")
-    for name, d, B, t in rows:
-        table.add_row(name, str(d), str(B), *(fmt_ms(t[c]) if c in t else "-" for c in cols), f"{t['vmap(jacrev)'] / t['ours']:.1f}x")
-    console.print(table)
-    for n in notes:
-        console.print(f"  {n}")
+    console = Console(width=max(Console().width, 160))
+    console.print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    if not args.no_speed:
+        rows = speed_rows(systems, batches, args.quick)
+        settings = ("fwd fixed", "fwd learn", "f+b fixed", "f+b learn")
+        table = Table(title="f and J per call, ms: anmc / vmap(jacrev) = ratio (float32, CPU)")
+        for c in ("system", "d", "B", *settings, "ops ours/vmap (fwd; f+b)"):
+            table.add_column(c, justify="left" if c == "system" else "right")
+        for name, d, B, t, ops in rows:
+            cells = [f"{fmt_ms(t[s, 'ours'])} / {fmt_ms(t[s, 'vmap'])} = {t[s, 'vmap'] / t[s, 'ours']:.1f}x" for s in settings]
+            op = f"{ops['fwd ours']}/{ops['fwd vmap']}; {ops['ours']}/{ops['vmap']}" if ops else ""
+            table.add_row(name, str(d), str(B), *cells, op)
+        console.print(table)
 
-    table = Table(title="compile time (parse -> module instance), s")
-    for c in ("prior", "first in a process", "warm (median)"):
+    table = Table(title="compile time (parse -> module instance, fresh process, after torch/sympy/lark imports), s")
+    for c in ("prior", "d", "first (empty cache)", "cached"):
         table.add_column(c, justify="left" if c == "prior" else "right")
-    for path, first, warm in compile_times(args.quick):
-        table.add_row(str(path), f"{first:.3f}", f"{warm:.3f}")
+    for label, eqs, first, cached in compile_rows(args.large, args.quick):
+        table.add_row(label, str(eqs), f"{first:.3f}", f"{cached:.3f}")
     console.print(table)
+
+    if args.compile_core:
+        table = Table(title="compile_core(): first call (forward + backward), graphs compiled over batch sizes 256..65536")
+        for c in ("system", "first call, s", "new graphs"):
+            table.add_column(c, justify="left" if c == "system" else "right")
+        for name, seconds, graphs in compile_core_rows(args.quick):
+            table.add_row(name, f"{seconds:.1f}", str(graphs))
+        console.print(table)
 
 
 if __name__ == "__main__":

@@ -140,8 +140,9 @@ def test_audit_refuses_a_statement_smuggled_through_a_comment(brk):
 # Statements made only of allowed names and attributes, each of which the node and name checks let
 # through; the statement-level audit refuses them.
 SMUGGLED = {
-    "rebind an argument": ("    def rhs(", "        omega = omega * 0 + 42\n", "return (omega"),
-    "second return": ("    def rhs(", "        return (theta, omega)\n", "return (omega"),
+    "rebind an argument": ("    def rhs(", "        c = c * 0 + 42\n", "return torch.stack((omega"),
+    "rebind a state": ("    def rhs(", "        omega = omega * 0 + 42\n", "return torch.stack((omega"),
+    "second return": ("    def rhs(", "        return torch.stack((theta, omega))\n", "return torch.stack((omega"),
     "bind a name twice": ("    def constants(", "        c = 0.5 * g\n", "_t0 = -g/L"),
     "second class attribute": ("    integrator = ", "    dt = 1.0\n", None),
     "new method": ("    def rhs(", "    def forward(self, z):\n        return z\n\n", None),

@@ -1,5 +1,6 @@
-"""The smoother posterior (anmc/prior/smoother.py): exact on linear dynamics against dense Gaussian
-conditioning and the Kalman log-likelihood, its batched and recursive paths in agreement, the
+"""The smoother posterior (anmc/posterior/smoother.py): exact on linear dynamics against dense Gaussian
+conditioning and the Kalman log-likelihood, the same values and gradients as the dense precision path
+and the recursions it replaced (tests/_smoother_reference.py), long and wide sequences, the
 linearization points' gradient, the causal filter, the Markov KL's limits, and its gradients."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import anmc
 from anmc.prior import gaussian_kl
 from anmc.posterior.smoother import kalman_filter, kalman_smoother, markov_kl
 from anmc.prior.transition import elbo
+
+import _smoother_reference as reference
 
 F64 = torch.float64
 PRIORS = Path(__file__).resolve().parent.parent / "priors"
@@ -58,11 +61,11 @@ def observations(module, b, t_len, seed, r=0.05):
     return y, std
 
 
-@pytest.mark.parametrize("dense_up_to", [0, 512], ids=["recursive", "dense"])
-def test_linear_smoother_equals_dense_conditioning(spring, dense_up_to):
-    t_len, d = 6, spring.d
-    y, r = observations(spring, 3, t_len, seed=0)
-    post = kalman_smoother(spring, y, r, dense_up_to=dense_up_to)
+@pytest.mark.parametrize("t_len", [1, 2, 6, 17, 40])
+def test_linear_smoother_equals_dense_conditioning(spring, t_len):
+    d = spring.d
+    y, r = observations(spring, 3, t_len, seed=t_len)
+    post = kalman_smoother(spring, y, r)
     mean, cov = dense_joint(spring, t_len)
     h = torch.zeros(t_len, t_len * d, dtype=F64)
     for t in range(t_len):
@@ -82,11 +85,11 @@ def test_linear_smoother_equals_dense_conditioning(spring, dense_up_to):
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 9), r=st.floats(1e-3, 1.0), dense_up_to=st.sampled_from([0, 512]))
-def test_linear_elbo_equals_kalman_log_likelihood(spring, seed, t_len, r, dense_up_to):
+@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 20), r=st.floats(1e-3, 1.0))
+def test_linear_elbo_equals_kalman_log_likelihood(spring, seed, t_len, r):
     """With the exact posterior the ELBO is tight: E_q[log N(y | Hz, R)] − KL = log p(y)."""
     y, std = observations(spring, 4, t_len, seed, r)
-    post = kalman_smoother(spring, y, std, dense_up_to=dense_up_to)
+    post = kalman_smoother(spring, y, std)
     obs = list(spring.observed_index)
     expected_loglik = (
         -0.5 * (((y - post.mean[..., obs]) / std) ** 2 + post.std[..., obs] ** 2 / std**2 + torch.log(2 * math.pi * std**2))
@@ -99,33 +102,68 @@ def test_linear_elbo_equals_kalman_log_likelihood(spring, seed, t_len, r, dense_
     torch.testing.assert_close(expected_loglik - markov_kl(spring, post), log_py, rtol=1e-7, atol=1e-6)
 
 
-def _kl_and_grads(module, y, std, dense_up_to):
-    post = kalman_smoother(module, y, std, dense_up_to=dense_up_to)
+def _kl_and_grads(smoother, module, y, std, **kwargs):
+    post = smoother(module, y, std, **kwargs)
     loss = markov_kl(module, post).sum() + (post.mean * torch.linspace(-1, 1, module.d, dtype=F64)).sum()
-    return post, torch.autograd.grad(loss, [y, std])
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [y, std, *params], allow_unused=True)  # L is unused when T = 1
+    return post, [torch.zeros_like(p) if g is None else g for p, g in zip([y, std, *params], grads)]
 
 
 def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 12), r=st.floats(1e-3, 0.5))
-def test_dense_and_recursive_paths_agree_on_the_pendulum(pendulum, seed, t_len, r):
-    """The batched path (the filter's means as a fixed point, two differentiable passes, one Cholesky
-    solve) gives the recursions' posterior and their gradients."""
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 40), r=st.floats(1e-3, 0.5))
+def test_same_values_and_gradients_as_the_dense_path(pendulum, seed, t_len, r):
+    """The scans compute the function the dense (T·d)² precision path computed (fixed point, two
+    differentiable passes, one solve): the same posterior and the same gradients for the readings, their
+    stds and the learnable length, to rounding."""
     y, std = observations(pendulum, 3, t_len, seed, r)
-    y, std = y.requires_grad_(), std.requires_grad_()
-    (a, grads_a), (b, grads_b) = (_kl_and_grads(pendulum, y, std, du) for du in (0, 512))
+    y, std = y.detach().requires_grad_(), std.detach().requires_grad_()
+    new, grads_new = _kl_and_grads(kalman_smoother, pendulum, y, std)
+    old, grads_old = _kl_and_grads(reference.kalman_smoother, pendulum, y, std, dense_up_to=10**9)
+    for name in ("mean", "cov", "cross", "entropy"):
+        torch.testing.assert_close(getattr(new, name), getattr(old, name), rtol=1e-9, atol=1e-10)
+    for a, b in zip(grads_new, grads_old):
+        assert (a - b).norm() <= 1e-8 * b.norm() + 1e-12
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 12), r=st.floats(1e-3, 0.5))
+def test_batched_path_agrees_with_the_recursions(pendulum, seed, t_len, r):
+    """The filter + Rauch-Tung-Striebel recursions under autograd, a loop over frames, give the same
+    posterior and (through the two differentiable passes) the same gradients."""
+    y, std = observations(pendulum, 3, t_len, seed, r)
+    y, std = y.detach().requires_grad_(), std.detach().requires_grad_()
+    (a, grads_a), (b, grads_b) = (_kl_and_grads(f, pendulum, y, std, **kw) for f, kw in ((reference.kalman_smoother, {"dense_up_to": 0}), (kalman_smoother, {})))
     for name in ("mean", "cov", "cross", "entropy"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-7, atol=1e-9)
     assert _rel(grads_b[0], grads_a[0]) < 1e-4 and _rel(grads_b[1], grads_a[1]) < 1e-4
 
 
+def test_long_and_wide_sequences_match_the_recursions():
+    """T = 300 frames of the pendulum and d = 16 (a chain of 8 coupled oscillators): the values of the
+    recursions, with memory linear in T (the dense path would factorize a 600² or 512² precision)."""
+    import sys
+
+    sys.path.insert(0, str(PRIORS.parent / "benchmarks"))
+    from train_step import chain_prior
+
+    for source, t_len in ((PRIORS / "pendulum.anm", 300), (chain_prior(8), 32)):
+        module = anmc.compile_prior(source).module().double()
+        y, std = observations(module, 2, t_len, seed=5, r=0.1)
+        new = kalman_smoother(module, y.detach(), std.detach())
+        old = reference.kalman_smoother(module, y.detach(), std.detach(), dense_up_to=0)
+        for name in ("mean", "cov", "cross", "entropy"):
+            torch.testing.assert_close(getattr(new, name), getattr(old, name), rtol=1e-7, atol=1e-9)
+
+
 def test_fixed_point_is_the_filter():
     """The batched fixed-point iteration finds the sequential filter's means, on a swing of 2.5 rad (where
     the first linearization, at the initial mean, is 2.5 rad off) and on readings of 1 rad noise."""
-    from anmc.posterior.smoother import _filter, _filter_fixed_point, _readings_information
+    from anmc.posterior.smoother import _filter_fixed_point, _Readings
 
     pendulum = anmc.compile_prior(PRIORS / "pendulum.anm").module().double()
     g = torch.Generator().manual_seed(0)
@@ -134,9 +172,8 @@ def test_fixed_point_is_the_filter():
     for noise in (0.05, 1.0):
         y = z[..., :1] + noise * torch.randn(z[..., :1].shape, generator=g, dtype=F64)
         r2 = torch.full_like(y, noise**2)
-        sequential = torch.stack(_filter(pendulum, y, r2)[0], 1)
-        start = pendulum.initial_mean.double().expand(6, 32, 2)
-        found = _filter_fixed_point(pendulum, _readings_information(pendulum, y, r2), start)
+        sequential = torch.stack(reference._filter(pendulum, y, r2)[0], 1)
+        found = _filter_fixed_point(pendulum, _Readings.build(pendulum, y, r2))
         torch.testing.assert_close(found, sequential, rtol=0, atol=1e-9)
 
 
@@ -145,15 +182,23 @@ def test_unrolled_passes_converge_to_the_recursions_gradient(pendulum):
     passes) the readings' gradient is off by ~2%, and the error then falls by orders of magnitude per
     pass (training with the points held constant diverged from the recursions within 100 steps)."""
     y, std = observations(pendulum, 4, 16, seed=7, r=0.3)
-    y, std = y.requires_grad_(), std.requires_grad_()
-    exact = _kl_and_grads(pendulum, y, std, 0)[1]
+    y, std = y.detach().requires_grad_(), std.detach().requires_grad_()
+    exact = _kl_and_grads(reference.kalman_smoother, pendulum, y, std, dense_up_to=0)[1]
     errors = []
     for unroll in range(4):
-        post = kalman_smoother(pendulum, y, std, unroll=unroll)
-        loss = markov_kl(pendulum, post).sum() + (post.mean * torch.linspace(-1, 1, pendulum.d, dtype=F64)).sum()
-        errors.append(_rel(torch.autograd.grad(loss, [y])[0], exact[0]))
+        grads = _kl_and_grads(kalman_smoother, pendulum, y, std, unroll=unroll)[1]
+        errors.append(_rel(grads[0], exact[0]))
     assert errors[0] > 1e-3 and errors[1] < 1e-2 * errors[0] and errors[2] < 1e-2 * errors[1], errors
     assert errors[2] < 1e-5
+
+
+def test_filter_matches_the_sequential_filter(pendulum):
+    """kalman_filter (fixed point + scan) gives the extended Kalman filter's loop's marginals."""
+    y, std = observations(pendulum, 3, 25, seed=2, r=0.2)
+    mean, cov = kalman_filter(pendulum, y.detach(), std.detach())
+    ref_m, ref_p = reference.kalman_filter(pendulum, y.detach(), std.detach())
+    torch.testing.assert_close(mean, ref_m, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(cov, ref_p, rtol=1e-7, atol=1e-9)
 
 
 def test_filter_is_causal_and_ends_at_the_smoother(spring, pendulum):

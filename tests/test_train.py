@@ -269,3 +269,70 @@ def test_config_names_are_the_implemented_ones():
     assert config.KL_READINGS == (*TRANSITION_KL, "standard")
     assert set(config.DECODERS) == set(nets.DECODERS)
     assert nets.POSTERIORS is config.POSTERIORS
+
+
+def _weights_of(run):
+    return load_checkpoint(run)["vae"]
+
+
+def test_training_from_the_cache_through_workers_is_training_from_memory(data, tmp_path):
+    """--cache with DataLoader workers reads the same batches in the same order: the same weights, bit for bit."""
+    base = {**TINY, "epochs": 1, "steps_per_epoch": 3}
+    train(PRIOR, [str(data)], tmp_path / "mem", TrainConfig(**base))
+    train(PRIOR, [str(data)], tmp_path / "disk", TrainConfig(**base, cache=str(tmp_path / "cache"), workers=2))
+    a, b = _weights_of(tmp_path / "mem"), _weights_of(tmp_path / "disk")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert list((tmp_path / "cache").glob("*.u8"))
+
+
+def test_bf16_autocast_trains_with_the_prior_in_float(data, tmp_path, monkeypatch):
+    """--precision bf16: the networks run in bfloat16, the smoother and the KL in float32/float64."""
+    import anmc.vae.nets as nets
+
+    seen = []
+    smoother = nets.kalman_smoother
+    monkeypatch.setattr(nets, "kalman_smoother", lambda m, y, r, **kw: seen.append((y.dtype, torch.is_autocast_enabled("cpu"))) or smoother(m, y, r, **kw))
+    result = train(PRIOR, [str(data)], tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1, "steps_per_epoch": 3}, precision="bf16"))
+    assert all(np.isfinite(m["loss"]) for m in result.metrics)
+    assert seen and all(dtype == torch.float32 and not autocast for dtype, autocast in seen)
+
+
+def test_precision_must_be_known():
+    with pytest.raises(Exception, match="--precision"):
+        TrainConfig(precision="fp8")
+
+
+@pytest.mark.slow
+def test_compile_flag_trains_with_the_compiled_core(data, tmp_path):
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile needs a C++ compiler")
+    result = train(PRIOR, [str(data)], tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1, "steps_per_epoch": 2}, compile=True))
+    assert np.isfinite(result.metrics[-1]["loss"])
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_training_resumes_on_the_cpu_and_back(data, tmp_path):
+    """A run trained on the GPU evaluates and resumes on the CPU, and a CPU run resumes on the GPU."""
+    run = tmp_path / "gpu"
+    train(PRIOR, [str(data)], run, TrainConfig(**{**TINY, "epochs": 1}, device="cuda", precision="bf16"))
+    assert next(load_run(run, "cpu").vae.parameters()).device.type == "cpu"
+    train(PRIOR, [str(data)], run, TrainConfig(**{**TINY, "epochs": 2}, device="cpu"), resume=True)
+    train(PRIOR, [str(data)], run, TrainConfig(**{**TINY, "epochs": 3}, device="cuda"), resume=True)
+    assert load_checkpoint(run)["epoch"] == 3
+    payload = load_checkpoint(run)
+    assert "cuda" in payload["rng"] and payload["rng"]["cpu"].dtype == torch.uint8
+
+
+@cuda
+def test_cli_commands_run_on_cuda(trained, tmp_path):
+    run, _ = trained
+    runner = CliRunner()
+    for args in (["eval", str(run), "--device", "cuda"], ["plot", str(run), "-o", str(tmp_path / "p.png"), "--device", "cuda"],
+                 ["intervene", str(run), "--set", "c = 0.5", "--frames", "5", "-o", str(tmp_path / "i.gif"), "--device", "cuda"]):  # fmt: skip
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output

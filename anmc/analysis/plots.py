@@ -12,6 +12,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import copy  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -35,7 +37,8 @@ def latent_plot(
     intervened=None, intervention_label: str = "intervened prior", max_points: int = 3000,
 ) -> Path:  # fmt: skip
     """Write the Figure-2 style picture (and the loss curves beside it) to `out`; returns the path."""
-    module = run.module
+    module = copy.deepcopy(run.module).cpu()  # the draws run on the CPU, wherever the networks are
+    intervened = None if intervened is None else copy.deepcopy(intervened).cpu()
     names = module.state_names
     states = states or (names[0], names[1] if len(names) > 1 else names[0])
     i, j = (names.index(s) for s in states)

@@ -8,32 +8,43 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from anmc.codegen import cache
 from anmc.codegen.load import UnsafeSourceError, load_class
-from anmc.codegen.other_emitters import emit_latex, emit_numpy
 from anmc.codegen.runtime import AnmModule
-from anmc.codegen.torch_emitter import class_name, emit_torch
+from anmc.lang.check import reserved_reason
 from anmc.lang.errors import AnmError, Diagnostic
-from anmc.symbolic.model import Model, apply_edits, apply_intervention, load_model, too_deep
+from anmc.lang.parser import parse_anm
+from anmc.symbolic.model import Model, apply_edits, apply_intervention, build_model, read_source, too_deep
 
 
 @dataclass
 class CompiledPrior:
-    """A model with its generated torch source and class; `module()` makes an instance."""
+    """A model with its generated torch source and class; `module()` makes an instance. A prior read from
+    the cache (anmc.codegen.cache) builds its `model` only when something asks for it."""
 
-    model: Model
+    _model: Model | None = field(repr=False)
     source: str
     module_class: type = field(repr=False)
+    _build: Callable[[], Model] | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            self._model = self._build()
+        return self._model
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        return self.model.states
+        return tuple(self.module_class.state_names)
 
     @property
     def observed(self) -> tuple[str, ...]:
-        return self.model.observed
+        return tuple(self.module_class.observed_states)
 
     @property
     def warnings(self):
@@ -43,14 +54,20 @@ class CompiledPrior:
         return self.module_class()
 
     def numpy_source(self) -> str:
+        from anmc.codegen.other_emitters import emit_numpy
+
         return emit_numpy(self.model)
 
     def latex(self) -> str:
+        from anmc.codegen.other_emitters import emit_latex
+
         return emit_latex(self.model)
 
 
 def compile_model(model: Model) -> CompiledPrior:
     """Emit and load the torch module of an already-built model."""
+    from anmc.codegen.torch_emitter import class_name, emit_torch  # (SymPy's printers: not needed for a cached prior)
+
     try:
         source = emit_torch(model)  # user text (file names, equations as typed) goes in through escape.comment_safe
         allowed = {*model.states, *model.consts, *model.params, *model.lets}
@@ -65,6 +82,34 @@ def compile_model(model: Model) -> CompiledPrior:
     return CompiledPrior(model, source, cls)
 
 
+def _intervened(model: Model, intervention: str | None, edits) -> Model:
+    if intervention:
+        model = apply_intervention(model, intervention)
+    if edits:
+        model = apply_edits(model, list(edits))
+    return model
+
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _from_cache(entry, filename: str, build: Callable[[], Model]) -> CompiledPrior | None:
+    """The prior of a cache entry, or None if the entry is malformed or its source fails the audit."""
+    source, meta = entry
+    names, cls_name = meta.get("names"), meta.get("class")
+    if not (isinstance(names, list) and isinstance(cls_name, str) and _NAME.fullmatch(cls_name)):
+        return None
+    if not all(isinstance(n, str) and _NAME.fullmatch(n) and reserved_reason(n) is None for n in names):
+        return None  # the names a model may declare, as the language checks them
+    try:
+        cls = load_class(source, cls_name, set(names), filename)
+    except (UnsafeSourceError, SyntaxError, KeyError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, AnmModule)):
+        return None
+    return CompiledPrior(None, source, cls, build)
+
+
 def compile_prior(
     source: str | Path | Model,
     intervention: str | None = None,
@@ -73,10 +118,23 @@ def compile_prior(
     """Compile a prior from a `.anm` path, `.anm` text or a `Model`, optionally intervened.
 
     Raises `anmc.AnmError` (file, line, column, caret) for anything wrong in the text or the edits.
+    The generated source of a path or text is cached (anmc.codegen.cache): a second compile of the same
+    text, intervention and edits by the same anmc only audits and loads it.
     """
-    model = source if isinstance(source, Model) else load_model(source)
-    if intervention:
-        model = apply_intervention(model, intervention)
-    if edits:
-        model = apply_edits(model, list(edits))
-    return compile_model(model)
+    if isinstance(source, Model):
+        return compile_model(_intervened(source, intervention, edits))
+    text, filename = read_source(source)
+    name = cache.key(text, filename, intervention, list(edits))
+
+    def build() -> Model:
+        return _intervened(build_model(parse_anm(text, filename)), intervention, edits)
+
+    entry = cache.get(name)
+    if entry is not None:
+        prior = _from_cache(entry, filename, build)
+        if prior is not None:
+            return prior
+    prior = compile_model(build())
+    model = prior.model
+    cache.put(name, prior.source, {"class": prior.module_class.__name__, "names": sorted({*model.states, *model.consts, *model.params})})
+    return prior

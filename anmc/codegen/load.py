@@ -36,19 +36,19 @@ _ALLOWED_NODES = (
     pyast.USub, pyast.UAdd, pyast.Gt, pyast.keyword,
 )  # fmt: skip
 _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
-_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h"}
+_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_J", "_gF", "_gJ"}
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
     "model_name", "state_names", "observed_states", "param_names", "learnable_param_names", "param_bounds",
-    "noise_learnable", "initial_kinds", "dt", "substeps", "integrator",
+    "noise_learnable", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads",
 }  # fmt: skip
 _ATTRIBUTES = {
     # torch functions the printer emits
     "sin", "cos", "tan", "exp", "log", "sqrt", "rsqrt", "abs", "tanh", "sinh", "cosh", "atan", "atan2",
     "asin", "acos", "sign", "minimum", "maximum", "clamp", "sigmoid", "stack", "full_like", "zeros_like", "tensor",
-    "pow", "heaviside", "floor", "ceil",
+    "pow", "heaviside", "floor", "ceil", "add", "addcmul",
     # tensor methods, module plumbing, math constants
-    "unbind", "unflatten", "to", "expand_as", "dtype", "Parameter", "register_buffer", "__init__", "pi", "e",
+    "unbind", "unflatten", "to", "sum", "expand_as", "dtype", "Parameter", "register_buffer", "__init__", "pi", "e",
 }  # fmt: skip
 
 
@@ -59,6 +59,20 @@ class UnsafeSourceError(RuntimeError):
     """The generated source contains something the emitter never writes; it is not run."""
 
 
+def _nodes(tree: pyast.AST):
+    """Every node of the tree (what ast.walk gives, without its per-node generators: the audit's hot loop)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                stack.extend(v for v in value if isinstance(v, pyast.AST))
+            elif isinstance(value, pyast.AST):
+                stack.append(value)
+
+
 def audit(source: str | pyast.Module, allowed_names: set[str]) -> None:
     """Raise UnsafeSourceError unless `source` uses only emitter constructs and `allowed_names`, in
     statements of the shape the emitter writes (module docstring). Given a parsed tree instead of
@@ -67,7 +81,7 @@ def audit(source: str | pyast.Module, allowed_names: set[str]) -> None:
         audit_text(source)
     tree = pyast.parse(source) if isinstance(source, str) else source
     _audit_statements(tree)
-    for node in pyast.walk(tree):
+    for node in _nodes(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise UnsafeSourceError(f"generated code contains a {type(node).__name__} node")
         if isinstance(node, pyast.Import):
@@ -233,7 +247,10 @@ def _registered_buffer(call: pyast.expr) -> str | None:
 def _is_generated_name(name: str, allowed: set[str]) -> bool:
     if name.startswith("_t") and name[2:].isdigit():
         return True
-    if name.startswith("J_") and name[2:].isdigit():
+    for prefix in ("J_", "_gF_", "_gJ_"):
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
+            return True
+    if name.startswith("_P_") and all(part.isdigit() for part in name[3:].split("_")) and name.count("_") == 3:
         return True
     for prefix in ("next_", "start_"):
         if name.startswith(prefix) and name[len(prefix) :] in allowed:
@@ -250,7 +267,9 @@ def _is_storage_attribute(attr: str, allowed: set[str]) -> bool:
 
 def load_class(source: str, class_name: str, allowed_names: set[str], filename: str = "<anmc>") -> type:
     """Audit `source`, execute it, and return the class `class_name`."""
-    audit(source, allowed_names)
+    audit_text(source)
+    tree = pyast.parse(source)  # parsed once: audited, then compiled
+    audit(tree, allowed_names)
     # the module's __file__ and linecache key: tools that walk sys.modules (hypothesis, inspect, coverage)
     # choke on a raw file name's surrogates or line breaks
     code_name = f"<anmc generated: {comment_safe(filename)}>"
@@ -259,5 +278,5 @@ def load_class(source: str, class_name: str, allowed_names: set[str], filename: 
     module = types.ModuleType(f"anmc_generated_{class_name.lower()}_{next(_counter)}")
     module.__file__ = code_name
     sys.modules[module.__name__] = module
-    exec(compile(source, code_name, "exec"), module.__dict__)  # noqa: S102 - audited above
+    exec(compile(tree, code_name, "exec"), module.__dict__)  # noqa: S102 - audited above
     return module.__dict__[class_name]

@@ -1,26 +1,29 @@
 """The base class of every generated prior module: what is the same for all models.
 
-A generated class (see `anmc compile`) adds its model's numbers and three methods:
+A generated class (see `anmc compile`) adds its model's numbers and four methods:
 
-    constants(z)                           the params cast to z's dtype/device, and their param-only
-                                           factors (`-g/L`), once per call
-    rhs(*states, *c)                       the right-hand sides F (z' for continuous dynamics, the next
-                                           values for discrete ones) at one point
-    rhs_and_tangents(*states, *J, *c)      F and its tangents: given the rows J_i = d z_i / d z0 of the
-                                           point's Jacobian with respect to the frame's input z0, the
-                                           rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l (chain rule)
+    constants(z)                            the params cast to z's dtype/device, and their param-only
+                                            factors (`-g/L`), once per call: the scalars c
+    rhs(z, *c)                              the right-hand sides F (z' for continuous dynamics, the
+                                            next values for discrete ones) at the points z (d, B)
+    rhs_and_tangents(z, J, *c)              F and its tangents: given the rows J_l = d z_l / d z0
+                                            (d, d, B) of the points' Jacobian with respect to the
+                                            frame's input z0, the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l
+    rhs_and_tangents_vjp(z, J, gF, gJ, *c)  the backward pass of rhs_and_tangents (docs/method.md §8)
 
-Each state is a contiguous vector over the (flattened) batch, (B,); each row J_i is (d, B). This base
-runs the integrator over them. `f_and_jacobian` starts from J = I and carries the rows through every
-stage of every substep (forward-mode differentiation written out), so J is the exact derivative of
-the same discrete map `forward` computes: no symbolic expansion of the substeps, no d x d matrix
-products, and one tensor operation per term over the whole batch. Inputs and outputs keep the public
-layout z (..., d) -> f (..., d), J (..., d, d). Q = diag(noise_std**2), noise_std (d,).
+States are stacked, (d, B) over the flattened batch, tangent rows (d, d, B). This base runs the
+integrator over them. `f_and_jacobian` starts from J = I and carries the rows through every stage of
+every substep (forward-mode differentiation written out), so J is the exact derivative of the same
+discrete map `forward` computes. Where autograd would record it (a learnable param or the input
+requires grad), the whole frame is one autograd node whose backward pass runs the stages in reverse
+through `rhs_and_tangents_vjp`. Inputs and outputs keep the public layout z (..., d) -> f (..., d),
+J (..., d, d). Q = diag(noise_std**2), noise_std (d,).
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -45,12 +48,14 @@ _PLANS: dict = {}
 def _plan(integrator: str, h: float) -> tuple:
     """The stages of an explicit Runge-Kutta substep of length h: ((a_sj * h for the nonzero a_sj), b_s * h)."""
     key = (integrator, h)
-    if key not in _PLANS:
+    compiling = torch.compiler.is_compiling()  # under torch.compile a lookup would become a guard: no cache
+    if compiling or key not in _PLANS:
         a, b = TABLEAUS[integrator]
         rows = ((),) + a
-        _PLANS[key] = tuple(
-            (tuple((j, h * coef) for j, coef in enumerate(row) if coef), h * weight) for row, weight in zip(rows, b)
-        )
+        plan = tuple((tuple((j, h * coef) for j, coef in enumerate(row) if coef), h * weight) for row, weight in zip(rows, b))
+        if compiling:
+            return plan
+        _PLANS[key] = plan
     return _PLANS[key]
 
 
@@ -75,16 +80,153 @@ def _batch_major(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, 0).contiguous()
 
 
-_IDENTITY: dict = {}
+_CACHE: dict = {}
 
 
-def _identity_rows(d: int, dtype, device) -> tuple[torch.Tensor, ...]:
-    """The rows of J = I as (d, 1) columns (they broadcast against (d, B) rows); cached, never written to."""
-    key = (d, dtype, device)
-    if key not in _IDENTITY:
+def _cached(key, make):
+    """A small tensor made once per (what, dtype, device) and never written to (index tables, J = I).
+    Under torch.compile it is made afresh: a lookup would become a guard that fails once the entry exists."""
+    if torch.compiler.is_compiling():
+        return make()
+    if key not in _CACHE:
         with torch.inference_mode(False):  # a tensor made in inference mode could never meet autograd later
-            _IDENTITY[key] = torch.eye(d, dtype=dtype, device=device).unsqueeze(-1).unbind(0)
-    return _IDENTITY[key]
+            _CACHE[key] = make()
+    return _CACHE[key]
+
+
+class _Core:
+    """The integrator over stacked states: z (d, B), tangent rows T (d, d, B) with T[i] = d z_i / d z0.
+
+    Each evaluation of the right-hand sides at a point y with tangent rows t gives k = F(y) and
+    dk = A(y) t (the generated `rhs_and_tangents`). With a `tape`, each evaluation's (y, t) is kept, and
+    `substep_backward` runs the stages in reverse: the generated `rhs_and_tangents_vjp` turns the
+    cotangents (gk, gdk) of a stage's (k, dk) into those of its (y, t) and of the learnable scalars, and
+    the integrator's linear combinations are transposed here (docs/method.md, "The compiled prior").
+    """
+
+    def __init__(self, module: "AnmModule", scalars: tuple):
+        self.m = module
+        self.scalars = scalars
+
+    def evaluate(self, y, t, tape):
+        """k = F(y) and, with tangent rows t, dk = A(y) t; (y, t) is recorded on `tape` when given."""
+        if t is None:
+            return self.m.rhs(y, *self.scalars), None
+        if tape is not None:
+            tape.append((y, t))
+        return self.m.rhs_and_tangents(y, t, *self.scalars)
+
+    def vjp(self, stage, gk, gdk, acc: list):
+        """The cotangents of a stage's point and tangent rows from those of its k and dk; the scalars'
+        pointwise gradients are summed into `acc`."""
+        y, t = stage
+        gy, gt, gs = self.m.rhs_and_tangents_vjp(y, t, gk, gdk, *self.scalars)
+        if acc:
+            acc[:] = [a + b for a, b in zip(acc, gs)]
+        else:
+            acc.extend(gs)
+        return gy, gt
+
+    # ---------------------------------------------------------------- integrators, forward
+    def substep(self, z, T, tape):
+        """One substep of z (d, B) (and of its tangent rows T (d, d, B) when given)."""
+        m = self.m
+        if m.integrator == "discrete":
+            return self.evaluate(z, T, tape)
+        if m.integrator == "semi_implicit_euler":
+            h = m.dt / m.substeps
+            for i in range(m.d):  # x_i <- x_i + h F_i(x_1', ..., x_{i-1}', x_i, ...)
+                k, dk = self.evaluate(z, T, tape)
+                index = _cached(("index", i, z.device), lambda: torch.tensor([i], device=z.device))
+                z = torch.index_add(z, 0, index, k.narrow(0, i, 1), alpha=h)
+                if T is not None:
+                    T = torch.index_add(T, 0, index, dk.narrow(0, i, 1), alpha=h)
+            return z, T
+        ks, dks = [], []
+        out_z, out_T = z, T
+        for inputs, weight in _plan(m.integrator, m.dt / m.substeps):
+            y, t = z, T
+            for j, alpha in inputs:  # the stage's point: z + h sum_j a_sj k_j
+                y = torch.add(y, ks[j], alpha=alpha)
+                if T is not None:
+                    t = torch.add(t, dks[j], alpha=alpha)
+            k, dk = self.evaluate(y, t, tape)
+            ks.append(k)
+            dks.append(dk)
+            if weight:  # the substep's sum: z + h sum_s b_s k_s
+                out_z = torch.add(out_z, k, alpha=weight)
+                if T is not None:
+                    out_T = torch.add(out_T, dk, alpha=weight)
+        return out_z, out_T
+
+    # ---------------------------------------------------------------- integrators, backward
+    def substep_backward(self, tape, gz, gT, acc):
+        """The adjoint of `substep` from its stages (`tape`: an iterator over the recorded stages, last first)."""
+        m = self.m
+        if m.integrator == "discrete":
+            return self.vjp(next(tape), gz, gT, acc)
+        if m.integrator == "semi_implicit_euler":
+            h = m.dt / m.substeps
+            for i in reversed(range(m.d)):
+                e = _cached(("onehot", i, m.d, gz.dtype, gz.device), lambda: torch.eye(m.d, dtype=gz.dtype, device=gz.device)[i] * 1.0)
+                gk = gz * (h * e).unsqueeze(-1)
+                gdk = gT * (h * e).view(-1, 1, 1)
+                gy, gt = self.vjp(next(tape), gk, gdk, acc)
+                gz, gT = gz + gy, gT + gt
+            return gz, gT
+        plan = _plan(m.integrator, m.dt / m.substeps)
+        acc_k: list = [None] * len(plan)  # sum_{r>s} a_rs gy_r, accumulated in place (fresh tensors we own)
+        acc_dk: list = [None] * len(plan)
+        gz_in = gT_in = None
+        for s in reversed(range(len(plan))):
+            weight = plan[s][1]  # the stage's cotangents: b_s times the substep's, plus what later stages add
+            gk = _axpy(acc_k[s], gz, weight)
+            gdk = _axpy(acc_dk[s], gT, weight)
+            gy, gt = self.vjp(next(tape), gk, gdk, acc)
+            gz_in = gz + gy if gz_in is None else gz_in.add_(gy)
+            gT_in = gT + gt if gT_in is None else gT_in.add_(gt)
+            for j, alpha in plan[s][0]:  # y_s = z + h sum_j a_sj k_j
+                acc_k[j] = gy * alpha if acc_k[j] is None else acc_k[j].add_(gy, alpha=alpha)
+                acc_dk[j] = gt * alpha if acc_dk[j] is None else acc_dk[j].add_(gt, alpha=alpha)
+        return gz_in, gT_in
+
+
+def _axpy(acc, x, weight):
+    """acc + weight * x, into acc when there is one (a tensor of the backward pass's own)."""
+    if acc is None:
+        return x * weight
+    return acc.add_(x, alpha=weight) if weight else acc
+
+
+class _FrameAndJacobian(torch.autograd.Function):
+    """f and J of `steps` substeps, with the backward pass written out (`_Core.substep_backward`): the
+    forward records no graph, and the backward costs about as much as the forward."""
+
+    @staticmethod
+    def forward(ctx, module, steps, zt, *scalars):
+        core = _Core(module, scalars)
+        tape: list = []
+        z, T = zt, module._identity(zt)
+        for _ in range(steps):
+            z, T = core.substep(z, T, tape)
+        ctx.core, ctx.tape, ctx.steps = core, tape, steps
+        ctx.grads = ctx.needs_input_grad[3:]
+        ctx.save_for_backward(*(s for s in scalars if isinstance(s, torch.Tensor)))  # (checks they stay unchanged)
+        return z, T
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gz, gT):
+        core, tape = ctx.core, reversed(ctx.tape)
+        ctx.saved_tensors  # noqa: B018 - raises if a param was changed in place since the forward pass
+        acc: list = []
+        for _ in range(ctx.steps):
+            gz, gT = core.substep_backward(tape, gz, gT, acc)
+        scalars = [None] * len(core.scalars)
+        for index, g in zip(core.m.scalar_grads, acc):
+            if ctx.grads[index]:
+                scalars[index] = g.sum().reshape(core.scalars[index].shape)
+        return None, None, gz, *scalars
 
 
 class AnmModule(nn.Module):
@@ -102,14 +244,25 @@ class AnmModule(nn.Module):
     substeps: int = 1
     integrator: str = ""
 
+    scalar_grads: tuple[int, ...] = ()  # which of constants()'s scalars learnable params reach
+    # f_and_jacobian's backward pass: True, the written one (one autograd node); False, autograd recording
+    # the steps' operations; None, the one measured faster for the model's size: written for d <= 2, where
+    # the call is bound by dispatch (pendulum, forward + backward 0.86x autograd's time), recorded above,
+    # where it is bound by memory and autograd's reuse of saved values wins (d = 4..32: 1.05-1.5x;
+    # docs/results.md §4)
+    written_backward: bool | None = None
+
     # ---------------------------------------------------------------- generated
     def constants(self, z: torch.Tensor) -> tuple:  # pragma: no cover - generated
         raise NotImplementedError
 
-    def rhs(self, *args) -> tuple:  # pragma: no cover - generated
+    def rhs(self, z, *scalars) -> torch.Tensor:  # pragma: no cover - generated
         raise NotImplementedError
 
-    def rhs_and_tangents(self, *args) -> tuple[tuple, tuple]:  # pragma: no cover - generated
+    def rhs_and_tangents(self, z, J, *scalars) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def rhs_and_tangents_vjp(self, z, J, gF, gJ, *scalars) -> tuple:  # pragma: no cover - generated
         raise NotImplementedError
 
     # ---------------------------------------------------------------- the map
@@ -134,18 +287,30 @@ class AnmModule(nn.Module):
 
     def compile_core(self, **options) -> "AnmModule":
         """Opt in to `torch.compile` (options passed on) for the integration itself, which then runs as a
-        few fused, vectorized loops over the batch instead of one tensor operation per term (several
-        times faster on CPU). The layout changes around it stay eager: inductor does not vectorize
-        across them. The first call for each input shape and dtype compiles (seconds; a C++ compiler
-        is needed), and torch._dynamo's recompile limit applies across all modules, which share the
-        compiled methods. `compile_core(off=True)` switches back. Returns the module."""
+        few fused, vectorized loops over the batch instead of one tensor operation per term. The batch
+        dimension is marked dynamic, so one compilation serves every batch size (no recompiles from 256 to
+        65536), and the forward and backward graphs are compiled here, once, by warm-up calls (with the
+        learnable params' gradient, as training runs it, and without); `compile_seconds` says how long
+        that took. A C++ compiler is needed. `compile_core(off=True)` switches back. Returns the module."""
         if options.pop("off", False):
             self.__dict__.pop("_compiled_core", None)
             return self
-        self.__dict__["_compiled_core"] = (
-            torch.compile(self._frame, **options),
-            torch.compile(self._frame_and_jacobian, **options),
-        )
+        options.setdefault("dynamic", True)
+        start = time.perf_counter()
+        self.__dict__["_compiled_core"] = (torch.compile(self._frame, **options), torch.compile(self._frame_and_jacobian, **options))
+        ref = next(iter(self.buffers()), None)
+        # Two batch sizes: the compiled graphs come in two size ranges (up to 4096 and above, a guard the
+        # compiler adds), and both are compiled here rather than at the first large batch.
+        for batch in (8, 8192):
+            z = torch.zeros(batch, self.d, dtype=ref.dtype if ref is not None else None, device=ref.device if ref is not None else None)
+            with torch.enable_grad():
+                f, J = self.f_and_jacobian(z.requires_grad_())
+                (f.sum() + J.sum()).backward()
+            self.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                self.f_and_jacobian(z)
+                self(z)
+        self.compile_seconds = time.perf_counter() - start
         return self
 
     def _core(self):
@@ -156,70 +321,37 @@ class AnmModule(nn.Module):
         """z (..., d) -> (d, B) with each state one contiguous vector over the flattened batch."""
         if z.shape[-1:] != (self.d,):
             raise ValueError(f"expected z of shape (..., {self.d}) for states {self.state_names}, got {tuple(z.shape)}")
-        return torch.stack(z.reshape(-1, self.d).unbind(-1), 0)  # (much faster than .mT.contiguous() on CPU)
+        zt = torch.stack(z.reshape(-1, self.d).unbind(-1), 0)  # (much faster than .mT.contiguous() on CPU)
+        if "_compiled_core" in self.__dict__ and zt.shape[1] > 1:
+            torch._dynamo.mark_dynamic(zt, 1)
+        return zt
+
+    def _identity(self, zt: torch.Tensor) -> torch.Tensor:
+        """J = I as tangent rows (d, d, B): a broadcast view of one cached (d, d, 1) tensor."""
+        d = self.d
+        eye = _cached(("eye", d, zt.dtype, zt.device), lambda: torch.eye(d, dtype=zt.dtype, device=zt.device).unsqueeze(-1))
+        return eye.expand(d, d, zt.shape[-1])
 
     def _frame(self, zt: torch.Tensor, steps: int) -> torch.Tensor:
         """`steps` substeps of (d, B) states -> (d, B)."""
-        zs, c = zt.unbind(0), self.constants(zt)
+        core = _Core(self, self.constants(zt))
         for _ in range(steps):
-            zs, _ = self._step(zs, None, c)
-        return torch.stack(self._full(zs, zt[0]), 0)
+            zt, _ = core.substep(zt, None, None)
+        return zt
 
     def _frame_and_jacobian(self, zt: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`steps` substeps of (d, B) states and the Jacobian rows carried along: ((d, B), (d, d, B))."""
-        zs, c = zt.unbind(0), self.constants(zt)
-        js = _identity_rows(self.d, zt.dtype, zt.device)
+        """`steps` substeps of (d, B) states and the Jacobian rows carried along: ((d, B), (d, d, B)). Where
+        autograd would record the steps, one autograd node with the written-out backward pass does instead."""
+        scalars = self.constants(zt)
+        wanted = [zt, *scalars]
+        written = self.written_backward if self.written_backward is not None else self.d <= 2
+        if written and torch.is_grad_enabled() and _plain(zt) and any(isinstance(x, torch.Tensor) and x.requires_grad for x in wanted):
+            return _FrameAndJacobian.apply(self, steps, zt, *scalars)
+        core = _Core(self, scalars)
+        T = self._identity(zt)
         for _ in range(steps):
-            zs, js = self._step(zs, js, c)
-        return torch.stack(self._full(zs, zt[0]), 0), torch.stack(self._full(js, zt), 0)
-
-    @staticmethod
-    def _full(parts, like: torch.Tensor) -> list[torch.Tensor]:
-        """Each part with the shape of `like` (a part the map leaves constant may be a number or (d, 1))."""
-        if all(isinstance(p, torch.Tensor) and p.shape == like.shape for p in parts):
-            return list(parts)
-        zero = torch.zeros_like(like)
-        return [p if isinstance(p, torch.Tensor) and p.shape == like.shape else zero + p for p in parts]
-
-    # ---------------------------------------------------------------- integrators
-    def _step(self, zs, js, c):
-        """One substep of the states zs (and of the Jacobian rows js when given)."""
-        if self.integrator == "discrete":
-            return (self.rhs(*zs, *c), None) if js is None else self.rhs_and_tangents(*zs, *js, *c)
-        if self.integrator == "semi_implicit_euler":
-            return self._semi_implicit_euler(zs, js, c, self.dt / self.substeps)
-        add = torch.add
-        ks, dks = [], []
-        out_z, out_j = zs, js
-        for inputs, weight in _plan(self.integrator, self.dt / self.substeps):
-            y, t = zs, js
-            for j, alpha in inputs:  # the stage's point: z + h sum_j a_sj k_j
-                y = [add(a, b, alpha=alpha) for a, b in zip(y, ks[j])]
-                if js is not None:
-                    t = [add(a, b, alpha=alpha) for a, b in zip(t, dks[j])]
-            if js is None:
-                k, dk = self.rhs(*y, *c), None
-            else:
-                k, dk = self.rhs_and_tangents(*y, *t, *c)
-            ks.append(k)
-            dks.append(dk)
-            if weight:  # the substep's sum: z + h sum_s b_s k_s
-                out_z = [add(a, b, alpha=weight) for a, b in zip(out_z, k)]
-                if js is not None:
-                    out_j = [add(a, b, alpha=weight) for a, b in zip(out_j, dk)]
-        return out_z, out_j
-
-    def _semi_implicit_euler(self, zs, js, c, h):
-        """x_i <- x_i + h F_i(x_1', ..., x_{i-1}', x_i, ...), one state at a time in declaration order."""
-        zs, js = list(zs), (list(js) if js is not None else None)
-        for i in range(self.d):
-            if js is None:
-                zs[i] = torch.add(zs[i], self.rhs(*zs, *c)[i], alpha=h)
-            else:
-                k, dk = self.rhs_and_tangents(*zs, *js, *c)
-                zs[i] = torch.add(zs[i], k[i], alpha=h)
-                js[i] = torch.add(js[i], dk[i], alpha=h)
-        return zs, js
+            zt, T = core.substep(zt, T, None)
+        return zt, T
 
     def rollout(self, z0: torch.Tensor, frames: int, noise: bool = False, generator=None) -> torch.Tensor:
         """z_0 .. z_{frames-1} from z0 (..., d): shape (..., frames, d); with `noise`, z_t = f(z_{t-1}) + eps."""

@@ -2,19 +2,23 @@
 
     source = emit_torch(model)
 
-The generated class holds the model's numbers and three small methods: `constants` (the params
-cast to the input's dtype and device, and the param-only factors of the equations), `rhs` (the
-right-hand sides, one expression per state, cse'd) and `rhs_and_tangents` (the same, plus the
-derivative of each right-hand side along the rows of the running Jacobian: the symbolic dF/dz
-written out row by row, so each term is one tensor operation over the whole batch). The integrator
-and the chain rule through its stages live in `anmc.codegen.runtime.AnmModule`; nothing is expanded
-symbolically across stages or substeps, which keeps both the source and the compile time small.
+The generated class holds the model's numbers and four small methods over stacked tensors (states
+z (d, B), tangent rows J (d, d, B)): `constants` (the params cast to the input's dtype and device, and
+the param-only factors of the equations and their derivatives), `rhs` (the right-hand sides, cse'd),
+`rhs_and_tangents` (the same, plus the derivative of each right-hand side along the rows of the
+running Jacobian: the sparse symbolic dF/dz written out row by row, so each term is one tensor
+operation over the whole batch) and `rhs_and_tangents_vjp` (its backward pass: the cotangents of the
+point, of the tangent rows and of the learnable scalars, from SymPy's derivatives of
+phi = sum_i gF_i F_i + sum_e P_e A_e; docs/method.md §8). The integrator, the chain rule through its
+stages and their reverse live in `anmc.codegen.runtime.AnmModule`; nothing is expanded symbolically
+across stages or substeps, which keeps both the source and the compile time small.
 
 The printer is SymPy's `TorchPrinter` with a few cases of our own (readable powers and floats,
-elementwise min/max, the step function of piecewise Jacobians). Everything the emitter writes is
-either fixed text, a number, or an identifier that the language admitted (declared names match
-`[A-Za-z][A-Za-z0-9_]*` and are not Python keywords, builtins or names the code uses itself) or
-one of its own (`_t0`, `J_0`, ...); `anmc.codegen.load` audits the result again before running it.
+elementwise min/max, the step function of piecewise Jacobians, long sums in groups). Everything the
+emitter writes is either fixed text, a number, or an identifier that the language admitted (declared
+names match `[A-Za-z][A-Za-z0-9_]*` and are not Python keywords, builtins or names the code uses
+itself) or one of its own, which start with an underscore or are `J_<digits>` (`_t0`, `_gF_1`,
+`_P_1_0`, `J_0`, ...); `anmc.codegen.load` audits the result again before running it.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import re
 
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
+from sympy.simplify.cse_main import tree_cse
 
 from anmc._version import __version__
-from anmc.codegen.lets import let_values, name_temporaries
 from anmc.codegen.escape import comment_safe
+from anmc.codegen.lets import let_values, name_temporaries
 from anmc.lang.ast import source_lines
 from anmc.symbolic.integrators import H
 from anmc.symbolic.model import Model, source_text, symbol
@@ -83,6 +88,15 @@ class AnmTorchPrinter(TorchPrinter):
         return self._minmax(expr, "maximum", "min")
 
     like = "z"  # a tensor in scope whose dtype and device a 0/1 step takes
+
+    CHUNK = 32  # terms per parenthesized group in a long sum: Python's parser nests a flat sum term by term
+
+    def _print_Add(self, expr, order=None):
+        terms = list(expr.args)
+        if len(terms) <= self.CHUNK:
+            return super()._print_Add(expr, order=order)
+        groups = [sp.Add(*terms[i : i + self.CHUNK], evaluate=False) for i in range(0, len(terms), self.CHUNK)]
+        return " + ".join(f"({self._print(g)})" for g in groups)
 
     def _print_Heaviside(self, expr):
         return f"({self._print(expr.args[0])} > 0).to({self.like})"
@@ -180,17 +194,29 @@ def _docstring(model: Model) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------- the right-hand sides and their tangents
+
+
+# ---------------------------------------------------------------- the right-hand sides and their derivatives
+
+
+def _sorted_symbols(exprs, among) -> list[sp.Symbol]:
+    """The symbols of `among` (in its order) that occur in any of `exprs`."""
+    used = set().union(*(sp.sympify(e).free_symbols for e in exprs)) if exprs else set()
+    return [s for s in among if s in used]
 
 
 class _RhsEmitter:
-    """Source of `constants`, `rhs` and `rhs_and_tangents` for one model.
+    """Source of `constants`, `rhs`, `rhs_and_jacobian` and `rhs_and_jacobian_vjp` for one model.
 
-    The right-hand sides F (the derivatives z', or the next values for discrete dynamics) and their
-    Jacobian A = dF/dz are differentiated symbolically once; the integrator's stages and the chain
-    rule over them live in `AnmModule` (runtime.py), which carries the tangent rows J forward through
-    every stage: d F(y)/d z0 = A(y) J. Param-only factors (`-g/L`) are hoisted into `constants`,
-    computed once per call instead of once per stage.
+    The right-hand sides F (the derivatives z', or the next values for discrete dynamics) are
+    differentiated symbolically once, sparsely (dF_i/dz_j only for the states F_i contains). The
+    nonzero entries of A = dF/dz split into those that depend on the state (`jacobian_entries`,
+    computed per point by `rhs_and_jacobian`) and those that do not (`jacobian_fixed`, computed once
+    per call by `constants`). The backward method is the gradient of the scalar
+    phi = sum_i gF_i F_i + sum_e gA_e A_e (the cotangents of F and of the state-dependent entries)
+    with respect to the state and the learnable scalars, again written out symbolically. The
+    integrator, the products A T and their adjoints live in `AnmModule` (runtime.py).
+    Param-only factors (`-g/L`) are hoisted into `constants`, computed once per call.
     """
 
     def __init__(self, model: Model, printer: AnmTorchPrinter):
@@ -198,13 +224,34 @@ class _RhsEmitter:
         self.printer = printer
         self.states = [symbol(s) for s in model.states]
         self.state_set = set(self.states)
+        self.batch_set = set(self.states)  # symbols that are vectors over the batch (never hoisted)
         self.const_values = {symbol(n): sp.Float(v) for n, v in model.consts.items()}
-        self.F = [self.fold(model.rhs[s]) for s in model.states]
-        self.A = sp.Matrix(self.F).jacobian(self.states).applyfunc(lambda e: self.fold(_drop_dirac(e)))
+        self.const_set = set(self.const_values)
         self.counter = 0
         self.hoisted: dict[sp.Expr, sp.Symbol] = {}  # param-only expression -> its symbol in `constants`
-        self.F_h = [self.hoist(e) for e in self.F]
-        self.A_h = self.A.applyfunc(self.hoist)
+        self.diff = _Differentiator()
+        self.F_h = [self.hoist(self.fold(model.rhs[s])) for s in model.states]
+        # the nonzero entries of A = dF/dz, sparse: (i, j) -> dF_i/dz_j, for the states F_i contains
+        self.A: dict[tuple[int, int], sp.Expr] = {}
+        for i, Fi in enumerate(self.F_h):
+            for j, s in enumerate(self.states):
+                if s in self.diff.free(Fi):
+                    a = self.hoist(self.fold(self.diff(Fi, s)))
+                    if a != 0:
+                        self.A[i, j] = a
+        params = [symbol(n) for n in model.params]
+        learn = {symbol(n) for n, p in model.params.items() if p.learn}
+        for e, s in self.hoisted.items():  # a hoisted factor is learnable when any name in it is
+            if e.free_symbols & learn:
+                learn.add(s)
+        forward = [*self.F_h, *self.A.values()]
+        self.grad_scalars = [s for s in _sorted_symbols(forward, [*params, *self.hoisted.values()]) if s in learn]
+        # the entries whose value changes with the state or a learnable scalar take part in the backward pass
+        # through P_e = <gJ_i, J_j> (summed over the columns)
+        self.P = {ij: sp.Symbol(f"_P_{ij[0]}_{ij[1]}", real=True) for ij, a in self.A.items() if self.diff.free(a) & (self.state_set | learn)}
+        self.gF = [sp.Symbol(f"_gF_{i}", real=True) for i in range(model.d)]
+        self.batch_set |= {*self.gF, *self.P.values()}
+        self.vjp = self._vjp_expressions()
 
     def fresh(self) -> sp.Symbol:
         s = sp.Symbol(f"_t{self.counter}", real=True)
@@ -221,7 +268,7 @@ class _RhsEmitter:
         if e.is_Atom:
             return e
         arithmetic = e.is_Add or e.is_Mul or e.is_Pow
-        if e.free_symbols <= set(self.const_values):
+        if self.diff.free(e) <= self.const_set:
             return sp.Float(sp.N(e.xreplace(self.const_values)))
         args = [self.fold(a) for a in e.args]
         if not arithmetic:
@@ -230,7 +277,7 @@ class _RhsEmitter:
 
     # ---- hoisting param-only factors
     def _is_free(self, e: sp.Expr) -> bool:
-        return not (e.free_symbols & self.state_set)
+        return not (self.diff.free(e) & self.batch_set)
 
     def hoist(self, e: sp.Expr) -> sp.Expr:
         """`e` with its maximal param-only parts (not single names or numbers) replaced by symbols."""
@@ -246,7 +293,7 @@ class _RhsEmitter:
             if free:
                 part = e.func(*free)
                 # `-c*x` prints as one product (a subtraction inside a sum); everything else is hoisted
-                keep = part.is_Atom or (e.is_Mul and part.could_extract_minus_sign() and (-part).is_Atom)
+                keep = part.is_Atom or (e.is_Mul and _negative(part) and (-part).is_Atom)
                 free = [part if keep else self._symbol_for(part)]
             return e.func(*free, *dependent)
         return e.func(*(self.hoist(a) for a in e.args))
@@ -256,35 +303,61 @@ class _RhsEmitter:
             self.hoisted[e] = self.fresh()
         return self.hoisted[e]
 
+    # ---- the backward expressions
+    def _vjp_expressions(self) -> tuple[list[sp.Expr], list[sp.Expr]]:
+        """d phi / d z_m for each state m and d phi / d s for each learnable scalar s, where
+        phi = sum_i gF_i F_i + sum_e P_e A_e: sparse sums over the terms that contain z_m (or s)."""
+        gz: list[list[sp.Expr]] = [[] for _ in range(self.model.d)]
+        for (i, j), a in self.A.items():
+            gz[j].append(self.gF[i] * a)  # A^T gF
+        for ij, p in self.P.items():
+            a = self.A[ij]
+            for m, s in enumerate(self.states):
+                if s in self.diff.free(a):
+                    gz[m].append(p * self.fold(self.diff(a, s)))
+        gs = []
+        for s in self.grad_scalars:
+            terms = [self.gF[i] * self.diff(F, s) for i, F in enumerate(self.F_h) if s in self.diff.free(F)]
+            terms += [p * self.diff(self.A[ij], s) for ij, p in self.P.items() if s in self.diff.free(self.A[ij])]
+            gs.append(self.fold(sp.Add(*terms)))
+        return [self.hoist(sp.Add(*t)) for t in gz], [self.hoist(g) for g in gs]
+
     # ---- source
     def scalars(self) -> list[sp.Symbol]:
-        """The param symbols and hoisted symbols the rhs methods use, in a fixed order (their arguments)."""
+        """The param symbols and hoisted symbols the point methods use, in a fixed order (their arguments)."""
         params = [symbol(n) for n in self.model.params]
-        used = set().union(*(e.free_symbols for e in [*self.F_h, *self.A_h]))
-        return [p for p in params if p in used] + [s for s in self.hoisted.values() if s in used]
+        exprs = [*self.F_h, *self.A.values(), *self.vjp[0], *self.vjp[1]]
+        return _sorted_symbols(exprs, [*params, *self.hoisted.values()])
 
     def _const_lines(self, exprs, indent: str) -> list[str]:
         used = set().union(*(sp.sympify(e).free_symbols for e in exprs)) if exprs else set()
         return [f"{indent}{n} = {v!r}" for n, v in self.model.consts.items() if symbol(n) in used]
 
+    def class_attributes(self) -> list[str]:
+        scalars = [str(s) for s in self.scalars()]
+        grads = tuple(scalars.index(str(s)) for s in self.grad_scalars)
+        return [f"    scalar_grads = {grads!r}  # which scalars (the arguments after the tensors) learnable params reach"]
+
     def constants(self) -> list[str]:
         self.printer.like = "z"
         scalars = self.scalars()
-        hoisted = [(s, e) for e, s in self.hoisted.items() if s in scalars]
+        needed = set(scalars)
+        for e, s in reversed(list(self.hoisted.items())):  # hoisted factors may be built from earlier ones
+            if s in needed:
+                needed |= e.free_symbols
+        hoisted = [(s, e) for e, s in self.hoisted.items() if s in needed]
         lines = [
             "    def constants(self, z):",
-            '        """The params as z\'s dtype and device, and the param-only factors of the right-hand sides',
-            '        (computed once per call, then handed to `rhs` and `rhs_and_tangents`)."""',
+            '        """The params as z\'s dtype and device, and the param-only factors of the right-hand sides and their',
+            '        derivatives (computed once per call, then handed to the methods below)."""',
         ]
-        needed = set(scalars) | set().union(*(e.free_symbols for _, e in hoisted)) if hoisted else set(scalars)
         lines += self._const_lines([e for _, e in hoisted], "        ")
         for name, p in self.model.params.items():
             if symbol(name) in needed:
                 lines.append(f"        {name} = {_param_line(self.model, name)}  # line {p.line}: {comment_safe(p.text)}")
         for s, e in hoisted:
             lines.append(f"        {s} = {self.printer.doprint(e)}")
-        ret = ", ".join(str(s) for s in scalars)
-        lines.append(f"        return ({ret}{',' if len(scalars) == 1 else ''})" if scalars else "        return ()")
+        lines.append(f"        return {self._tuple([str(s) for s in scalars])}")
         return lines
 
     def _equation_comments(self, indent: str) -> list[str]:
@@ -306,92 +379,227 @@ class _RhsEmitter:
             out.append(f"{indent}# {where}: {comment_safe(m.rhs_text[s])}")
         return out
 
-    def _named(self, replacements, reduced):
-        """cse temporaries whose value is a `let`'s take its name (anmc.codegen.lets); nothing else changes."""
-        hoisted = dict(self.hoisted)
-        targets = {n: self.hoist(self.fold(v)) for n, v in let_values(self.model).items()}
-        self.hoisted = hoisted
-        return name_temporaries(replacements, reduced, targets)
-
-    def _signature(self, name: str, tangents: bool) -> str:
-        d = self.model.d
-        rows = [f"J_{i}" for i in range(d)] if tangents else []
-        args = ", ".join(["self", *self.model.states, *rows, *(str(s) for s in self.scalars())])
+    def _signature(self, name: str, extra: tuple[str, ...] = ()) -> str:
+        args = ", ".join(["self", "z", *extra, *(str(s) for s in self.scalars())])
         return f"    def {name}({args}):"
 
     def _tuple(self, items: list[str]) -> str:
         return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+
+    def _unpack(self, names: list[str], tensor: str) -> str:
+        return f"        {', '.join(names)}{',' if len(names) == 1 else ''} = {tensor}.unbind(0)"
+
+    def _vector(self, exprs: list[sp.Expr], like: str, batch: set) -> list[str]:
+        """Each expression printed, with the shape of the batch vector `like` if it has none of its own
+        (`batch`: the symbols, states and cse temporaries, that are vectors over the batch)."""
+        out = []
+        for e in exprs:
+            text = self.printer.doprint(e)
+            if not (e.free_symbols & batch):
+                text = f"torch.full_like({like}, {text})" if e.is_number else f"{text}.expand_as({like})"
+            out.append(text)
+        return out
+
+    def _cse_lines(self, exprs: list[sp.Expr]) -> tuple[list[str], list[sp.Expr], set]:
+        """Common subexpressions over `exprs`: the lines of the temporaries, the reduced expressions, and the
+        batch symbols. SymPy's tree cse alone (repeated subtrees, in linear time); `sp.cse` would first run
+        its pairwise Add/Mul matching, which cost more than the rest of the compile on large models."""
+        exprs = [sp.sympify(e) for e in exprs]
+        replacements, reduced = tree_cse(exprs, self.symbols(), opt_subs={}, order="none")
+        hoisted = dict(self.hoisted)  # a temporary whose value is a `let`'s takes its name (anmc.codegen.lets)
+        targets = {n: self.hoist(self.fold(v)) for n, v in let_values(self.model).items()}
+        self.hoisted = hoisted
+        replacements, reduced, named = name_temporaries(replacements, reduced, targets)
+        batch = set(self.batch_set)
+        for s, e in replacements:
+            if e.free_symbols & batch:
+                batch.add(s)
+        return [f"        {s} = {self.printer.doprint(e)}" + ("  # let" if s.name in named else "") for s, e in replacements], reduced, batch
 
     def rhs(self) -> list[str]:
         m, pr = self.model, self.printer
         pr.like = m.states[0]
         what = "z'" if m.kind == "continuous" else "the next values"
         lines = [
-            self._signature("rhs", tangents=False),
-            f'        """The right-hand sides ({what}) at one point; each state is a vector over the batch."""',
+            self._signature("rhs"),
+            f'        """The right-hand sides F ({what}) at the points z (d, B) -> (d, B)."""',
             *self._equation_comments("        "),
+            self._unpack(list(m.states), "z"),
             *self._const_lines(self.F_h, "        "),
         ]
-        replacements, reduced = sp.cse(self.F_h, symbols=self.symbols(), optimizations="basic")
-        replacements, reduced, named = self._named(replacements, reduced)
-        lines += [f"        {s} = {pr.doprint(e)}" + ("  # let" if s.name in named else "") for s, e in replacements]
-        lines.append(f"        return {self._tuple([pr.doprint(e) for e in reduced])}")
+        body, reduced, batch = self._cse_lines(self.F_h)
+        lines += body
+        lines.append(f"        return torch.stack({self._tuple(self._vector(reduced, m.states[0], batch))})")
         return lines
 
-    def rhs_and_tangents(self) -> list[str]:
-        m, pr = self.model, self.printer
-        pr.like = m.states[0]
-        d = m.d
-        names = m.states
-        lines = [
-            self._signature("rhs_and_tangents", tangents=True),
-            '        """The right-hand sides F at one point and their tangents (dF/dz) J, row by row. The states are',
-            "        vectors over the batch (B,); row J_i (d, B) holds d z_i / d z0, the derivative of this point's",
-            '        state i with respect to the frame\'s input z0, so the returned rows are dF_i / d z0 (chain rule)."""',
-            *self._equation_comments("        "),
-        ]
-        entries = [(i, j) for i in range(d) for j in range(d) if not self._is_free(self.A_h[i, j])]
-        exprs = list(self.F_h) + [self.A_h[i, j] for i, j in entries]
-        lines += self._const_lines(exprs, "        ")
-        replacements, reduced = sp.cse(exprs, symbols=self.symbols(), optimizations="basic")
-        replacements, reduced, named = self._named(replacements, reduced)
-        lines += [f"        {s} = {pr.doprint(e)}" + ("  # let" if s.name in named else "") for s, e in replacements]
-        values = [pr.doprint(e) for e in reduced[:d]]
-        coef: dict[tuple[int, int], sp.Expr] = {}
-        for (i, j), e in zip(entries, reduced[d:]):
-            if not (e.is_Atom or (e.could_extract_minus_sign() and (-e).is_Atom)):
-                s = self.fresh()
-                lines.append(f"        {s} = {pr.doprint(e)}  # d{names[i]}'/d{names[j]}")
-                e = s
-            coef[i, j] = e
-        for i in range(d):
-            for j in range(d):
-                if self._is_free(self.A_h[i, j]) and self.A_h[i, j] != 0:
-                    coef[i, j] = self.A_h[i, j]
-        rows = []
+    def _rows(self, coef: dict[tuple[int, int], sp.Expr], rows: str, names: list[str], comment: str, lines: list[str]) -> list[str]:
+        """sum_j coef[i, j] * rows_j for each i, printed: one expression per output row (a temporary when
+        long). Rows of three terms or more accumulate with torch.addcmul / torch.add(alpha=): one pass
+        over the (d, B) row per term instead of two (a product, then a sum)."""
+        pr, d = self.printer, self.model.d
+        out = []
         for i in range(d):
             terms = []
             for j in range(d):
                 c = coef.get((i, j))
                 if c is None:
                     continue
-                sign = "-" if c.could_extract_minus_sign() else "+"
-                c = -c if sign == "-" else c
-                terms.append((sign, f"J_{j}" if c == 1 else f"{pr.parenthesize(c, 50)}*J_{j}"))
+                sign = "-" if _negative(c) else "+"
+                terms.append((sign, -c if sign == "-" else c, f"{rows}_{j}"))
             if not terms:
-                rows.append("0")
+                out.append(f"torch.zeros_like({rows}_0)")
                 continue
-            text = ("-" if terms[0][0] == "-" else "") + terms[0][1]
-            for sign, t in terms[1:]:
-                text += f" {sign} {t}"
-            if len(terms) == 1 and terms[0][0] == "+" and "*" not in text:
-                rows.append(text)
+            if len(terms) == 1 and terms[0][0] == "+" and terms[0][1] == 1:
+                out.append(terms[0][2])
+                continue
+            if len(terms) < 3:
+                text = ""
+                for k, (sign, c, row) in enumerate(terms):
+                    t = row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}"
+                    text += ("-" if sign == "-" else "") + t if k == 0 else f" {sign} {t}"
             else:
+                sign, c, row = terms[0]
+                text = ("-" if sign == "-" else "") + (row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}")
+                for sign, c, row in terms[1:]:
+                    if c.is_Number:
+                        alpha = f"-{pr.doprint(c)}" if sign == "-" else pr.doprint(c)
+                        text = f"torch.add({text}, {row}{'' if alpha == '1' else f', alpha={alpha}'})"
+                    else:
+                        text = f"torch.addcmul({text}, {pr.doprint(c)}, {row}{', value=-1' if sign == '-' else ''})"
+            s = self.fresh()
+            lines.append(f"        {s} = {text}  # {comment.format(names[i])}")
+            out.append(str(s))
+        return out
+
+    def _coefficients(self, reduced: list[sp.Expr], lines: list[str], what) -> dict[tuple[int, int], sp.Expr]:
+        """The entries of A after cse, each a name or a number (a temporary for a longer expression)."""
+        coef = {}
+        for (i, j), e in zip(self.A, reduced):
+            if not (e.is_Atom or (_negative(e) and (-e).is_Atom)):
                 s = self.fresh()
-                lines.append(f"        {s} = {text}  # d{names[i]}'/dz0")
-                rows.append(str(s))
-        lines.append(f"        return {self._tuple(values)}, {self._tuple(rows)}")
+                lines.append(f"        {s} = {self.printer.doprint(e)}  # {what(i, j)}")
+                e = s
+            coef[i, j] = e
+        return coef
+
+    def rhs_and_tangents(self) -> list[str]:
+        m, pr = self.model, self.printer
+        pr.like = m.states[0]
+        d, names = m.d, list(m.states)
+        lines = [
+            self._signature("rhs_and_tangents", ("_J",)),
+            '        """F at the points z (d, B) and its tangents: row J_l (d, B) of _J holds d z_l / d z0, the derivative of',
+            "        the point's state l with respect to the frame's input z0; the rows returned are",
+            '        dF_i / d z0 = sum_l (dF_i/dz_l) J_l (the chain rule), (d, d, B)."""',
+            *self._equation_comments("        "),
+            self._unpack(names, "z"),
+            self._unpack([f"J_{i}" for i in range(d)], "_J"),
+            *self._const_lines([*self.F_h, *self.A.values()], "        "),
+        ]
+        body, reduced, batch = self._cse_lines([*self.F_h, *self.A.values()])
+        lines += body
+        F = self._vector(reduced[:d], names[0], batch)
+        coef = self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
+        rows = self._rows(coef, "J", names, "d{}'/dz0", lines)
+        lines.append(f"        return torch.stack({self._tuple(F)}), torch.stack({self._tuple(rows)})")
         return lines
+
+    def rhs_and_tangents_vjp(self) -> list[str]:
+        m, pr = self.model, self.printer
+        pr.like = m.states[0]
+        d, names = m.d, list(m.states)
+        gz, gs = self.vjp
+        lines = [
+            self._signature("rhs_and_tangents_vjp", ("_J", "_gF", "_gJ")),
+            '        """The backward pass of `rhs_and_tangents` at the points z (d, B) with tangent rows _J (d, d, B): given the',
+            "        cotangents _gF (d, B) of F and _gJ (d, d, B) of its tangent rows, the cotangents of _J (sum_i (dF_i/dz_l) _gJ_i,",
+            "        (d, d, B)) and the gradient of phi = sum_i _gF_i F_i + sum_e P_e A_e with respect to z (d, B), with",
+            "        P_(i,l) = <_gJ_i, J_l> over the columns; and phi's pointwise derivatives (B,) with respect to the scalars in",
+            '        `scalar_grads`."""',
+            self._unpack(names, "z"),
+            self._unpack([f"J_{i}" for i in range(d)], "_J"),
+            self._unpack([str(g) for g in self.gF], "_gF"),
+            self._unpack([f"_gJ_{i}" for i in range(d)], "_gJ"),
+        ]
+        for (i, j), p in self.P.items():
+            lines.append(f"        {p} = (_gJ_{i}*J_{j}).sum(0)  # <dphi/d(d{names[i]}'/dz0), d{names[j]}/dz0>")
+        exprs = [*self.A.values(), *gz, *gs]
+        lines += self._const_lines(exprs, "        ")
+        body, reduced, batch = self._cse_lines(exprs)
+        lines += body
+        n = len(self.A)
+        coef = self._coefficients(reduced[:n], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
+        transposed = {(j, i): c for (i, j), c in coef.items()}
+        grad_J = self._rows(transposed, "_gJ", names, "dphi/d(d{}/dz0)", lines)
+        grad_z = self._vector(reduced[n : n + d], str(self.gF[0]), batch)
+        grad_s = self._vector(reduced[n + d :], str(self.gF[0]), batch)
+        lines.append(f"        return torch.stack({self._tuple(grad_z)}), torch.stack({self._tuple(grad_J)}), {self._tuple(grad_s)}")
+        return lines
+
+
+def _negative(e: sp.Expr) -> bool:
+    """A negative number, or a product with a negative numeric factor (prints as a subtraction); cheap,
+    unlike SymPy's could_extract_minus_sign on sums."""
+    if e.is_Number:
+        return bool(e < 0)
+    return bool(e.is_Mul and e.args[0].is_Number and e.args[0] < 0)
+
+
+class _Differentiator:
+    """d e / d s by the chain rule over the expression tree, memoized: the same derivatives as SymPy's
+    `diff` (each function's own `fdiff`), without its per-call machinery, which dominated compile time
+    (docs/method.md, "The compiled prior"). Dirac deltas (d sign(x)/dx) are dropped: zero wherever the
+    map is differentiable."""
+
+    def __init__(self):
+        self.memo: dict = {}
+        self.symbols: dict = {}
+
+    def free(self, e: sp.Expr) -> frozenset:
+        """e.free_symbols, memoized (SymPy recomputes it on every access)."""
+        out = self.symbols.get(e)
+        if out is None:
+            out = frozenset(e.free_symbols) if e.is_Atom else frozenset().union(*(self.free(a) for a in e.args))
+            self.symbols[e] = out
+        return out
+
+    def __call__(self, e: sp.Expr, s: sp.Symbol) -> sp.Expr:
+        key = (e, s)
+        if key in self.memo:
+            return self.memo[key]
+        if s not in self.free(e):
+            out = sp.Integer(0)
+        elif e == s:
+            out = sp.Integer(1)
+        elif e.is_Add:
+            out = sp.Add(*(self(a, s) for a in e.args))
+        elif e.is_Mul:
+            args = e.args
+            terms = []
+            for k, a in enumerate(args):
+                da = self(a, s)
+                if da != 0:
+                    terms.append(sp.Mul(*args[:k], da, *args[k + 1 :]))
+            out = sp.Add(*terms)
+        elif e.is_Pow:
+            b, x = e.args
+            if s not in self.free(x):
+                out = x * b ** (x - 1) * self(b, s)
+            else:
+                out = e * (self(x, s) * sp.log(b) + x * self(b, s) / b)
+        elif isinstance(e, sp.Function):
+            terms = []
+            for k, a in enumerate(e.args):
+                da = self(a, s)
+                if da != 0:
+                    terms.append(e.fdiff(k + 1) * da)
+            out = _drop_dirac(sp.Add(*terms))
+            if out.has(sp.Derivative):  # an fdiff left unevaluated (sign's, say): SymPy's diff knows more
+                out = _drop_dirac(e.diff(s))
+        else:  # anything else: SymPy's own
+            out = _drop_dirac(e.diff(s))
+        self.memo[key] = out
+        return out
 
 
 def _drop_dirac(expr: sp.Expr) -> sp.Expr:
@@ -401,7 +609,7 @@ def _drop_dirac(expr: sp.Expr) -> sp.Expr:
 
 def emit_torch(model: Model) -> str:
     """The full Python source of the generated module for `model`."""
-    printer = AnmTorchPrinter({"strict": True})
+    printer = AnmTorchPrinter({"strict": True, "order": "none"})
     rhs = _RhsEmitter(model, printer)
     d = model.d
     cls = class_name(model)
@@ -435,6 +643,7 @@ def emit_torch(model: Model) -> str:
         f"    dt = {model.dt!r}  # {comment_safe(model.dt_text)}",
         f"    substeps = {model.substeps}",
         f"    integrator = {model.integrator!r}",
+        *rhs.class_attributes(),
         "",
         "    def __init__(self):",
         "        super().__init__()",
@@ -472,6 +681,8 @@ def emit_torch(model: Model) -> str:
     out += rhs.rhs()
     out.append("")
     out += rhs.rhs_and_tangents()
+    out.append("")
+    out += rhs.rhs_and_tangents_vjp()
     if model.start:
         printer.like = "z"
         out += [

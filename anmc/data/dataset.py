@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from anmc.data.cache import DiskFrames, cached_clips
 from anmc.data.io import Clip, VideoError, load_clips
 
 
@@ -93,6 +94,9 @@ class FrameSequences(Dataset):
     `frames` is every clip's frames concatenated, uint8 `(N, C, H, W)`, stored once on `device` when
     it fits there (see `storage_device`; else on the CPU, `.device` says which). Item i is the view
     `frames[s_i : s_i + length]`; `batch(idx)` gathers `(B, length, C, H, W)` without a DataLoader.
+
+    Clips whose frames are `DiskFrames` (anmc.data.cache) stay on disk (`on_disk`, `frames` is None):
+    an item is read when asked for, so a DataLoader's workers can feed a data set larger than memory.
     """
 
     def __init__(self, clips: Sequence[Clip], length: int, device: str | torch.device | None = None, stride: int = 1):
@@ -125,6 +129,12 @@ class FrameSequences(Dataset):
         self._starts = torch.as_tensor(np.concatenate(starts), dtype=torch.long)
         self._clip = np.concatenate(owner)
         self._local = np.concatenate(local)
+        self.on_disk = isinstance(clips[0].frames, DiskFrames)
+        if self.on_disk:
+            shape = clips[0].frames.frame_shape
+            self._frame_shape = (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
+            self.device, self.frames = torch.device("cpu"), None
+            return
         stacked = np.concatenate([c.frames for c in clips], axis=0)
         stacked = stacked[:, None] if stacked.ndim == 3 else np.moveaxis(stacked, -1, 1)  # (N, C, H, W)
         self.device = storage_device(stacked.nbytes, device)
@@ -134,17 +144,26 @@ class FrameSequences(Dataset):
     @property
     def frame_shape(self) -> tuple[int, int, int]:
         """(C, H, W)."""
+        if self.on_disk:
+            return self._frame_shape
         return tuple(self.frames.shape[1:])  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return int(self._starts.numel())
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        if self.on_disk:
+            a = int(self._local[i])
+            window = self.clips[int(self._clip[i])].frames.read(a, a + self.length)
+            window = window[:, None] if window.ndim == 3 else np.moveaxis(window, -1, 1)
+            return torch.from_numpy(np.ascontiguousarray(window))
         s = int(self._starts[i])
         return self.frames[s : s + self.length]
 
     def batch(self, idx) -> torch.Tensor:
         """uint8 `(B, length, C, H, W)` for window indices `idx` (a list or a long tensor)."""
+        if self.on_disk:
+            return torch.stack([self[int(i)] for i in torch.as_tensor(idx, dtype=torch.long).reshape(-1)])
         idx = torch.as_tensor(idx, dtype=torch.long, device=self._starts.device)
         rows = self._starts[idx].to(self.device)[:, None] + self._steps
         return self.frames[rows]
@@ -167,12 +186,16 @@ def frame_datasets(
     seed: int = 0,
     device: str | torch.device | None = None,
     crop: tuple[int, int, int, int] | None = None,
+    cache: str | Path | None = None,
 ) -> tuple[FrameSequences, FrameSequences | None]:
     """Training and validation windows from paths (videos, arrays, frame folders, folders of them) or clips.
 
-    Validation is None when nothing is held out (`val_fraction == 0`).
+    Validation is None when nothing is held out (`val_fraction == 0`). With a `cache` folder the frames
+    are decoded into it once and read from disk (`cached_clips`), not held in memory.
     """
-    if isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip)):
+    if cache is not None and (isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip))):
+        clips = cached_clips(source, cache, size=size, gray=gray, min_frames=length, crop=crop)
+    elif isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip)):
         clips = load_clips(source, size=size, gray=gray, min_frames=length, crop=crop)
     else:
         clips = list(source)

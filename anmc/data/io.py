@@ -73,6 +73,20 @@ def read_video(
     crop: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """Decode a video file, array file or frame folder into uint8 `(T, H, W)` or `(T, H, W, 3)`."""
+    out = list(iter_frames(path, size, gray, crop))
+    if not out or sum(len(c) for c in out) == 0:
+        raise VideoError(f"{path} contains no frames; check that the file is complete.")
+    return np.concatenate(out, axis=0)
+
+
+def iter_frames(
+    path: str | Path,
+    size: int | tuple[int, int] | None = None,
+    gray: bool = True,
+    crop: tuple[int, int, int, int] | None = None,
+) -> Iterator[np.ndarray]:
+    """`read_video`'s frames a chunk at a time, uint8 `(t, H, W)` or `(t, H, W, 3)` each: a long video
+    never has to sit in memory whole (anmc.data.cache writes the chunks to disk)."""
     path = Path(path)
     if not path.exists():
         raise VideoError(f"{path} does not exist; check the path.")
@@ -101,17 +115,13 @@ def read_video(
             raise VideoError(
                 f"{path} is not a video ({suffix or 'no suffix'}); use {', '.join(VIDEO_SUFFIXES)} or a folder of PNG/JPG frames."
             )
-    out = []
     shape = None
     for raw in chunks:
         converted = _convert(raw, path, target, gray, crop)
         if shape is not None and converted.shape[1:] != shape:
             raise VideoError(f"{path} has frames of different sizes; give every frame the same size.")
         shape = converted.shape[1:]
-        out.append(converted)
-    if not out or sum(len(c) for c in out) == 0:
-        raise VideoError(f"{path} contains no frames; check that the file is complete.")
-    return np.concatenate(out, axis=0)
+        yield converted
 
 
 def _target_size(size) -> tuple[int, int] | None:

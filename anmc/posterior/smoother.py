@@ -17,13 +17,15 @@ posterior as in Krishnan et al. 2017 and Fraccaro et al. 2017, with the prior's 
     markov_kl(module, post)                       # KL(q(z_{1:T}) ‖ p(z_{1:T})), the `elbo` reading, (B,)
     mean, cov = kalman_filter(module, y, y_std)   # causal marginals q(z_t | y_1..y_t), for predictions
 
-In training there is no Python loop over frames. The filter's means l are the fixed point of "linearize
-f at l, then filter", and the filter of a linearized model is block elimination on its precision, so
-a few batched Cholesky passes find l (exact after T passes by causality, ~5 in practice); two more
-passes under autograd give l the gradient the recursions would give it (to ~1e-7); one more solves
-the smoother. Same posterior and gradients as the filter + Rauch-Tung-Striebel recursions under
-autograd, at a step 1.2x the N(0, I) step instead of 1.57x (benchmarks/train_step.py), and a few dozen
-batched kernels instead of thousands of small ones on a GPU.
+There is no Python loop over frames, for any T and d. The filter's means l are the fixed point of
+"linearize f at l, then filter"; the Kalman filter of a linearized model is a parallel prefix scan of
+affine-Gaussian elements (`_filter`, Särkkä & García-Fernández 2021), so a few scans find l (exact after
+T passes by causality, ~4 in practice); two more under autograd give l the gradient the recursions would
+give it (to ~1e-7); one more filter scan and one Rauch-Tung-Striebel suffix scan give the posterior
+(`_smooth`). O(T·d³) time and O(T·d²) memory, about 2 log₂ T batched steps per scan; the same values and
+gradients as the filter + RTS recursions under autograd and as the dense (T·d)² precision path this
+replaced (tests/test_prior_smoother.py), at a training step 1.1-1.3x the N(0, I) step from T = 32 to 256
+(benchmarks/train_step.py, docs/scaling.md).
 
 `markov_kl` is the `elbo` reading of the transition KL for a posterior that is correlated in time:
 linearized at the posterior means, with Cov(z_t, z_{t-1}) from the smoother,
@@ -46,7 +48,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn.functional import pad as F_pad
+
+from anmc.posterior.scan import prefix_scan, suffix_scan
 
 
 @dataclass
@@ -78,43 +81,42 @@ def _logdet_pd(a: Tensor) -> Tensor:
     return 2.0 * torch.linalg.cholesky(_sym(a)).diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
-def kalman_smoother(module, y: Tensor, y_std: Tensor, dense_up_to: int = 512, unroll: int = 2) -> SmoothedPosterior:
+def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> SmoothedPosterior:
     """Condition the prior of `module` on pseudo-observations y (B, T, m) of its observed states with std
     y_std (B, T, m): the extended Kalman smoother, f linearized at the filter's means.
 
-    When T·d <= `dense_up_to` (training's sequences), nothing loops over frames. The filter's means l,
-    where f is linearized, are the fixed point l = F(l, y) of "linearize at l, then filter", F computed
-    for all frames at once from the Cholesky factor of the linearized model's precision
-    (`_filtered_means`); batched passes without autograd find it (`_filter_fixed_point`). Each of
+    Nothing loops over frames, for any T and d. The filter's means l, where f is linearized, are the
+    fixed point l = F(l, y) of "linearize at l, then filter", F computed for all frames at once by a
+    parallel scan (`_filter`); passes without autograd find it (`_filter_fixed_point`). Each of
     `unroll` differentiable passes of F leaves l's value unchanged and adds one order of its gradient
     (the series of the implicit function theorem, which terminates since l_t depends on l_{<t} only);
     two reproduce the recursions' gradient to ~1e-7 (tests/test_prior_smoother.py). The model
-    linearized at l is then solved in one batched Cholesky factorization (`_solve_dense`). Longer
-    sequences run the filter and Rauch-Tung-Striebel smoother under autograd (memory linear in T);
-    both give the same posterior.
+    linearized at l is then filtered and smoothed by two more scans (`_smooth`): O(T·d³) time and
+    O(T·d²) memory, 2 log₂ T batched steps per scan.
     """
     _check_readings(module, y)
-    t_len = y.shape[1]
-    y64, r2 = y.double(), y_std.double().square()
-    if t_len * module.d > dense_up_to:
-        post = _rts(module, *_filter(module, y64, r2))
-    else:
-        readings = _readings_information(module, y64, r2)
-        start = module.initial_mean.expand(y.shape[0], t_len, module.d)
-        # to 1e-7 only: each differentiable pass below squares the remaining error (1e-7 -> ~1e-14)
-        lin = _filter_fixed_point(module, readings, start, tol=1e-7 if unroll else 1e-10)
-        for _ in range(unroll):
-            lin = _filtered_means(module, readings, lin)
-        post = _solve_dense(module, readings, *_linearize(module, lin))
+    readings = _Readings.build(module, y.double(), y_std.double().square())
+    post = _smooth(module, readings, _points(module, readings, unroll))
     return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
 
 
-def kalman_filter(module, y: Tensor, y_std: Tensor) -> tuple[Tensor, Tensor]:
+def kalman_filter(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> tuple[Tensor, Tensor]:
     """The causal marginals q(z_t | y_1..y_t), means (B, T, d) and covariances (B, T, d, d): the extended
-    Kalman filter alone (what a prediction may use: it must not see the frames it predicts)."""
+    Kalman filter alone (what a prediction may use: it must not see the frames it predicts), found as
+    `kalman_smoother` finds its linearization points."""
     _check_readings(module, y)
-    filt_m, filt_p, *_ = _filter(module, y.double(), y_std.double().square())
-    return torch.stack(filt_m, 1).to(y.dtype), torch.stack(filt_p, 1).to(y.dtype)
+    readings = _Readings.build(module, y.double(), y_std.double().square())
+    mean, cov = _filter(module, readings, _points(module, readings, unroll))
+    return mean.to(y.dtype), cov.to(y.dtype)
+
+
+def _points(module, readings: "_Readings", unroll: int) -> Tensor:
+    """The linearization points (B, T, d): the filter's fixed point, then `unroll` differentiable passes."""
+    # to 1e-7 only: each differentiable pass below squares the remaining error (1e-7 -> ~1e-14)
+    lin = _filter_fixed_point(module, readings, tol=1e-7 if unroll else 1e-10)
+    for _ in range(unroll):
+        lin = _filter(module, readings, lin)[0]
+    return lin
 
 
 def _check_readings(module, y: Tensor) -> None:
@@ -122,45 +124,62 @@ def _check_readings(module, y: Tensor) -> None:
         raise ValueError(f"{y.shape[-1]} pseudo-observations per frame for {len(module.observed_index)} observed states")
 
 
+@dataclass
+class _Readings:
+    """What the filter needs that does not depend on the linearization, float64, computed once per
+    smoother call and shared by every pass. Q = diag q² and H picks the observed states, so the Kalman
+    update of a prediction with covariance Q is diagonal: gain k_t = q²/(q² + r_t²) on the observed
+    coordinates, 0 elsewhere, and innovation precision s_t = 1/(q² + r_t²) (0 off the readings).
+
+    q2 (d,); y, gain, s (B, T, d) with y and s zero off the observed coordinates (the first frame's gain
+    is unused: its update is from the initial prior, `first_mean`, `first_cov` (B, d), (B, d, d))."""
+
+    q2: Tensor
+    y: Tensor
+    gain: Tensor
+    s: Tensor
+    first_mean: Tensor
+    first_cov: Tensor
+
+    @classmethod
+    def build(cls, module, y: Tensor, r2: Tensor) -> "_Readings":
+        b, t_len, _ = y.shape
+        d, dev = module.d, y.device
+        obs = torch.tensor(module.observed_index, device=dev)
+        q2 = module.noise_std.to(device=dev, dtype=torch.float64).square()
+        p0 = module.initial_std.to(device=dev, dtype=torch.float64).square()
+        m0 = module.initial_mean.to(device=dev, dtype=torch.float64)
+        zeros = y.new_zeros(b, t_len, d)
+        y_full = zeros.index_copy(2, obs, y)
+        s = zeros.index_copy(2, obs, (q2[obs] + r2).reciprocal())
+        gain = q2 * s
+        k0 = zeros[:, 0].index_copy(1, obs, p0[obs] / (p0[obs] + r2[:, 0]))  # frame 1: the initial prior's update
+        first_mean = m0 + k0 * (y_full[:, 0] - m0)
+        first_cov = torch.diag_embed(p0 * (1.0 - k0))
+        return cls(q2, y_full, gain, s, first_mean, first_cov)
+
+
 @torch.no_grad()
-def _filter_fixed_point(module, readings: tuple[Tensor, Tensor, Tensor], start: Tensor, tol: float = 1e-10) -> Tensor:
-    """The extended Kalman filter's means (B, T, d), as the fixed point l = F(l) of `_filtered_means`,
-    iterated from `start` (B, T, d) (training: the initial mean at every frame), with the readings'
-    information from `_readings_information`. Frame t's filtered mean depends on the points of
-    frames before it only, so pass k makes frames 1..k exact and T passes end it whatever the dynamics;
-    in practice the change falls quadratically (2e-1, 1e-4, 5e-8, 3e-11 for the pendulum) and the
-    loop stops once it is below `tol` initial-state stds: ~5 batched passes instead of T sequential
-    filter steps."""
-    eta0 = readings[1]
-    scale = module.initial_std.to(eta0)
-    lin = start.to(eta0)
-    for _ in range(lin.shape[1]):
-        new = _filtered_means(module, readings, lin)
+def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10) -> Tensor:
+    """The extended Kalman filter's means (B, T, d), as the fixed point l = F(l) of `_filter`, iterated from
+    the readings (the initial mean where nothing is read). Frame t's filtered mean depends on the points of frames before it
+    only, so pass k makes frames 1..k exact and T passes end it whatever the dynamics; in practice the
+    change falls quadratically (2, 3e-3, 7e-6, 1e-8 for the pendulum) and the loop stops once it is
+    below `tol` initial-state stds: ~4 scans instead of T sequential filter steps."""
+    b, t_len, d = readings.y.shape
+    scale = module.initial_std.to(readings.y)
+    # started at the readings where there are some (one pass fewer than from the initial mean)
+    lin = torch.where(readings.s > 0, readings.y, module.initial_mean.to(readings.y))
+    for _ in range(t_len):
+        new = _filter(module, readings, lin)[0]
         if float(((new - lin) / scale).abs().max()) <= tol:
             return new
         lin = new
     return lin
 
 
-def _filtered_means(module, readings: tuple[Tensor, Tensor, Tensor], lin: Tensor) -> Tensor:
-    """The filtered means of the model linearized at the points lin (B, T, d), all frames at once.
-
-    Eliminating z_1 .. z_{t−1} from the precision Λ leaves D_t = L_tt L_ttᵀ and h_t = L_tt w_t (L = chol Λ,
-    w = L⁻¹η: block forward elimination is the Kalman filter); they still hold the next transition's
-    terms J_{t+1}ᵀQ⁻¹J_{t+1} and −J_{t+1}ᵀQ⁻¹b_{t+1}, and without them they are the information form of
-    q(z_t | y_1..y_t): m_t = (D_t − J_{t+1}ᵀQ⁻¹J_{t+1})⁻¹ (h_t + J_{t+1}ᵀQ⁻¹b_{t+1})."""
-    b, t_len, d = lin.shape
-    lam, eta, next_prec, next_info = _precision(readings, *_linearize(module, lin))
-    chol = torch.linalg.cholesky(lam)
-    w = torch.linalg.solve_triangular(chol, eta.reshape(b, t_len * d, 1), upper=False).reshape(b, t_len, d)
-    steps = torch.arange(t_len, device=lin.device)
-    blocks = chol.reshape(b, t_len, d, t_len, d)[:, steps, :, steps].transpose(0, 1)  # L_tt, (B, T, d, d)
-    info = (blocks @ w[..., None])[..., 0] + next_info
-    return torch.linalg.solve(blocks @ blocks.mT - next_prec, info[..., None])[..., 0]
-
-
 def _linearize(module, lin: Tensor) -> tuple[Tensor, Tensor]:
-    """The transitions linearized at the points lin (B, T, d): offsets b_t = f(l_{t−1}) − J_t l_{t−1}
+    """The transitions linearized at the points lin (B, T, d): offsets u_t = f(l_{t−1}) − J_t l_{t−1}
     (B, T−1, d) and Jacobians J_t (B, T−1, d, d), float64, from one batched call."""
     b, t_len, d = lin.shape
     if t_len == 1:
@@ -172,124 +191,125 @@ def _linearize(module, lin: Tensor) -> tuple[Tensor, Tensor]:
     return offset, jm
 
 
-def _filter(module, y: Tensor, r2: Tensor):
-    """The extended Kalman filter (f and J at each filtered mean in turn, Joseph-form updates) in float64:
-    filtered and predicted means and covariances, and the Jacobians J_t."""
-    b, t_len, _ = y.shape
-    d = module.d
-    dev = y.device
-    obs = torch.tensor(module.observed_index, device=dev)
-    eye = torch.eye(d, dtype=torch.float64, device=dev)
-    h = eye[obs]  # (m, d)
-    r_mat = torch.diag_embed(r2)  # (B, T, m, m)
-    q_mat = torch.diag(module.noise_std.to(device=dev, dtype=torch.float64).square())
-    mean = module.initial_mean.to(device=dev, dtype=torch.float64).expand(b, d)
-    cov = torch.diag_embed(module.initial_std.to(device=dev, dtype=torch.float64).square()).expand(b, d, d)
-    filt_m, filt_p, pred_m, pred_p, jac = [], [], [], [], []
-    for t in range(t_len):
-        if t:
-            mean, jm = (x.double() for x in module.f_and_jacobian(filt_m[-1]))
-            cov = _sym(jm @ filt_p[-1] @ jm.mT) + q_mat
-            pred_m.append(mean)
-            pred_p.append(cov)
-            jac.append(jm)
-        ph = cov.index_select(-1, obs)  # P Hᵀ (B, d, m)
-        gain = torch.linalg.solve(ph.index_select(-2, obs) + r_mat[:, t], ph.mT).mT  # P Hᵀ S⁻¹ (B, d, m)
-        mean = mean + (gain @ (y[:, t] - mean.index_select(-1, obs))[..., None])[..., 0]
-        a = eye - gain @ h
-        cov = _sym(a @ cov @ a.mT + gain @ r_mat[:, t] @ gain.mT)
-        filt_m.append(mean)
-        filt_p.append(cov)
-    return filt_m, filt_p, pred_m, pred_p, jac
+def _filter(module, readings: _Readings, lin: Tensor, linearized: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """The Kalman filter of the model linearized at the points lin (B, T, d), z_t = J_t z_{t−1} + u_t + ε,
+    as a parallel scan (Särkkä & García-Fernández 2021; docs/method.md §6): filtered means (B, T, d) and
+    covariances (B, T, d, d). Frame t's element is the map from z_{t−1} to q(z_t | z_{t−1}, y_t),
+
+        A_t = (I − K_t H) J_t,   b_t = u_t + K_t (y_t − H u_t),   C_t = (I − K_t H) Q,
+        η_t = J_tᵀ Hᵀ S_t⁻¹ (y_t − H u_t),   Λ_t = J_tᵀ Hᵀ S_t⁻¹ H J_t      (S_t = H Q Hᵀ + R_t),
+
+    with (A, η, Λ) = 0 on frame 1, whose (b, C) is the initial prior's update; the prefix scan of
+    `_filter_combine` leaves the filtered mean in b and the covariance in C. Packed per frame as
+    [A | b] (d, d+1), C (d, d), [Λ | η] (d, d+1). `linearized`: `_linearize(module, lin)` when the
+    caller has it."""
+    offset, jm = _linearize(module, lin) if linearized is None else linearized
+    b, t_len, d = lin.shape
+    keep = 1.0 - readings.gain[:, 1:]  # diag(I − K H), (B, T−1, d)
+    resid = readings.y[:, 1:] - offset  # y − H u on the readings' coordinates (masked by s below)
+    info = readings.s[:, 1:] * resid
+    steps = torch.cat(
+        [
+            keep[..., None] * jm,
+            (offset + readings.gain[:, 1:] * resid)[..., None],
+            torch.diag_embed(keep * readings.q2),
+            jm.mT @ (readings.s[:, 1:, :, None] * jm),
+            (jm.mT @ info[..., None]),
+        ],
+        -1,
+    )  # (B, T−1, d, 3d + 2)
+    first = torch.cat([lin.new_zeros(b, d, d), readings.first_mean[..., None], readings.first_cov, lin.new_zeros(b, d, d + 1)], -1)
+    elems = torch.cat([first[:, None], steps], 1)
+    out = prefix_scan(lambda i, j: _filter_combine(i, j, d), _pack(elems, d))
+    _, mean, cov = _unpack(out, d)[:3]
+    return mean[..., 0], _sym(cov)
 
 
-def _rts(module, filt_m, filt_p, pred_m, pred_p, jac) -> SmoothedPosterior:
-    """The Rauch-Tung-Striebel smoother over the filter's output, and the entropy of q(z_{1:T})."""
-    b, d = filt_m[0].shape
-    t_len = len(filt_m)
-    q2 = module.noise_std.to(filt_m[0]).square()
-    means, covs, crosses = [filt_m[-1]], [filt_p[-1]], []
-    if t_len > 1:
-        # every RTS gain at once, P_t|t Fᵀ P_{t+1|t}⁻¹, (B, T-1, d, d); the recursion then needs only products
-        fp, pp, jm = torch.stack(filt_p[:-1], 1), torch.stack(pred_p, 1), torch.stack(jac, 1)
-        gains = torch.linalg.solve(pp, jm @ fp).transpose(-1, -2)
-        for t in range(t_len - 2, -1, -1):
-            gain = gains[:, t]
-            means.append(filt_m[t] + (gain @ (means[-1] - pred_m[t])[..., None])[..., 0])
-            crosses.append(covs[-1] @ gain.transpose(-1, -2))  # Cov(z_{t+1}, z_t)
-            covs.append(_sym(filt_p[t] + gain @ (covs[-1] - pred_p[t]) @ gain.transpose(-1, -2)))
-    # H = H(z_T) + Σ_t H(z_t | z_{t+1}), and by the determinant lemma
-    # log det Cov(z_t | z_{t+1}) = −log det(P_t|t⁻¹ + Fᵀ Q⁻¹ F) = log det P_t|t + log det Q − log det P_{t+1|t}
-    logdets = _logdet_pd(torch.stack(filt_p + pred_p, 1))  # (B, T + T - 1)
+def _pack(blocks: Tensor, d: int) -> Tensor:
+    """(B, T, d, 3d + 2) = [A | b | C | Λ | η] -> (B, T, d(3d + 2)): one tensor per frame for the scan."""
+    return blocks.flatten(2)
+
+
+def _unpack(x: Tensor, d: int) -> tuple[Tensor, ...]:
+    """(..., d(3d + 2)) -> A (…, d, d), b (…, d, 1), C (…, d, d), Λ (…, d, d), η (…, d, 1), and the
+    views [A | b], [Λ | η] (…, d, d + 1)."""
+    m = x.unflatten(-1, (d, 3 * d + 2))
+    return m[..., :d], m[..., d : d + 1], m[..., d + 1 : 2 * d + 1], m[..., 2 * d + 1 : 3 * d + 1], m[..., 3 * d + 1 :], m[..., : d + 1], m[..., 2 * d + 1 :]
+
+
+def _filter_combine(first: Tensor, then: Tensor, d: int) -> Tensor:
+    """(A, b, C, η, Λ)_i ⊗ (A, b, C, η, Λ)_j, i earlier (Särkkä & García-Fernández 2021, lemma 8): with
+    M = I + C_i Λ_j, X = A_j M⁻¹ and Y = A_iᵀ M⁻ᵀ,
+
+        A = X A_i,  b = X (b_i + C_i η_j) + b_j,  C = X C_i A_jᵀ + C_j,
+        η = Y (η_j − Λ_j b_i) + η_i,  Λ = Y Λ_j A_i + Λ_i,
+
+    on packed elements (`_pack`); the [A | b] and [Λ | η] columns go through one product each."""
+    a_i, b_i, c_i, _, _, ab_i, le_i = _unpack(first, d)
+    a_j, _, c_j, l_j, _, ab_j, le_j = _unpack(then, d)
+    last = _last_column(d, first)
+    cle = c_i @ le_j  # [C_i Λ_j | C_i η_j]
+    m_inv = torch.linalg.inv_ex(cle[..., :d] + _eye(d, first))[0]
+    x = a_j @ m_inv
+    ab = x @ (ab_i + cle * last) + ab_j * last
+    c = x @ c_i @ a_j.mT + c_j
+    lab = l_j @ ab_i  # [Λ_j A_i | Λ_j b_i]
+    le = (m_inv @ a_i).mT @ (lab - 2.0 * lab * last + le_j * last) + le_i
+    return torch.cat([ab, c, le], -1).flatten(-2)
+
+
+def _eye(d: int, like: Tensor) -> Tensor:
+    return torch.eye(d, dtype=like.dtype, device=like.device)
+
+
+def _last_column(d: int, like: Tensor) -> Tensor:
+    """(d + 1,): 0, …, 0, 1 (selects the b or η column of [A | b], [Λ | η])."""
+    return torch.zeros(d + 1, dtype=like.dtype, device=like.device).index_fill_(0, torch.tensor([d], device=like.device), 1.0)
+
+
+def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
+    """The posterior of the model linearized at lin (B, T, d): the filter (`_filter`), then the
+    Rauch-Tung-Striebel smoother as a suffix scan of the affine maps
+
+        z_t | z_{t+1}, y_{1..t}:  mean E_t z_{t+1} + g_t, covariance L_t,
+        E_t = P_t J_{t+1}ᵀ P_{t+1|t}⁻¹,  g_t = m_t − E_t (J_{t+1} m_t + u_{t+1}),  L_t = P_t − E_t J_{t+1} P_t,
+
+    (E, g, L)_T = (0, m_T, P_T), composed (E, g, L)_t ∘ (E, g, L)_{t+1} = (E_t E_{t+1}, E_t g_{t+1} + g_t,
+    E_t L_{t+1} E_tᵀ + L_t): the scan leaves the smoothed means in g and covariances in L. Then
+    Cov(z_{t+1}, z_t) = Σ_{t+1} E_tᵀ, and the entropy H = H(z_T) + Σ_t H(z_t | z_{t+1}) with, by the
+    determinant lemma, log det Cov(z_t | z_{t+1}) = log det P_t + log det Q − log det P_{t+1|t}."""
+    offset, jm = _linearize(module, lin)
+    mean, cov = _filter(module, readings, lin, (offset, jm))
+    b, t_len, d = mean.shape
+    jp = jm @ cov[:, :-1]  # J_{t+1} P_t
+    pred = jp @ jm.mT
+    pred.diagonal(dim1=-2, dim2=-1).add_(readings.q2)
+    pred_chol = torch.linalg.cholesky(_sym(pred))
+    gain = torch.cholesky_solve(jp, pred_chol).mT  # E_t = P_t Jᵀ P_{t+1|t}⁻¹, (B, T−1, d, d)
+    pred_mean = jm @ mean[:, :-1, :, None] + offset[..., None]
+    steps = torch.cat([gain, mean[:, :-1, :, None] - gain @ pred_mean, cov[:, :-1] - gain @ jp], -1)  # [E | g | L]
+    last = torch.cat([mean.new_zeros(b, 1, d, d), mean[:, -1:, :, None], cov[:, -1:]], -1)
+    out = suffix_scan(lambda o, i: _smooth_combine(o, i, d), torch.cat([steps, last], 1).flatten(2))
+    out = out.unflatten(-1, (d, 2 * d + 1))
+    s_mean, s_cov = out[..., d], _sym(out[..., d + 1 :])
+    cross = s_cov[:, 1:] @ gain.mT  # Cov(z_{t+1}, z_t)
     entropy = 0.5 * (
-        logdets[:, :t_len].sum(1) - logdets[:, t_len:].sum(1) + (t_len - 1) * q2.log().sum() + t_len * d * math.log(2 * math.pi * math.e)
+        _logdet_pd(cov).sum(1)
+        - 2.0 * pred_chol.diagonal(dim1=-2, dim2=-1).log().sum((1, 2))
+        + (t_len - 1) * readings.q2.log().sum()
+        + t_len * d * math.log(2 * math.pi * math.e)
     )
-    mean = torch.stack(means[::-1], 1)
-    cov = torch.stack(covs[::-1], 1)
-    cross = torch.stack(crosses[::-1], 1) if crosses else cov.new_zeros(b, 0, d, d)
-    return SmoothedPosterior(mean, cov, cross, entropy)
+    return SmoothedPosterior(s_mean, s_cov, cross, entropy)
 
 
-def _readings_information(module, y: Tensor, r2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """What does not depend on the linearization, in information form: the readings on the observed
-    coordinates, the initial prior on frame 1 and Q⁻¹ on the others: diagonal blocks (B, T, d, d) and
-    η (B, T, d) (see `_precision`), and diag Q⁻¹ (d,). Computed once per smoother call, shared by every
-    pass."""
-    b, t_len, _ = y.shape
-    d = module.d
-    dev = y.device
-    obs = torch.tensor(module.observed_index, device=dev)
-    q_inv = module.noise_std.to(device=dev, dtype=torch.float64).square().reciprocal()  # (d,)
-    p0_inv = module.initial_std.to(device=dev, dtype=torch.float64).square().reciprocal()
-    m0 = module.initial_mean.to(device=dev, dtype=torch.float64)
-    first = torch.zeros(t_len, 1, dtype=torch.float64, device=dev)
-    first[0] = 1.0
-    zeros = torch.zeros(b, t_len, d, dtype=torch.float64, device=dev)
-    diag = torch.diag_embed(zeros.index_copy(2, obs, r2.reciprocal()) + first * p0_inv + (1.0 - first) * q_inv)
-    eta = zeros.index_copy(2, obs, y / r2) + first * (p0_inv * m0)
-    return diag, eta, q_inv
-
-
-def _precision(readings: tuple[Tensor, Tensor, Tensor], offset: Tensor, jm: Tensor):
-    """The linearized model z_t = J_t z_{t−1} + b_t + ε conditioned on the readings, in information form:
-
-        Λ_tt = P0⁻¹[t=1] + Q⁻¹[t>1] + J_{t+1}ᵀQ⁻¹J_{t+1}[t<T] + Hᵀ R_t⁻¹ H,   Λ_{t,t−1} = −Q⁻¹ J_t,
-        η_t  = P0⁻¹ m0[t=1] + Q⁻¹ b_t[t>1] − J_{t+1}ᵀ Q⁻¹ b_{t+1}[t<T] + Hᵀ R_t⁻¹ y_t,
-
-    from the terms without J or b (`readings`, from `_readings_information`). Returns the dense
-    precision (B, T·d, T·d), η (B, T, d), and the next transition's terms J_{t+1}ᵀQ⁻¹J_{t+1}
-    (B, T, d, d) and J_{t+1}ᵀQ⁻¹b_{t+1} (B, T, d) (zero at t = T)."""
-    diag, eta, q_inv = readings
-    b, t_len, d = eta.shape
-    dev = eta.device
-    qj = q_inv[:, None] * jm  # Q⁻¹ J_t (B, T-1, d, d)
-    next_prec = F_pad(jm.mT @ qj, (0, 0, 0, 0, 0, 1))
-    next_info = F_pad((qj.mT @ offset[..., None])[..., 0], (0, 0, 0, 1))
-    diag = diag + next_prec
-    eta = eta + F_pad(q_inv * offset, (0, 0, 1, 0)) - next_info
-    # the dense (T·d)² precision from its blocks: (B, T, T, d, d) -> (B, T·d, T·d)
-    seqs, steps = torch.arange(b, device=dev)[:, None], torch.arange(t_len, device=dev)
-    lam = torch.zeros(b, t_len, t_len, d, d, dtype=torch.float64, device=dev).index_put((seqs, steps, steps), diag)
-    if t_len > 1:
-        lam = lam.index_put((seqs, steps[1:], steps[:-1]), -qj).index_put((seqs, steps[:-1], steps[1:]), -qj.mT)
-    return lam.transpose(2, 3).reshape(b, t_len * d, t_len * d), eta, next_prec, next_info
-
-
-def _solve_dense(module, readings: tuple[Tensor, Tensor, Tensor], offset: Tensor, jm: Tensor) -> SmoothedPosterior:
-    """The linearized model's posterior as one linear solve: with Λ = L Lᵀ (`_precision`), mean Λ⁻¹η,
-    covariance Λ⁻¹ (its diagonal and first sub-diagonal blocks are the marginals and cross-covariances),
-    entropy ½ T·d log 2πe − Σ log diag L."""
-    lam, eta, _, _ = _precision(readings, offset, jm)
-    b, t_len, d = eta.shape
-    chol = torch.linalg.cholesky(lam)
-    cov_all = torch.cholesky_inverse(chol).reshape(b, t_len, d, t_len, d)
-    mean = torch.cholesky_solve(eta.reshape(b, t_len * d, 1), chol).reshape(b, t_len, d)
-    steps = torch.arange(t_len, device=eta.device)
-    # contiguous, like the recursions' stacks: a sample drawn with randn_like(std) follows std's layout
-    cov = _sym(cov_all[:, steps, :, steps].transpose(0, 1)).contiguous()  # (B, T, d, d)
-    cross = cov_all[:, steps[1:], :, steps[:-1]].transpose(0, 1).contiguous()  # Cov(z_{t+1}, z_t) (B, T-1, d, d)
-    entropy = 0.5 * t_len * d * math.log(2 * math.pi * math.e) - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return SmoothedPosterior(mean, cov, cross, entropy)
+def _smooth_combine(outer: Tensor, inner: Tensor, d: int) -> Tensor:
+    """(E, g, L)_t ∘ (E, g, L)_s for t < s, packed as [E | g | L] (…, d(2d + 1)): the map from z_{s+1} to z_t."""
+    o = outer.unflatten(-1, (d, 2 * d + 1))
+    i = inner.unflatten(-1, (d, 2 * d + 1))
+    e_o = o[..., :d]
+    eg = e_o @ i[..., : d + 1] + o[..., : d + 1] * _last_column(d, o)
+    lo = e_o @ i[..., d + 1 :] @ e_o.mT + o[..., d + 1 :]
+    return torch.cat([eg, lo], -1).flatten(-2)
 
 
 def initial_cross_entropy(module, mu: Tensor, var: Tensor) -> Tensor:

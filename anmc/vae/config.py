@@ -22,6 +22,7 @@ KL_READINGS = ("elbo", "elbo_mc", "mixture", "pairwise", "pooled", "standard")
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
 POSTERIORS = ("factorized", "smoother")
 DECODERS = ("deconv", "broadcast")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -66,6 +67,13 @@ class TrainConfig:
     # torch's CPU thread count (None: leave torch's). Saved with the run and set again on resume: sums
     # split across threads round differently, so an exact resume needs the same count.
     threads: int | None = None
+    # Scale (docs/scaling.md): bfloat16 autocast for the networks (the prior's algebra stays float32/float64),
+    # torch.compile of the prior's generated core, and decoded frames cached in a folder and read from disk
+    # by `workers` DataLoader processes instead of held in memory.
+    precision: str = "fp32"
+    compile: bool = False
+    cache: str | None = None
+    workers: int = 2
 
     def __post_init__(self):
         if self.kl not in KL_READINGS:
@@ -85,6 +93,10 @@ class TrainConfig:
                 f"--posterior smoother computes its own KL (the elbo reading for a posterior correlated in time); "
                 f"drop --kl {self.kl} or use --posterior factorized."
             )
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
+        if self.workers < 0:
+            raise UserError(f"--workers {self.workers}: give 0 (read in the training process) or more.")
         if self.window < 1 or self.seq_len < 2 or self.batch < 1 or self.epochs < 1:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
 

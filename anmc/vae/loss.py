@@ -26,7 +26,7 @@ def physical_parameters(vae: VideoVAE) -> list[torch.nn.Parameter]:
     return list(vae.prior.parameters())
 
 
-def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm: float = 1.0) -> dict[str, torch.Tensor]:
+def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm: float = 1.0, noise=None) -> dict[str, torch.Tensor]:
     """-ELBO per latent frame for a batch of sequences frames (B, T + k - 1, C, H, W) uint8.
 
     `warm` in [0, 1] is the warm-up's progress: frames t > 1 get the prior
@@ -37,6 +37,11 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     entropy term rewards marginals as wide as s0, which the smoother reaches by ignoring the encoder's
     readings (the spring's posterior collapsed that way; docs/results.md §3c).
 
+    `noise(shape)` gives the decoder draw's standard normal noise (default: torch.randn_like of the
+    std; data-parallel training passes `anmc.vae.distributed.batch_noise`, the same draws on any number
+    of ranks). Under autocast (`--precision bf16`) the networks run in bfloat16 and everything from the
+    encoder's outputs to the KL in float32 / float64 (autocast off).
+
     Returns loss, recon and kl (scalars, per frame) and `mu` (B, T, d).
     """
     tempered = TemperedPrior(vae.prior, warm) if warm < 1.0 and config.warmup_temper else vae.prior
@@ -45,7 +50,7 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
         mu, std = post.mean, post.std
     else:
         mu, std = vae.encode(frames)  # (B, T, d)
-    z = mu + std * torch.randn_like(std)
+    z = mu + std * (torch.randn_like(std) if noise is None else noise(std.shape))
     out = vae.decode(z)  # (B, T, C, H, W)
     target = frames[:, vae.window - 1 :].float() / 255.0
     if config.recon == "bernoulli":
@@ -53,6 +58,21 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     else:
         recon = 0.5 * ((torch.sigmoid(out) - target) / config.recon_std) ** 2
     recon = recon.flatten(2).sum(-1)  # (B, T)
+    b, t, d = mu.shape
+    with torch.autocast(mu.device.type, enabled=False):
+        kl = _kl(vae, config, tempered, post if vae.posterior == "smoother" else None, mu, std, warm)
+    recon_per_frame = recon.float().sum(1).mean() / t
+    kl_per_frame = kl.mean() / t
+    return {
+        "loss": recon_per_frame + config.beta * kl_per_frame,
+        "recon": recon_per_frame,
+        "kl": kl_per_frame,
+        "mu": mu,
+    }
+
+
+def _kl(vae: VideoVAE, config: TrainConfig, tempered, post, mu: torch.Tensor, std: torch.Tensor, warm: float) -> torch.Tensor:
+    """The bracket of the loss for each sequence, `-> (B,)` (see `sequence_loss`)."""
     b, t, d = mu.shape
     weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)  # of the anchor on frames t > 1
     if config.kl == "standard":
@@ -76,14 +96,7 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
         if weight > 0.0:
             static = initial_kl(vae.prior, mu[:, 1:].reshape(-1, d), std[:, 1:].reshape(-1, d))
             kl = kl + weight * static.reshape(b, t - 1).sum(1)
-    recon_per_frame = recon.sum(1).mean() / t
-    kl_per_frame = kl.mean() / t
-    return {
-        "loss": recon_per_frame + config.beta * kl_per_frame,
-        "recon": recon_per_frame,
-        "kl": kl_per_frame,
-        "mu": mu,
-    }
+    return kl
 
 
 class TemperedPrior:

@@ -168,7 +168,7 @@ class VideoVAE(nn.Module):
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         if x.shape[1] < self.window:
             raise ValueError(f"{x.shape[1]} frames cannot fill one window of {self.window}")
-        out, log_var = self.encoder(x)
+        out, log_var = (v.float() for v in self.encoder(x))  # float32 from here on, also under bf16 autocast
         index = self.observed if self.posterior == "smoother" else slice(None)
         m0 = self.prior.initial_mean.to(out)[index]
         s0 = self.prior.initial_std.to(out)[index]
@@ -180,7 +180,8 @@ class VideoVAE(nn.Module):
         if self.posterior != "smoother":
             raise ValueError("smoothed() needs a VideoVAE built with posterior='smoother'")
         y, r = self.encoder_readings(x)
-        return kalman_smoother(self.prior if prior is None else prior, y, r)
+        with torch.autocast(y.device.type, enabled=False):  # the prior's algebra in float32 / float64
+            return kalman_smoother(self.prior if prior is None else prior, y, r)
 
     def encode(self, x: torch.Tensor, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, std (B, T-k+1, d) in the prior's units. With the smoother posterior these are the smoothed
@@ -189,7 +190,9 @@ class VideoVAE(nn.Module):
         if self.posterior == "factorized":
             return self.encoder_readings(x)
         if causal:
-            mean, cov = kalman_filter(self.prior, *self.encoder_readings(x))
+            y, r = self.encoder_readings(x)
+            with torch.autocast(y.device.type, enabled=False):
+                mean, cov = kalman_filter(self.prior, y, r)
             return mean, marginal_std(cov)
         post = self.smoothed(x)
         return post.mean, post.std

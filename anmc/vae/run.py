@@ -57,7 +57,7 @@ _KEYS = {
     "step": (int, "steps done"),
     "vae": (dict, "the weights"),
     "optimizer": (dict, "the optimizer state"),
-    "rng": (torch.Tensor, "the random state"),
+    "rng": ((dict, torch.Tensor), "the random state: CPU and CUDA generators, or the CPU's alone from older runs"),
     "frame_shape": (list, "the frame shape"),
 }
 _OPTIONAL = {"videos": (list, "the training videos"), "metrics": (dict, "the last metrics row")}
@@ -122,6 +122,8 @@ def check_payload(payload: dict, path) -> None:
             ok = all(isinstance(v, str) for v in value)
         if ok and key in ("epoch", "step"):
             ok = value >= 0
+        if ok and key == "rng" and isinstance(value, dict):
+            ok = isinstance(value.get("cpu"), torch.Tensor) and all(isinstance(t, torch.Tensor) for t in value.get("cuda", []))
         if not ok:
             raise CheckpointError(
                 f"{path} holds {type(value).__name__} {_short(value)} as {key!r} ({what}); it is damaged or from another anmc version: retrain the run."

@@ -10,8 +10,9 @@ Learnable `param`s and `noise ... learn` stay frozen for the first `learn_params
 train with their own learning rate: a prototype saw a length L run away while the latents were
 still collapsed (docs/method.md §6).
 
-CPU, one GPU (`device="cuda"`), or several through `torchrun` (data parallel: each rank takes its
-share of every batch, gradients are averaged with all-reduce; rank 0 logs and writes checkpoints).
+CPU, one GPU (`device="cuda"`), or several processes and machines through `torchrun`: the loss module
+in DistributedDataParallel, each rank reading its share of every global batch, rank 0 alone writing
+logs and checkpoints (anmc.vae.distributed, docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import torch
 from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.data.dataset import FrameSequences, frame_datasets
 from anmc.errors import UserError
+from anmc.vae import distributed
 from anmc.vae.config import TrainConfig
 from anmc.vae.diagnostics import epoch_diagnostics
+from anmc.vae.distributed import DistContext, RankBatches
 from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae
@@ -67,12 +70,19 @@ class _Session:
     physical: list[torch.nn.Parameter]
     train_data: FrameSequences
     val_data: FrameSequences | None
-    device: torch.device
-    rank: int
-    world: int
+    ctx: DistContext
     videos: list[str]
     start_epoch: int = 0
     step: int = 0
+    model: torch.nn.Module | None = None  # the loss module, in DistributedDataParallel under torchrun
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def rank(self) -> int:
+        return self.ctx.rank
 
     @property
     def steps_per_epoch(self) -> int:
@@ -106,20 +116,31 @@ def train(
 def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoch) -> TrainResult:
     """`train`'s loop: setup, then for each epoch its steps, its end and its checkpoint."""
     s = _setup(prior, videos, run_dir, config, resume)
+    try:
+        return _loop(s, progress, on_epoch)
+    finally:
+        distributed.teardown(s.ctx)
+
+
+def _loop(s: _Session, progress, on_epoch) -> TrainResult:
     result = TrainResult(s.run_dir, s.start_epoch, rank=s.rank)
     started = time.monotonic()
     for epoch in range(s.start_epoch, s.config.epochs):
         learn_physics = epoch >= s.config.learn_params_after
-        for p in s.physical:
-            p.requires_grad_(learn_physics)
+        if s.model is None or any(p.requires_grad != learn_physics for p in s.physical):
+            for p in s.physical:
+                p.requires_grad_(learn_physics)
+            # DDP averages the parameters that require grad when it is built: wrap again when they change
+            s.model = distributed.wrap(_LossModule(s.vae, s.config), s.ctx, find_unused=s.config.kl == "standard")
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         s.vae.train()
-        for i, idx in enumerate(_epoch_batches(s, epoch)):
-            out = _step(s, idx, epoch, i, last_good=result.epochs)
+        for i, frames in enumerate(_epoch_batches(s, epoch)):
+            out = _step(s, frames, epoch, i, last_good=result.epochs)
             for k in sums:
                 sums[k] += float(out[k].detach())
             if progress is not None and s.rank == 0:
                 progress(epoch, i + 1, s.steps_per_epoch, {k: float(out[k].detach()) for k in sums} | _param_summary(s.vae))
+        sums = distributed.all_mean(sums, s.ctx)  # each rank's sums are over its share of the batches
         row = _end_epoch(s, epoch, sums, learn_physics, seconds=time.monotonic() - started)
         row["diagnostics"] = epoch_diagnostics(s.vae, s.val_data if s.val_data is not None else s.train_data, s.config, row, s.device)
         result.metrics.append(row)
@@ -135,23 +156,38 @@ def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoc
     return result
 
 
+class _LossModule(torch.nn.Module):
+    """The VAE's training loss as a module's forward: what DistributedDataParallel wraps (its gradient
+    averaging is armed by forward calls)."""
+
+    def __init__(self, vae: VideoVAE, config: TrainConfig):
+        super().__init__()
+        self.vae, self.config = vae, config
+
+    def forward(self, frames: torch.Tensor, warm: float, noise) -> dict[str, torch.Tensor]:
+        return sequence_loss(self.vae, frames, self.config, warm=warm, noise=noise)
+
+
+_DEFAULTS = TrainConfig()
+
+
 def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: bool) -> _Session:
     """Config (the checkpoint's when resuming), process group, compiled prior, data, VAE, optimizer, state."""
     payload = None
     if resume:
         payload = load_checkpoint(run_dir)
         saved = TrainConfig.from_dict(payload["config"])
-        if config is not None and config.epochs > saved.epochs:
-            saved.epochs = config.epochs  # resuming may extend a run, nothing else
+        if config is not None:  # resuming may extend a run and choose where it runs (fields set off their defaults), nothing else
+            saved.epochs = max(saved.epochs, config.epochs)
+            for name in ("device", "workers", "cache"):
+                if getattr(config, name) != getattr(_DEFAULTS, name):
+                    setattr(saved, name, getattr(config, name))
         config = saved
     config = config or TrainConfig()
     if config.threads:
         torch.set_num_threads(config.threads)
-    rank, world = _distributed()
-    device = resolve_device(config.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+    ctx = distributed.setup(resolve_device(config.device))
+    distributed.check_batch(config.batch, ctx)
     torch.manual_seed(config.seed)
 
     compiled = prior if isinstance(prior, CompiledPrior) else compile_prior(Path(prior) if not str(prior).count("\n") else prior)
@@ -160,32 +196,34 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
             f"the checkpoint in {run_dir} was trained with a different prior ({payload['anm_filename']}); "
             "resume with the same .anm, or train into a new -o directory."
         )
+    if ctx.world > 1 and config.cache is not None and not ctx.is_main:
+        distributed.barrier(ctx)  # rank 0 decodes into the cache first
     train_data, val_data = frame_datasets(
-        videos, length=config.seq_len + config.window - 1, size=config.size, val_fraction=config.val_fraction, seed=config.seed, device=device
-    )
-    vae = build_vae(compiled, train_data.frame_shape, config).to(device)
+        videos, length=config.seq_len + config.window - 1, size=config.size, val_fraction=config.val_fraction, seed=config.seed,
+        device=ctx.device, cache=config.cache,
+    )  # fmt: skip
+    if ctx.world > 1 and config.cache is not None and ctx.is_main:
+        distributed.barrier(ctx)
+    vae = build_vae(compiled, train_data.frame_shape, config).to(ctx.device)
+    if config.compile:
+        vae.prior.compile_core()  # torch.compile of the generated integration (anmc.codegen.runtime)
     physical = physical_parameters(vae)
     physical_ids = {id(p) for p in physical}
     groups = [{"params": [p for p in vae.parameters() if id(p) not in physical_ids], "lr": config.lr}]
     if physical:
         groups.append({"params": physical, "lr": config.param_lr})
     s = _Session(
-        run_dir, config, compiled, vae, torch.optim.Adam(groups), physical, train_data, val_data, device, rank, world,
+        run_dir, config, compiled, vae, torch.optim.Adam(groups), physical, train_data, val_data, ctx,
         videos=[str(v) for v in (videos if isinstance(videos, (list, tuple)) else [videos])],
     )  # fmt: skip
 
     if payload is not None:
         _restore(s, payload)
-    elif rank == 0:
+    elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / "metrics.jsonl").exists():
             (run_dir / "metrics.jsonl").unlink()
-    if world > 1:  # every rank starts from rank 0's weights
-        import torch.distributed as dist
-
-        for tensor in vae.state_dict().values():
-            dist.broadcast(tensor, 0)
-    if rank == 0:
+    if ctx.is_main:
         (run_dir / "prior.anm").write_text(compiled.model.source)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return s
@@ -200,24 +238,26 @@ def _restore(s: _Session, payload: dict) -> None:
         )
     s.vae.load_state_dict(payload["vae"])
     s.optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"])
+    distributed.set_rng_state(payload["rng"])
     s.start_epoch, s.step = int(payload["epoch"]), int(payload["step"])
     truncate_metrics(s.run_dir, s.start_epoch, payload.get("metrics"))
 
 
 def _epoch_batches(s: _Session, epoch: int):
-    """The epoch's batches of sequence indices (this rank's share under torchrun)."""
-    n, per_epoch, batch = len(s.train_data), s.steps_per_epoch, s.config.batch
-    order = _epoch_order(n, s.config.seed, epoch)
-    order = order.repeat(math.ceil(per_epoch * batch / n))[: per_epoch * batch]
-    for i in range(per_epoch):
-        idx = order[i * batch : (i + 1) * batch]
-        yield idx[s.rank :: s.world] if s.world > 1 else idx
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order of training sequences in an epoch: a function of (seed, epoch) only, so resuming replays it."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    """The epoch's batches of frames (B / world, T + k − 1, C, H, W) uint8 on the training device: this
+    rank's share of each global batch, in the order `RankBatches` gives. Frames held in memory are
+    gathered here; frames on disk (`--cache`) are read by a DataLoader's `workers` processes."""
+    sampler = RankBatches(len(s.train_data), s.config.batch, s.steps_per_epoch, s.config.seed, epoch, s.ctx)
+    if not s.train_data.on_disk:
+        for idx in sampler:
+            yield s.train_data.batch(idx).to(s.device, non_blocking=True)
+        return
+    loader = torch.utils.data.DataLoader(
+        s.train_data, batch_sampler=sampler, num_workers=s.config.workers, pin_memory=s.device.type == "cuda",
+        generator=torch.Generator().manual_seed(s.config.seed),  # its workers' seeds, not drawn from the global RNG
+    )  # fmt: skip
+    for frames in loader:
+        yield frames.to(s.device, non_blocking=True)
 
 
 def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
@@ -226,22 +266,20 @@ def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _step(s: _Session, idx: torch.Tensor, epoch: int, i: int, last_good: int) -> dict[str, torch.Tensor]:
-    """One optimizer step on the batch `idx`; raises TrainingDiverged on a non-finite loss."""
+def _step(s: _Session, frames: torch.Tensor, epoch: int, i: int, last_good: int) -> dict[str, torch.Tensor]:
+    """One optimizer step on this rank's share of a batch; raises TrainingDiverged on a non-finite loss."""
     config = s.config
-    frames = s.train_data.batch(idx).to(s.device, non_blocking=True)
     warm = min(1.0, s.step / config.warmup) if config.warmup else 1.0
     s.optimizer.param_groups[0]["lr"] = _learning_rate(config, s.step, config.epochs * s.steps_per_epoch)
     where = (epoch + 1, i + 1, s.run_dir, last_good)
-    with guard(*where):  # the smoother's solves on a blown-up covariance
-        out = sequence_loss(s.vae, frames, config, warm=warm)
+    noise = lambda shape: distributed.batch_noise(shape, config.batch, s.ctx, s.device)  # noqa: E731
+    with guard(*where), torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        out = s.model(frames, warm, noise)  # guard: the smoother's solves on a blown-up covariance
     loss = out["loss"]
     check_finite("the loss", loss, *where)
     s.optimizer.zero_grad(set_to_none=True)
     with guard(*where):
-        loss.backward()
-    if s.world > 1:
-        _average_gradients(s.vae, s.world)
+        loss.backward()  # under DistributedDataParallel, also the mean of the ranks' gradients
     norm = torch.nn.utils.clip_grad_norm_(s.vae.parameters(), config.grad_clip)
     check_finite("the gradient's norm", norm, *where)  # before the step: the weights stay finite
     s.optimizer.step()
@@ -273,7 +311,7 @@ def _checkpoint(s: _Session, epochs_done: int, row: dict) -> None:
             "step": s.step,
             "vae": s.vae.state_dict(),
             "optimizer": s.optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": distributed.rng_state(),  # CPU and CUDA; the data order is a function of (seed, epoch)
             "frame_shape": list(s.train_data.frame_shape),
             "videos": s.videos,
             "metrics": row,
@@ -287,26 +325,3 @@ def _param_summary(vae: VideoVAE) -> dict[str, float]:
         if learn:
             values[f"noise_{name}"] = std
     return values
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun, (0, 1) otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _average_gradients(vae: VideoVAE, world: int) -> None:
-    """All-reduce the gradients across ranks (data parallel: each rank saw its share of the batch)."""
-    import torch.distributed as dist
-
-    for p in vae.parameters():
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad /= world

@@ -32,6 +32,7 @@ class Pendulum(AnmModule):
     dt = 0.03333333333333333  # 1/30
     substeps = 2
     integrator = 'rk4'
+    scalar_grads = (1,)  # which scalars (the arguments after the tensors) learnable params reach
 
     def __init__(self):
         super().__init__()
@@ -48,26 +49,47 @@ class Pendulum(AnmModule):
         self.register_buffer("initial_b", torch.tensor([0.8, 1.5]))
 
     def constants(self, z):
-        """The params as z's dtype and device, and the param-only factors of the right-hand sides
-        (computed once per call, then handed to `rhs` and `rhs_and_tangents`)."""
+        """The params as z's dtype and device, and the param-only factors of the right-hand sides and their
+        derivatives (computed once per call, then handed to the methods below)."""
         g = 9.81
         L = (torch.sigmoid(self._raw_L) * 19.95 + 0.05).to(z)  # line 5: param L = 1.0 in [0.05, 20] learn
         c = self._fixed_c.to(z)  # line 6: param c = 0.0 in [0, 10]
         _t0 = -g/L
         return (c, _t0)
 
-    def rhs(self, theta, omega, c, _t0):
-        """The right-hand sides (z') at one point; each state is a vector over the batch."""
+    def rhs(self, z, c, _t0):
+        """The right-hand sides F (z') at the points z (d, B) -> (d, B)."""
         # line 12: theta' = omega
         # line 13: omega' = -(g / L) * sin(theta) - c * omega
-        return (omega, _t0*torch.sin(theta) - c*omega)
+        theta, omega = z.unbind(0)
+        return torch.stack((omega, _t0*torch.sin(theta) - c*omega))
 
-    def rhs_and_tangents(self, theta, omega, J_0, J_1, c, _t0):
-        """The right-hand sides F at one point and their tangents (dF/dz) J, row by row. The states are
-        vectors over the batch (B,); row J_i (d, B) holds d z_i / d z0, the derivative of this point's
-        state i with respect to the frame's input z0, so the returned rows are dF_i / d z0 (chain rule)."""
+    def rhs_and_tangents(self, z, _J, c, _t0):
+        """F at the points z (d, B) and its tangents: row J_l (d, B) of _J holds d z_l / d z0, the derivative of
+        the point's state l with respect to the frame's input z0; the rows returned are
+        dF_i / d z0 = sum_l (dF_i/dz_l) J_l (the chain rule), (d, d, B)."""
         # line 12: theta' = omega
         # line 13: omega' = -(g / L) * sin(theta) - c * omega
+        theta, omega = z.unbind(0)
+        J_0, J_1 = _J.unbind(0)
         _t1 = _t0*torch.cos(theta)  # domega'/dtheta
         _t2 = _t1*J_0 - c*J_1  # domega'/dz0
-        return (omega, _t0*torch.sin(theta) - c*omega), (J_1, _t2)
+        return torch.stack((omega, _t0*torch.sin(theta) - c*omega)), torch.stack((J_1, _t2))
+
+    def rhs_and_tangents_vjp(self, z, _J, _gF, _gJ, c, _t0):
+        """The backward pass of `rhs_and_tangents` at the points z (d, B) with tangent rows _J (d, d, B): given the
+        cotangents _gF (d, B) of F and _gJ (d, d, B) of its tangent rows, the cotangents of _J (sum_i (dF_i/dz_l) _gJ_i,
+        (d, d, B)) and the gradient of phi = sum_i _gF_i F_i + sum_e P_e A_e with respect to z (d, B), with
+        P_(i,l) = <_gJ_i, J_l> over the columns; and phi's pointwise derivatives (B,) with respect to the scalars in
+        `scalar_grads`."""
+        theta, omega = z.unbind(0)
+        J_0, J_1 = _J.unbind(0)
+        _gF_0, _gF_1 = _gF.unbind(0)
+        _gJ_0, _gJ_1 = _gJ.unbind(0)
+        _P_1_0 = (_gJ_1*J_0).sum(0)  # <dphi/d(domega'/dz0), dtheta/dz0>
+        _t3 = torch.cos(theta)
+        _t4 = torch.sin(theta)
+        _t5 = _t0*_t3  # domega'/dtheta
+        _t6 = _t5*_gJ_1  # dphi/d(dtheta/dz0)
+        _t7 = _gJ_0 - c*_gJ_1  # dphi/d(domega/dz0)
+        return torch.stack((_gF_1*_t0*_t3 - _P_1_0*_t0*_t4, _gF_0 - _gF_1*c)), torch.stack((_t6, _t7)), (_P_1_0*_t3 + _gF_1*_t4,)
