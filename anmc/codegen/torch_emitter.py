@@ -396,7 +396,8 @@ class _RhsEmitter:
         for e in exprs:
             text = self.printer.doprint(e)
             if not (e.free_symbols & batch):
-                text = f"torch.full_like({like}, {text})" if e.is_number else f"{text}.expand_as({like})"
+                plain = e.is_number or e in self.const_values  # a const is a Python float (`v' = k`)
+                text = f"torch.full_like({like}, {text})" if plain else f"{text}.expand_as({like})"
             out.append(text)
         return out
 
