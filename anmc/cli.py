@@ -369,8 +369,9 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _run_training(prior, videos, run_dir, config, resume):
-    """Train with a rich progress bar (a terminal) or one line per epoch (anything else); returns the TrainResult."""
+def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
+    """Train with a rich progress bar (a terminal) or one line per epoch (anything else), and with
+    `tensorboard` a TensorBoard log in RUN_DIR/tensorboard; returns the TrainResult."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from anmc.vae.threads import apply_thread_default
@@ -403,13 +404,30 @@ def _run_training(prior, videos, run_dir, config, resume):
         info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         bar.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{config.epochs if config else '?'}", info=info)
 
+    log, on_epoch = None, None
+    if tensorboard:
+        log, on_epoch = _tensorboard_log(prior, run_dir, config, resume)
+        inner = progress
+
+        def progress(epoch, step, steps, metrics):  # noqa: F811 - the bar, then the log
+            inner(epoch, step, steps, metrics)
+            log.progress(epoch, step, steps, metrics)
+
     try:
         epochs = config.epochs if config else None
-        result = train(prior, videos, run_dir, config, resume=resume, progress=progress,
-                       on_epoch=_EpochReporter(epochs, plain=not err.is_terminal))  # fmt: skip
+        reporter = _EpochReporter(epochs, plain=not err.is_terminal)
+
+        def epoch_end(vae, row):  # the line and warnings, then the TensorBoard log
+            reporter(vae, row)
+            if on_epoch is not None:
+                on_epoch(vae, row)
+
+        result = train(prior, videos, run_dir, config, resume=resume, progress=progress, on_epoch=epoch_end)
     finally:
         if task is not None:
             bar.stop()
+        if log is not None:
+            log.close()
     if result.rank != 0:  # under torchrun, rank 0 reports
         return result
     for row in result.metrics[-3:]:
@@ -422,15 +440,34 @@ def _run_training(prior, videos, run_dir, config, resume):
     return result
 
 
+def _tensorboard_log(prior, run_dir, config, resume):
+    """The TensorBoard log of a run and its per-epoch callback (scalars, then the pictures of `anmc plot`)."""
+    from anmc.analysis.plots import training_pictures
+    from anmc.codegen.compile import compile_prior
+    from anmc.vae.config import TrainConfig
+    from anmc.vae.run import load_checkpoint
+    from anmc.vae.tensorboard import TensorBoardLog
+
+    if resume:  # the run's own prior and config
+        payload = load_checkpoint(run_dir)
+        compiled, config = compile_prior(payload["anm_source"]), TrainConfig.from_dict(payload["config"])
+    else:
+        compiled = compile_prior(Path(prior))
+    pictures = training_pictures(run_dir, compiled, config or TrainConfig())
+    log = TensorBoardLog(Path(run_dir) / "tensorboard", pictures=pictures, params=compiled.model.params)
+    return log, log.on_epoch
+
+
 @main.command()
 @click.argument("prior", type=click.Path(dir_okay=False))
 @click.argument("videos", nargs=-1, required=True)
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint (bit for bit).")
+@click.option("--tensorboard", is_flag=True, help="Also log losses, params and pictures to RUN_DIR/tensorboard (needs anmc[tensorboard]).")
 @click.option("--fps", type=float, help="The recording's frame rate (default: the videos' metadata); checked against the prior's dt.")
 @_train_options
 @report_user_errors
-def train(prior, videos, run_dir, resume, fps, **kwargs):
+def train(prior, videos, run_dir, resume, tensorboard, fps, **kwargs):
     """Train a video VAE on VIDEOS whose latents follow the PRIOR (.anm)."""
     from anmc.data.rate import check_frame_rate
     from anmc.symbolic.model import load_model
@@ -444,7 +481,7 @@ def train(prior, videos, run_dir, resume, fps, **kwargs):
         config = _config({"epochs": 1} | {k: kwargs[k] for k in given}) if given else None  # epochs: the larger is kept
     else:
         config = _config(kwargs)
-    result = _run_training(Path(prior), list(videos), run_dir, config, resume)
+    result = _run_training(Path(prior), list(videos), run_dir, config, resume, tensorboard=tensorboard)
     if resume and not result.metrics and result.rank == 0:
         out.print(f"the run already has its {result.epochs} epoch(s); `--resume --epochs N` extends it to N.")
 
@@ -482,37 +519,47 @@ def _print_report(report: dict) -> None:
 @click.option("--truth", type=click.Path(), help="truth.csv with the true states (default: one beside the videos).")
 @click.option("--circular", multiple=True, help="States that are angles to compare circularly (e.g. phase).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Also write the pictures of `anmc plot` into this folder.")
 @_device_option
 @report_user_errors
-def eval_(run_dir, videos, truth, circular, json_path, device):
+def eval_(run_dir, videos, truth, circular, json_path, plots_dir, device):
     """How physical are the latents of RUN_DIR: correlation, slope, R^2 with the true states, prediction error."""
     import json
 
     from anmc.analysis.evaluate import evaluate
     from anmc.vae.run import load_run
 
-    report = evaluate(load_run(run_dir, _device(device)), videos=list(videos) or None, truth=truth, circular=circular or None)
+    run = load_run(run_dir, _device(device))
+    report = evaluate(run, videos=list(videos) or None, truth=truth, circular=circular or None)
     _print_report(report)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
         err.print(f"wrote {json_path}")
+    if plots_dir:
+        from anmc.analysis.plots import write_pictures
+
+        for path in write_pictures(run, Path(plots_dir) / "latent.png", videos=list(videos) or None, truth=truth):
+            err.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--output", default="latent.png", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--states", nargs=2, help="The two states of the plane (default: the first two).")
-@click.option("--intervention", "-i", help="Also draw the prior under this intervention block (green).")
-@click.option("--set", "sets", multiple=True, help="Or under these edits (green).")
+@click.option("--intervention", "-i", help="Also draw the prior under this intervention block (black triangles).")
+@click.option("--set", "sets", multiple=True, help="Or under these edits (black triangles).")
 @click.option("--edit", "edits", multiple=True)
 @click.option("--video", "videos", multiple=True, help="Videos to encode (default: the training videos).")
+@click.option("--truth", type=click.Path(), help="truth.csv for the latent-against-truth picture (default: one beside the videos).")
 @_device_option
 @report_user_errors
-def plot(run_dir, output, states, intervention, sets, edits, videos, device):
-    """Figure 2 of the paper for RUN_DIR: prior (blue), posterior (red), intervened prior (green); loss curves."""
+def plot(run_dir, output, states, intervention, sets, edits, videos, truth, device):
+    """Pictures of RUN_DIR: Figure 2 of the paper (prior blue circles, posterior vermillion squares, intervened
+    prior black triangles; loss curves) in OUTPUT, and beside it OUTPUT_reconstructions.png (frames,
+    reconstructions, predictions) and, with true states, OUTPUT_states.png (latent against truth)."""
+    from anmc.analysis.plots import write_pictures
     from anmc.vae.run import load_run
-    from anmc.analysis.plots import latent_plot
 
     run = load_run(run_dir, _device(device))
     intervened, label = None, "intervened prior"
@@ -521,8 +568,10 @@ def plot(run_dir, output, states, intervention, sets, edits, videos, device):
 
         intervened = intervened_module(run, intervention=intervention, edits=[*sets, *edits])
         label = f"prior under {intervention or '; '.join([*sets, *edits])}"
-    path = latent_plot(run, output, states=tuple(states) if states else None, videos=list(videos) or None, intervened=intervened, intervention_label=label)
-    out.print(f"wrote {path}")
+    paths = write_pictures(run, output, videos=list(videos) or None, truth=truth, states=tuple(states) if states else None,
+                           intervened=intervened, intervention_label=label)  # fmt: skip
+    for path in paths:
+        out.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
 @main.command()
@@ -541,23 +590,37 @@ def show(run_dir):
         click.echo(text, nl=False)
 
 
+# `anmc quickstart --quick`: a first look at the whole path (2 min 32 s on two quiet CPU cores, measured;
+# README.md); each value replaces the full quick start's default.
+QUICK = {"clips": 12, "frames": 96, "epochs": 8, "steps_per_epoch": 80, "warmup": 200, "learn_params_after": 2}
+
+
 @main.command()
 @click.option("-o", "--output", "out_dir", default="anmc-quickstart", show_default=True, type=click.Path(file_okay=False))
-@click.option("--clips", default=24, show_default=True, type=click.IntRange(min=2))
-@click.option("--frames", default=128, show_default=True, type=click.IntRange(min=16))
+@click.option("--quick", is_flag=True, help="A first look in a few minutes: a smaller video and a shorter training (recovers less; README.md says how much).")
+@click.option("--clips", default=None, type=click.IntRange(min=2), help="Clips to synthesize [default: 24, 12 with --quick].")
+@click.option("--frames", default=None, type=click.IntRange(min=16), help="Frames per clip [default: 128, 96 with --quick].")
 @_train_options
 @report_user_errors
-def quickstart(out_dir, clips, frames, **kwargs):
-    """The whole job on the built-in default: synthesize a pendulum video, train, evaluate, plot, show."""
+def quickstart(out_dir, quick, clips, frames, **kwargs):
+    """The whole job on the built-in default: synthesize a pendulum video, train, evaluate, show, plot
+    (and, with --quick, one intervention)."""
     import json
 
     from anmc.codegen.compile import compile_prior
     from anmc.analysis.evaluate import evaluate
-    from anmc.vae.run import load_run
-    from anmc.analysis.plots import latent_plot
+    from anmc.analysis.plots import write_pictures
     from anmc.codegen.learned_anm import learned_anm
     from anmc.synthetic.synth import synthesize
+    from anmc.vae.run import load_run
 
+    if quick:
+        ctx = click.get_current_context()
+        for key, value in QUICK.items():  # only where the user kept the default
+            if key in kwargs and ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+                kwargs[key] = value
+    clips = clips or (QUICK["clips"] if quick else 24)
+    frames = frames or (QUICK["frames"] if quick else 128)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     truth_path, prior_path = root / "pendulum.anm", root / "pendulum_guess.anm"
@@ -566,22 +629,43 @@ def quickstart(out_dir, clips, frames, **kwargs):
     # the prior we train with starts the learnable length 50% off the length that made the video
     prior_path.write_text(truth_text.replace("param L = 1.0 ", "param L = 1.5 ", 1))
     config = _config(kwargs)
+    if quick:
+        from anmc.vae.config import TrainConfig
+
+        full = TrainConfig()
+        longer = full.epochs * full.steps_per_epoch / (config.epochs * (config.steps_per_epoch or full.steps_per_epoch))
+        out.print(
+            f"[bold]a first look[/]: {clips} clips x {frames} frames, {config.epochs} epochs of {config.steps_per_epoch} steps "
+            f"(the full quick start trains {longer:.0f}x longer and recovers more)", soft_wrap=True,
+        )  # fmt: skip
     out.rule("1. synthesize a pendulum video (anmc synth)")
     syn = synthesize(compile_prior(truth_path), root / "data", clips=clips, frames=frames, size=64, seed=config.seed + 1000)
     out.print(f"{len(syn.paths)} clips x {frames} frames of 64x64 (L = 1.0 m) in {root / 'data'}, true states in truth.csv")
     out.rule("2. train (anmc train), starting from a guess L = 1.5 m")
     _run_training(prior_path, [str(root / "data")], root / "run", config, resume=False)
     out.rule("3. evaluate (anmc eval)")
-    report = evaluate(load_run(root / "run"))
+    run = load_run(root / "run")
+    report = evaluate(run)
     _print_report(report)
     (root / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     out.rule("4. the learned model as equations (anmc show)")
-    run = load_run(root / "run")
     out.print(learned_anm(run.prior.model, run.module), markup=False, highlight=False)
-    latent_plot(run, root / "latent.png")
+    pictures = write_pictures(run, root / "latent.png")
+    if quick:
+        from anmc.analysis.intervene import intervene as run_intervention
+
+        out.rule("5. what if there were air drag? (anmc intervene -i drag)")
+        cf = run_intervention(root / "run", intervention="drag", frames=90)
+        for path in cf.save(root / "drag.gif"):
+            out.print(f"wrote {escape(str(path))}", soft_wrap=True)
     out.rule("results")
     out.print(f"run: {root / 'run'}   report: {root / 'eval.json'}   figure: {root / 'latent.png'}")
-    out.print(f"next: anmc intervene {root / 'run'} --intervention drag -o {root / 'drag.gif'}")
+    if len(pictures) > 1:
+        out.print("also: " + "   ".join(str(p) for p in pictures[1:]), soft_wrap=True)
+    if quick:
+        out.print("[bold]a first look[/]: for the full result run [bold]anmc quickstart[/] without --quick", soft_wrap=True)
+    else:
+        out.print(f"next: anmc intervene {root / 'run'} --intervention drag -o {root / 'drag.gif'}")
 
 
 def default_prior_text() -> str:

@@ -57,7 +57,8 @@ def test_library_api_shapes_and_save(run_dir, tmp_path):
     assert cf.latents.shape == cf.factual_latents.shape == (1, 12, 2)
     assert cf.observed.shape == (1, 12, SIZE, SIZE)  # the real clip over the same span
     sbs = cf.side_by_side()
-    assert sbs.shape == (12, 14 + SIZE, 3 * SIZE + 2 * 2, 3)  # label strip; video | factual | counterfactual
+    # label strip; video | factual | counterfactual, enlarged 5x so that "counterfactual" fits above 16 pixels
+    assert sbs.shape == (12, 17 + 5 * SIZE, 3 * 5 * SIZE + 2 * 2, 3)
     written = cf.save(tmp_path / "drag.gif")
     assert [p.name for p in written] == ["drag.gif", "drag_latents.csv", "drag_latents.png"]
     assert read_video(tmp_path / "drag.gif", gray=False).shape[:3] == sbs.shape[:3]
@@ -133,7 +134,7 @@ def test_cli_writes_video_csv_and_plot(run_dir, tmp_path):
     assert list(rows[0]) == ["sample", "frame", "time", "factual_theta", "factual_omega", "counterfactual_theta", "counterfactual_omega"]
     assert len(rows) == 20 and float(rows[-1]["time"]) == pytest.approx(19 / 30, rel=1e-4)
     video = read_video(tmp_path / "drag.mp4", gray=False)
-    assert video.shape[0] == 20 and video.shape[2] == 3 * SIZE + 4
+    assert video.shape[0] == 20 and video.shape[2] == 3 * 5 * SIZE + 4  # panels enlarged 5x for the labels
 
 
 def test_cli_start_edit(run_dir, tmp_path):

@@ -252,7 +252,7 @@ def test_edits_leave_the_original_model_alone():
         ("cc = 0.8", "'set' of unknown name 'cc'; did you mean 'c'?", 1),
         ("c = 50", "'c' = 50 is outside its bounds [0, 10]; widen them in the model if this is intended", 5),
         ("omega' = -thetta", "unknown name 'thetta'; did you mean 'theta'?", 11),
-        ("next omega = 0", "a 'next' equation inside 'dynamics continuous'; write 'omega' = ...' (a derivative)", 6),
+        ("next omega = 0", "a 'next' equation inside 'dynamics continuous'; write \"omega' = ...\" (a derivative)", 6),
         ("init phi ~ Normal(0, 1)", "'init' of unknown state 'phi'", 6),
     ],
 )

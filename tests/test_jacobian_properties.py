@@ -1,6 +1,7 @@
 """The compiled map f and its Jacobian J, checked against references that share no code with anmc's
-integrators or emitters: central finite differences of `forward`, `torch.func.jacrev` of `forward`,
-and plain numpy integration loops written here. For every prior in priors/ (and each of its
+integrators or emitters: central finite differences of `forward`, autograd of `forward` (for the
+priors through `anmc.testing.check_jacobian`, the helper users get), and plain numpy integration
+loops written here. For every prior in priors/ (and each of its
 interventions) and for random well-formed models built by hypothesis.
 """
 
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 import anmc
+from anmc.testing import check_intervention, check_jacobian
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIORS = sorted((ROOT / "priors").glob("*.anm"))
@@ -138,16 +140,20 @@ def test_prior_f_and_jacobian_against_references(path, intervention):
     reference = integrate(F, z.numpy(), method, model.dt / model.substeps, model.substeps, range(model.d))
     assert_close(f.numpy(), reference, rtol=1e-10, atol=1e-12 * scale, what="f vs numpy integration")
 
-    # J against jacrev of forward
-    assert_close(J.numpy(), jacrev_jacobian(module, z).detach().numpy(), rtol=1e-10, atol=1e-12 * scale, what="J vs jacrev")
+    # J against autograd of forward and central differences of it (anmc.testing, docs/testing.md), at these
+    # states and at states drawn from the initial distribution and out to 3 initial stds beyond it
+    check_jacobian(prior, states=z, rtol=1e-7, atol=1e-8)
+    report = check_jacobian(prior, samples=64, rtol=1e-7, atol=1e-8)
+    assert report.points >= 48 and report.skipped_non_finite == 0
 
-    # J against finite differences, skipping points where the differences disagree with themselves (a kink nearby)
-    fwd = torch_forward(module)
-    fd = richardson_jacobian(fwd, z.numpy(), 1e-3)
-    fd_small = richardson_jacobian(fwd, z.numpy(), 2.5e-4)
-    smooth = np.isclose(fd, fd_small, rtol=1e-7, atol=1e-9 * scale).all(axis=(1, 2))
-    assert smooth.sum() >= 12
-    assert_close(J.numpy()[smooth], fd[smooth], rtol=1e-6, atol=1e-8 * scale, what="J vs finite differences")
+
+INTERVENTIONS = [(p, iv) for p, iv in CASES if iv is not None]
+
+
+@pytest.mark.parametrize("path, intervention", INTERVENTIONS, ids=[f"{p.stem}-{iv}" for p, iv in INTERVENTIONS])
+def test_every_intervention_changes_only_what_it_says(path, intervention):
+    report = check_intervention(anmc.compile_prior(path), intervention)
+    assert report.equations or report.values or report.inits or report.starts
 
 
 def test_the_priors_are_not_trivial():

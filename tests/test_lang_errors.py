@@ -82,12 +82,12 @@ CASES = [
     ("arity_two", sub("x' = v", "x' = atan2(v)"), "atan2() takes 2 arguments, got 1", 7, 8),
     ("arity_min", sub("x' = v", "x' = min(v)"), "min() takes two or more arguments, got 1", 7, 8),
     # -- structure
-    ("no_equation", sub("  x' = v\n", ""), "state 'x' has no equation; add 'x' = ...' to the dynamics block", 4, 7),
+    ("no_equation", sub("  x' = v\n", ""), "state 'x' has no equation; add the equation \"x' = ...\" to the dynamics block", 4, 7),
     ("two_equations", sub("  x' = v\n", "  x' = v\n  x' = 2*v\n"), "state 'x' has two equations (the first at line 7)", 8, 3),
     ("equation_undeclared_state", sub("  x' = v\n", "  x' = v\n  y' = v\n"), "an equation for undeclared state 'y'", 8, 3),
     ("equation_for_param", sub("  x' = v\n", "  x' = v\n  c' = v\n"), "an equation for param 'c'; only states have equations", 8, 3),
     ("derivative_in_discrete", sub("dynamics continuous dt = 0.1 using rk4 steps 2", "dynamics discrete dt = 0.1"), "a derivative equation (x' = ...) inside 'dynamics discrete'; write 'next x = ...'", 7, 3),
-    ("next_in_continuous", sub("  x' = v", "  next x = v"), "a 'next' equation inside 'dynamics continuous'; write 'x' = ...' (a derivative)", 7, 8),
+    ("next_in_continuous", sub("  x' = v", "  next x = v"), "a 'next' equation inside 'dynamics continuous'; write \"x' = ...\" (a derivative)", 7, 8),
     ("no_dt", sub("dt = 0.1 ", ""), "continuous dynamics need a frame interval: 'dynamics continuous dt = 1/30 using rk4'", 6, 1),
     ("second_dynamics", GOOD + "dynamics discrete\n", "a second 'dynamics' block (the first is at line 6); a model has one", 11, 1),
     ("unknown_integrator", sub("using rk4", "using rk5"), "unknown integrator 'rk5'; did you mean 'rk4'?", 6, 36),
@@ -424,3 +424,15 @@ def test_fuzz_edits(edit):
             anmc.compile_prior(model, edits=[edit])
         except AnmError:
             pass
+
+
+def test_number_text_is_anmcs_own_and_total():
+    """Messages print numbers with anmc's formatter (stable across SymPy versions), for every kind of value."""
+    import sympy as sp
+
+    from anmc.symbolic.model import number_text
+
+    cases = {sp.sqrt(-1): "1i", sp.log(-1): "3.14159i", sp.Integer(2) + sp.I: "2 + 1i", sp.Rational(1, 3): "0.333333",
+             sp.Integer(2) ** (10**10): "4.36327e+3010299956", sp.nan: "nan", sp.zoo: "infinity", sp.nan * sp.I: "nan"}  # fmt: skip
+    for value, text in cases.items():
+        assert number_text(value) == text, value

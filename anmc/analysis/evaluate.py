@@ -133,14 +133,36 @@ def prediction_errors(run: Run, clips: list[Clip], horizons=(1, 5, 10), starts_p
     return out
 
 
-def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None = None) -> dict:
-    """The evaluation report as a plain dict (see the module docstring for its keys)."""
-    clips = load_run_clips(run, videos)
+def find_truth(run: Run, videos=None, truth=None) -> dict | None:
+    """The read truth file: `truth` if given, else a truth.csv inside one of the video folders, else None."""
     if truth is None:
         sources = videos or run.videos
         candidates = [Path(s) / "truth.csv" for s in sources if Path(s).is_dir()]
         truth = next((c for c in candidates if c.exists()), None)
-    truth_data = read_truth(truth) if truth is not None else None
+    return read_truth(truth) if truth is not None else None
+
+
+def align_with_truth(mus: list[np.ndarray], truth_data: dict, window: int, truth=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Latent means per clip (T_i - k + 1, d) against the truth's rows of the same frames:
+    (latents (N, d), true states (N, d_truth), clip index (N,)) over every clip the truth covers."""
+    lat, tru, clip_id = [], [], []
+    for i, mu in enumerate(mus):
+        if i not in truth_data["clips"]:
+            continue
+        t = truth_data["clips"][i]
+        n = min(len(t) - (window - 1), len(mu))
+        lat.append(mu[:n])
+        tru.append(t[window - 1 : window - 1 + n])
+        clip_id.append(np.full(n, i))
+    if not lat:
+        raise UserError(f"{truth or 'the truth file'} has no rows for the clips evaluated; check its clip column (0 = first file in sorted order).")
+    return np.concatenate(lat), np.concatenate(tru), np.concatenate(clip_id)
+
+
+def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None = None) -> dict:
+    """The evaluation report as a plain dict (see the module docstring for its keys)."""
+    clips = load_run_clips(run, videos)
+    truth_data = find_truth(run, videos, truth)
     names = run.module.state_names
     if truth_data is not None and not set(truth_data["state_names"]) & set(names):
         raise UserError(
@@ -171,18 +193,7 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         circular = tuple(circular) if circular is not None else tuple(meta.get("circular", ()))
         if not circular and (meta.get("renderer", {}) or {}).get("name") == "pulsar":
             circular = ("phase",)
-        lat, tru, clip_id = [], [], []
-        for i, mu in enumerate(mus):
-            if i not in truth_data["clips"]:
-                continue
-            t = truth_data["clips"][i]
-            n = min(len(t) - (k - 1), len(mu))
-            lat.append(mu[:n])
-            tru.append(t[k - 1 : k - 1 + n])
-            clip_id.append(np.full(n, i))
-        if not lat:
-            raise UserError(f"{truth} has no rows for the clips evaluated; check its clip column (0 = first file in sorted order).")
-        lat, tru, clip_id = np.concatenate(lat), np.concatenate(tru), np.concatenate(clip_id)
+        lat, tru, clip_id = align_with_truth(mus, truth_data, k, truth)
         ids = np.unique(clip_id)
         if len(ids) >= 2:
             fit = np.isin(clip_id, ids[::2])

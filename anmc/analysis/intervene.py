@@ -29,6 +29,7 @@ videos differ only by the intervention.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,8 +149,8 @@ class Counterfactual:
                     fh.write(",".join([str(b), str(i), f"{t[i]:.6g}", *(f"{v:.6g}" for v in row)]) + "\n")
         return Path(path)
 
-    def plot(self, path: str | Path) -> Path:
-        """One panel per state: factual (blue) and counterfactual (green) latents against time."""
+    def figure(self):
+        """One panel per state: factual (blue, solid) and counterfactual (vermillion, dashed) latents against time."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -157,18 +158,25 @@ class Counterfactual:
 
         d = len(self.state_names)
         t = self.time
-        fig, axes = plt.subplots(d, 1, figsize=(8, 2.4 * d), sharex=True, squeeze=False)
+        fig, axes = plt.subplots(d, 1, figsize=(8, 2.4 * d), dpi=110, sharex=True, squeeze=False)
         for i, name in enumerate(self.state_names):
             ax = axes[i, 0]
             for b in range(self.latents.shape[0]):
-                ax.plot(t, self.factual_latents[b, :, i], color="tab:blue", alpha=0.8, label="factual" if b == 0 else None)
-                ax.plot(t, self.latents[b, :, i], color="tab:green", alpha=0.8, label="counterfactual" if b == 0 else None)
+                ax.plot(t, self.factual_latents[b, :, i], color="#0072B2", alpha=0.85, label="factual" if b == 0 else None)
+                ax.plot(t, self.latents[b, :, i], color="#D55E00", ls="--", alpha=0.85, label="counterfactual" if b == 0 else None)
             ax.set_ylabel(name)
-        axes[0, 0].set_title(self.label)
-        axes[0, 0].legend(fontsize=8)
+        axes[0, 0].set_title(textwrap.fill(self.label, 90), fontsize=10)
+        axes[0, 0].legend(fontsize=8, loc="upper right")
         axes[-1, 0].set_xlabel("time (s)")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        return fig
+
+    def plot(self, path: str | Path) -> Path:
+        """Write `figure()` to `path` at its own size."""
+        import matplotlib.pyplot as plt
+
+        fig = self.figure()
+        fig.savefig(path, dpi=fig.dpi)
         plt.close(fig)
         return Path(path)
 

@@ -306,7 +306,7 @@ class _Checker:
         for name, decl in self.states.items():
             if name not in seen and not energy_lines:
                 form = f"{name}' = ..." if dyn.kind == "continuous" else f"next {name} = ..."
-                self.error(f"state '{name}' has no equation; add '{form}' to the dynamics block", decl.name_span)
+                self.error(f"state '{name}' has no equation; add the equation \"{form}\" to the dynamics block", decl.name_span)
 
     def let(self, let: ast.Let, scope, later, also=None) -> None:
         """A `let`: a new name (not a state, param or const, not declared twice) over the names above it
@@ -412,7 +412,7 @@ class _Checker:
         if eq.derivative and kind == "discrete":
             self.error(f"a derivative equation ({eq.state}' = ...) inside 'dynamics discrete'; write 'next {eq.state} = ...'", eq.state_span)
         if not eq.derivative and kind == "continuous":
-            self.error(f"a 'next' equation inside 'dynamics continuous'; write '{eq.state}' = ...' (a derivative)", eq.state_span)
+            self.error(f"a 'next' equation inside 'dynamics continuous'; write \"{eq.state}' = ...\" (a derivative)", eq.state_span)
         if eq.state not in self.states:
             what = "param" if eq.state in self.params else "const" if eq.state in self.consts else None
             if what:

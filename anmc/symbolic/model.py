@@ -115,7 +115,14 @@ def number_text(value: sp.Expr) -> str:
     import mpmath
 
     z = sp.N(value, 15)
-    real, im = (mpmath.mpf(sp.Float(part, 15)._mpf_) for part in (sp.re(z), sp.im(z)))
+    if z.has(sp.nan) or not z.is_number:
+        return "nan"
+    if z.has(sp.zoo, sp.oo, -sp.oo):
+        return "infinity"
+    parts = [sp.Float(part, 15) for part in (sp.re(z), sp.im(z))]
+    if not all(isinstance(p, sp.Float) and p.is_finite for p in parts):
+        return "nan"
+    real, im = (mpmath.mpf(p._mpf_) for p in parts)
     text = lambda x: re_.sub(r"\.0(?=$|e)", "", mpmath.nstr(x, 6, min_fixed=-4, max_fixed=7))  # noqa: E731
     re_ = re
     if im == 0:
