@@ -70,7 +70,7 @@ def compile_model(model: Model) -> CompiledPrior:
 
     try:
         source = emit_torch(model)  # user text (file names, equations as typed) goes in through escape.comment_safe
-        allowed = {*model.states, *model.consts, *model.params}
+        allowed = {*model.states, *model.consts, *model.params, *model.lets}
         cls = load_class(source, class_name(model), allowed, model.filename)
     except RecursionError:
         raise AnmError(too_deep(model.filename)) from None

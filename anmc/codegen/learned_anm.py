@@ -50,4 +50,20 @@ def learned_anm(model: Model, module) -> str:
         lines[line_no - 1] = code.rstrip() + "   # learned (" + tail + ")" + (f"; {comment}" if comment else "")
     if lines and lines[-1] == "":  # the text ended with a line break
         lines.pop()
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _derived(model)) + "\n"
+
+
+def _derived(model: Model) -> list[str]:
+    """For `dynamics lagrangian`: the equations anmc derived (M v' = b, anmc.symbolic.lagrangian), as comments."""
+    d = model.derivation
+    if d is None:
+        return []
+    import sympy as sp
+
+    small = lambda e: sp.simplify(e) if sp.count_ops(e) < 200 else e  # noqa: E731
+    out = ["", "# The equations of motion anmc derived from the Lagrangian (M v' = b, v = " + ", ".join(d.velocities) + "):"]
+    n = len(d.velocities)
+    for i in range(n):
+        row = " + ".join(f"({sp.sstr(small(d.mass[i, j]))})*{d.velocities[j]}'" for j in range(n))
+        out.append(f"#   {row} = {sp.sstr(small(d.rhs[i]))}")
+    return out

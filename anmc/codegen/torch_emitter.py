@@ -32,9 +32,10 @@ from sympy.simplify.cse_main import tree_cse
 
 from anmc._version import __version__
 from anmc.codegen.escape import comment_safe
+from anmc.codegen.lets import let_values, name_temporaries
 from anmc.lang.ast import source_lines
 from anmc.symbolic.integrators import H
-from anmc.symbolic.model import Model, symbol
+from anmc.symbolic.model import Model, source_text, symbol
 
 
 class AnmTorchPrinter(TorchPrinter):
@@ -363,7 +364,7 @@ class _RhsEmitter:
         m = self.model
         dyn = next((s for s in m.program.statements if type(s).__name__ == "Dynamics"), None)
         lines = {eq.state: eq.span.line for eq in dyn.equations} if dyn is not None else {}
-        out = []
+        out = [f"{indent}# line {let.span.line}: let {let.name} = {source_text(let.value.span, m.source)}" for let in getattr(dyn, "lets", ())]
         for s in m.states:
             if s in m.overrides.equations:
                 eq, _, fname = m.overrides.equations[s]
@@ -395,7 +396,8 @@ class _RhsEmitter:
         for e in exprs:
             text = self.printer.doprint(e)
             if not (e.free_symbols & batch):
-                text = f"torch.full_like({like}, {text})" if e.is_number else f"{text}.expand_as({like})"
+                plain = e.is_number or e in self.const_values  # a const is a Python float (`v' = k`)
+                text = f"torch.full_like({like}, {text})" if plain else f"{text}.expand_as({like})"
             out.append(text)
         return out
 
@@ -405,11 +407,15 @@ class _RhsEmitter:
         its pairwise Add/Mul matching, which cost more than the rest of the compile on large models."""
         exprs = [sp.sympify(e) for e in exprs]
         replacements, reduced = tree_cse(exprs, self.symbols(), opt_subs={}, order="none")
+        hoisted = dict(self.hoisted)  # a temporary whose value is a `let`'s takes its name (anmc.codegen.lets)
+        targets = {n: self.hoist(self.fold(v)) for n, v in let_values(self.model).items()}
+        self.hoisted = hoisted
+        replacements, reduced, named = name_temporaries(replacements, reduced, targets)
         batch = set(self.batch_set)
         for s, e in replacements:
             if e.free_symbols & batch:
                 batch.add(s)
-        return [f"        {s} = {self.printer.doprint(e)}" for s, e in replacements], reduced, batch
+        return [f"        {s} = {self.printer.doprint(e)}" + ("  # let" if s.name in named else "") for s, e in replacements], reduced, batch
 
     def rhs(self) -> list[str]:
         m, pr = self.model, self.printer

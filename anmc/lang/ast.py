@@ -142,8 +142,51 @@ class Equation:
 
 
 @dataclass(frozen=True)
+class Let:
+    """`let NAME = EXPR`: a named intermediate, usable by the lines below it, substituted exactly."""
+
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class NameList:
+    """`coordinates q1, q2` or `velocities v1, v2` (`kind`), in a `dynamics lagrangian` block."""
+
+    kind: str  # "coordinates" | "velocities"
+    names: tuple[tuple[str, Span], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Energy:
+    """`kinetic T = EXPR`, `potential V = EXPR` or `dissipation D = EXPR` (Rayleigh), in a Lagrangian block."""
+
+    kind: str  # "kinetic" | "potential" | "dissipation"
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Force:
+    """`force q = EXPR`: the generalized force Q_q on coordinate q (the right side of its Euler-Lagrange equation)."""
+
+    coordinate: str
+    value: Expr
+    span: Span
+    coordinate_span: Span
+
+
+DynamicsItem = Union[Equation, Let, NameList, Energy, Force]
+
+
+@dataclass(frozen=True)
 class Dynamics:
-    kind: str  # "continuous" | "discrete"
+    kind: str  # "continuous" | "discrete" | "lagrangian"
     dt: Expr | None
     integrator: str | None
     integrator_span: Span | None
@@ -151,6 +194,15 @@ class Dynamics:
     steps_span: Span | None
     equations: tuple[Equation, ...]
     span: Span
+    items: tuple[DynamicsItem, ...] = ()  # every line of the block, in order (equations and lets included)
+
+    @property
+    def lets(self) -> tuple[Let, ...]:
+        return tuple(i for i in self.items if isinstance(i, Let))
+
+    def of(self, kind) -> tuple:
+        """The block's items of one class (`ast.Energy`, `ast.Force`, `ast.NameList`), in order."""
+        return tuple(i for i in self.items if isinstance(i, kind))
 
 
 @dataclass(frozen=True)
@@ -204,7 +256,7 @@ class StartItem:
     state_span: Span
 
 
-InterventionItem = Union[SetItem, Equation, InitItem, StartItem]
+InterventionItem = Union[SetItem, Equation, InitItem, StartItem, Let]
 
 
 @dataclass(frozen=True)

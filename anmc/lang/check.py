@@ -28,7 +28,8 @@ DISTRIBUTIONS = {"Normal": ("mean", "standard deviation"), "Uniform": ("low", "h
 # The words of the language itself (grammar.lark): never usable as names.
 KEYWORDS = (
     "model", "const", "param", "in", "learn", "state", "dynamics", "continuous", "discrete", "dt", "using",
-    "steps", "next", "noise", "observe", "intervention", "set", "init", "start",
+    "steps", "next", "noise", "observe", "intervention", "set", "init", "start", "let", "lagrangian",
+    "coordinates", "velocities", "kinetic", "potential", "dissipation", "force",
 )  # fmt: skip
 
 # Names a user may not declare: the generated Python uses them, or they already mean something.
@@ -63,6 +64,9 @@ class _Checker:
         self.params: dict[str, ast.ParamDecl] = {}
         self.states: dict[str, ast.StateDecl] = {}
         self.used: set[str] = set()
+        self.lets: dict[str, ast.Let] = {}  # the dynamics block's lets (interventions may redefine them)
+        self.let_order: list[str] = []
+        self.lagrangian_labels: dict[str, ast.Energy] = {}
 
     # -- reporting
     def error(self, message, span):
@@ -72,8 +76,9 @@ class _Checker:
         self.diags.append(diagnostic_at(message, span, self.p.source, self.p.filename, "warning"))
 
     # -- expressions
-    def expr(self, expr: ast.Expr, allowed: dict[str, str], where: str, note_non_smooth: bool = False):
-        """Check names and calls in `expr`; `allowed` maps each usable name to its kind."""
+    def expr(self, expr: ast.Expr, allowed: dict[str, str], where: str, note_non_smooth: bool = False, later=None):
+        """Check names and calls in `expr`; `allowed` maps each usable name to its kind; `later` holds the
+        lets defined below this line (a use of one is a use before its definition)."""
         for node in ast.walk_names(expr):
             if isinstance(node, ast.Call):
                 self.call(node, allowed, note_non_smooth)
@@ -81,6 +86,11 @@ class _Checker:
             name = node.id
             if name in allowed or name in CONSTANTS:
                 self.used.add(name)
+            elif later and name in later:
+                self.used.add(name)
+                self.error(f"'{name}' is used before its definition (let at line {later[name].span.line}); move that 'let' above this line", node.span)
+            elif name in self.lagrangian_labels:
+                self.error(f"'{name}' names the {self.lagrangian_labels[name].kind} energy, which only the derivation uses; to use it here write it as a 'let' and refer to that in the energy line", node.span)
             elif name in FUNCTIONS:
                 self.error(f"'{name}' is a function; call it as {name}(...)", node.span)
             elif name in self.states or name in self.params or name in self.consts:
@@ -217,12 +227,15 @@ class _Checker:
             seen[iv.name] = iv
             if not iv.items:
                 self.warn(f"intervention '{iv.name}' changes nothing", iv.name_span)
+            scope = {**self.dynamic_scope, **{n: "let" for n in self.lets}}
             for item in iv.items:
-                self.intervention_item(item, kind, self.constant_scope, self.value_scope, self.dynamic_scope)
+                self.intervention_item(item, kind, self.constant_scope, self.value_scope, scope)
+                if isinstance(item, ast.Let):
+                    scope[item.name] = "let"
 
     def unused(self) -> None:
         """A warning for each const or param no expression uses."""
-        for table, kind_name in ((self.consts, "const"), (self.params, "param")):
+        for table, kind_name in ((self.consts, "const"), (self.params, "param"), (self.lets, "let")):
             for name, decl in table.items():
                 if name not in self.used:
                     self.warn(f"{kind_name} '{name}' is never used", decl.name_span)
@@ -256,11 +269,32 @@ class _Checker:
         elif dyn.steps is not None and dyn.steps > MAX_STEPS:
             self.error(f"steps must be at most {MAX_STEPS} (substeps per frame); use a smaller dt instead", dyn.steps_span)
         seen: dict[str, ast.Equation] = {}
-        for eq in dyn.equations:
-            self.equation(eq, dyn.kind, dynamic_scope)
-            if eq.state in seen:
-                self.error(f"state '{eq.state}' has two equations (the first at line {seen[eq.state].span.line})", eq.state_span)
-            seen[eq.state] = eq
+        scope = dict(dynamic_scope)
+        later = {let.name: let for let in dyn.lets}
+        in_cycle = self.let_cycles(dyn.lets)
+        self.lagrangian_labels = {e.name: e for e in dyn.of(ast.Energy)} if dyn.kind == "lagrangian" else {}
+        for item in dyn.items:
+            if isinstance(item, ast.Let):
+                later.pop(item.name, None)
+                cyclic = {n: "let" for n in in_cycle} if item.name in in_cycle else {}  # reported once, as the cycle
+                self.let(item, scope, {} if cyclic else later, cyclic)
+                if item.name not in self.lets and item.name not in scope:
+                    self.lets[item.name] = item
+                    self.let_order.append(item.name)
+                scope[item.name] = "let"
+            elif isinstance(item, ast.Equation):
+                self.equation(item, dyn.kind, scope, later)
+                if item.state in seen:
+                    self.error(f"state '{item.state}' has two equations (the first at line {seen[item.state].span.line})", item.state_span)
+                seen[item.state] = item
+            elif dyn.kind != "lagrangian":
+                word = item.kind if isinstance(item, (ast.NameList, ast.Energy)) else "force"
+                self.error(f"'{word}' lines belong in a 'dynamics lagrangian' block, not in 'dynamics {dyn.kind}'", item.span)
+            elif not isinstance(item, ast.NameList):
+                self.expr(item.value, scope, f"the {item.kind if isinstance(item, ast.Energy) else 'generalized force'}", note_non_smooth=True, later=later)
+        if dyn.kind == "lagrangian":
+            self.lagrangian(dyn)
+            return
         written = [eq.state for eq in dyn.equations if eq.state in self.states]
         if dyn.integrator == "semi_implicit_euler" and written != [s for s in self.states if s in written]:
             self.warn(
@@ -268,12 +302,113 @@ class _Checker:
                 + ", ".join(self.states) + "), not in the order the equations are written",
                 dyn.integrator_span,
             )
+        energy_lines = len(dyn.items) > len(dyn.equations) + len(dyn.lets)  # reported above: the block's kind is wrong
         for name, decl in self.states.items():
-            if name not in seen:
+            if name not in seen and not energy_lines:
                 form = f"{name}' = ..." if dyn.kind == "continuous" else f"next {name} = ..."
                 self.error(f"state '{name}' has no equation; add the equation \"{form}\" to the dynamics block", decl.name_span)
 
-    def equation(self, eq: ast.Equation, kind, dynamic_scope):
+    def let(self, let: ast.Let, scope, later, also=None) -> None:
+        """A `let`: a new name (not a state, param or const, not declared twice) over the names above it
+        (and `also`: the other lets of its cycle, already reported)."""
+        self.expr(let.value, {**scope, **(also or {})}, "a 'let'", note_non_smooth=True, later=later)
+        why = reserved_reason(let.name)
+        if why:
+            self.error(f"{why}; choose another name for this let", let.name_span)
+        for kind, table in (("state", self.states), ("param", self.params), ("const", self.consts)):
+            if let.name in table:
+                self.error(f"let '{let.name}' shadows the {kind} declared at line {table[let.name].span.line}; choose another name", let.name_span)
+                return
+        if let.name in scope:
+            first = self.lets.get(let.name)
+            where = f" (first at line {first.span.line})" if first else ""
+            self.error(f"let '{let.name}' is defined twice{where}; give the second another name", let.name_span)
+
+    def let_cycles(self, lets) -> set[str]:
+        """Report each cycle among `lets` (a defined in terms of b, b in terms of a) once; the names in cycles."""
+        names = {let.name: let for let in lets if let.name not in self.states and let.name not in self.params and let.name not in self.consts}
+        deps = {let.name: [n.id for n in ast.walk_names(let.value) if isinstance(n, ast.Name) and n.id in names] for let in names.values()}
+        in_cycle: set[str] = set()
+        for start in names:
+            path, stack = [start], [(start, iter(deps[start]))]
+            while stack:  # depth first from `start`, looking for a way back to it
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    path.pop()
+                elif nxt == start:
+                    if start not in in_cycle and not (set(path) & in_cycle):
+                        if len(path) == 1:
+                            self.error(f"let '{start}' is defined in terms of itself", names[start].name_span)
+                        else:
+                            chain = " -> ".join([*path, start])
+                            self.error(f"the lets {chain} form a cycle; define one of them without the others", names[start].name_span)
+                    in_cycle.update(path)
+                    break
+                elif nxt not in path:
+                    path.append(nxt)
+                    stack.append((nxt, iter(deps[nxt])))
+        return in_cycle
+
+    def lagrangian(self, dyn: ast.Dynamics) -> None:
+        """A `dynamics lagrangian` block: one coordinates and one velocities line pairing every state, one
+        kinetic energy, at most one potential and one dissipation, forces on coordinates, no equations."""
+        for eq in dyn.equations:
+            self.error(
+                f"a 'dynamics lagrangian' block derives the equations from the energies; remove '{eq.state}' = ...' "
+                "(or write 'dynamics continuous' and give every equation)", eq.state_span,
+            )  # fmt: skip
+        lists = {}
+        for kind in ("coordinates", "velocities"):
+            found = [n for n in dyn.of(ast.NameList) if n.kind == kind]
+            for extra in found[1:]:
+                self.error(f"a second '{kind}' line (the first is at line {found[0].span.line}); list them all on one", extra.span)
+            lists[kind] = found[0].names if found else ()
+            if not found:
+                example = "coordinates theta" if kind == "coordinates" else "velocities omega"
+                self.error(f"the lagrangian block has no '{kind}' line; add e.g. '{example}'", dyn.span)
+        listed: dict[str, str] = {}
+        unknown = False
+        for kind, names in lists.items():
+            for name, span in names:
+                if name not in self.states:
+                    unknown = True
+                    self.error(f"{kind} names '{name}', which is not a state" + (did_you_mean(name, self.states) or "; declare it with 'state'"), span)
+                elif name in listed:
+                    self.error(f"state '{name}' is listed twice (as {listed[name]} and as {'a coordinate' if kind == 'coordinates' else 'a velocity'})", span)
+                else:
+                    listed[name] = "a coordinate" if kind == "coordinates" else "a velocity"
+        q, v = lists["coordinates"], lists["velocities"]
+        if q and v and len(q) != len(v):
+            self.error(f"{len(q)} coordinates but {len(v)} velocities; the velocities line pairs one velocity with each coordinate, in order", dyn.of(ast.NameList)[-1].span)
+        if q and v and not unknown:
+            for name, decl in self.states.items():
+                if name not in listed:
+                    self.error(f"state '{name}' is neither a coordinate nor a velocity of the lagrangian block; add it to one of the two lines", decl.name_span)
+        energies: dict[str, ast.Energy] = {}
+        for e in dyn.of(ast.Energy):
+            why = reserved_reason(e.name)
+            clash = next((k for k, t in (("state", self.states), ("param", self.params), ("const", self.consts), ("let", self.lets)) if e.name in t), None)
+            if why or clash:
+                self.error((f"{why}" if why else f"the {e.kind} energy's name '{e.name}' is already a {clash}") + "; choose another name", e.name_span)
+            if e.kind in energies:
+                self.error(f"a second {e.kind} energy (the first is at line {energies[e.kind].span.line}); write their sum on one line", e.span)
+            energies[e.kind] = e
+        if "kinetic" not in energies:
+            self.error("the lagrangian block has no kinetic energy; add e.g. 'kinetic T = m*omega^2/2'", dyn.span)
+        forced: dict[str, ast.Force] = {}
+        coordinates = [n for n, _ in q]
+        for f in dyn.of(ast.Force):
+            if f.coordinate not in coordinates:
+                self.error(f"a force on '{f.coordinate}', which is not a coordinate" + did_you_mean(f.coordinate, coordinates) + "; forces act on the coordinates", f.coordinate_span)
+            elif f.coordinate in forced:
+                self.error(f"a second force on '{f.coordinate}' (the first is at line {forced[f.coordinate].span.line}); write their sum on one line", f.coordinate_span)
+            forced[f.coordinate] = f
+
+    def equation(self, eq: ast.Equation, kind, dynamic_scope, later=None):
+        if kind == "lagrangian":
+            kind = "continuous"
         if eq.derivative and kind == "discrete":
             self.error(f"a derivative equation ({eq.state}' = ...) inside 'dynamics discrete'; write 'next {eq.state} = ...'", eq.state_span)
         if not eq.derivative and kind == "continuous":
@@ -284,7 +419,7 @@ class _Checker:
                 self.error(f"an equation for {what} '{eq.state}'; only states have equations", eq.state_span)
             else:
                 self.error(f"an equation for undeclared state '{eq.state}'" + did_you_mean(eq.state, self.states), eq.state_span)
-        self.expr(eq.rhs, dynamic_scope, "an equation", note_non_smooth=True)
+        self.expr(eq.rhs, dynamic_scope, "an equation", note_non_smooth=True, later=later)
 
     def intervention_item(self, item, kind, constant_scope, value_scope, dynamic_scope):
         if isinstance(item, ast.SetItem):
@@ -295,6 +430,8 @@ class _Checker:
             self.expr(item.value, value_scope, "a 'set' value")
         elif isinstance(item, ast.Equation):
             self.equation(item, kind, dynamic_scope)
+        elif isinstance(item, ast.Let):
+            self.intervention_let(item, dynamic_scope)
         elif isinstance(item, ast.InitItem):
             if item.state not in self.states:
                 self.error(f"'init' of unknown state '{item.state}'" + did_you_mean(item.state, self.states), item.state_span)
@@ -304,6 +441,18 @@ class _Checker:
                 self.error(f"'start' of unknown state '{item.state}'" + did_you_mean(item.state, self.states), item.state_span)
             self.expr(item.value, dynamic_scope, "a 'start' value")
 
+
+    def intervention_let(self, let: ast.Let, scope) -> None:
+        """In an intervention, `let` redefines a let of the dynamics block (over the names above that one, so no
+        cycle can form) or adds a new one for the intervention's equations."""
+        if let.name in self.lets:
+            above = self.let_order[: self.let_order.index(let.name)]
+            names_above = {n: k for n, k in scope.items() if k != "let" or n in above or n not in self.lets}
+            names_above.pop(let.name, None)
+            later = {n: self.lets[n] for n in self.let_order if n not in above}
+            self.expr(let.value, names_above, "a 'let'", note_non_smooth=True, later=later)
+        else:
+            self.let(let, scope, {})
 
 def check_program(program: ast.Program) -> list[Diagnostic]:
     """Every static error and warning of `program`, sorted by position in the file."""
@@ -319,6 +468,6 @@ def check_edit(item, program: ast.Program, source: str, filename: str) -> list[D
     dyn = next(s for s in program.statements if isinstance(s, ast.Dynamics))
     constant_scope = {n: "const" for n in checker.consts}
     value_scope = {**constant_scope, **{n: "param" for n in checker.params}}
-    dynamic_scope = {**value_scope, **{n: "state" for n in checker.states}}
+    dynamic_scope = {**value_scope, **{n: "state" for n in checker.states}, **{n: "let" for n in checker.lets}}
     checker.intervention_item(item, dyn.kind, constant_scope, value_scope, dynamic_scope)
     return [d for d in checker.diags if d.severity == "error"]

@@ -40,6 +40,17 @@ _TOKEN_WORDS = {
     "LEARN": "'learn'",
     "CONTINUOUS": "'continuous'",
     "DISCRETE": "'discrete'",
+    "LAGRANGIAN": "'lagrangian'",
+    "ENERGY": "'kinetic', 'potential' or 'dissipation'",
+}
+
+# Lines that only a block can hold, and where they go.
+_BLOCK_WORDS = {
+    "_LET": "belongs inside a 'dynamics' block or an 'intervention' (indented under it), not on its own",
+    "_COORDINATES": "belongs inside a 'dynamics lagrangian' block",
+    "_VELOCITIES": "belongs inside a 'dynamics lagrangian' block",
+    "ENERGY": "belongs inside a 'dynamics lagrangian' block",
+    "_FORCE": "belongs inside a 'dynamics lagrangian' block",
 }
 
 _STATEMENT_KEYWORDS = ("model", "const", "param", "state", "dynamics", "noise", "observe", "intervention")
@@ -160,13 +171,33 @@ class _ToAst(Transformer):
         name, rhs = children
         return ast.Equation(str(name), rhs, False, _span(meta), _span(name))
 
+    def let_decl(self, meta, children):
+        name, value = children
+        return ast.Let(str(name), value, _span(meta), _span(name))
+
+    def coordinates_decl(self, meta, children):
+        return ast.NameList("coordinates", tuple((str(t), _span(t)) for t in children), _span(meta))
+
+    def velocities_decl(self, meta, children):
+        return ast.NameList("velocities", tuple((str(t), _span(t)) for t in children), _span(meta))
+
+    def energy_decl(self, meta, children):
+        kind, name, value = children
+        return ast.Energy(str(kind), str(name), value, _span(meta), _span(name))
+
+    def force_decl(self, meta, children):
+        name, value = children
+        return ast.Force(str(name), value, _span(meta), _span(name))
+
     def dynamics_block(self, meta, children):
         kind_tok, *rest = children
         dt = integrator = integrator_span = steps = steps_span = None
-        equations = []
+        equations, items = [], []
         for item in rest:
-            if isinstance(item, ast.Equation):
-                equations.append(item)
+            if not isinstance(item, tuple):
+                items.append(item)
+                if isinstance(item, ast.Equation):
+                    equations.append(item)
             elif item[0] == "dt":
                 dt = item[1]
             elif item[0] == "integration":
@@ -176,7 +207,7 @@ class _ToAst(Transformer):
                     text = str(item[2])
                     steps = int(float(text)) if float(text).is_integer() else -1
         return ast.Dynamics(
-            str(kind_tok), dt, integrator, integrator_span, steps, steps_span, tuple(equations), _span(meta)
+            str(kind_tok), dt, integrator, integrator_span, steps, steps_span, tuple(equations), _span(meta), tuple(items)
         )
 
     def noise_entry(self, meta, children):
@@ -236,7 +267,9 @@ def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
     if isinstance(err, UnexpectedToken):
         tok = err.token
         expected = _describe_expected(set(err.expected))
-        if tok.type == "LSQB":
+        if tok.type in _BLOCK_WORDS:
+            msg = f"a '{tok}' line {_BLOCK_WORDS[tok.type]}"
+        elif tok.type == "LSQB":
             msg = "subscripts are not part of the language ('[' only appears in 'in [lo, hi]' bounds)"
         elif tok.type == "$END":
             msg = f"unexpected end of file{expected}"

@@ -24,6 +24,7 @@ from anmc.lang import ast
 from anmc.lang.check import check_edit, check_program
 from anmc.lang.errors import AnmError, Diagnostic, diagnostic_at, did_you_mean
 from anmc.lang.parser import parse_anm, parse_edit
+from anmc.symbolic.lagrangian import Derivation, derive
 
 SYMPY_FUNCTIONS = {
     "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt,
@@ -188,9 +189,10 @@ class Overrides:
     inits: dict[str, tuple[ast.Distribution, str, str]] = field(default_factory=dict)
     starts: dict[str, tuple[ast.Expr, str, str]] = field(default_factory=dict)
     applied: tuple[str, ...] = ()
+    lets: dict[str, tuple[ast.Let, str, str]] = field(default_factory=dict)
 
     def copy(self) -> "Overrides":
-        return Overrides(dict(self.sets), dict(self.equations), dict(self.inits), dict(self.starts), self.applied)
+        return Overrides(dict(self.sets), dict(self.equations), dict(self.inits), dict(self.starts), self.applied, dict(self.lets))
 
 
 @dataclass
@@ -220,6 +222,10 @@ class Model:
     overrides: Overrides = field(default_factory=Overrides, repr=False)
     warnings: list[Diagnostic] = field(default_factory=list, repr=False)
     interventions: tuple[str, ...] = ()
+    lets: dict[str, sp.Expr] = field(default_factory=dict)  # each let over the names and lets above it (for display)
+    rhs_shown: dict[str, sp.Expr] = field(default_factory=dict)  # rhs over the let symbols (for display)
+    derivation: Derivation | None = field(default=None, repr=False)  # set for `dynamics lagrangian`
+    energies: dict[str, tuple[str, sp.Expr]] = field(default_factory=dict)  # kind -> (name, expr over lets)
 
     @property
     def d(self) -> int:
@@ -287,13 +293,19 @@ class _Builder:
         consts = self.consts()
         params = self.params(consts)
         self.apply_sets(consts, params)
+        self._params = params
         values = {**consts, **{n: q.value for n, q in params.items()}}
         states, init = self.states(values)
         dyn = next(s for s in stmts if isinstance(s, ast.Dynamics))
         dt, dt_text = self.frame_interval(dyn, consts)
         symbols = {n: symbol(n) for n in [*states, *consts, *params]}
         symbols["dt"] = sp.Float(dt)
-        rhs, rhs_text = self.equations(dyn, symbols, consts)
+        shown = dict(symbols)
+        lets = self.lets(dyn, symbols, shown, consts)
+        rhs, rhs_text, rhs_shown = self.equations(dyn, symbols, shown, consts)
+        derivation, energies = None, {}
+        if dyn.kind == "lagrangian":
+            derivation, energies = self.lagrangian(dyn, symbols, shown, consts, rhs, rhs_text, rhs_shown)
         start = self.starts(symbols, consts)
         noise = self.noise(values)
         observed_decl = [s for s in stmts if isinstance(s, ast.ObserveDecl)]
@@ -304,19 +316,23 @@ class _Builder:
             observed=tuple(s for s in states if s in observed),
             consts=consts,
             params=params,
-            kind=dyn.kind,
+            kind="discrete" if dyn.kind == "discrete" else "continuous",
             dt=dt,
             dt_text=dt_text,
-            integrator=(dyn.integrator or "rk4") if dyn.kind == "continuous" else "discrete",
-            substeps=(dyn.steps or 1) if dyn.kind == "continuous" else 1,
-            rhs={s: rhs[s] for s in states},
-            rhs_text={s: rhs_text[s] for s in states},
+            integrator=(dyn.integrator or "rk4") if dyn.kind != "discrete" else "discrete",
+            substeps=(dyn.steps or 1) if dyn.kind != "discrete" else 1,
+            rhs={s: rhs.get(s, sp.Integer(0)) for s in states},  # missing only when an error was recorded
+            rhs_text={s: rhs_text.get(s, "") for s in states},
             noise={s: noise[s] for s in states},
             init=init,
             start=start,
             program=self.p,
             overrides=self.o,
             interventions=tuple(s.name for s in stmts if isinstance(s, ast.Intervention)),
+            lets=lets,
+            rhs_shown={s: rhs_shown.get(s, sp.Integer(0)) for s in states},
+            derivation=derivation,
+            energies=energies,
         )
 
     def consts(self) -> dict[str, float]:
@@ -385,16 +401,81 @@ class _Builder:
             self.error(f"dt must be positive, got {dt:g}", dyn.dt.span)
         return dt, source_text(dyn.dt.span, self.p.source)
 
-    def equations(self, dyn: ast.Dynamics, symbols: dict, consts: dict[str, float]) -> tuple[dict, dict]:
-        """Each state's right-hand side as SymPy (an intervention's edited equation wins) and its text."""
-        rhs, rhs_text = {}, {}
-        for eq in dyn.equations:
-            eq_, src, fname = self.o.equations.get(eq.state, (eq, self.p.source, self.p.filename))
-            rhs[eq.state] = to_sympy(eq_.rhs, symbols)
-            self.finite(rhs[eq.state], eq_.rhs, f"the equation of '{eq.state}'", src, fname, consts)
-            prefix = f"{eq.state}' = " if eq_.derivative else f"next {eq.state} = "
-            rhs_text[eq.state] = prefix + source_text(eq_.rhs.span, src)
-        return rhs, rhs_text
+    def lets(self, dyn: ast.Dynamics, symbols: dict, shown: dict, consts: dict[str, float]) -> dict[str, sp.Expr]:
+        """Each `let` (an intervention's redefinition wins; its new lets come last), substituted exactly:
+        `symbols[name]` becomes its value over the states, params and consts, `shown[name]` its own symbol.
+        Returns each let over the names and lets above it, for display."""
+        lets = {}
+        items = [(let.name, self.o.lets.get(let.name, (let, self.p.source, self.p.filename))) for let in dyn.lets]
+        items += [(name, item) for name, item in self.o.lets.items() if name not in {let.name for let in dyn.lets}]
+        for name, (let, src, fname) in items:
+            lets[name] = to_sympy(let.value, shown)
+            symbols[name] = to_sympy(let.value, symbols)
+            shown[name] = symbol(name)
+            self.finite(symbols[name], let.value, f"let '{name}'", src, fname, consts)
+        return lets
+
+    def equations(self, dyn: ast.Dynamics, symbols: dict, shown: dict, consts: dict[str, float]) -> tuple[dict, dict, dict]:
+        """Each state's right-hand side as SymPy (an intervention's edited equation wins), its text, and its
+        form over the let symbols."""
+        rhs, rhs_text, rhs_shown = {}, {}, {}
+        written = {eq.state: (eq, self.p.source, self.p.filename) for eq in dyn.equations}
+        for state, (eq_, src, fname) in {**written, **self.o.equations}.items():
+            rhs[state] = to_sympy(eq_.rhs, symbols)
+            rhs_shown[state] = to_sympy(eq_.rhs, shown)
+            self.finite(rhs[state], eq_.rhs, f"the equation of '{state}'", src, fname, consts)
+            prefix = f"{state}' = " if eq_.derivative else f"next {state} = "
+            rhs_text[state] = prefix + source_text(eq_.rhs.span, src)
+        return rhs, rhs_text, rhs_shown
+
+    def lagrangian(self, dyn, symbols, shown, consts, rhs, rhs_text, rhs_shown):
+        """`dynamics lagrangian`: the accelerations derived from the energies (anmc.symbolic.lagrangian) fill the
+        right-hand sides that no intervention replaced: q' = v, v' = (M^-1 b)."""
+        (q,) = [n.names for n in dyn.of(ast.NameList) if n.kind == "coordinates"]
+        (v,) = [n.names for n in dyn.of(ast.NameList) if n.kind == "velocities"]
+        q, v = [n for n, _ in q], [n for n, _ in v]
+        energies, exact = {}, {"kinetic": sp.Integer(0), "potential": sp.Integer(0), "dissipation": sp.Integer(0)}
+        for e in dyn.of(ast.Energy):
+            exact[e.kind] = to_sympy(e.value, symbols)
+            energies[e.kind] = (e.name, to_sympy(e.value, shown))
+            self.finite(exact[e.kind], e.value, f"the {e.kind} energy", self.p.source, self.p.filename, consts)
+        forces = {}
+        for f in dyn.of(ast.Force):
+            forces[f.coordinate] = to_sympy(f.value, symbols)
+            energies[f"force {f.coordinate}"] = (f"Q_{f.coordinate}", to_sympy(f.value, shown))
+        if exact["potential"].free_symbols & {symbol(n) for n in v}:
+            e = next(e for e in dyn.of(ast.Energy) if e.kind == "potential")
+            self.error("the potential energy depends on a velocity; velocity-dependent terms go in the kinetic energy", e.value.span)
+            return None, energies
+        derivation = derive(q, v, exact["kinetic"], exact["potential"], exact["dissipation"], forces, symbol)
+        if self.singular(derivation.mass, symbols, consts):
+            e = next(e for e in dyn.of(ast.Energy) if e.kind == "kinetic")
+            self.error(
+                "the kinetic energy's mass matrix d2T/dv2 is singular, so the accelerations are not determined; "
+                "T must contain every velocity (squared), e.g. m*v^2/2 for each", e.value.span,
+            )  # fmt: skip
+            return None, energies
+        for name, value in [*zip(q, (symbol(n) for n in v)), *zip(v, derivation.accelerations)]:
+            if name not in self.o.equations:
+                rhs[name] = rhs_shown[name] = value
+                text = sp.sstr(value)
+                rhs_text[name] = f"{name}' = " + (text if len(text) <= 160 else f"(row {v.index(name) + 1} of M^-1 b, derived from the Lagrangian)")
+        return derivation, energies
+
+    def singular(self, M: sp.Matrix, symbols: dict, consts: dict[str, float]) -> bool:
+        """Whether det M vanishes at the declared values and three arbitrary states (then it is singular)."""
+        values = {symbol(n): sp.Float(v) for n, v in consts.items()}
+        values |= {symbol(n): sp.Float(p.value) for n, p in getattr(self, "_params", {}).items()}
+        free = sorted(set().union(*(e.free_symbols for e in M)) - set(values), key=str)
+        for k in range(3):
+            point = {s: sp.Float(0.37 + 0.61 * k + 0.13 * i) for i, s in enumerate(free)}
+            try:
+                det = complex(M.xreplace(values).xreplace(point).evalf().det())
+            except (TypeError, ValueError):
+                continue
+            if abs(det) > 1e-12:
+                return False
+        return True
 
     def starts(self, symbols: dict, consts: dict[str, float]) -> dict:
         """Interventions' `start STATE = expr` (a map of the encoded start state) as SymPy."""
@@ -494,6 +575,8 @@ def _with_items(model: Model, items, source: str, filename: str, label: str) -> 
             o.inits[item.state] = (item.init, source, filename)
         elif isinstance(item, ast.StartItem):
             o.starts[item.state] = (item.value, source, filename)
+        elif isinstance(item, ast.Let):
+            o.lets[item.name] = (item, source, filename)
     o.applied = (*o.applied, label)
     return build_model(model.program, o)
 

@@ -19,6 +19,14 @@ plain dict that `anmc synth` stores in truth.json under `renderer.geometry`:
   x = S/2 whose lowest point is y above the floor; px_per_m = (floor_row - 2 radius - 1) / y_top,
   y_top = mean + 3 std of the prior's initial y.
 - pulsar (draws phase): a disc at (S/2, S/2), radius 0.3 S, intensity `pulse_profile(phase)`.
+- double_pendulum (draws theta1, theta2): pivot at (S/2, S/2), px_per_m = 0.22 S; the upper link from the
+  pivot to the joint = pivot + upper_m px_per_m (sin theta1, cos theta1), the lower link from the joint to
+  the tip = joint + lower_m px_per_m (sin theta2, cos theta2) (upper_m: the prior's param or const `L`,
+  else 1; lower_m = 1); rods of half-width 0.025 S, a disc of radius 0.05 S at the joint and 0.06 S at
+  the tip; two tones: the upper link and joint at 1.0, the lower link and tip at 0.6 (`two_tone=False`: both 1.0).
+- coupled_masses (draws x1, x2, metres): walls at columns [0, 0.04 S) and [0.96 S, S); block i's centre at
+  (rest_i + px_per_m x_i, S/2), rest = (S/3, 2 S/3), px_per_m = 0.08 S, half-size 0.05 S x 0.12 S, values
+  1.0 and 0.75; three zigzag springs (wall-block, block-block, block-wall) of 6 coils, amplitude 0.04 S.
 - dot (any other prior; the first two states): radius 0.08 S at (S/2 + span u0, S/2 - span u1),
   u = clip((s - mean) / (3 std), -1, 1) from the initial distribution, span = S/2 - radius - 1.
 
@@ -36,10 +44,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-RENDERERS = ("pendulum", "spring", "falling", "pulsar", "dot")
+RENDERERS = ("pendulum", "spring", "falling", "pulsar", "double_pendulum", "coupled_masses", "dot")
 
-# the state each named renderer draws
-KEY_STATE = {"pendulum": "theta", "spring": "x", "falling": "y", "pulsar": "phase"}
+# the state each named renderer draws (a pair for the systems of two bodies)
+KEY_STATE = {
+    "pendulum": "theta", "spring": "x", "falling": "y", "pulsar": "phase",
+    "double_pendulum": ("theta1", "theta2"), "coupled_masses": ("x1", "x2"),
+}  # fmt: skip
 
 DEFAULT_PROFILE = {
     "base": 0.1, "main": 0.9, "main_width": 0.3, "inter": 0.45, "inter_width": 0.25, "inter_phase": math.pi,
@@ -57,7 +68,7 @@ def renderer_for(model_name: str, state_names: Sequence[str] | None = None) -> s
     key = KEY_STATE.get(model_name)
     if key is None:
         return "dot"
-    if state_names is not None and key not in state_names:
+    if state_names is not None and not set(key if isinstance(key, tuple) else (key,)) <= set(state_names):
         return "dot"
     return model_name
 
@@ -68,8 +79,11 @@ def geometry(
     state_names: Sequence[str] | None = None,
     initial_mean: Sequence[float] | None = None,
     initial_std: Sequence[float] | None = None,
+    params: dict[str, float] | None = None,
+    two_tone: bool = True,
 ) -> dict:
     """The pixel geometry of `renderer` at `size` (see the module docstring); a JSON-ready dict.
+    `params` (the prior's values) set the double pendulum's upper link length `L`.
 
     Without the initial distribution, the falling object's frame spans y_top = 3.5 m and the dot's
     states are taken as mean 0, std 1.
@@ -102,6 +116,14 @@ def geometry(
                  px_per_m=(floor_row - 2 * radius - 1.0) / y_top, ball_value=1.0, floor_value=0.35)
     elif renderer == "pulsar":
         g.update(center=[s / 2, s / 2], radius_px=0.3 * s, profile=dict(DEFAULT_PROFILE))
+    elif renderer == "double_pendulum":
+        upper = float((params or {}).get("L", 1.0))
+        g.update(pivot=[s / 2, s / 2], px_per_m=0.22 * s, upper_m=upper, lower_m=1.0, rod_half_width_px=0.025 * s,
+                 joint_radius_px=0.05 * s, tip_radius_px=0.06 * s, upper_value=1.0, lower_value=0.6 if two_tone else 1.0)
+    elif renderer == "coupled_masses":
+        g.update(rest=[s / 3, 2 * s / 3], cy=s / 2, px_per_m=0.08 * s, block_half_width_px=0.05 * s,
+                 block_half_height_px=0.12 * s, wall_px=0.04 * s, coil_amplitude_px=0.04 * s, coils=6,
+                 coil_half_width_px=max(0.5, 0.012 * s), block_values=[1.0, 0.75], spring_value=0.5, wall_value=0.35)
     else:
         radius = 0.08 * s
         m = (mean or [0.0, 0.0])[:2]
@@ -123,7 +145,10 @@ def _key_columns(renderer: str, states: np.ndarray, state_names: Sequence[str] |
         states = states[:, None]
     if renderer == "dot":
         return states[:, :2]
-    i = list(state_names).index(KEY_STATE[renderer]) if state_names is not None else 0
+    key = KEY_STATE[renderer]
+    if isinstance(key, tuple):  # two bodies: (T, 2)
+        return states[:, [list(state_names).index(k) for k in key] if state_names is not None else [0, 1]]
+    i = list(state_names).index(key) if state_names is not None else 0
     return states[:, i]
 
 
@@ -149,11 +174,24 @@ def object_position_px(
         return np.stack([np.full(t, geom["x_px"]), y_px], axis=1)
     if renderer == "pulsar":
         return np.tile(np.asarray(geom["center"], dtype=np.float64), (t, 1))
+    if renderer == "double_pendulum":  # the tip of the lower link
+        return double_pendulum_points(q, geom)[1]
+    if renderer == "coupled_masses":  # the first block
+        return np.stack([geom["rest"][0] + geom["px_per_m"] * q[:, 0], np.full(t, geom["cy"])], axis=1)
     s = geom["size"] / 2.0
     u = np.clip((q - np.asarray(geom["mean"])[: q.shape[1]]) / np.asarray(geom["scale"])[: q.shape[1]], -1.0, 1.0)
     x = s + geom["span_px"] * u[:, 0]
     y = s - geom["span_px"] * u[:, 1] if q.shape[1] > 1 else np.full(t, s)
     return np.stack([x, y], axis=1)
+
+
+def double_pendulum_points(q: np.ndarray, geom: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(joint, tip), each `(T, 2)` pixel positions, of a double pendulum at angles `q` `(T, 2)`."""
+    px, py = geom["pivot"]
+    r1, r2 = geom["upper_m"] * geom["px_per_m"], geom["lower_m"] * geom["px_per_m"]
+    joint = np.stack([px + r1 * np.sin(q[:, 0]), py + r1 * np.cos(q[:, 0])], axis=1)
+    tip = joint + np.stack([r2 * np.sin(q[:, 1]), r2 * np.cos(q[:, 1])], axis=1)
+    return joint, tip
 
 
 def pulse_profile(phase, profile: dict | None = None) -> np.ndarray:
@@ -256,6 +294,10 @@ def static_layer(renderer: str, geom: dict) -> tuple[np.ndarray, np.ndarray] | N
     if renderer == "falling":
         cov = box_coverage([0.0], [float(size)], [float(geom["floor_row"])], [float(size)], size)[0]
         return cov, np.full_like(cov, geom["floor_value"])
+    if renderer == "coupled_masses":
+        w = geom["wall_px"]
+        cov = box_coverage([0.0, size - w], [w, float(size)], [0.0, 0.0], [float(size)] * 2, size).max(axis=0)
+        return cov, np.full_like(cov, geom["wall_value"])
     return None
 
 
@@ -297,12 +339,40 @@ def _draw_dot(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
     return _over(img, disc_coverage(pos[:, 0], pos[:, 1], geom["radius_px"], geom["size"]), geom["value"])
 
 
+def _draw_double_pendulum(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
+    size, hw = geom["size"], geom["rod_half_width_px"]
+    px, py = geom["pivot"]
+    joint, tip = double_pendulum_points(q, geom)
+    img = _over(img, segment_coverage(px, py, joint[:, 0], joint[:, 1], hw, size), geom["upper_value"])
+    img = _over(img, segment_coverage(joint[:, 0], joint[:, 1], tip[:, 0], tip[:, 1], hw, size), geom["lower_value"])
+    img = _over(img, disc_coverage(joint[:, 0], joint[:, 1], geom["joint_radius_px"], size), geom["upper_value"])
+    return _over(img, disc_coverage(tip[:, 0], tip[:, 1], geom["tip_radius_px"], size), geom["lower_value"])
+
+
+def _draw_coupled_masses(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
+    size, cy = geom["size"], geom["cy"]
+    hw, hh = geom["block_half_width_px"], geom["block_half_height_px"]
+    centres = np.asarray(geom["rest"])[None, :] + geom["px_per_m"] * q  # (T, 2)
+    ends = [(np.full(len(q), geom["wall_px"]), centres[:, 0] - hw), (centres[:, 0] + hw, centres[:, 1] - hw),
+            (centres[:, 1] + hw, np.full(len(q), size - geom["wall_px"]))]  # fmt: skip
+    for a, b in ends:
+        coil = zigzag_coverage(a, b, cy, geom["coil_amplitude_px"], geom["coils"], geom["coil_half_width_px"], size)
+        img = _over(img, coil, geom["spring_value"])
+    for i in range(2):
+        block = box_coverage(centres[:, i] - hw, centres[:, i] + hw, cy - hh, cy + hh, size)
+        img = _over(img, block, geom["block_values"][i])
+    return img
+
+
 # renderer name -> draw(q, geometry, img (T, S, S)) -> img; q is the drawn state (T,), or (T, 2) for the dot
+# and the systems of two bodies
 DRAW: dict[str, Callable[[np.ndarray, dict, np.ndarray], np.ndarray]] = {
     "pendulum": _draw_pendulum,
     "spring": _draw_spring,
     "falling": _draw_falling,
     "pulsar": _draw_pulsar,
+    "double_pendulum": _draw_double_pendulum,
+    "coupled_masses": _draw_coupled_masses,
     "dot": _draw_dot,
 }
 
@@ -373,6 +443,8 @@ def measure_frames(renderer: str, frames: np.ndarray, geom: dict) -> np.ndarray:
     mean of the pixels the disc covers fully (compare with `pulse_profile`); dot: (u0, u1) mapped back
     to the first two states (inside the clipped range). Returns `(T,)`, or `(T, 2)` for the dot.
     """
+    if renderer in ("double_pendulum", "coupled_masses"):
+        raise ValueError(f"measure_frames reads one object; the {renderer} renderer draws two (use its truth.csv)")
     frames = np.asarray(frames)
     f = frames.astype(np.float64) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float64)
     size = geom["size"]

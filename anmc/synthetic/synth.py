@@ -117,7 +117,8 @@ def synthesize(
     names = tuple(module.state_names)
     model = str(getattr(module, "model_name", "") or getattr(getattr(compiled, "model", None), "name", "model"))
     kind = renderer_for(model, names)
-    geom = geometry(kind, size, names, module.initial_mean.tolist(), module.initial_std.tolist())
+    values = {**getattr(getattr(compiled, "model", None), "consts", {}), **{k: float(v) for k, v in module.param_values().items()}}
+    geom = geometry(kind, size, names, module.initial_mean.tolist(), module.initial_std.tolist(), params=values)
     states = simulate(compiled, frames, seed=seed, runs=clips, noise=True).numpy()
     notes: list[str] = []
     if kind != model:
