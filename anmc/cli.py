@@ -363,12 +363,6 @@ def _saved_threads(run_dir) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
     """Train with a rich progress bar (a terminal) or one line per epoch (anything else), and with
     `tensorboard` a TensorBoard log in RUN_DIR/tensorboard; returns the TrainResult."""
@@ -381,9 +375,10 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
     if saved:  # the run's own count: an exact resume needs it (TrainConfig.threads)
         threads_note = f"torch threads: {saved} (the run's own, for an exact resume)"
     else:
-        threads_note = "torch threads: %d (%s)" % apply_thread_default()  # measured: docs/results.md, Threads
+        threads, why = apply_thread_default()  # measured: docs/results.md, Threads
+        threads_note = f"torch threads: {threads} ({why})"
         if config is not None and config.threads is None:
-            config.threads = torch_threads()
+            config.threads = threads
     # the bar starts on the first step, so that an error while loading the data is the only thing printed
     bar = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
