@@ -234,7 +234,10 @@ class AnmModule(nn.Module):
 
     model_name: str = ""
     state_names: tuple[str, ...] = ()
-    observed_states: tuple[str, ...] = ()
+    observed_states: tuple[str, ...] = ()  # the states the observations depend on
+    # what a frame shows: the names of the observation function h's outputs (`observe NAME = EXPR` or
+    # `observe theta`); empty means one observation per observed state, h(z) = z[observed_index]
+    observation_names: tuple[str, ...] = ()
     param_names: tuple[str, ...] = ()
     learnable_param_names: tuple[str, ...] = ()
     param_bounds: dict[str, tuple[float, float]] = {}
@@ -363,6 +366,32 @@ class AnmModule(nn.Module):
                 z = z + eps * self.noise_std.to(z)
             out.append(z)
         return torch.stack(out, dim=-2)
+
+    # ---------------------------------------------------------------- what a frame shows
+    def observe(self, z: torch.Tensor) -> torch.Tensor:
+        """The observation function h(z): states (..., d) -> observed quantities (..., m), m =
+        len(self.observations). The default picks the observed states; a module compiled from `observe
+        NAME = EXPR` lines overrides it with the generated h."""
+        return z[..., list(self.observed_index)]
+
+    def observe_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h(z) (..., m) and its exact Jacobian H = dh/dz (..., m, d). The default is the selection of
+        the observed states (rows of the identity)."""
+        pick = torch.eye(self.d, dtype=z.dtype, device=z.device)[list(self.observed_index)]
+        return self.observe(z), pick.expand(*z.shape[:-1], *pick.shape)
+
+    @property
+    def observations(self) -> tuple[str, ...]:
+        """The names of h's outputs, in order (the observed states' names when h picks states)."""
+        return tuple(self.observation_names) or tuple(self.observed_states)
+
+    @torch.no_grad()
+    def observation_moments(self, n: int = 4096, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (m,) of h(z) under the initial distribution, from n draws of a fixed seed: the
+        scale in which the encoder reports the observed quantities and the decoder reads them."""
+        generator = torch.Generator(device=self.initial_a.device).manual_seed(seed)
+        y = self.observe(self.sample_initial(n, generator))
+        return y.mean(0), y.std(0).clamp_min(1e-6 * (1.0 + y.mean(0).abs()))
 
     def start(self, z: torch.Tensor) -> torch.Tensor:
         """Transform an encoded starting state (an intervention's `start` lines); the identity by default."""
