@@ -280,7 +280,7 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
 
 def _train_options(f):
     """The training flags, shared by `train` and `quickstart`."""
-    from anmc.vae.config import KL_READINGS, POSTERIORS, TrainConfig
+    from anmc.vae.config import DECODERS, KL_READINGS, POSTERIORS, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -298,7 +298,7 @@ def _train_options(f):
         click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
         click.option("--posterior", default=None, type=click.Choice(POSTERIORS), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
         click.option("--recon", default=d.recon, show_default=True, type=click.Choice(["bernoulli", "gaussian"])),
-        click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(["deconv", "broadcast"])),
+        click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(DECODERS), help="sprite: a learned sprite drawn at the prior's declared camera position (observe px = ..., py = ...): latents in the prior's units (docs/method.md)."),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),
         click.option("--learn-params-after", default=d.learn_params_after, show_default=True, type=click.IntRange(min=0), help="Epochs before learnable params and noise start to train."),
         click.option("--time-limit", default=None, type=float, help="Minutes; stop after the epoch that crosses it."),

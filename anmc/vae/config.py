@@ -21,7 +21,7 @@ from anmc.errors import UserError
 KL_READINGS = ("elbo", "elbo_mc", "mixture", "pairwise", "pooled", "standard")
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
 POSTERIORS = ("factorized", "smoother")
-DECODERS = ("deconv", "broadcast")
+DECODERS = ("deconv", "broadcast", "sprite")
 PRECISIONS = ("fp32", "bf16")
 
 

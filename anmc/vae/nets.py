@@ -19,6 +19,7 @@ from torch import nn
 
 from anmc.errors import UserError
 from anmc.vae.config import POSTERIORS
+from anmc.vae.sprite import SpriteDecoder
 from anmc.posterior.smoother import SmoothedPosterior, kalman_filter, kalman_smoother, marginal_std
 
 if TYPE_CHECKING:  # build_vae's argument types; importing them at run time would run the layers upward
@@ -129,14 +130,18 @@ class BroadcastDecoder(nn.Module):
         return self.net(torch.cat([tiled, self.grid.expand(b, 2, self.size, self.size)], dim=1))
 
 
-DECODERS = {"deconv": DeconvDecoder, "broadcast": BroadcastDecoder}
+# A decoder class with `reads_raw_observations = True` is built from the prior's observation names and
+# decodes the raw observation function h(z) (pixels, for the sprite decoder); the others, from the
+# number of observed quantities, decode z[..., observed].
+DECODERS = {"deconv": DeconvDecoder, "broadcast": BroadcastDecoder, "sprite": SpriteDecoder}
 
 
 class VideoVAE(nn.Module):
     """Encoder + decoder + the compiled prior module (whose learnable physical params train jointly).
 
     Shapes: `encode(x)` x (B, T, C, H, W) uint8 or float -> mu, std (B, T-k+1, d), latent t for the window
-    ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from z[..., observed].
+    ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from z[..., observed] (from the raw
+    observations h(z) for a decoder that `reads_raw_observations`: the sprite decoder).
 
     Two posteriors (`posterior=`):
     - "factorized": q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2), every state read from a window of k frames;
@@ -159,7 +164,9 @@ class VideoVAE(nn.Module):
         self.observed = list(prior_module.observed_index)
         reads = len(self.observed) if posterior == "smoother" else d
         self.encoder = Encoder(window, channels, size, reads, context=context)
-        self.decoder = DECODERS[decoder](len(self.observed), channels, size)
+        kind = DECODERS[decoder]
+        raw = getattr(kind, "reads_raw_observations", False)
+        self.decoder = kind(prior_module.observations, channels, size) if raw else kind(len(self.observed), channels, size)
 
     def encoder_readings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's own per-window Gaussians, in the prior's units: mu = m0 + s0 * out (an untrained encoder already
@@ -199,7 +206,9 @@ class VideoVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
-        out = self.decoder(z[..., self.observed].reshape(-1, len(self.observed)))
+        flat = z.reshape(-1, z.shape[-1])
+        raw = getattr(self.decoder, "reads_raw_observations", False)
+        out = self.decoder(self.prior.observe(flat) if raw else flat[:, self.observed])
         return out.reshape(*lead, *out.shape[1:])
 
 
@@ -210,6 +219,8 @@ def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig") -> Vid
         raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
     vae = VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context,
                    posterior=config.posterior)  # fmt: skip
+    if config.kl == "standard" and getattr(DECODERS[config.decoder], "reads_raw_observations", False):
+        raise UserError(f"--kl standard decodes from every latent, which --decoder {config.decoder} cannot draw: use --decoder deconv.")
     if config.kl == "standard":  # the plain-VAE baseline decodes from every latent
         vae.observed = list(range(vae.prior.d))
         vae.decoder = DECODERS[config.decoder](vae.prior.d, channels, height)

@@ -1,0 +1,184 @@
+"""The sprite decoder (`--decoder sprite`): a learned sprite drawn at the prior's declared camera position.
+
+A hand-built module (the spring with `observe px = cx + scale * x`, scale a learnable parameter) stands
+for a prior with camera roles; the .anm variants in priors/ are checked against the renderer in
+tests/test_camera_priors.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from anmc.cli import main
+from anmc.codegen.compile import compile_prior
+from anmc.errors import UserError
+from anmc.synthetic.render import geometry, object_position_px, render_frames
+from anmc.synthetic.synth import synthesize
+from anmc.vae.config import TrainConfig
+from anmc.vae.nets import VideoVAE, build_vae
+from anmc.vae.sprite import GAIN, SpriteDecoder
+from anmc.vae.train import train
+
+SPRING = "priors/spring.anm"
+
+
+def spring_camera(size: int):
+    """The compiled spring with a camera: px = size/2 + scale x (the renderer's 0.15 size pixels per metre), learnable scale."""
+    base = compile_prior(SPRING)
+    cx, scale0 = size / 2.0, 0.15 * size
+
+    class SpringCamera(base.module_class):
+        observation_names = ("px",)
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(scale0))
+
+        def observe(self, z):
+            return cx + self.scale.to(z) * z[..., :1]
+
+        def observe_and_jacobian(self, z):
+            h = self.observe(z)
+            row = torch.stack([self.scale.to(z), torch.zeros((), dtype=z.dtype, device=z.device)])
+            return h, row.expand(*z.shape[:-1], 1, 2)
+
+    return dataclasses.replace(base, module_class=SpringCamera)
+
+
+def sharp_disc(decoder: SpriteDecoder, radius: float = 0.5) -> None:
+    """A fixed sprite: a white disc of `radius` (sprite coordinates) on a black background."""
+    p = decoder.alpha.shape[-1]
+    c = torch.linspace(-1 + 1 / p, 1 - 1 / p, p)
+    inside = (c[None, :] ** 2 + c[:, None] ** 2).sqrt() < radius
+    with torch.no_grad():
+        decoder.alpha.copy_(torch.where(inside, 30.0, -30.0)[None] / GAIN)
+        decoder.colour.fill_(30.0 / GAIN)
+        decoder.background.fill_(-30.0 / GAIN)
+
+
+def centroid(img: torch.Tensor) -> tuple[float, float]:
+    """Intensity centroid (x, y) of an (S, S) image in continuous pixels (pixel [i, j] has its centre at (j + 0.5, i + 0.5))."""
+    c = torch.arange(img.shape[-1], dtype=torch.float64) + 0.5
+    img = img.detach().double()
+    m = img.sum()
+    return float(img.sum(0) @ c / m), float(img.sum(1) @ c / m)
+
+
+@settings(max_examples=40, deadline=None)
+@given(px=st.floats(17.0, 47.0), py=st.floats(17.0, 47.0))
+def test_sprite_is_drawn_at_the_declared_pixel_position(px, py):
+    dec = SpriteDecoder(("px", "py"), 1, 64)
+    sharp_disc(dec)
+    img = torch.sigmoid(dec(torch.tensor([[px, py]])))[0, 0]
+    cx, cy = centroid(img)
+    assert abs(cx - px) < 0.5 and abs(cy - py) < 0.5
+
+
+@settings(max_examples=30, deadline=None)
+@given(px=st.floats(12.0, 20.0), radius=st.floats(3.0, 6.0), brightness=st.floats(0.2, 1.0))
+def test_size_scales_the_sprite_and_brightness_its_intensity(px, radius, brightness):
+    """With `size` declared the sprite spans 2 radii each way, so a disc of radius 0.5 draws a disc of `size` pixels."""
+    dec = SpriteDecoder(("brightness", "size", "px"), 1, 32)
+    sharp_disc(dec)
+    img = torch.sigmoid(dec(torch.tensor([[brightness, radius, px]])))[0, 0]
+    cx, cy = centroid(img)
+    assert abs(cx - px) < 0.5 and abs(cy - 16.0) < 0.5  # py undeclared: the learned centre, initially the frame's
+    assert float(img.max().detach()) == pytest.approx(brightness, abs=1e-3)
+    area = float(img.sum().detach()) / brightness
+    assert area == pytest.approx(np.pi * radius**2, rel=0.2)
+
+
+def test_undeclared_coordinate_is_a_learned_constant():
+    dec = SpriteDecoder(("py",), 1, 32)
+    px, py, e = dec.placement(torch.tensor([[10.0], [20.0]]))
+    assert px.tolist() == [16.0, 16.0] and py.tolist() == [10.0, 20.0] and e.tolist() == [8.0, 8.0]
+    assert px.requires_grad  # the centre trains
+
+
+def test_gradients_reach_the_position_the_latents_and_the_priors_params():
+    """d loss / d z_x = scale * d loss / d px and d loss / d scale = x * d loss / d px (chain rule through h),
+    and a sprite drawn left of the object is pushed right."""
+    prior = spring_camera(32)
+    vae = build_vae(prior, (1, 32, 32), TrainConfig(decoder="sprite", size=32))
+    sharp_disc(vae.decoder)
+    target = torch.sigmoid(vae.decoder(torch.tensor([[18.0]]))).detach()  # the object at px = 18 (x = 0.4167 m)
+    bce = lambda out: torch.nn.functional.binary_cross_entropy_with_logits(out, target.expand_as(out), reduction="sum")  # noqa: E731
+    z = torch.tensor([[0.2, 0.0]], requires_grad=True)  # drawn at px = 16 + 4.8 * 0.2 = 16.96: left of it
+    bce(vae.decode(z)).backward()
+    px = torch.tensor([[16.96]], requires_grad=True)
+    bce(vae.decoder(px)).backward()
+    dpx = float(px.grad[0, 0])
+    assert dpx < 0  # moving right lowers the loss
+    assert float(z.grad[0, 0]) == pytest.approx(4.8 * dpx, rel=1e-5)
+    assert float(z.grad[0, 1]) == 0.0  # the frame does not show the velocity
+    assert float(vae.prior.scale.grad) == pytest.approx(0.2 * dpx, rel=1e-5)
+
+
+def test_soft_initial_sprite_gives_a_gradient_toward_a_distant_object():
+    """The initial Gaussian-blob alpha still overlaps an object 8 px away (half its half-extent at 64x64)."""
+    dec = SpriteDecoder(("px", "py"), 1, 64)
+    frame = render_frames("dot", np.zeros((1, 2)), 64, geometry("dot", 64))  # a disc at the frame's centre
+    target = torch.as_tensor(frame, dtype=torch.float32)[None] / 255.0
+    y = torch.tensor([[24.0, 32.0]], requires_grad=True)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(dec(y), target, reduction="sum")
+    loss.backward()
+    assert float(y.grad[0, 0]) < -1.0  # toward x = 32
+    assert abs(float(y.grad[0, 1])) < 1e-2 * abs(float(y.grad[0, 0]))  # already level with it
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_decode_shape_and_dtype(channels):
+    vae = VideoVAE(spring_camera(16).module(), channels, 16, decoder="sprite", posterior="smoother")
+    out = vae.decode(torch.randn(2, 5, 2))
+    assert out.shape == (2, 5, channels, 16, 16) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_prior_without_camera_is_a_user_error():
+    with pytest.raises(UserError, match="declares no px or py"):
+        SpriteDecoder(("x",), 1, 32)
+    with pytest.raises(UserError, match="--kl standard"):
+        build_vae(spring_camera(16), (1, 16, 16), TrainConfig(decoder="sprite", kl="standard"))
+
+
+@pytest.fixture(scope="module")
+def spring_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spring")
+    synthesize(SPRING, out_dir=out, clips=3, frames=16, size=16, seed=1, fmt="npz")
+    return out
+
+
+def test_cli_sprite_decoder_without_camera_exits_2(spring_data, tmp_path):
+    res = CliRunner().invoke(main, ["train", SPRING, str(spring_data), "-o", str(tmp_path / "run"), "--decoder", "sprite",
+                                    "--size", "16", "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2", "--seq-len", "4"])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert "declares no px or py" in res.output and "observe px =" in res.output
+
+
+def test_tiny_training_with_the_sprite_decoder(spring_data, tmp_path):
+    """A few steps on 16x16 spring frames: the loss falls, the sprite and the prior's camera scale train."""
+    config = TrainConfig(decoder="sprite", size=16, batch=2, seq_len=4, steps_per_epoch=8, epochs=2, learn_params_after=1,
+                         val_fraction=0.34, warmup=4)  # fmt: skip
+    result = train(spring_camera(16), [str(spring_data)], tmp_path / "run", config)
+    losses = [m["loss"] for m in result.metrics]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_spring_camera_matches_the_renderer_geometry():
+    """The hand-built camera (px = S/2 + 0.15 S x) is the spring renderer's block centre, at 16 and 64 pixels."""
+    for size in (16, 64):
+        module = spring_camera(size).module()
+        states = module.sample_initial(50, torch.Generator().manual_seed(0))
+        want = object_position_px("spring", states.numpy(), geometry("spring", size), module.state_names)
+        got = module.observe(states).detach().numpy()[:, 0]
+        np.testing.assert_allclose(got, want[:, 0], atol=1e-4)
