@@ -53,11 +53,11 @@ def spring_camera(size: int):
     return dataclasses.replace(base, module_class=SpringCamera)
 
 
-def sharp_disc(decoder: SpriteDecoder, radius: float = 0.5) -> None:
-    """A fixed sprite: a white disc of `radius` (sprite coordinates) on a black background."""
+def sharp_disc(decoder: SpriteDecoder, radius: float = 0.5, at: tuple[float, float] = (0.0, 0.0)) -> None:
+    """A fixed sprite: a white disc of `radius` centred `at` (sprite coordinates) on a black background."""
     p = decoder.alpha.shape[-1]
     c = torch.linspace(-1 + 1 / p, 1 - 1 / p, p)
-    inside = (c[None, :] ** 2 + c[:, None] ** 2).sqrt() < radius
+    inside = ((c[None, :] - at[0]) ** 2 + (c[:, None] - at[1]) ** 2).sqrt() < radius
     with torch.no_grad():
         decoder.alpha.copy_(torch.where(inside, 30.0, -30.0)[None] / GAIN)
         decoder.colour.fill_(30.0 / GAIN)
@@ -73,10 +73,11 @@ def centroid(img: torch.Tensor) -> tuple[float, float]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(px=st.floats(17.0, 47.0), py=st.floats(17.0, 47.0))
-def test_sprite_is_drawn_at_the_declared_pixel_position(px, py):
+@given(px=st.floats(17.0, 47.0), py=st.floats(17.0, 47.0), at=st.tuples(st.floats(-0.3, 0.3), st.floats(-0.3, 0.3)))
+def test_sprite_is_drawn_at_the_declared_pixel_position(px, py, at):
+    """Wherever the sprite's content sits in its patch (`at`), its centre is drawn at (px, py)."""
     dec = SpriteDecoder(("px", "py"), 1, 64)
-    sharp_disc(dec)
+    sharp_disc(dec, radius=0.3, at=at)
     img = torch.sigmoid(dec(torch.tensor([[px, py]])))[0, 0]
     cx, cy = centroid(img)
     assert abs(cx - px) < 0.5 and abs(cy - py) < 0.5

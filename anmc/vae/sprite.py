@@ -8,14 +8,19 @@ not normalised) and composites a learned sprite over a learned background, front
 
     e      = 2 size            (the sprite's half-extent in pixels; 0.25 S when `size` is not declared)
     s(u)   = ((u_x - px) / e, (u_y - py) / e)          sprite coordinates of pixel centre u, in [-1, 1]
-    a(u)   = alpha(s(u)),  c(u) = colour(s(u))         bilinear samples of the learned patch (grid_sample)
-    p(u)   = bg(u) (1 - a(u)) + brightness c(u) a(u)    per channel, in (0, 1)
+    a(u)   = alpha(s(u)),  k(u) = colour(s(u))         bilinear samples of the learned patch (grid_sample)
+    p(u)   = bg(u) (1 - a(u)) + brightness k(u) a(u)    per channel, in (0, 1)
     out(u) = log p - log(1 - p)                        logits, as every decoder returns
 
-So the image position is fixed by the declared camera and the latents are in the prior's units by
-construction: the decoder cannot rescale them. A coordinate the prior does not declare (`py` of a
-block sliding sideways) is a learned constant, initially the frame's centre; at least one of `px`, `py`
-must be declared.
+The sprite is point-symmetric about its centre (alpha(s) = alpha(-s), the same for the colour), so the
+declared (px, py) is the centre of the object as drawn: an offset of the latents cannot hide in a sprite
+drawn off-centre in its patch (measured on the falling object: a free sprite sat 0.5-0.9 px off, the
+latent height 0.06-0.12 m off; weighting a recentring by alpha or by contrast left faint halos to shift
+it). A symmetric object (a ball, a block, a disc, an LED) is drawn exactly; an asymmetric one by its
+symmetric part. The image position is thus fixed by the declared camera, and the latents are in the
+prior's units by construction: the decoder cannot rescale or shift them. A coordinate the prior does
+not declare (`py` of a block sliding sideways) is a learned constant, initially the frame's centre; at
+least one of `px`, `py` must be declared.
 
 The gradient with respect to (px, py) comes from the sprite's spatial gradient where it overlaps the
 object. A sharp sprite far from the object gives none, so the alpha patch starts as a wide Gaussian
@@ -90,6 +95,13 @@ class SpriteDecoder(nn.Module):
             e = torch.full_like(px, DEFAULT_EXTENT * self.size)
         return px, py, e
 
+    def sprite(self) -> torch.Tensor:
+        """The sprite (C + 1, P, P) in [0, 1], colour channels then alpha: point-symmetric about the patch's
+        centre (the mean of the learned patch and its 180-degree rotation), so that the centre of what it
+        draws is the declared (px, py) exactly."""
+        patch = torch.sigmoid(GAIN * torch.cat([self.colour, self.alpha]))
+        return 0.5 * (patch + patch.flip(-1, -2))
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """y (N, m) raw observations (pixels; brightness in [0, 1]) -> logits (N, C, S, S)."""
         y = y.float()
@@ -101,7 +113,7 @@ class SpriteDecoder(nn.Module):
         zero = torch.zeros_like(k)
         theta = torch.stack([torch.stack([k, zero, (s / 2 - px) / e], -1), torch.stack([zero, k, (s / 2 - py) / e], -1)], -2)
         grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
-        patch = torch.sigmoid(GAIN * torch.cat([self.colour, self.alpha]))[None].expand(n, -1, -1, -1)
+        patch = self.sprite()[None].expand(n, -1, -1, -1)
         drawn = F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         colour, a = drawn[:, :-1], drawn[:, -1:]
         if "brightness" in self.index:
