@@ -265,7 +265,7 @@ def disc_coverage(cx, cy, r, size: int) -> np.ndarray:
     xs, ys = _grid(size)
     dx = xs - _col(cx)
     dy = ys - _col(cy)
-    return np.clip(_col(r) + np.float32(0.5) - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+    return np.clip(_col(np.asarray(r, dtype=np.float64) + 0.5) - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
 
 
 def segment_coverage(ax, ay, bx, by, half_width: float, size: int) -> np.ndarray:
@@ -534,7 +534,8 @@ def measure_declared(frames: np.ndarray, geom: dict) -> dict[str, np.ndarray]:
     """Read the declared renderer's roles back from clean gray frames `(T, S, S)` (black background):
     {role: (T,)} for each role in `geom["roles"]`.
 
-    level: the median over columns of each column's mass / (S * fill value) (a disc spoils few columns);
+    level: the median over columns of each column's mass / (S * the fill's value, read from the bottom
+    row) (a disc spoils few columns);
     then, with the fill taken away, the disc: (px, py) its intensity centroid, brightness its brightest
     pixel refined to the mean of the pixels it covers fully (radius > 1.5 px), size sqrt(mass /
     (brightness pi)) (the antialiased disc's mass is pi r^2 + pi/12, neglected). Where the disc lies
@@ -548,11 +549,13 @@ def measure_declared(frames: np.ndarray, geom: dict) -> dict[str, np.ndarray]:
     c = np.arange(size) + 0.5
     out: dict[str, np.ndarray] = {}
     if geom["level"]:
-        level = np.median(f.sum(axis=1), axis=1) / (size * geom["level_value"])
+        bottom = np.median(f[:, -1, :], axis=1)  # the fill's value as stored (uint8 rounds 0.5 to 128/255)
+        value = np.where(bottom > 0, bottom, geom["level_value"])
+        level = np.median(f.sum(axis=1), axis=1) / (size * value)
         if "level" in roles:
             out["level"] = level
         fill = box_coverage(np.zeros(t), np.full(t, float(size)), size * (1.0 - level), np.full(t, float(size)), size)
-        under = fill * geom["level_value"]
+        under = fill * value[:, None, None]
         f = (f - under) / np.maximum(1.0 - under, 1e-6)  # the disc's coverage times (value - fill) / (1 - fill)
     if not geom["disc"]:
         return out
