@@ -373,10 +373,13 @@ def _draw_declared(y: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
         img = _over(img, box_coverage(np.zeros(t), np.full(t, float(size)), top, np.full(t, float(size)), size),
                     geom["level_value"])
     if geom["disc"]:
-        pos = object_position_px("declared", y, geom)
-        radius = np.maximum(y[:, roles["size"]], 0.0) if "size" in roles else geom["radius_px"]
         value = np.clip(y[:, roles["brightness"]], 0.0, 1.0) if "brightness" in roles else np.full(t, geom["value"])
-        cov = disc_coverage(pos[:, 0], pos[:, 1], radius, size)
+        if "px" in roles or "size" in roles:
+            pos = object_position_px("declared", y, geom)
+            radius = np.maximum(y[:, roles["size"]], 0.0) if "size" in roles else geom["radius_px"]
+            cov = disc_coverage(pos[:, 0], pos[:, 1], radius, size)
+        else:  # a fixed disc: its coverage once, (1, S, S)
+            cov = disc_coverage([geom["center"][0]], [geom["center"][1]], geom["radius_px"], size)
         img = img + cov * (_col(value) - img)
     return img
 
