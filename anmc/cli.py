@@ -117,7 +117,9 @@ def check(files):
         learn = [n for n, p in model.params.items() if p.learn]
         out.print(
             f"[green]ok[/] {path}: model [bold]{model.name}[/], states {', '.join(model.states)} "
-            f"(observed: {', '.join(model.observed)}), {model.integrator} x{model.substeps}, dt = {model.dt_text}"
+            f"(observed: {', '.join(model.observation_text[n] for n in model.observation_names)}"
+            + ("" if model.plain_observations else f"; functions of {', '.join(model.observed)}")
+            + f"), {model.integrator} x{model.substeps}, dt = {model.dt_text}"
             + (f", learnable: {', '.join(learn)}" if learn else "")
             + (f", interventions: {', '.join(model.interventions)}" if model.interventions else ""),
             soft_wrap=True,
