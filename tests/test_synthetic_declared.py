@@ -188,6 +188,19 @@ def test_a_users_own_prior_synthesizes_from_its_declared_position(tmp_path):
         assert np.abs(cx - (16 + 9 * np.cos(a))).max() < 0.05 and np.abs(cy - (16 + 9 * np.sin(a))).max() < 0.05
 
 
+def test_clutter_and_pixel_noise_change_the_declared_pixels_not_the_physics():
+    clean = synthesize(ORBIT, None, clips=2, frames=8, size=32, seed=4)
+    noisy = synthesize(ORBIT, None, clips=2, frames=8, size=32, seed=4, noise=0.05, clutter=True)
+    np.testing.assert_array_equal(clean.states, noisy.states)
+    np.testing.assert_array_equal(clean.observations, noisy.observations)
+    assert not np.array_equal(clean.frames[0], noisy.frames[0])
+    cluttered = synthesize(ORBIT, None, clips=1, frames=8, size=32, seed=4, clutter=True).frames[0]
+    assert (cluttered[0] > 0).mean() > (clean.frames[0][0] > 0).mean()
+    x, y = clean.observations[0, :, 0], clean.observations[0, :, 1]
+    at = cluttered[np.arange(8), np.floor(y).astype(int), np.floor(x).astype(int)]
+    assert (at == 255).all()  # the disc is drawn over the background, white at its centre
+
+
 def test_clips_end_before_an_object_reaches_the_camera_and_out_of_range_roles_are_noted():
     text = (PRIORS / "looming.anm").read_text()
     syn = synthesize(text, None, clips=4, frames=200, size=32, seed=0)
