@@ -22,8 +22,8 @@ import torch
 
 from anmc.codegen.compile import compile_prior
 from anmc.vae.config import TrainConfig
-from anmc.vae.loss import sequence_loss
 from anmc.vae.nets import build_vae
+from train_step import adam_step  # benchmarks/ is the script's directory, first on sys.path
 
 PRIOR = Path(__file__).resolve().parent.parent / "priors" / "pendulum.anm"
 
@@ -43,13 +43,7 @@ def main() -> None:
     torch.manual_seed(0)
     frames = (torch.rand(config.batch, config.seq_len, 1, config.size, config.size) * 255).to(torch.uint8)
     vae = build_vae(compile_prior(PRIOR), frames.shape[2:], config)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
-
-    def step():
-        out = sequence_loss(vae, frames, config)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+    step = adam_step(vae, frames, config)
 
     load_before = os.getloadavg()
     times = {label: [] for label in labels}

@@ -73,6 +73,11 @@ def make_step(kl: str, posterior: str | None, window: int | None, frames: torch.
     vae = build_vae(compile_prior(prior), frames.shape[2:], config).to(device)
     if args.compile_prior and kl != "standard":
         vae.prior.compile_core()  # torch.compile of the integration (opt-in)
+    return adam_step(vae, frames, config)
+
+
+def adam_step(vae, frames: torch.Tensor, config: TrainConfig):
+    """step(): one Adam step of `vae` on `frames` (the loss, its gradient, the update; no clipping)."""
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
 
     def step():

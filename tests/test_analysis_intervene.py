@@ -23,18 +23,8 @@ SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from anmc.vae.config import TrainConfig
-    from anmc.vae.train import train
-    from anmc.synthetic.synth import synthesize
-
-    torch.set_num_threads(1)
-    data = tmp_path_factory.mktemp("pend")
-    run = tmp_path_factory.mktemp("run")
-    synthesize(PRIOR, out_dir=data, clips=4, frames=24, size=SIZE, seed=3, fmt="npz")
-    config = TrainConfig(size=SIZE, batch=4, seq_len=4, steps_per_epoch=6, epochs=2, learn_params_after=1, val_fraction=0.25)
-    train(PRIOR, [str(data)], run, config)
-    return run
+def run_dir(tiny_pendulum_run_dir):
+    return tiny_pendulum_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Every ```anm block of docs/language.md does what the page says it does.
 
-```anm            a complete model: compiles, with no errors
+```anm            a complete model: compiles, with no errors (also ```anm file=NAME, a complete model the
+                  page's console sessions use: tests/test_docs_sessions.py)
 ```anm fragment   a piece of a model: parses
 ```anm error      intentionally wrong: raises AnmError; a ```text block right after it is the exact report
 """
@@ -27,7 +28,7 @@ def blocks():
         if info.split()[:1] == ["anm"]:
             follows = found[i + 1] if i + 1 < len(found) else None
             text = follows[1] if follows and follows[0] == "text" and not DOC.read_text()[end : follows[2]].strip() else None
-            out.append((info, body, text))
+            out.append(("anm" if info.startswith("anm file=") else info, body, text))
     return out
 
 

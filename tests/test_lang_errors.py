@@ -94,8 +94,8 @@ CASES = [
     ("steps_zero", sub("steps 2", "steps 0"), "steps must be a positive whole number", 6, 46),
     ("steps_fraction", sub("steps 2", "steps 1.5"), "steps must be a positive whole number", 6, 46),
     ("steps_huge", sub("steps 2", "steps 100000"), "steps must be at most 1000 (substeps per frame); use a smaller dt instead", 6, 46),
-    ("observe_unknown", sub("observe x", "observe y"), "observe names unknown state 'y'", 10, 9),
-    ("observe_twice", sub("observe x", "observe x, x"), "state 'x' is observed twice", 10, 12),
+    ("observe_unknown", sub("observe x", "observe y"), "observe names unknown state 'y'; to observe a function of the states write 'observe y = EXPR'", 10, 9),
+    ("observe_twice", sub("observe x", "observe x, x"), "state 'x' is observed twice (first at line 10)", 10, 12),
     ("noise_unknown_state", sub("v = 0.02", "v = 0.02, w = 0.1"), "noise for unknown state 'w'", 9, 27),
     ("noise_missing_state", sub("noise x = 0.01, v = 0.02", "noise x = 0.01"), "no noise std for state 'v'; add 'v = ...' to the noise line (0 is allowed)", 9, 1),
     ("unknown_distribution", sub("Normal(0, 1)", "Gaussian(0, 1)"), "unknown distribution 'Gaussian'; use Normal(mean, sd) or Uniform(low, high)", 4, 11),
@@ -176,7 +176,7 @@ def test_several_independent_errors_are_all_reported_in_file_order():
     assert got == [
         (6, 36, "unknown integrator 'rk5'; did you mean 'rk4'?"),
         (7, 8, "unknown name 'vv'; did you mean 'v'?"),
-        (10, 9, "observe names unknown state 'y'"),
+        (10, 9, "observe names unknown state 'y'; to observe a function of the states write 'observe y = EXPR'"),
     ]
     assert str(info.value).endswith("\n3 errors")
 

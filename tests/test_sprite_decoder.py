@@ -24,7 +24,8 @@ from anmc.synthetic.render import geometry, object_position_px, render_frames
 from anmc.synthetic.synth import synthesize
 from anmc.vae.config import TrainConfig
 from anmc.vae.nets import VideoVAE, build_vae
-from anmc.vae.sprite import GAIN, SpriteDecoder
+from anmc.synthetic.roles import CAMERA_ROLES
+from anmc.vae.sprite import GAIN, SPRITE_ROLES, SpriteDecoder
 from anmc.vae.train import train
 
 SPRING = "priors/spring.anm"
@@ -95,6 +96,10 @@ def test_size_scales_the_sprite_and_brightness_its_intensity(px, radius, brightn
     assert float(img.max().detach()) == pytest.approx(brightness, abs=1e-3)
     area = float(img.sum().detach()) / brightness
     assert area == pytest.approx(np.pi * radius**2, rel=0.2)
+
+
+def test_sprite_reads_the_shared_camera_roles():
+    assert SPRITE_ROLES == ("px", "py", "size", "brightness") and set(SPRITE_ROLES) <= set(CAMERA_ROLES)
 
 
 def test_undeclared_coordinate_is_a_learned_constant():

@@ -64,14 +64,19 @@ class CompiledPrior:
         return emit_latex(self.model)
 
 
+def audit_names(model: Model) -> set[str]:
+    """The names the model's generated source may use besides the emitter's own: its states, consts, params,
+    lets (a cse temporary may take a let's name, anmc.codegen.lets) and observations (`observe NAME = EXPR`)."""
+    return {*model.states, *model.consts, *model.params, *model.lets, *model.observation_names}
+
+
 def compile_model(model: Model) -> CompiledPrior:
     """Emit and load the torch module of an already-built model."""
     from anmc.codegen.torch_emitter import class_name, emit_torch  # (SymPy's printers: not needed for a cached prior)
 
     try:
         source = emit_torch(model)  # user text (file names, equations as typed) goes in through escape.comment_safe
-        allowed = {*model.states, *model.consts, *model.params, *model.lets}
-        cls = load_class(source, class_name(model), allowed, model.filename)
+        cls = load_class(source, class_name(model), audit_names(model), model.filename)
     except RecursionError:
         raise AnmError(too_deep(model.filename)) from None
     except UnsafeSourceError as err:
@@ -136,5 +141,5 @@ def compile_prior(
             return prior
     prior = compile_model(build())
     model = prior.model
-    cache.put(name, prior.source, {"class": prior.module_class.__name__, "names": sorted({*model.states, *model.consts, *model.params})})
+    cache.put(name, prior.source, {"class": prior.module_class.__name__, "names": sorted(audit_names(model))})
     return prior

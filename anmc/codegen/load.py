@@ -36,10 +36,10 @@ _ALLOWED_NODES = (
     pyast.USub, pyast.UAdd, pyast.Gt, pyast.keyword,
 )  # fmt: skip
 _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
-_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_J", "_gF", "_gJ"}
+_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_J", "_gF", "_gJ", "_zero"}
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
-    "model_name", "state_names", "observed_states", "param_names", "learnable_param_names", "param_bounds",
+    "model_name", "state_names", "observed_states", "observation_names", "param_names", "learnable_param_names", "param_bounds",
     "noise_learnable", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads",
 }  # fmt: skip
 _ATTRIBUTES = {
@@ -116,7 +116,7 @@ def audit(source: str | pyast.Module, allowed_names: set[str]) -> None:
 
 # Python's encoding declaration (PEP 263), looked for on the first two lines of a file.
 _CODING = re.compile(r"^[ \t\f]*#.*?coding[:=]")
-_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "rhs_and_tangents_vjp", "start"}
+_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "rhs_and_tangents_vjp", "start", "observe", "observe_and_jacobian"}
 
 
 def audit_text(source: str) -> None:
@@ -250,8 +250,9 @@ def _is_generated_name(name: str, allowed: set[str]) -> bool:
     for prefix in ("J_", "_gF_", "_gJ_"):
         if name.startswith(prefix) and name[len(prefix) :].isdigit():
             return True
-    if name.startswith("_P_") and all(part.isdigit() for part in name[3:].split("_")) and name.count("_") == 3:
-        return True
+    for prefix in ("_P_", "_H_"):  # _P_i_j (rhs_and_tangents_vjp), _H_i_j (observe_and_jacobian)
+        if name.startswith(prefix) and all(part.isdigit() for part in name[3:].split("_")) and name.count("_") == 3:
+            return True
     for prefix in ("next_", "start_"):
         if name.startswith(prefix) and name[len(prefix) :] in allowed:
             return True

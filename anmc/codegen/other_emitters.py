@@ -28,10 +28,47 @@ EXPAND_UP_TO = 200
 
 
 def emit_numpy(model: Model) -> str:
-    """Source of two numpy functions, `substep(z)` and `f_and_jacobian(z)`, with the params as defaults."""
+    """Source of numpy functions, `substep_and_jacobian(z)` and `f_and_jacobian(z)` (and `observe_and_jacobian(z)`
+    when a frame shows functions of the states), with the params as defaults."""
     method = INTEGRATORS.get(model.integrator)
     if method is not None and not method.sweep and sp.count_ops(list(model.rhs.values())) > EXPAND_UP_TO:
-        return _emit_numpy_stages(model, method)
+        return _emit_numpy_stages(model, method) + _numpy_observe(model)
+    return _emit_numpy_one_substep(model) + _numpy_observe(model)
+
+
+def _numpy_observe(model: Model) -> str:
+    """`observe_and_jacobian(z)`: h (..., m) and H = dh/dz (..., m, d) (docs/method.md §1); empty when the
+    observations are plain states."""
+    if model.plain_observations:
+        return ""
+    printer = _Printer({"strict": True})
+    d, m = model.d, len(model.observations)
+    H = model.observation_jacobian
+    exprs = [e for _, e in model.observations] + [H[i, j] for i in range(m) for j in range(d)]
+    replacements, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
+    replacements, reduced, named = name_temporaries(replacements, reduced, let_values(model))
+    args = ", ".join(f"{n}={p.value!r}" for n, p in model.params.items())
+    first = model.states[0]
+    outs = [f"numpy.broadcast_to({printer.doprint(e)}, numpy.shape({first}))" for e in reduced]
+    lines = [
+        "",
+        "",
+        f"def observe_and_jacobian(z{', ' + args if args else ''}):",
+        f'    """What a frame shows, h(z) (..., {m}), and its Jacobian H = dh/dz (..., {m}, {d}):',
+        *[f"    {comment_safe(model.observation_text[n])}" for n in model.observation_names],
+        '    """',
+        f"    {', '.join(model.states)}{',' if d == 1 else ''} = numpy.moveaxis(numpy.asarray(z, dtype=float), -1, 0)",
+        *[f"    {n} = {v!r}" for n, v in model.consts.items()],
+    ]
+    lines += [f"    {s} = {printer.doprint(e)}" + (f"  # let {s}" if s.name in named else "") for s, e in replacements]
+    lines.append(f"    h = numpy.stack([{', '.join(outs[:m])}], -1)")
+    lines.append(f"    H = numpy.stack([{', '.join(outs[m:])}], -1).reshape(numpy.shape(h) + ({d},))")
+    lines.append("    return h, H")
+    return "\n".join(lines) + "\n"
+
+
+def _emit_numpy_one_substep(model: Model) -> str:
+    """numpy source with one substep's map and Jacobian expanded symbolically (the stages substituted)."""
     printer = _Printer({"strict": True})
     step = substep_expressions(model)
     jac = substep_jacobian(model, step)
@@ -154,7 +191,12 @@ def emit_latex(model: Model) -> str:
             k = model.derivation.velocities.index(s) + 1
             shown = sp.Symbol(rf"\left(M^{{-1}} b\right)_{{{k}}}")
         lines.append(rf"  {lhs} &= {sp.latex(shown)} \\")
+    for name in model.observation_names:  # what a frame shows: y_name = h_name(z)
+        lines.append(rf"  y_{{{sp.latex(sp.Symbol(name))}}} &= {sp.latex(model.observations_shown[name])} && \text{{(observed)}} \\")
     lines.append(r"\end{align*}")
+    if not model.plain_observations:
+        lines.append(r"% the observation function h's Jacobian, rows " + ", ".join(model.observation_names) + ", columns " + ", ".join(model.states))
+        lines.append(r"\[ H(z) = \frac{\partial h}{\partial z} = " + sp.latex(model.observation_jacobian) + r" \]")
     size = sp.count_ops(list(model.rhs.values()))
     if size > 200 and model.integrator not in ("euler", "discrete"):  # expanding its stages would take minutes
         lines.append(f"% one {model.integrator} substep of these right-hand sides ({size} operations) is too long to print")

@@ -124,9 +124,13 @@ def _used_symbols(exprs) -> set[str]:
     return {s.name for e in exprs for s in sp.sympify(e).free_symbols}
 
 
-def _body(model: Model, exprs: list, outputs: list[str], printer: AnmTorchPrinter, indent: str) -> list[str]:
-    """Lines that unpack z, bind consts/params/h, compute cse temporaries, and assign each output."""
+def _body(model: Model, exprs: list, outputs: list[str], printer: AnmTorchPrinter, indent: str, lets: dict | None = None) -> list[str]:
+    """Lines that unpack z, bind consts/params/h, compute cse temporaries, and assign each output. With
+    `lets` (let name -> its value, in the form of `exprs`), a temporary equal to a let's value takes its name."""
     replacements, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
+    named: set[str] = set()
+    if lets:
+        replacements, reduced, named = name_temporaries(replacements, reduced, lets)
     used = _used_symbols([r for _, r in replacements] + list(reduced))
     lines = [f"{', '.join(model.states)}{',' if model.d == 1 else ''} = z.unbind(-1)"]
     for name, value in model.consts.items():
@@ -139,13 +143,13 @@ def _body(model: Model, exprs: list, outputs: list[str], printer: AnmTorchPrinte
         h = model.dt / model.substeps
         lines.append(f"{H.name} = {h!r}  # substep length: dt / {model.substeps}")
     for sym, expr in replacements:
-        lines.append(f"{sym} = {printer.doprint(expr)}")
+        lines.append(f"{sym} = {printer.doprint(expr)}" + ("  # let" if sym.name in named else ""))
     state_symbols = {symbol(s) for s in model.states}
     first = model.states[0]
     for out, expr in zip(outputs, reduced):
         text = printer.doprint(expr)
         depends_on_z = bool(expr.free_symbols & state_symbols) or any(
-            s.name.startswith("_t") and _depends(s, replacements, state_symbols) for s in expr.free_symbols
+            _depends(s, replacements, state_symbols) for s in expr.free_symbols if s.name.startswith("_t") or s.name in named
         )
         if not depends_on_z:  # a constant or a param-only entry: give it the batch shape
             text = f"torch.full_like({first}, {text})" if expr.is_number else f"torch.zeros_like({first}) + {text}"
@@ -186,7 +190,12 @@ def _docstring(model: Model) -> list[str]:
     lines += [
         "",
         f"z = ({', '.join(model.states)}), d = {model.d}; z (..., {model.d}) -> f (..., {model.d}), J (..., {model.d}, {model.d}).",
-        f"The decoder sees {', '.join(model.observed)}.",
+        *(
+            [f"The decoder sees {', '.join(model.observed)}."]
+            if model.plain_observations
+            else [f"A frame shows h(z) = ({', '.join(model.observation_names)}) (`observe` and `observe_and_jacobian` below):"]
+            + [f"    {comment_safe(model.observation_text[n])}" for n in model.observation_names]
+        ),
         "The methods below give the right-hand sides and their derivatives; AnmModule (anmc.codegen.runtime)",
         "runs the integrator over them and carries the Jacobian through every stage (the chain rule, forward).",
         '"""',
@@ -636,6 +645,7 @@ def emit_torch(model: Model) -> str:
         f"    model_name = {model.name!r}",
         f"    state_names = {tuple(model.states)!r}",
         f"    observed_states = {tuple(model.observed)!r}",
+        f"    observation_names = {model.observation_names!r}",
         f"    param_names = {tuple(model.params)!r}",
         f"    learnable_param_names = {learnable!r}",
         f"    param_bounds = {bounds!r}",
@@ -694,4 +704,70 @@ def emit_torch(model: Model) -> str:
         outs = [rhs.fold(model.start.get(s, symbol(s))) for s in model.states]
         out += _body(model, outs, [f"start_{s}" for s in model.states], printer, "        ")
         out.append(f"        return torch.stack(({', '.join(f'start_{s}' for s in model.states)}{',' if d == 1 else ''}), -1)")
+    if not model.plain_observations:
+        out += ["", *_observe(model, rhs, printer, jacobian=False), "", *_observe(model, rhs, printer, jacobian=True)]
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- what a frame shows
+
+
+def _observation_lines(model: Model) -> dict[str, int]:
+    """The line of each observation in the source (`observe NAME = EXPR` or `observe NAME`)."""
+    decls = [s for s in model.program.statements if type(s).__name__ == "ObserveDecl"]
+    return {ob.name: ob.span.line for decl in decls for ob in decl.items}
+
+
+def _observe(model: Model, rhs: _RhsEmitter, printer: AnmTorchPrinter, jacobian: bool) -> list[str]:
+    """`observe(self, z)`, the observation function h: z (..., d) -> (..., m); or (`jacobian`)
+    `observe_and_jacobian(self, z)`: h and H = dh/dz (..., m, d), the nonzero entries of SymPy's exact
+    derivatives written out (docs/method.md §1). A plain `observe theta` among them is the state itself."""
+    printer.like = "z"
+    names, states = model.observation_names, model.states
+    m, d = len(names), model.d
+    tup = lambda items: f"({', '.join(items)}{',' if len(items) == 1 else ''})"  # noqa: E731
+    lines_of = _observation_lines(model)
+    plain = {n for n, e in model.observations if n in states and e == symbol(n)}
+    if jacobian:
+        head = [
+            "    def observe_and_jacobian(self, z):",
+            f'        """h(z) (..., {m}) and its exact Jacobian H = dh/dz (..., {m}, {d}) at the states z (..., {d}); row i of H is',
+            f'        d h_i / d({", ".join(states)})."""',
+        ]
+    else:
+        head = [
+            "    def observe(self, z):",
+            f'        """What a frame shows, h(z): the states z (..., {d}) -> {tup(list(names))} (..., {m})."""',
+        ]
+    src = source_lines(model.source)
+    head += [f"        # line {k}: {comment_safe(src[k - 1].split('#')[0].strip())}" for k in sorted(set(lines_of.values()))]
+    exprs, outputs = [], []
+    for name, expr in model.observations:
+        if name not in plain:
+            exprs.append(rhs.fold(expr))
+            outputs.append(name)
+    rows = []
+    if jacobian:
+        H = model.observation_jacobian
+        for i in range(m):
+            row = []
+            for j in range(d):
+                entry = rhs.fold(H[i, j])
+                if entry == 0:
+                    row.append("_zero")
+                else:
+                    exprs.append(entry)
+                    outputs.append(f"_H_{i}_{j}")
+                    row.append(f"_H_{i}_{j}")
+            rows.append(row)
+    lets = {n: rhs.fold(v) for n, v in let_values(model).items()}
+    body = _body(model, exprs, outputs, printer, "        ", lets)
+    if any("_zero" in row for row in rows):
+        body.append(f"        _zero = torch.zeros_like({states[0]})")
+    h = f"torch.stack({tup(list(names))}, -1)"
+    if not jacobian:
+        return head + body + [f"        return {h}"]
+    out = head + body + [f"        return {h}, torch.stack(("]
+    out += [f"            torch.stack({tup(row)}, -1),  # d{names[i]}/dz" for i, row in enumerate(rows)]
+    out.append("        ), -2)")
+    return out

@@ -221,8 +221,26 @@ class NoiseDecl:
 
 
 @dataclass(frozen=True)
+class Observation:
+    """`theta` (value None: the state itself, named after it) or `brightness = EXPR` (a function of the
+    states, params, consts and lets), one item of an `observe` line."""
+
+    name: str
+    value: Expr | None
+    span: Span
+    name_span: Span
+
+    @property
+    def plain(self) -> bool:
+        """`observe theta` (or `observe theta = theta`): the observation is a state, named after it."""
+        return self.value is None or (isinstance(self.value, Name) and self.value.id == self.name)
+
+
+@dataclass(frozen=True)
 class ObserveDecl:
-    states: tuple[tuple[str, Span], ...]
+    """One `observe` line: its observations, in order."""
+
+    items: tuple[Observation, ...]
     span: Span
 
 

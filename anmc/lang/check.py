@@ -67,6 +67,7 @@ class _Checker:
         self.lets: dict[str, ast.Let] = {}  # the dynamics block's lets (interventions may redefine them)
         self.let_order: list[str] = []
         self.lagrangian_labels: dict[str, ast.Energy] = {}
+        self.observation_items: dict[str, ast.Observation] = {}  # `observe NAME = EXPR` (not plain), by name
 
     # -- reporting
     def error(self, message, span):
@@ -204,19 +205,60 @@ class _Checker:
                     self.error(f"no noise std for state '{name}'; add '{name} = ...' to the noise line (0 is allowed)", noises[0].span)
 
     def observe_lines(self, observes: list[ast.ObserveDecl]) -> None:
-        """At most one `observe` line naming known states once each (a warning when there is none)."""
+        """Each observation once: `observe theta` names a known state (observed once); `observe y = EXPR` has a
+        new name (not a state, param, const or let) and an expression over known names that depends on a
+        state. Any number of observe lines; a warning when there is none."""
         if not observes:
             self.warn("no 'observe' line: the decoder will see every state, velocities included, which entangles the latents; add e.g. 'observe " + next(iter(self.states), "x") + "'", None)
-        seen: set[str] = set()
+        scope = {**self.dynamic_scope, **{n: "let" for n in self.lets}}
+        through_lets = self.let_states()
+        seen: dict[str, ast.Observation] = {}
         for decl in observes:
-            for name, span in decl.states:
-                if name not in self.states:
-                    self.error(f"observe names unknown state '{name}'" + did_you_mean(name, self.states), span)
-                elif name in seen:
-                    self.error(f"state '{name}' is observed twice", span)
-                seen.add(name)
-        if len(observes) > 1:
-            self.error(f"a second 'observe' line (the first is at line {observes[0].span.line}); list all observed states on one", observes[1].span)
+            for ob in decl.items:
+                first = seen.get(ob.name)
+                if ob.plain:
+                    if ob.name not in self.states:
+                        self.error(
+                            f"observe names unknown state '{ob.name}'"
+                            + (did_you_mean(ob.name, self.states) or f"; to observe a function of the states write 'observe {ob.name} = EXPR'"),
+                            ob.name_span,
+                        )
+                    elif first is not None and first.plain:
+                        self.error(f"state '{ob.name}' is observed twice (first at line {first.span.line})", ob.name_span)
+                    seen.setdefault(ob.name, ob)
+                    continue
+                errors = len([d for d in self.diags if d.severity == "error"])
+                self.expr(ob.value, scope, "an observation", note_non_smooth=True)
+                unknown = len([d for d in self.diags if d.severity == "error"]) > errors
+                why = reserved_reason(ob.name)
+                clash = next(((k, t[ob.name]) for k, t in (("state", self.states), ("param", self.params), ("const", self.consts), ("let", self.lets)) if ob.name in t), None)
+                if why:
+                    self.error(f"{why}; choose another name for this observation", ob.name_span)
+                elif clash is not None:
+                    kind, decl = clash
+                    hint = f" ('observe {ob.name}' alone observes the state itself)" if kind == "state" else ""
+                    self.error(f"observation '{ob.name}' has the name of the {kind} declared at line {decl.span.line}; choose another name{hint}", ob.name_span)
+                elif first is not None:
+                    self.error(f"observation '{ob.name}' is declared twice (first at line {first.span.line})", ob.name_span)
+                seen.setdefault(ob.name, ob)
+                self.observation_items.setdefault(ob.name, ob)
+                used = set()
+                for node in ast.walk_names(ob.value):
+                    if isinstance(node, ast.Name):
+                        used |= {node.id} & set(self.states) | through_lets.get(node.id, set())
+                if not used and not unknown:
+                    self.error(
+                        f"observation '{ob.name}' depends on no state: a frame's reading must be a function of the states "
+                        f"({', '.join(self.states)})", ob.value.span,
+                    )  # fmt: skip
+
+    def let_states(self) -> dict[str, set[str]]:
+        """The states each let of the dynamics block depends on, through the lets it uses."""
+        out: dict[str, set[str]] = {}
+        for name in self.let_order:
+            names = {n.id for n in ast.walk_names(self.lets[name].value) if isinstance(n, ast.Name)}
+            out[name] = (names & set(self.states)).union(*(out.get(n, set()) for n in names if n != name))
+        return out
 
     def interventions(self, interventions: list[ast.Intervention], kind: str) -> None:
         """Unique names, each item checked by `intervention_item` against the model's dynamics `kind`."""
@@ -453,6 +495,9 @@ class _Checker:
             self.expr(let.value, names_above, "a 'let'", note_non_smooth=True, later=later)
         else:
             self.let(let, scope, {})
+            if let.name in self.observation_items:
+                first = self.observation_items[let.name]
+                self.error(f"let '{let.name}' has the name of the observation declared at line {first.span.line}; choose another name", let.name_span)
 
 def check_program(program: ast.Program) -> list[Diagnostic]:
     """Every static error and warning of `program`, sorted by position in the file."""

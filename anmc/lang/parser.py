@@ -217,8 +217,12 @@ class _ToAst(Transformer):
     def noise_decl(self, meta, children):
         return ast.NoiseDecl(tuple(children), _span(meta))
 
+    def observation(self, meta, children):
+        name, *value = children
+        return ast.Observation(str(name), value[0] if value else None, _span(meta), _span(name))
+
     def observe_decl(self, meta, children):
-        return ast.ObserveDecl(tuple((str(t), _span(t)) for t in children), _span(meta))
+        return ast.ObserveDecl(tuple(children), _span(meta))
 
     def set_item(self, meta, children):
         name, value = children

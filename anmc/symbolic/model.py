@@ -226,10 +226,39 @@ class Model:
     rhs_shown: dict[str, sp.Expr] = field(default_factory=dict)  # rhs over the let symbols (for display)
     derivation: Derivation | None = field(default=None, repr=False)  # set for `dynamics lagrangian`
     energies: dict[str, tuple[str, sp.Expr]] = field(default_factory=dict)  # kind -> (name, expr over lets)
+    # what a frame shows: h(z) = (h_1(z), ..., h_m(z)), each (name, expression over the states, params and
+    # consts; lets substituted); `observe theta` is ("theta", theta). Without an observe line, every state.
+    observations: tuple[tuple[str, sp.Expr], ...] = ()
+    observations_shown: dict[str, sp.Expr] = field(default_factory=dict)  # over the let symbols (for display)
+    observation_text: dict[str, str] = field(default_factory=dict)  # `brightness = 0.5 + 0.5*cos(phase)` as typed
 
     @property
     def d(self) -> int:
         return len(self.states)
+
+    @property
+    def observation_names(self) -> tuple[str, ...]:
+        """The names of h's outputs, in order (m of them)."""
+        return tuple(name for name, _ in self.observations)
+
+    @property
+    def plain_observations(self) -> bool:
+        """Whether every observation is a state named after itself (`observe theta, x`): then h picks the
+        observed states, in state order, and the compiled module keeps AnmModule's default h and H."""
+        return all(name in self.states and expr == symbol(name) for name, expr in self.observations) and self.observation_names == self.observed
+
+    @property
+    def observation_function(self) -> sp.Matrix:
+        """h(z) as an (m, 1) SymPy matrix over the states, params and consts (docs/method.md §1)."""
+        return sp.Matrix([expr for _, expr in self.observations])
+
+    @property
+    def observation_jacobian(self) -> sp.Matrix:
+        """H = dh/dz, (m, d), exact (SymPy's derivatives; the Dirac deltas of sign() dropped: zero wherever h is
+        differentiable)."""
+        states = [symbol(s) for s in self.states]
+        H = self.observation_function.jacobian(states)
+        return H.applyfunc(lambda e: e.replace(sp.DiracDelta, lambda *args: sp.Integer(0)))
 
     @property
     def observed_index(self) -> tuple[int, ...]:
@@ -308,12 +337,12 @@ class _Builder:
             derivation, energies = self.lagrangian(dyn, symbols, shown, consts, rhs, rhs_text, rhs_shown)
         start = self.starts(symbols, consts)
         noise = self.noise(values)
-        observed_decl = [s for s in stmts if isinstance(s, ast.ObserveDecl)]
-        observed = {n for n, _ in observed_decl[0].states} if observed_decl else set(states)
+        observations, observations_shown, observation_text = self.observations(states, symbols, shown, consts)
+        depends = set().union(*(e.free_symbols for _, e in observations))
         return Model(
             name=self.model_name(),
             states=tuple(states),
-            observed=tuple(s for s in states if s in observed),
+            observed=tuple(s for s in states if symbol(s) in depends),
             consts=consts,
             params=params,
             kind="discrete" if dyn.kind == "discrete" else "continuous",
@@ -333,6 +362,9 @@ class _Builder:
             rhs_shown={s: rhs_shown.get(s, sp.Integer(0)) for s in states},
             derivation=derivation,
             energies=energies,
+            observations=observations,
+            observations_shown=observations_shown,
+            observation_text=observation_text,
         )
 
     def consts(self) -> dict[str, float]:
@@ -476,6 +508,32 @@ class _Builder:
             if abs(det) > 1e-12:
                 return False
         return True
+
+    def observations(self, states: list[str], symbols: dict, shown: dict, consts: dict[str, float]):
+        """The observations (name, h_i) in the order written (`observe theta` lines alone: in state order, as
+        `observed` lists them), each over the lets shown, and each as typed. Without an observe line, every
+        state. An expression that reduces to no state (`theta - theta`) is an error here; the checker has
+        reported the ones that name none."""
+        decls = [ob for s in self.p.statements if isinstance(s, ast.ObserveDecl) for ob in s.items]
+        if not decls:
+            return tuple((s, symbol(s)) for s in states), {s: symbol(s) for s in states}, {s: s for s in states}
+        if all(ob.plain for ob in decls):
+            decls = sorted(decls, key=lambda ob: states.index(ob.name))
+        state_symbols = {symbol(s) for s in states}
+        out, out_shown, text = [], {}, {}
+        for ob in decls:
+            if ob.plain:
+                out.append((ob.name, symbol(ob.name)))
+                out_shown[ob.name], text[ob.name] = symbol(ob.name), ob.name
+                continue
+            value = to_sympy(ob.value, symbols)
+            self.finite(value, ob.value, f"observation '{ob.name}'", self.p.source, self.p.filename, consts)
+            if not value.free_symbols & state_symbols:
+                self.error(f"observation '{ob.name}' depends on no state: it reduces to {sp.sstr(value)}", ob.value.span)
+            out.append((ob.name, value))
+            out_shown[ob.name] = to_sympy(ob.value, shown)
+            text[ob.name] = f"{ob.name} = {source_text(ob.value.span, self.p.source)}"
+        return tuple(out), out_shown, text
 
     def starts(self, symbols: dict, consts: dict[str, float]) -> dict:
         """Interventions' `start STATE = expr` (a map of the encoded start state) as SymPy."""

@@ -40,10 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from anmc.errors import UserError
+from anmc.synthetic.roles import CAMERA_ROLES
 
-# The camera roles the sprite decoder reads (docs/method.md): the object's centre in pixels of the training
-# frame, its radius in pixels, its brightness in [0, 1].
-SPRITE_ROLES = ("px", "py", "size", "brightness")
+# The camera roles (anmc.synthetic.roles, the one table) the sprite decoder reads: the object's centre in
+# pixels of the training frame, its radius in pixels, its brightness in [0, 1]. Unlike the declared
+# renderer it accepts half a position: an object moving along one axis declares only that coordinate
+# (a constant one is not an observation), and the other is learned.
+SPRITE_ROLES = tuple(role for role in CAMERA_ROLES if role in ("px", "py", "size", "brightness"))
 
 BLOB_STD = 0.35  # the initial alpha blob's std, in units of the sprite's half-extent
 DEFAULT_EXTENT = 0.25  # the sprite's half-extent without a declared `size`, as a fraction of the frame's side

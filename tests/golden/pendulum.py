@@ -24,6 +24,7 @@ class Pendulum(AnmModule):
     model_name = 'pendulum'
     state_names = ('theta', 'omega')
     observed_states = ('theta',)
+    observation_names = ('theta',)
     param_names = ('L', 'c')
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}

@@ -4,7 +4,8 @@
 
 Run it when a change to the generated source is intended, read the diff (`git diff tests/golden`),
 and commit it with the emitter change. The golden source is what `anmc.compile_prior` emits for
-`priors/pendulum.anm` given by that relative path, from the repository root.
+each prior of GOLDEN given by that relative path, from the repository root: `priors/pendulum.anm`,
+and `camera_pendulum.anm` here (observe expressions).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = {"pendulum.py": "priors/pendulum.anm"}  # golden file -> the prior it is emitted from
+# golden file -> the prior it is emitted from
+GOLDEN = {"pendulum.py": "priors/pendulum.anm", "camera_pendulum.py": "tests/golden/camera_pendulum.anm"}
 
 
 def emitted(prior: str) -> str:

@@ -1,0 +1,65 @@
+"""priors/spring_camera.anm and priors/falling_camera.anm declare where anmc synth's renderers draw the object.
+
+Their `observe px = ...` / `observe py = ...` must be the renderer's geometry exactly: checked against
+`object_position_px` and against the centroid of the drawn object, at 64 pixels (S = 64, the files'
+default) and on the 64-pixel video area-resized to 32 (`anmc train --size 32`, S = 32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anmc.codegen.compile import compile_prior
+from anmc.data.io import _resize
+from anmc.synthetic.render import geometry, object_position_px, render_float
+
+CAMERAS = {"spring_camera": ("spring", "px"), "falling_camera": ("falling", "py")}
+
+
+def _states_and_frames(name: str, n: int = 40):
+    """n states from the prior's initial distribution (the spring's |x| < 2 m, in the frame), their 64-pixel frames and geometry."""
+    renderer, _ = CAMERAS[name]
+    module = compile_prior(f"priors/{name}.anm").module()
+    states = module.sample_initial(n, torch.Generator().manual_seed(0)).double()
+    states[:, 0] = states[:, 0].clamp(-2.0, 2.0)
+    geom = geometry(renderer, 64, module.state_names, module.initial_mean.tolist(), module.initial_std.tolist())
+    frames = render_float(renderer, states.numpy(), geom, module.state_names)
+    return module, states, frames, geom
+
+
+def _object_centroid(name: str, frames: np.ndarray, geom: dict, zoom: float = 1.0) -> np.ndarray:
+    """The drawn object's centre along its moving axis, pixels: the spring block's x over the rows only the
+    block covers; the falling ball's y over the rows above the floor (`zoom`: frames resized by that factor)."""
+    c = np.arange(frames.shape[-1]) + 0.5
+    if name == "spring_camera":
+        cy = geom["center"][1]
+        top = int(np.ceil(zoom * (cy - geom["block_half_height_px"])))
+        bottom = int(np.floor(zoom * (cy - geom["coil_amplitude_px"] - geom["coil_half_width_px"] - 1.0)))
+        wall = int(np.ceil(zoom * geom["wall_px"])) + 1
+        band = frames[:, top:bottom, wall:]
+        return (band.sum(axis=1) @ c[wall:]) / band.sum(axis=(1, 2))
+    above = frames[:, : int(np.floor(zoom * geom["floor_row"])) - 1, :]
+    return (above.sum(axis=2) @ c[: above.shape[1]]) / above.sum(axis=(1, 2))
+
+
+@pytest.mark.parametrize("name", CAMERAS)
+def test_declared_camera_is_the_renderers_geometry(name):
+    renderer, role = CAMERAS[name]
+    module, states, frames, geom = _states_and_frames(name)
+    assert module.observations == (role,)
+    declared = module.double().observe(states).numpy()[:, 0]
+    want = object_position_px(renderer, states.numpy(), geom, module.state_names)[:, 0 if role == "px" else 1]
+    np.testing.assert_allclose(declared, want, atol=1e-9)
+    np.testing.assert_allclose(_object_centroid(name, frames, geom), declared, atol=0.02)
+
+
+@pytest.mark.parametrize("name", CAMERAS)
+def test_camera_for_frames_resized_to_32(name):
+    """`S = 32`: the declared position follows the 64-pixel video area-resized to 32 (what --size 32 trains on)."""
+    _, states, frames, geom = _states_and_frames(name)
+    module = compile_prior(f"priors/{name}.anm", edits=["S = 32"]).module().double()
+    small = _resize(frames[..., None], 32, 32)[..., 0]
+    declared = module.observe(states).numpy()[:, 0]
+    np.testing.assert_allclose(_object_centroid(name, small, geom, zoom=0.5), declared, atol=0.05)
