@@ -170,6 +170,20 @@ def test_cli_sprite_decoder_without_camera_exits_2(spring_data, tmp_path):
     assert "declares no px or py" in res.output and "observe px =" in res.output
 
 
+def test_cli_train_and_eval_with_the_sprite_decoder(spring_data, tmp_path):
+    """`anmc train --decoder sprite` on priors/spring_camera.anm (its frame side S set to 16), then `anmc eval`
+    rebuilds the sprite decoder from the checkpoint."""
+    prior = tmp_path / "spring_camera.anm"
+    prior.write_text(open("priors/spring_camera.anm").read().replace("const S = 64", "const S = 16"))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", str(prior), str(spring_data), "-o", str(run), "--decoder", "sprite", "--size", "16",
+                                    "--epochs", "1", "--steps-per-epoch", "3", "--batch", "2", "--seq-len", "4"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["eval", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "slope" in res.output
+
+
 def test_tiny_training_with_the_sprite_decoder(spring_data, tmp_path):
     """A few steps on 16x16 spring frames: the loss falls, the sprite and the prior's camera scale train."""
     config = TrainConfig(decoder="sprite", size=16, batch=2, seq_len=4, steps_per_epoch=8, epochs=2, learn_params_after=1,
