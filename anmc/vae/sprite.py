@@ -43,9 +43,9 @@ from anmc.errors import UserError
 from anmc.synthetic.roles import CAMERA_ROLES
 
 # The camera roles (anmc.synthetic.roles, the one table) the sprite decoder reads: the object's centre in
-# pixels of the training frame, its radius in pixels, its brightness in [0, 1]. Unlike the declared
-# renderer it accepts half a position: an object moving along one axis declares only that coordinate
-# (a constant one is not an observation), and the other is learned.
+# pixels of the training frame, its radius in pixels, its brightness in [0, 1]. Half a position is
+# enough: an object moving along one axis declares only that coordinate (a constant one is not an
+# observation), and the decoder learns the other.
 SPRITE_ROLES = tuple(role for role in CAMERA_ROLES if role in ("px", "py", "size", "brightness"))
 
 BLOB_STD = 0.35  # the initial alpha blob's std, in units of the sprite's half-extent
