@@ -185,6 +185,10 @@ def simulate(file, steps, seed, runs, intervention, no_noise, output):
         err.print(f"wrote {output}")
 
 
+# anmc synth --renderer (anmc.synthetic.render.RENDERERS, written out so that --help loads no numpy)
+SYNTH_RENDERERS = ("auto", "declared", "pendulum", "spring", "falling", "double_pendulum", "coupled_masses", "dot")
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the clips.")
@@ -195,14 +199,16 @@ def simulate(file, steps, seed, runs, intervention, no_noise, output):
 @click.option("--noise", default=0.0, show_default=True, type=float, help="Pixel noise std (intensity in [0, 1]).")
 @click.option("--clutter", is_flag=True, help="Draw over a static cluttered background.")
 @click.option("--format", "fmt", default="mp4", show_default=True, type=click.Choice(["mp4", "gif", "npz", "npy", "png"]))
+@click.option("--renderer", default="auto", show_default=True, type=click.Choice(SYNTH_RENDERERS),
+              help="auto: the declared renderer when the prior's observations name camera roles (px, py, size, brightness, level), else the one named like the model, else a dot.")  # fmt: skip
 @report_user_errors
-def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt):
+def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt, renderer):
     """Simulate the prior in FILE and render it: DIR/clip_000.mp4, ... plus truth.csv and truth.json."""
     from anmc.codegen.compile import compile_prior
     from anmc.synthetic.synth import synthesize
 
     syn = synthesize(compile_prior(Path(file)), out_dir, clips=clips, frames=frames, size=size, seed=seed,
-                     noise=noise, clutter=clutter, fmt=fmt)
+                     noise=noise, clutter=clutter, fmt=fmt, renderer=renderer)
     for note in syn.notes:
         err.print(f"[yellow]note[/]: {note}", soft_wrap=True)
     out.print(

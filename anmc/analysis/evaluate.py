@@ -191,7 +191,7 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         }
     if truth_data is not None:
         circular = tuple(circular) if circular is not None else tuple(meta.get("circular", ()))
-        if not circular and (meta.get("renderer", {}) or {}).get("name") == "pulsar":
+        if not circular and "pulsar" in ((meta.get("renderer", {}) or {}).get("name"), meta.get("model")):
             circular = ("phase",)
         lat, tru, clip_id = align_with_truth(mus, truth_data, k, truth)
         ids = np.unique(clip_id)

@@ -1,4 +1,5 @@
-"""Numpy renderers of the paper's four systems, plus a generic dot for any other prior.
+"""Numpy renderers: the declared renderer of any prior's camera roles, hand-coded ones of the paper's
+systems, and a generic dot for any other prior.
 
 Renderers only draw: the states come from simulating the `.anm` (see `anmc.synthetic.synth`). Each draws
 square `size x size` gray frames, white objects on black, antialiased: a pixel's intensity is the
@@ -18,7 +19,6 @@ plain dict that `anmc synth` stores in truth.json under `renderer.geometry`:
 - falling (draws y, metres): floor rows from S - round(0.06 S) down; ball of radius 0.07 S at
   x = S/2 whose lowest point is y above the floor; px_per_m = (floor_row - 2 radius - 1) / y_top,
   y_top = mean + 3 std of the prior's initial y.
-- pulsar (draws phase): a disc at (S/2, S/2), radius 0.3 S, intensity `pulse_profile(phase)`.
 - double_pendulum (draws theta1, theta2): pivot at (S/2, S/2), px_per_m = 0.22 S; the upper link from the
   pivot to the joint = pivot + upper_m px_per_m (sin theta1, cos theta1), the lower link from the joint to
   the tip = joint + lower_m px_per_m (sin theta2, cos theta2) (upper_m: the prior's param or const `L`,
@@ -29,12 +29,19 @@ plain dict that `anmc synth` stores in truth.json under `renderer.geometry`:
   1.0 and 0.75; three zigzag springs (wall-block, block-block, block-wall) of 6 coils, amplitude 0.04 S.
 - dot (any other prior; the first two states): radius 0.08 S at (S/2 + span u0, S/2 - span u1),
   u = clip((s - mean) / (3 std), -1, 1) from the initial distribution, span = S/2 - radius - 1.
+- declared (a prior whose observations are named after camera roles, `anmc.synthetic.roles`; it draws
+  the observations y = h(z), not the states): `level` fills the rows from S (1 - level) to S, the whole
+  width (exact box coverage); then, when any of px, py, size, brightness is declared, a disc of radius
+  `size` (default 0.08 S at (px, py), 0.3 S when centred) at (px, py) (default the centre (S/2, S/2)),
+  of value `brightness` (default 1). The fill's value is 1 alone, 0.5 under a disc. brightness and
+  level are clipped to [0, 1], size to >= 0. The pulsar is drawn this way: a centred disc of radius
+  0.3 S whose brightness is its `observe brightness = ...` line, the pulse profile below.
 
 Pulse profile (double Gaussian in the wrapped phase, main pulse at 0, interpulse at pi):
     b(phase) = base + main exp(-wrap(phase)^2 / (2 main_width^2))
                     + inter exp(-wrap(phase - pi)^2 / (2 inter_width^2)),   wrap to (-pi, pi],
-with base 0.1, main 0.9, main_width 0.3 rad, inter 0.45, inter_width 0.25 rad (b in [0.1, 1]).
-An "other pulse profile" intervention passes its own `profile` dict in the geometry.
+with base 0.1, main 0.9, main_width 0.3 rad, inter 0.45, inter_width 0.25 rad (b in [0.1, 1]);
+priors/pulsar.anm writes it with wrap(a) = atan2(sin(a), cos(a)), and `pulse_profile` is its reference.
 """
 
 from __future__ import annotations
@@ -44,13 +51,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-RENDERERS = ("pendulum", "spring", "falling", "pulsar", "double_pendulum", "coupled_masses", "dot")
+from anmc.synthetic.roles import roles_of
+
+RENDERERS = ("declared", "pendulum", "spring", "falling", "double_pendulum", "coupled_masses", "dot")
 
 # the state each named renderer draws (a pair for the systems of two bodies)
 KEY_STATE = {
-    "pendulum": "theta", "spring": "x", "falling": "y", "pulsar": "phase",
+    "pendulum": "theta", "spring": "x", "falling": "y",
     "double_pendulum": ("theta1", "theta2"), "coupled_masses": ("x1", "x2"),
 }  # fmt: skip
+
+# the declared renderer's defaults, as fractions of the frame's side S
+MOVING_RADIUS = 0.08  # an object at (px, py) without `size`
+CENTRED_RADIUS = 0.3  # the centred disc (no px, py) without `size`
+LEVEL_VALUE = 1.0  # the fill of `level` alone
+LEVEL_UNDER_DISC = 0.5  # the fill of `level` when a disc is drawn over it
 
 DEFAULT_PROFILE = {
     "base": 0.1, "main": 0.9, "main_width": 0.3, "inter": 0.45, "inter_width": 0.25, "inter_phase": math.pi,
@@ -81,15 +96,19 @@ def geometry(
     initial_std: Sequence[float] | None = None,
     params: dict[str, float] | None = None,
     two_tone: bool = True,
+    observations: Sequence[str] | None = None,
 ) -> dict:
     """The pixel geometry of `renderer` at `size` (see the module docstring); a JSON-ready dict.
-    `params` (the prior's values) set the double pendulum's upper link length `L`.
+    `params` (the prior's values) set the double pendulum's upper link length `L`; the declared
+    renderer needs the prior's `observations` (their names; see `declared_geometry`).
 
     Without the initial distribution, the falling object's frame spans y_top = 3.5 m and the dot's
     states are taken as mean 0, std 1.
     """
     if renderer not in RENDERERS:
         raise ValueError(f"unknown renderer {renderer!r}; must be one of {', '.join(RENDERERS)}")
+    if renderer == "declared":
+        return declared_geometry(size, observations if observations is not None else ())
     s = float(size)
     g: dict = {"renderer": renderer, "size": int(size)}
     names = list(state_names) if state_names is not None else None
@@ -114,8 +133,6 @@ def geometry(
         floor_row = int(size) - floor_px
         g.update(x_px=s / 2, floor_row=floor_row, radius_px=radius, y_top_m=y_top,
                  px_per_m=(floor_row - 2 * radius - 1.0) / y_top, ball_value=1.0, floor_value=0.35)
-    elif renderer == "pulsar":
-        g.update(center=[s / 2, s / 2], radius_px=0.3 * s, profile=dict(DEFAULT_PROFILE))
     elif renderer == "double_pendulum":
         upper = float((params or {}).get("L", 1.0))
         g.update(pivot=[s / 2, s / 2], px_per_m=0.22 * s, upper_m=upper, lower_m=1.0, rod_half_width_px=0.025 * s,
@@ -139,10 +156,27 @@ def geometry(
 # the state each renderer draws, as object positions
 
 
+def declared_geometry(size: int, observations: Sequence[str], model: str = "the prior") -> dict:
+    """The declared renderer's geometry at `size` for a prior whose observations are `observations`:
+    which column of y = h(z) each camera role is (`roles`), what is drawn (`disc`, `level`), the
+    defaults (`center`, `radius_px`, `value`) and the fill's value. RoleError when nothing is declared."""
+    roles = roles_of(observations, model, required=True)
+    s = float(size)
+    disc = any(r in roles for r in ("px", "size", "brightness"))
+    return {
+        "renderer": "declared", "size": int(size), "observations": list(observations), "roles": roles,
+        "disc": disc, "level": "level" in roles, "center": [s / 2, s / 2],
+        "radius_px": (MOVING_RADIUS if "px" in roles else CENTRED_RADIUS) * s, "value": 1.0,
+        "level_value": LEVEL_UNDER_DISC if disc else LEVEL_VALUE,
+    }  # fmt: skip
+
+
 def _key_columns(renderer: str, states: np.ndarray, state_names: Sequence[str] | None) -> np.ndarray:
     states = np.asarray(states, dtype=np.float64)
     if states.ndim == 1:
         states = states[:, None]
+    if renderer == "declared":  # the declared renderer is given the observations y = h(z), (T, m)
+        return states
     if renderer == "dot":
         return states[:, :2]
     key = KEY_STATE[renderer]
@@ -157,8 +191,9 @@ def object_position_px(
 ) -> np.ndarray:
     """`(T, 2)` continuous pixel position (x right, y down) of the drawn object's centre.
 
-    Pendulum bob, spring block, falling ball, pulsar disc (fixed), or the dot. `states` is `(T, d)`
-    in the prior's state order (`state_names`; without it the drawn state is taken to be column 0).
+    Pendulum bob, spring block, falling ball, the declared disc (`states` are then the observations
+    `(T, m)`), or the dot. `states` is `(T, d)` in the prior's state order (`state_names`; without it
+    the drawn state is taken to be column 0).
     """
     q = _key_columns(renderer, states, state_names)
     t = q.shape[0]
@@ -172,7 +207,10 @@ def object_position_px(
     if renderer == "falling":
         y_px = geom["floor_row"] - geom["radius_px"] - geom["px_per_m"] * q
         return np.stack([np.full(t, geom["x_px"]), y_px], axis=1)
-    if renderer == "pulsar":
+    if renderer == "declared":
+        roles = geom["roles"]
+        if "px" in roles:
+            return q[:, [roles["px"], roles["py"]]].astype(np.float64)
         return np.tile(np.asarray(geom["center"], dtype=np.float64), (t, 1))
     if renderer == "double_pendulum":  # the tip of the lower link
         return double_pendulum_points(q, geom)[1]
@@ -222,12 +260,12 @@ def _col(v) -> np.ndarray:
     return np.asarray(v, dtype=np.float32).reshape(-1, 1, 1)
 
 
-def disc_coverage(cx, cy, r: float, size: int) -> np.ndarray:
-    """`(T, S, S)` coverage of discs of radius r centred at `(cx[t], cy[t])`."""
+def disc_coverage(cx, cy, r, size: int) -> np.ndarray:
+    """`(T, S, S)` coverage of discs of radius r (one, or `r[t]`) centred at `(cx[t], cy[t])`."""
     xs, ys = _grid(size)
     dx = xs - _col(cx)
     dy = ys - _col(cy)
-    return np.clip(np.float32(r + 0.5) - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+    return np.clip(_col(np.asarray(r, dtype=np.float64) + 0.5) - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
 
 
 def segment_coverage(ax, ay, bx, by, half_width: float, size: int) -> np.ndarray:
@@ -327,11 +365,23 @@ def _draw_falling(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
     return _over(img, disc_coverage(pos[:, 0], pos[:, 1], geom["radius_px"], geom["size"]), geom["ball_value"])
 
 
-def _draw_pulsar(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
-    cx, cy = geom["center"]
-    cov = disc_coverage([cx], [cy], geom["radius_px"], geom["size"])
-    brightness = pulse_profile(q, geom.get("profile")).astype(np.float32)[:, None, None]
-    return img + cov * (brightness - img)
+def _draw_declared(y: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
+    """The level's fill, then the disc, from the observations y (T, m) (see the module docstring)."""
+    size, roles, t = geom["size"], geom["roles"], len(y)
+    if geom["level"]:
+        top = float(size) * (1.0 - np.clip(y[:, roles["level"]], 0.0, 1.0))
+        img = _over(img, box_coverage(np.zeros(t), np.full(t, float(size)), top, np.full(t, float(size)), size),
+                    geom["level_value"])
+    if geom["disc"]:
+        value = np.clip(y[:, roles["brightness"]], 0.0, 1.0) if "brightness" in roles else np.full(t, geom["value"])
+        if "px" in roles or "size" in roles:
+            pos = object_position_px("declared", y, geom)
+            radius = np.maximum(y[:, roles["size"]], 0.0) if "size" in roles else geom["radius_px"]
+            cov = disc_coverage(pos[:, 0], pos[:, 1], radius, size)
+        else:  # a fixed disc: its coverage once, (1, S, S)
+            cov = disc_coverage([geom["center"][0]], [geom["center"][1]], geom["radius_px"], size)
+        img = img + cov * (_col(value) - img)
+    return img
 
 
 def _draw_dot(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
@@ -365,12 +415,12 @@ def _draw_coupled_masses(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarr
 
 
 # renderer name -> draw(q, geometry, img (T, S, S)) -> img; q is the drawn state (T,), or (T, 2) for the dot
-# and the systems of two bodies
+# and the systems of two bodies, or the observations (T, m) for the declared renderer
 DRAW: dict[str, Callable[[np.ndarray, dict, np.ndarray], np.ndarray]] = {
     "pendulum": _draw_pendulum,
     "spring": _draw_spring,
     "falling": _draw_falling,
-    "pulsar": _draw_pulsar,
+    "declared": _draw_declared,
     "double_pendulum": _draw_double_pendulum,
     "coupled_masses": _draw_coupled_masses,
     "dot": _draw_dot,
@@ -406,8 +456,11 @@ def render_frames(
     geom: dict | None = None,
     state_names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """uint8 `(T, size, size)` clean frames of `states` `(T, d)` (the default geometry when `geom` is None)."""
+    """uint8 `(T, size, size)` clean frames of `states` `(T, d)` (the default geometry when `geom` is None;
+    the declared renderer needs its geometry, and `states` are then the observations `(T, m)`)."""
     renderer = renderer if renderer in RENDERERS else renderer_for(renderer, state_names)
+    if geom is None and renderer == "declared":
+        raise ValueError("the declared renderer needs its geometry: render.declared_geometry(size, observations)")
     geom = geometry(renderer, size, state_names) if geom is None else geom
     if geom["size"] != size:
         raise ValueError(f"geometry is for size {geom['size']}, not {size}")
@@ -439,12 +492,14 @@ def measure_frames(renderer: str, frames: np.ndarray, geom: dict) -> np.ndarray:
 
     pendulum: theta = atan2(cx - pivot_x, cy - pivot_y) of the centroid of the whole frame (rod, bob
     and pivot are symmetric about the rod's axis); spring: x from the block's centroid over the rows
-    only the block covers; falling: y from the ball's centroid above the floor; pulsar: brightness, the
-    mean of the pixels the disc covers fully (compare with `pulse_profile`); dot: (u0, u1) mapped back
-    to the first two states (inside the clipped range). Returns `(T,)`, or `(T, 2)` for the dot.
+    only the block covers; falling: y from the ball's centroid above the floor; dot: (u0, u1) mapped back
+    to the first two states (inside the clipped range). Returns `(T,)`, or `(T, 2)` for the dot. The
+    declared renderer's roles are read back by `measure_declared`.
     """
     if renderer in ("double_pendulum", "coupled_masses"):
         raise ValueError(f"measure_frames reads one object; the {renderer} renderer draws two (use its truth.csv)")
+    if renderer == "declared":
+        raise ValueError("the declared renderer draws observations, not a state: use measure_declared(frames, geom)")
     frames = np.asarray(frames)
     f = frames.astype(np.float64) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float64)
     size = geom["size"]
@@ -471,13 +526,57 @@ def measure_frames(renderer: str, frames: np.ndarray, geom: dict) -> np.ndarray:
     if renderer == "falling":
         _, cy = centroid(f[:, : geom["floor_row"], :])
         return (geom["floor_row"] - geom["radius_px"] - cy) / geom["px_per_m"]
-    if renderer == "pulsar":
-        cx, cy = geom["center"]
-        xs, ys = np.meshgrid(c, c)
-        inside = np.hypot(xs - cx, ys - cy) <= geom["radius_px"] - 0.75
-        return f[:, inside].mean(axis=1)
     cx, cy = centroid(f)
     s = size / 2.0
     u = np.stack([(cx - s) / geom["span_px"], (s - cy) / geom["span_px"]], axis=1)
     return np.asarray(geom["mean"]) + u * np.asarray(geom["scale"])
 
+
+
+def measure_declared(frames: np.ndarray, geom: dict) -> dict[str, np.ndarray]:
+    """Read the declared renderer's roles back from clean gray frames `(T, S, S)` (black background):
+    {role: (T,)} for each role in `geom["roles"]`.
+
+    level: the median over columns of each column's mass / (S * the fill's value, read from the bottom
+    row) (a disc spoils few columns);
+    then, with the fill taken away, the disc: (px, py) its intensity centroid, brightness its brightest
+    pixel refined to the mean of the pixels it covers fully (radius > 1.5 px), size sqrt(mass /
+    (brightness pi)) (the antialiased disc's mass is pi r^2 + pi/12, neglected). Where the disc lies
+    over the fill it is read exactly only when it is white (brightness 1). A frame where the disc is
+    black or absent reads NaN for the disc's roles.
+    """
+    frames = np.asarray(frames)
+    f = frames.astype(np.float64) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float64)
+    size, roles = geom["size"], geom["roles"]
+    t = f.shape[0]
+    c = np.arange(size) + 0.5
+    out: dict[str, np.ndarray] = {}
+    if geom["level"]:
+        bottom = np.median(f[:, -1, :], axis=1)  # the fill's value as stored (uint8 rounds 0.5 to 128/255)
+        value = np.where(bottom > 0, bottom, geom["level_value"])
+        level = np.median(f.sum(axis=1), axis=1) / (size * value)
+        if "level" in roles:
+            out["level"] = level
+        fill = box_coverage(np.zeros(t), np.full(t, float(size)), size * (1.0 - level), np.full(t, float(size)), size)
+        under = fill * value[:, None, None]
+        f = (f - under) / np.maximum(1.0 - under, 1e-6)  # the disc's coverage times (value - fill) / (1 - fill)
+    if not geom["disc"]:
+        return out
+    f = np.clip(f, 0.0, None)
+    mass = f.sum(axis=(1, 2))
+    mass = np.where(mass > 1e-9, mass, np.nan)
+    cx, cy = (f.sum(axis=1) @ c) / mass, (f.sum(axis=2) @ c) / mass
+    value = f.reshape(t, -1).max(axis=1)
+    radius = np.sqrt(mass / (np.where(value > 0, value, np.nan) * np.pi))
+    xs, ys = np.meshgrid(c, c)
+    inside = np.hypot(xs[None] - cx[:, None, None], ys[None] - cy[:, None, None]) <= (radius - 0.75)[:, None, None]
+    n = inside.sum(axis=(1, 2))
+    refined = np.where(n > 0, (f * inside).sum(axis=(1, 2)) / np.maximum(n, 1), value)
+    value = np.where(radius > 1.5, refined, value)
+    if "px" in roles:
+        out["px"], out["py"] = cx, cy
+    if "brightness" in roles:
+        out["brightness"] = value
+    if "size" in roles:
+        out["size"] = np.sqrt(mass / (np.where(value > 0, value, np.nan) * np.pi))
+    return out

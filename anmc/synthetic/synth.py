@@ -8,9 +8,12 @@ frames, in float64 with one seeded generator:
     z_0 = module.sample_initial(clips, generator=g)                                      # (clips, d)
     z_t = module(z_{t-1}) + module.noise_std * torch.randn(clips, d, generator=g)       t = 1 .. frames-1
 
-The renderer is picked by the model's name (`render.DRAW`: pendulum, spring, falling, pulsar; the
-generic dot for any other prior). Falling clips end before the floor: all clips are cut at the first
-frame where any clip's ball would touch it (a note says so). Pixel noise (`noise`, std in [0, 1]
+The renderer (`pick_renderer`): the declared one when the prior names observations after camera roles
+(`anmc.synthetic.roles`: px, py, size, brightness, level; it draws y_t = module.observe(z_t)), else
+the one named like the model (pendulum, spring, falling, double_pendulum, coupled_masses), else the
+generic dot. Falling clips end before the floor: all clips are cut at the first frame where any clip's
+ball would touch it (a note says so); declared clips likewise at the first frame where any clip's
+observation is not finite or its `size` leaves (0, S] (an object reaching the camera). Pixel noise (`noise`, std in [0, 1]
 intensity units) and a static cluttered background (`clutter`) are drawn from
 `numpy.random.default_rng([seed, clip])`, so they never change the physics.
 
@@ -33,11 +36,14 @@ import torch
 from anmc.codegen.rollout import simulate
 import anmc.synthetic.render as render
 from anmc.data.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_truth, write_truth, write_video
-from anmc.synthetic.render import geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for
+from anmc.synthetic.render import (
+    RENDERERS, KEY_STATE, geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for,
+)
+from anmc.synthetic.roles import CAMERA_ROLES, RoleError, declared_roles
 
 __all__ = [
-    "Synthetic", "synthesize", "write_synthetic", "render_frames", "object_position_px", "measure_frames",
-    "pulse_profile", "geometry", "read_truth", "FORMATS",
+    "Synthetic", "synthesize", "write_synthetic", "pick_renderer", "render_frames", "object_position_px",
+    "measure_frames", "pulse_profile", "geometry", "read_truth", "FORMATS",
 ]
 
 FORMATS = ("mp4", "gif", "npz", "npy", "png")
@@ -45,7 +51,8 @@ FORMATS = ("mp4", "gif", "npz", "npy", "png")
 
 @dataclass
 class Synthetic:
-    """What `synthesize` made: `frames[c]` uint8 `(T, S, S)`, `states` float64 `(clips, T, d)`."""
+    """What `synthesize` made: `frames[c]` uint8 `(T, S, S)`, `states` float64 `(clips, T, d)`, and
+    `observations` float64 `(clips, T, m)` = module.observe(states) (named `observation_names`)."""
 
     model: str
     renderer: str
@@ -63,6 +70,8 @@ class Synthetic:
     paths: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    observations: np.ndarray | None = None
+    observation_names: tuple[str, ...] = ()
 
     def truth_meta(self) -> dict:
         """The truth.json content."""
@@ -71,6 +80,7 @@ class Synthetic:
             "params": self.params,
             "states": list(self.state_names),
             "observed": list(self.observed),
+            "observations": list(self.observation_names),
             "fps": self.fps,
             "size": self.size,
             "seed": self.seed,
@@ -104,8 +114,10 @@ def synthesize(
     noise: float = 0.0,
     clutter: bool = False,
     fmt: str = "mp4",
+    renderer: str | None = None,
 ) -> Synthetic:
-    """Simulate `prior` (path, `.anm` text or CompiledPrior) and render it; write it when `out_dir` is given."""
+    """Simulate `prior` (path, `.anm` text or CompiledPrior) and render it; write it when `out_dir` is given.
+    `renderer`: None (or "auto") picks it (`pick_renderer`); a name from `render.RENDERERS` forces it."""
     if fmt not in FORMATS:
         raise VideoError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
     if clips < 1 or frames < 2 or size < 8:
@@ -116,22 +128,31 @@ def synthesize(
     module = compiled.module().to(torch.float64).requires_grad_(False)
     names = tuple(module.state_names)
     model = str(getattr(module, "model_name", "") or getattr(getattr(compiled, "model", None), "name", "model"))
-    kind = renderer_for(model, names)
+    kind = pick_renderer(module, model, renderer)
     values = {**getattr(getattr(compiled, "model", None), "consts", {}), **{k: float(v) for k, v in module.param_values().items()}}
-    geom = geometry(kind, size, names, module.initial_mean.tolist(), module.initial_std.tolist(), params=values)
+    geom = geometry(kind, size, names, module.initial_mean.tolist(), module.initial_std.tolist(), params=values,
+                    observations=module.observations)
     states = simulate(compiled, frames, seed=seed, runs=clips, noise=True).numpy()
     notes: list[str] = []
-    if kind != model:
-        notes.append(f"no renderer for '{model}': a dot shows its first two states ({', '.join(names[:2])})")
+    if kind == "dot":
+        notes.append(f"no renderer for '{model}' and no camera role among its observations: a dot shows its first two "
+                     f"states ({', '.join(names[:2])}); name observations px, py (or size, brightness, level) to choose what is drawn")  # fmt: skip
     if kind == "falling":
         states, note = _before_floor(states, names, frames)
         if note:
             notes.append(note)
+    with torch.no_grad():
+        observed = module.observe(torch.from_numpy(states)).numpy()
+    drawn = states
+    if kind == "declared":
+        states, observed, more = _declared_clips(states, observed, geom, frames)
+        notes += more
+        drawn = observed
     rendered = []
     for c in range(clips):
         rng = np.random.default_rng([int(seed), c])
         background = render.clutter_background(size, rng) if clutter else None
-        img = render.render_float(kind, states[c], geom, names, background)
+        img = render.render_float(kind, drawn[c], geom, names, background)
         if noise > 0:
             img = np.clip(img + rng.normal(0.0, noise, img.shape).astype(np.float32), 0.0, 1.0)
         rendered.append(np.round(img * 255.0).astype(np.uint8))
@@ -141,10 +162,65 @@ def synthesize(
         observed=tuple(module.observed_states), params=params, geometry=geom, fps=round(1.0 / float(module.dt), 6),
         size=int(size), seed=int(seed), noise=float(noise), clutter=bool(clutter), notes=notes,
         extra={"dt": float(module.dt), "noise_std": dict(zip(names, module.noise_std.tolist())), "format": fmt},
+        observations=observed, observation_names=tuple(module.observations),
     )
     if out_dir is not None:
         write_synthetic(syn, out_dir, fmt)
     return syn
+
+
+def pick_renderer(module, model: str, requested: str | None = None) -> str:
+    """The renderer of `module`: with `requested` None or "auto", the declared renderer when its
+    observations name a camera role, else the one named like `model` when the module has the state it
+    draws, else the dot; a name from `render.RENDERERS` is checked against the module and returned."""
+    names = tuple(module.state_names)
+    if requested in (None, "auto"):
+        return "declared" if declared_roles(module) else renderer_for(model, names)
+    if requested == "declared":
+        declared_roles(module, required=True)
+        return requested
+    if requested not in RENDERERS:
+        raise RoleError(f"unknown renderer {requested!r}; use auto or one of {', '.join(RENDERERS)}.")
+    key = KEY_STATE.get(requested, ())
+    missing = [k for k in ((key,) if isinstance(key, str) else key) if k not in names]
+    if missing:
+        raise RoleError(
+            f"the {requested} renderer draws the state {', '.join(missing)}, which {model} does not have; "
+            "leave the renderer to auto (declare camera roles with `observe px = ..., py = ...`) or use dot."
+        )
+    return requested
+
+
+def _declared_clips(states: np.ndarray, y: np.ndarray, geom: dict, frames: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Cut every clip at the first frame where any clip's observation is not finite or its size leaves
+    (0, S]; notes for the roles outside their range (brightness and level are clipped, an object
+    outside the frame is drawn as far as it shows)."""
+    roles, size, notes = geom["roles"], geom["size"], []
+    bad = ~np.isfinite(y).all(axis=2)
+    if "size" in roles:
+        radius = y[:, :, roles["size"]]
+        bad |= ~((radius > 0) & (radius <= size))
+    bad_frames = bad.any(axis=0)
+    if bad_frames.any():
+        keep = int(np.argmax(bad_frames))
+        if keep < 2:
+            raise VideoError(
+                f"a declared clip has an observation that is not finite, or a size outside (0, {size}], within 2 frames; "
+                "check the prior's initial distribution and its observe lines."
+            )
+        states, y = states[:, :keep], y[:, :keep]
+        notes.append(f"clips cut to {keep} of {frames} frames so that every observation stays finite "
+                     f"and every size within (0, {size}] pixels")  # fmt: skip
+    for role, column in roles.items():
+        lo, hi = CAMERA_ROLES[role].range(size)
+        v = y[:, :, column]
+        out = (v < lo) | (v > hi)
+        if out.any():
+            what = ("clipped to it" if role in ("brightness", "level")
+                    else "the object is partly or wholly outside the frame there")  # fmt: skip
+            notes.append(f"{role} is outside [{lo:g}, {hi:g}] in {100 * out.mean():.1f}% of the frames (from {v.min():.3g} "
+                         f"to {v.max():.3g}); {what}")  # fmt: skip
+    return states, y, notes
 
 
 def _before_floor(states: np.ndarray, names: tuple[str, ...], frames: int) -> tuple[np.ndarray, str]:

@@ -1,0 +1,85 @@
+"""Camera roles: observation names that say, in pixels, what a frame shows.
+
+An observation of a prior (`observe NAME = EXPR`, or `observe NAME` of a state) whose NAME is a key of
+`CAMERA_ROLES` has a meaning in the image anmc trains on, an S x S frame with x from the left and y
+from the top (pixel [i, j] has its centre at (j + 0.5, i + 0.5)):
+
+    px, py       the object's centre in pixels                                  in [0, S]
+    size         the object's radius in pixels (its apparent size)             in [0, S]
+    brightness   the object's brightness (the centred disc's, without px/py)   in [0, 1]
+    level        the fraction of the frame's height filled from the bottom     in [0, 1]
+
+The declared renderer of `anmc synth` (`anmc.synthetic.render`, docs/data.md) draws from them, and the
+sprite decoder places its sprite where they say. An observation with no role is still observed (the
+smoother conditions on it). `declared_roles(module)` reads a compiled module's roles by the names of
+`module.observations` and refuses half a position (px without py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anmc.errors import UserError
+
+
+@dataclass(frozen=True)
+class Role:
+    """One camera role: what it means and its valid range; `high=None` means the frame's side S."""
+
+    meaning: str
+    low: float
+    high: float | None
+
+    def range(self, size: int) -> tuple[float, float]:
+        """(low, high) for a frame of `size` x `size` pixels."""
+        return self.low, float(size) if self.high is None else self.high
+
+
+# role name -> meaning and valid range (the one table; the sprite decoder imports it)
+CAMERA_ROLES: dict[str, Role] = {
+    "px": Role("the object's centre, in pixels from the frame's left edge", 0.0, None),
+    "py": Role("the object's centre, in pixels from the frame's top edge", 0.0, None),
+    "size": Role("the object's radius in pixels (its apparent size)", 0.0, None),
+    "brightness": Role("the object's brightness (the centred disc's, when there is no px/py), 0 black to 1 white", 0.0, 1.0),
+    "level": Role("a fill level: the fraction of the frame's height filled from the bottom", 0.0, 1.0),
+}
+
+# roles that only mean something together
+PAIRS = (("px", "py"),)
+
+
+class RoleError(UserError):
+    """A prior's camera roles cannot be drawn: the message says which and what to add."""
+
+
+def _model(module) -> str:
+    return str(getattr(module, "model_name", "") or "the prior")
+
+
+def declared_roles(module, required: bool = False) -> dict[str, int]:
+    """{role: index into module.observations} for a compiled module's observations named after a camera
+    role (see `roles_of`)."""
+    return roles_of(tuple(module.observations), _model(module), required)
+
+
+def roles_of(observations, model: str = "the prior", required: bool = False) -> dict[str, int]:
+    """{role: index into `observations`} for the names that are camera roles, in `CAMERA_ROLES` order.
+    Raises RoleError when only one of px, py is declared, and, with `required`, when no role is
+    declared at all (the declared renderer would have nothing to draw)."""
+    names = tuple(observations)
+    roles = {role: names.index(role) for role in CAMERA_ROLES if role in names}
+    for a, b in PAIRS:
+        if (a in roles) != (b in roles):
+            have, missing = (a, b) if a in roles else (b, a)
+            raise RoleError(
+                f"{model} declares the camera role {have} but not {missing}: an object's centre needs both; "
+                f"add `observe {missing} = ...` ({CAMERA_ROLES[missing].meaning})."
+            )
+    if required and not roles:
+        shown = ", ".join(names) if names else "none"
+        raise RoleError(
+            f"{model} declares no camera role (its observations: {shown}), so the declared renderer has nothing "
+            f"to draw; name observations after roles ({', '.join(CAMERA_ROLES)}), e.g. "
+            "`observe px = 32 + 20 * sin(theta), py = 32 + 20 * cos(theta)`."
+        )
+    return roles
