@@ -249,3 +249,40 @@ def test_the_pulsar_draws_its_pulse_profile_as_the_hand_coded_renderer_did():
     for k in range(3):
         b = pulse_profile(phase[k]).astype(np.float32)[:, None, None]
         np.testing.assert_array_equal(syn.frames[k], np.round(cov * b * 255).astype(np.uint8))
+
+
+# what each new system's learned parameter is, read back from its pixels alone (measure_declared on the
+# decoded mp4) by a least-squares fit of the closed-form solution: the videos carry the physics
+def _led_tau(m, t):
+    b = m["brightness"]
+    ok = b > 0.1
+    return -1.0 / np.polyfit(t[ok], np.log(b[ok]), 1)[0]  # b = b0 exp(-t / tau)
+
+
+def _torricelli_k(m, t):
+    return -2.0 * np.polyfit(t, np.sqrt(m["level"]), 1)[0]  # sqrt(h) = sqrt(h0) - k t / 2 (H = 1 m)
+
+
+def _looming_g(m, t):
+    return -2.0 * np.polyfit(t, 32.0 / m["size"], 2)[0]  # d = s0 / size = d0 + v0 t - g t^2 / 2
+
+
+def _incline_mu(m, t):
+    s = np.hypot(m["px"] - m["px"][0], m["py"] - m["py"][0]) / 6.0  # metres along the slope
+    a = 2.0 * np.polyfit(t, s, 2)[0]
+    return (np.sin(0.349) - a / 9.81) / np.cos(0.349)
+
+
+@pytest.mark.parametrize(
+    "name, intervention, read, true, frames",
+    [("led", None, _led_tau, 1.5, 96), ("led", "faster", _led_tau, 0.75, 96),
+     ("torricelli", None, _torricelli_k, 0.2, 96), ("torricelli", "wider_hole", _torricelli_k, 0.4, 96),
+     ("looming", None, _looming_g, 9.81, 128), ("incline", None, _incline_mu, 0.3, 96),
+     ("incline", "waxed", _incline_mu, 0.25, 96)],
+)  # fmt: skip
+def test_the_parameter_can_be_read_back_from_the_pixels(name, intervention, read, true, frames, tmp_path):
+    prior = anmc.compile_prior(PRIORS / f"{name}.anm", intervention=intervention)
+    syn = synthesize(prior, tmp_path, clips=4, frames=frames, size=64, seed=2)
+    t = np.arange(frames) * prior.module().dt
+    got = [read(measure_declared(read_video(tmp_path / f"clip_{c:03d}.mp4"), syn.geometry), t) for c in range(4)]
+    assert np.mean(got) == pytest.approx(true, rel=0.03)  # one clip is within ~5%: the process noise
