@@ -15,10 +15,11 @@
 `check_jacobian` compares the compiled J = df/dz (one frame of z_t = f(z_{t-1}), docs/method.md §2)
 with two references that share no code with the emitter: central differences of the compiled f
 (with one Richardson extrapolation, error O(h^4)) and reverse-mode autograd of the compiled f, one
-row at a time. `states(prior)` and `params(prior)` are hypothesis strategies of points where the
-prior is meant to hold: states around the initial distribution and beyond it, params inside their
-declared bounds. Only the public API is used (`compile_prior`, `module()`, `f_and_jacobian`,
-`set_param`, `param_values`), so a custom backward or a new emitter is checked like the old one.
+row at a time; `check_observation_jacobian` does the same for the observation function h and its
+H = dh/dz (`observe NAME = EXPR`, docs/method.md §1). `states(prior)` and `params(prior)` are
+hypothesis strategies of points where the prior is meant to hold: states around the initial
+distribution and beyond it, params inside their declared bounds. Only the public API is used (`compile_prior`, `module()`, `f_and_jacobian`,
+`observe_and_jacobian`, `set_param`, `param_values`), so a custom backward or a new emitter is checked like the old one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ import torch
 from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.symbolic.model import Model
 
-__all__ = ["JacobianReport", "InterventionReport", "check_jacobian", "check_intervention", "params", "states"]
+__all__ = [
+    "JacobianReport", "InterventionReport", "check_jacobian", "check_observation_jacobian", "check_intervention", "params", "states",
+]  # fmt: skip
 
 BEYOND = 3.0  # states are drawn out to BEYOND initial standard deviations from the initial mean
 INSIDE = 1e-3  # params are drawn this fraction of their range inside their bounds (the bounds map to +-inf)
@@ -113,35 +116,38 @@ def _draw_states(prior: CompiledPrior, module, samples: int, spread: float, seed
     return torch.cat([inside, beyond])
 
 
-def _autograd_jacobian(module, z: torch.Tensor) -> torch.Tensor:
-    """Row i of each point's J by one backward pass of sum_n f_i(z_n) (the points are independent): (n, d, d)."""
+def _autograd_jacobian(fn, z: torch.Tensor, rows: int) -> torch.Tensor:
+    """Row i of each point's Jacobian of fn by one backward pass of sum_n fn_i(z_n) (the points are
+    independent): (n, rows, d)."""
     z = z.detach().clone().requires_grad_(True)
-    f = module(z)
-    rows = [torch.autograd.grad(f[:, i].sum(), z, retain_graph=i < module.d - 1, allow_unused=True)[0] for i in range(module.d)]
-    return torch.stack([r if r is not None else torch.zeros_like(z) for r in rows], dim=1)
+    f = fn(z)
+    grads = [torch.autograd.grad(f[:, i].sum(), z, retain_graph=i < rows - 1, allow_unused=True)[0] for i in range(rows)]
+    return torch.stack([r if r is not None else torch.zeros_like(z) for r in grads], dim=1)
 
 
-def _differences(module, z: torch.Tensor, h: float) -> torch.Tensor:
-    """Central differences of f with one Richardson extrapolation: (n, d) -> (n, d, d), error O(h^4)."""
+def _differences(fn, z: torch.Tensor, h: float) -> torch.Tensor:
+    """Central differences of fn with one Richardson extrapolation: (n, d) -> (n, rows, d), error O(h^4)."""
     cols = []
+    d = z.shape[-1]
     with torch.no_grad():
-        for j in range(module.d):
-            e = torch.zeros(module.d, dtype=z.dtype)
+        for j in range(d):
+            e = torch.zeros(d, dtype=z.dtype)
             e[j] = 1.0
 
             def central(step):
-                return (module(z + step * e) - module(z - step * e)) / (2 * step)
+                return (fn(z + step * e) - fn(z - step * e)) / (2 * step)
 
             cols.append((4 * central(h / 2) - central(h)) / 3)
     return torch.stack(cols, dim=-1)
 
 
-def _fail(what: str, z, got, expected, names, atol, rtol) -> AssertionError:
+def _fail(what: str, z, got, expected, names, atol, rtol, rows=None, matrix: str = "J", fn: str = "f") -> AssertionError:
     bad = ~torch.isclose(got, expected, rtol=rtol, atol=atol)
     n, i, j = (int(v) for v in torch.nonzero(bad)[0])
+    rows = names if rows is None else rows
     at = ", ".join(f"{s} = {float(v):.6g}" for s, v in zip(names, z[n]))
     return AssertionError(
-        f"J[{names[i]}, {names[j]}] = d f_{names[i]} / d {names[j]} is {float(got[n, i, j]):.10g}, {what} gives "
+        f"{matrix}[{rows[i]}, {names[j]}] = d {fn}_{rows[i]} / d {names[j]} is {float(got[n, i, j]):.10g}, {what} gives "
         f"{float(expected[n, i, j]):.10g} at {at} ({int(bad.sum())} entries off, atol {atol:g}, rtol {rtol:g})"
     )
 
@@ -158,36 +164,56 @@ def check_jacobian(
     finite, or where the differences at steps h and h/4 disagree (a kink of abs/sign/min/max inside
     the stencil), are skipped and counted; fewer than half usable points fails too.
     """
+    return _check(prior, "f", samples, atol, rtol, params, states, spread, h, seed)
+
+
+def check_observation_jacobian(
+    prior, samples: int = 64, atol: float = 1e-6, rtol: float = 1e-6, params: dict[str, float] | None = None,
+    states: torch.Tensor | None = None, spread: float = BEYOND, h: float = 1e-3, seed: int = 0,
+) -> JacobianReport:  # fmt: skip
+    """Assert that the compiled H = dh/dz of the observation function (`observe_and_jacobian`,
+    docs/method.md §1) equals autograd of the compiled h (`observe`) and central differences of it;
+    the arguments and the points skipped as in `check_jacobian`."""
+    return _check(prior, "h", samples, atol, rtol, params, states, spread, h, seed)
+
+
+def _check(prior, which: str, samples, atol, rtol, params, states, spread, h, seed) -> JacobianReport:
+    """`check_jacobian` (which = "f": the frame's map and J) or `check_observation_jacobian` ("h": the
+    observation function and H)."""
     prior = _compiled(prior)
     module = prior.module().double()
     for name, value in (params or {}).items():
         module.set_param(name, float(value))
     names = prior.state_names
+    fn, with_jacobian = (module, module.f_and_jacobian) if which == "f" else (module.observe, module.observe_and_jacobian)
+    rows = names if which == "f" else module.observations
+    matrix, what_fn = ("J", "f") if which == "f" else ("H", "h")
+    fail = lambda what, z, got, expected, atol_: _fail(what, z, got, expected, names, atol_, rtol, rows, matrix, what_fn)  # noqa: E731
     z = _draw_states(prior, module, samples, spread, seed) if states is None else torch.as_tensor(states, dtype=torch.float64)
     z = z.reshape(-1, module.d)
     with torch.no_grad():
-        f, J = module.f_and_jacobian(z)
+        f, J = with_jacobian(z)
     finite = torch.isfinite(f).all(-1)
     z, J = z[finite], J[finite]
     if len(z) == 0:
-        raise AssertionError(f"f is not finite at any of the {int((~finite).sum())} points drawn; pass states= where {prior.model.name} is defined.")
+        raise AssertionError(f"{what_fn} is not finite at any of the {int((~finite).sum())} points drawn; pass states= where {prior.model.name} is defined.")
     if not torch.isfinite(J).all():
-        raise _fail("a finite value", z, J, torch.zeros_like(J), names, float("inf"), 0)
+        raise fail("a finite value", z, J, torch.zeros_like(J), float("inf"))
     scale = max(1.0, float(J.abs().max()))
 
-    autograd = _autograd_jacobian(module, z)
+    autograd = _autograd_jacobian(fn, z, len(rows))
     if not torch.allclose(J, autograd, rtol=rtol, atol=atol * scale):
-        raise _fail("autograd of the compiled f", z, J, autograd, names, atol * scale, rtol)
+        raise fail(f"autograd of the compiled {what_fn}", z, J, autograd, atol * scale)
 
-    fd, fd_fine = _differences(module, z, h), _differences(module, z, h / 4)
+    fd, fd_fine = _differences(fn, z, h), _differences(fn, z, h / 4)
     smooth = torch.isclose(fd, fd_fine, rtol=rtol / 10, atol=atol * scale / 10).all(-1).all(-1)
     if 2 * int(smooth.sum()) < len(z):
         raise AssertionError(
             f"central differences disagree with themselves at {int((~smooth).sum())} of {len(z)} points "
-            f"(f is not smooth there); pass states= away from the kinks, or a smaller h than {h:g}."
+            f"({what_fn} is not smooth there); pass states= away from the kinks, or a smaller h than {h:g}."
         )
     if not torch.allclose(J[smooth], fd[smooth], rtol=rtol, atol=atol * scale):
-        raise _fail("central differences of the compiled f", z[smooth], J[smooth], fd[smooth], names, atol * scale, rtol)
+        raise fail(f"central differences of the compiled {what_fn}", z[smooth], J[smooth], fd[smooth], atol * scale)
     return JacobianReport(
         points=int(smooth.sum()), skipped_kinks=int((~smooth).sum()), skipped_non_finite=int((~finite).sum()),
         max_error_autograd=float((J - autograd).abs().max()), max_error_differences=float((J[smooth] - fd[smooth]).abs().max()),

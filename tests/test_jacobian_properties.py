@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 import anmc
-from anmc.testing import check_intervention, check_jacobian
+from anmc.symbolic.model import symbol
+from anmc.testing import check_intervention, check_jacobian, check_observation_jacobian
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIORS = sorted((ROOT / "priors").glob("*.anm"))
@@ -144,6 +145,22 @@ def test_prior_f_and_jacobian_against_references(path, intervention):
     # states and at states drawn from the initial distribution and out to 3 initial stds beyond it
     check_jacobian(prior, states=z, rtol=1e-7, atol=1e-8)
     report = check_jacobian(prior, samples=64, rtol=1e-7, atol=1e-8)
+    assert report.points >= 48 and report.skipped_non_finite == 0
+
+
+@pytest.mark.parametrize("path, intervention", CASES, ids=[f"{p.stem}-{iv or 'as-written'}" for p, iv in CASES])
+def test_prior_observation_function_and_H_against_references(path, intervention):
+    # h against numpy of the model's SymPy h (lambdified here), H against autograd and central differences of h
+    prior = anmc.compile_prior(path, intervention=intervention)
+    model, module = prior.model, prior.module().double()
+    z = sample_states(module, 16, seed=hash(path.stem) % 1000)
+    values = {symbol(n): float(v) for n, v in model.consts.items()}
+    values |= {symbol(n): float(v.detach()) for n, v in module.param_values().items()}
+    h = sp.lambdify([symbol(s) for s in model.states], model.observation_function.xreplace(values), "numpy")
+    reference = np.stack([np.broadcast_to(np.asarray(r, dtype=float).ravel(), (len(z),)) for r in h(*z.numpy().T)], -1)
+    assert module.observations == model.observation_names
+    assert_close(module.observe(z).detach().numpy(), reference, rtol=1e-12, atol=1e-12, what="h vs numpy")
+    report = check_observation_jacobian(prior, samples=64, rtol=1e-7, atol=1e-8)
     assert report.points >= 48 and report.skipped_non_finite == 0
 
 

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 import anmc
 from anmc.cli import main
-from anmc.codegen.compile import audit_names
+from anmc.codegen.compile import CompiledPrior, audit_names
 from anmc.codegen.load import UnsafeSourceError, audit
 from anmc.lang.errors import AnmError
 from anmc.symbolic.model import symbol
+from anmc.testing import check_observation_jacobian
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = ROOT / "tests" / "golden" / "camera_pendulum.anm"
@@ -330,6 +331,46 @@ def test_a_second_compile_reads_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(compile_module, "compile_model", refuse)
     second = anmc.compile_prior(CAMERA)
     assert second.source == first.source and second.module().observations == ("px", "py", "theta")
+
+
+def test_lagrangian_and_discrete_models_observe_expressions():
+    import re
+
+    text = re.sub(r"^observe .*$", "observe tipx = sin(theta1) + sin(theta2), tipy = cos(theta1) + cos(theta2)",
+                  (ROOT / "priors" / "double_pendulum.anm").read_text(), flags=re.M)  # fmt: skip
+    module = compiled(text).module().double()
+    assert module.observations == ("tipx", "tipy") and module.observed_states == ("theta1", "theta2")
+    check_observation_jacobian(compiled(text), samples=16)
+    discrete = compiled("state x ~ Normal(0, 1)\ndynamics discrete\n  next x = 0.9 * x\nnoise x = 0.1\nobserve y = x^3\n")
+    h, H = discrete.module().observe_and_jacobian(torch.tensor([[2.0]]))
+    assert h.tolist() == [[8.0]] and H.tolist() == [[[12.0]]]
+
+
+# ---------------------------------------------------------------- anmc.testing
+
+
+@pytest.mark.parametrize("prior", [LAB, CAMERA, PENDULUM], ids=["lab", "camera", "plain"])
+def test_check_observation_jacobian_passes_on_the_compiled_H(prior):
+    report = check_observation_jacobian(prior, samples=32)
+    assert report.points + report.skipped_kinks == 32
+    assert report.max_error_autograd < 1e-10 and report.max_error_differences < 1e-6
+
+
+@pytest.mark.parametrize("entry", [(0, 0), (1, 0), (2, 0)])
+def test_check_observation_jacobian_catches_and_names_a_wrong_entry(entry):
+    i, j = entry
+    prior = compiled(CAMERA)
+
+    class Wrong(prior.module_class):
+        def observe_and_jacobian(self, z):
+            h, H = super().observe_and_jacobian(z)
+            H = H.clone()
+            H[..., i, j] *= 1 + 1e-4
+            return h, H
+
+    with pytest.raises(AssertionError) as err:
+        check_observation_jacobian(CompiledPrior(prior.model, prior.source, Wrong))
+    assert f"H[{('px', 'py', 'theta')[i]}, theta]" in str(err.value)
 
 
 # ---------------------------------------------------------------- the other emitters and the CLI

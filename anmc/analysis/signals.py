@@ -233,15 +233,18 @@ def _spring_x(f: np.ndarray, geom: dict) -> np.ndarray:
 def track_encoder(run, frames: np.ndarray, state: str) -> np.ndarray:
     """Posterior mean of `state` for every frame (NaN for the first window - 1 frames, which have none).
 
-    With the smoother posterior an observed state is read from the encoder's per-frame readings, not the
-    smoothed posterior: the smoother would pull the measurement toward the trained (factual) dynamics."""
+    With the smoother posterior a state that is itself an observation (`observe theta`) is read from the
+    encoder's per-frame readings, not the smoothed posterior: the smoother would pull the measurement
+    toward the trained (factual) dynamics. A state seen only through an expression (`observe b =
+    cos(phase)`) has no reading of its own and comes from the smoothed posterior."""
     from anmc.analysis.evaluate import encode_frames, frames_tensor
 
     i = list(run.module.state_names).index(state)
-    if run.vae.posterior == "smoother" and i in run.vae.observed:
+    reading = run.vae.reading_of(state)
+    if reading is not None:
         with torch.no_grad():
             x = frames_tensor(frames).to(next(run.vae.parameters()).device)
-            values = run.vae.encoder_readings(x[None])[0][0, :, run.vae.observed.index(i)]
+            values = run.vae.encoder_readings(x[None])[0][0, :, reading]
     else:
         values = encode_frames(run, frames)[0][:, i]
     out = np.full(len(frames), np.nan)

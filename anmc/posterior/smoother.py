@@ -4,23 +4,25 @@ The factorized posterior q(z_t | x_{t-k+1..t}) must read every state, velocities
 few frames; its errors in a velocity (two frames at 32x32: ~0.6 rad/s for the pendulum) far exceed the
 prior's process noise (0.05 rad/s per frame), and the transition KL then pays the encoder to shrink
 the latents (docs/results.md §3b). The smoother posterior lets the encoder report only what a frame
-shows: a pseudo-observation y_t of the observed states with its std r_t. The posterior over the
-sequence is the prior's dynamics conditioned on them,
+shows: a pseudo-observation y_t of the observed quantities h(z_t) (the module's `observe`: the
+observed states, or `observe NAME = EXPR` expressions of the state) with its std r_t. The posterior
+over the sequence is the prior's dynamics conditioned on them,
 
-    q(z_{1:T}) ∝ p(z_1) Π_t p(z_t | z_{t-1}) Π_t N(y_t | H z_t, diag r_t²)      (f linearized)
+    q(z_{1:T}) ∝ p(z_1) Π_t p(z_t | z_{t-1}) Π_t N(y_t | h(z_t), diag r_t²)      (f and h linearized)
 
 so velocities are inferred through the dynamics, from every frame of the sequence (a structured
 posterior as in Krishnan et al. 2017 and Fraccaro et al. 2017, with the prior's own exact Jacobian).
 
-    post = kalman_smoother(module, y, y_std)     # y (B, T, m) for the m observed states
+    post = kalman_smoother(module, y, y_std)     # y (B, T, m) for the m observations h(z) (module.observations)
     post.mean, post.cov, post.cross, post.entropy
     markov_kl(module, post)                       # KL(q(z_{1:T}) ‖ p(z_{1:T})), the `elbo` reading, (B,)
     mean, cov = kalman_filter(module, y, y_std)   # causal marginals q(z_t | y_1..y_t), for predictions
 
 There is no Python loop over frames, for any T and d. The filter's means l are the fixed point of
-"linearize f at l, then filter"; the Kalman filter of a linearized model is a parallel prefix scan of
-affine-Gaussian elements (`_filter`, Särkkä & García-Fernández 2021), so a few scans find l (exact after
-T passes by causality, ~4 in practice); two more under autograd give l the gradient the recursions would
+"linearize f at l_{t-1} and h at l_t, then filter" (h linearized at the filtered mean it produces: an
+iterated extended Kalman update); the Kalman filter of a linearized model is a parallel prefix scan of
+affine-Gaussian elements (`_filter`, Särkkä & García-Fernández 2021), so a few scans find l (~4 in
+practice); two more under autograd give l the gradient the recursions would
 give it (to ~1e-7); one more filter scan and one Rauch-Tung-Striebel suffix scan give the posterior
 (`_smooth`). O(T·d³) time and O(T·d²) memory, about 2 log₂ T batched steps per scan; the same values and
 gradients as the filter + RTS recursions under autograd and as the dense (T·d)² precision path this
@@ -36,9 +38,9 @@ linearized at the posterior means, with Cov(z_t, z_{t-1}) from the smoother,
 which is exactly the factorized `elbo` reading when C_t = 0.
 
 The solves run in float64 (the states are a handful of numbers; Q can be 1e-4 of the state variance)
-and return the input dtype. For linear dynamics they are exact: the smoothed marginals equal dense
-Gaussian conditioning, and E_q[log N(y | Hz, R)] − KL equals the Kalman log-likelihood log p(y)
-(tests/test_prior_smoother.py).
+and return the input dtype. For linear dynamics and a linear h they are exact: the smoothed marginals
+equal dense Gaussian conditioning, and E_q[log N(y | Hz, R)] − KL equals the Kalman log-likelihood
+log p(y) (tests/test_posterior_smoother.py).
 """
 
 from __future__ import annotations
@@ -82,19 +84,22 @@ def _logdet_pd(a: Tensor) -> Tensor:
 
 
 def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> SmoothedPosterior:
-    """Condition the prior of `module` on pseudo-observations y (B, T, m) of its observed states with std
-    y_std (B, T, m): the extended Kalman smoother, f linearized at the filter's means.
+    """Condition the prior of `module` on pseudo-observations y (B, T, m) of its observations h(z)
+    (`module.observe`, m = len(module.observations)) with std y_std (B, T, m): the extended Kalman
+    smoother, f linearized at the filter's means l_{t−1} and h at l_t (an iterated extended Kalman
+    update: the reading's linearization point is the filtered mean it produces).
 
-    Nothing loops over frames, for any T and d. The filter's means l, where f is linearized, are the
-    fixed point l = F(l, y) of "linearize at l, then filter", F computed for all frames at once by a
+    Nothing loops over frames, for any T and d. The filter's means l, where f and h are linearized, are
+    the fixed point l = F(l, y) of "linearize at l, then filter", F computed for all frames at once by a
     parallel scan (`_filter`); passes without autograd find it (`_filter_fixed_point`). Each of
     `unroll` differentiable passes of F leaves l's value unchanged and adds one order of its gradient
-    (the series of the implicit function theorem, which terminates since l_t depends on l_{<t} only);
-    two reproduce the recursions' gradient to ~1e-7 (tests/test_prior_smoother.py). The model
+    (the series of the implicit function theorem; it terminates when h is linear, since l_t then
+    depends on l_{<t} only, and converges geometrically otherwise); two reproduce the recursions'
+    gradient to ~1e-7 (tests/test_posterior_smoother.py). The model
     linearized at l is then filtered and smoothed by two more scans (`_smooth`): O(T·d³) time and
     O(T·d²) memory, 2 log₂ T batched steps per scan.
     """
-    _check_readings(module, y)
+    _check_readings(module, y, y_std)
     readings = _Readings.build(module, y.double(), y_std.double().square())
     post = _smooth(module, readings, _points(module, readings, unroll))
     return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
@@ -104,7 +109,7 @@ def kalman_filter(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> tuple[Te
     """The causal marginals q(z_t | y_1..y_t), means (B, T, d) and covariances (B, T, d, d): the extended
     Kalman filter alone (what a prediction may use: it must not see the frames it predicts), found as
     `kalman_smoother` finds its linearization points."""
-    _check_readings(module, y)
+    _check_readings(module, y, y_std)
     readings = _Readings.build(module, y.double(), y_std.double().square())
     mean, cov = _filter(module, readings, _points(module, readings, unroll))
     return mean.to(y.dtype), cov.to(y.dtype)
@@ -119,60 +124,100 @@ def _points(module, readings: "_Readings", unroll: int) -> Tensor:
     return lin
 
 
-def _check_readings(module, y: Tensor) -> None:
-    if y.shape[-1] != len(module.observed_index):
-        raise ValueError(f"{y.shape[-1]} pseudo-observations per frame for {len(module.observed_index)} observed states")
+def _check_readings(module, y: Tensor, y_std: Tensor) -> None:
+    m = len(module.observations)
+    if y.shape[-1] != m:
+        raise ValueError(f"{y.shape[-1]} pseudo-observations per frame for the {m} observations of the prior ({', '.join(module.observations)})")
+    if y_std.shape != y.shape:
+        raise ValueError(f"the readings' stds have shape {tuple(y_std.shape)}, the readings {tuple(y.shape)}: give one std per reading")
 
 
 @dataclass
 class _Readings:
     """What the filter needs that does not depend on the linearization, float64, computed once per
-    smoother call and shared by every pass. Q = diag q² and H picks the observed states, so the Kalman
-    update of a prediction with covariance Q is diagonal: gain k_t = q²/(q² + r_t²) on the observed
-    coordinates, 0 elsewhere, and innovation precision s_t = 1/(q² + r_t²) (0 off the readings).
+    smoother call and shared by every pass: the readings y (B, T, m) and R_t = diag r_t² (B, T, m, m),
+    the noise variances q2 = diag Q (d,), the initial prior's mean m0 and variances p0 (d,), and each
+    frame's prior covariance before its reading given the previous state, prior_cov (T, d, d): diag P0
+    on frame 1, Q after."""
 
-    q2 (d,); y, gain, s (B, T, d) with y and s zero off the observed coordinates (the first frame's gain
-    is unused: its update is from the initial prior, `first_mean`, `first_cov` (B, d), (B, d, d))."""
-
-    q2: Tensor
     y: Tensor
-    gain: Tensor
-    s: Tensor
-    first_mean: Tensor
-    first_cov: Tensor
+    r_cov: Tensor
+    q2: Tensor
+    m0: Tensor
+    p0: Tensor
+    prior_cov: Tensor
 
     @classmethod
     def build(cls, module, y: Tensor, r2: Tensor) -> "_Readings":
-        b, t_len, _ = y.shape
-        d, dev = module.d, y.device
-        obs = torch.tensor(module.observed_index, device=dev)
-        q2 = module.noise_std.to(device=dev, dtype=torch.float64).square()
-        p0 = module.initial_std.to(device=dev, dtype=torch.float64).square()
-        m0 = module.initial_mean.to(device=dev, dtype=torch.float64)
-        zeros = y.new_zeros(b, t_len, d)
-        y_full = zeros.index_copy(2, obs, y)
-        s = zeros.index_copy(2, obs, (q2[obs] + r2).reciprocal())
-        gain = q2 * s
-        k0 = zeros[:, 0].index_copy(1, obs, p0[obs] / (p0[obs] + r2[:, 0]))  # frame 1: the initial prior's update
-        first_mean = m0 + k0 * (y_full[:, 0] - m0)
-        first_cov = torch.diag_embed(p0 * (1.0 - k0))
-        return cls(q2, y_full, gain, s, first_mean, first_cov)
+        dev, t_len = y.device, y.shape[1]
+        as64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
+        q2, p0 = as64(module.noise_std).square(), as64(module.initial_std).square()
+        var = torch.cat([p0[None], q2.expand(t_len - 1, -1)], 0)
+        return cls(y, torch.diag_embed(r2), q2, as64(module.initial_mean), p0, torch.diag_embed(var))
+
+
+def _update(module, readings: _Readings, lin: Tensor, prior_mean: Tensor, prior_cov: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each frame's reading applied to a prior N(prior_mean_t, V_t) (prior_mean (B, T, d), V (…, T, d, d)),
+    h linearized at the points lin (B, T, d): h(z) ≈ h(l_t) + H_t (z − l_t), so the reading is of H_t z with
+    the effective value ỹ_t = y_t − h(l_t) + H_t l_t (float64, from one batched `observe_and_jacobian`).
+    With S_t = H_t V_t H_tᵀ + R_t = L_t L_tᵀ (m × m), G_t = L_t⁻¹ H_t (m, d) and
+    v_t = L_t⁻¹ (ỹ_t − H_t prior_mean_t) (m,), the Kalman update is
+
+        mean = prior_mean + (G V)ᵀ v,   cov = V − (G V)ᵀ (G V)     (K = V Hᵀ S⁻¹ = (G V)ᵀ L⁻¹),
+
+    returned with G (B, T, m, d) and v (B, T, m, 1)."""
+    h, hm = module.observe_and_jacobian(lin)
+    h, hm = h.double(), hm.double()
+    d = hm.shape[-1]
+    innovation = readings.y[..., None] - h[..., None] + hm @ (lin - prior_mean)[..., None]  # ỹ − H prior_mean
+    hv = hm @ prior_cov  # H V
+    chol = torch.linalg.cholesky(hv @ hm.mT + readings.r_cov)
+    solved = torch.linalg.solve_triangular(chol, torch.cat([hm, hv, innovation], -1), upper=False)  # one solve
+    g, gv, v = solved[..., :d], solved[..., d : 2 * d], solved[..., 2 * d :]  # G, G V, v
+    return prior_mean + (gv.mT @ v)[..., 0], prior_cov - gv.mT @ gv, g, v
 
 
 @torch.no_grad()
-def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10) -> Tensor:
+def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: int = 8) -> Tensor:
     """The extended Kalman filter's means (B, T, d), as the fixed point l = F(l) of `_filter`, iterated from
-    the readings (the initial mean where nothing is read). Frame t's filtered mean depends on the points of frames before it
-    only, so pass k makes frames 1..k exact and T passes end it whatever the dynamics; in practice the
-    change falls quadratically (2, 3e-3, 7e-6, 1e-8 for the pendulum) and the loop stops once it is
-    below `tol` initial-state stds: ~4 scans instead of T sequential filter steps."""
-    b, t_len, d = readings.y.shape
+    each frame's reading alone applied to the initial prior (h linearized at the initial mean; for a
+    reading of a state, ≈ the reading there and the initial mean elsewhere). With h linear, frame t's
+    filtered mean depends on the points of frames before it only, so pass k makes frames 1..k exact and
+    T passes end it whatever the dynamics; in practice the change falls quadratically (2, 3e-3, 7e-6,
+    1e-8 for the pendulum) and the loop stops once it is below `tol` initial-state stds: ~4 scans
+    instead of T sequential filter steps. A nonlinear h adds each frame's own Gauss-Newton iteration
+    for its update (the iterated update), which converges linearly, at a rate ρ that grows with the
+    reading's residual and h's curvature and shrinks with the prediction's precision. So after each
+    scan up to `inner` such iterations refine every frame's point at once from the scan's predictions
+    (`_iterate_updates`, no scan; the fixed point is the same), and the remaining error is estimated as
+    change / (1 − ρ), ρ the ratio of successive changes; T + 32 scans at most."""
+    b, t_len, _ = readings.y.shape
     scale = module.initial_std.to(readings.y)
-    # started at the readings where there are some (one pass fewer than from the initial mean)
-    lin = torch.where(readings.s > 0, readings.y, module.initial_mean.to(readings.y))
-    for _ in range(t_len):
-        new = _filter(module, readings, lin)[0]
-        if float(((new - lin) / scale).abs().max()) <= tol:
+    start = readings.m0.expand(b, t_len, -1)
+    lin = _update(module, readings, start, start, readings.prior_cov[0])[0]
+    before = math.inf
+    for _ in range(t_len + 32):
+        linearized = _linearize(module, lin)
+        new = _iterate_updates(module, readings, *_filter(module, readings, lin, linearized), *linearized, inner, tol * scale)
+        change = float(((new - lin) / scale).abs().max())
+        if change <= tol * max(0.0, 1.0 - change / before):
+            return new
+        lin, before = new, change
+    return lin
+
+
+def _iterate_updates(module, readings: _Readings, mean: Tensor, cov: Tensor, offset: Tensor, jm: Tensor, steps: int, tol: Tensor) -> Tensor:
+    """Each frame's update iterated (h relinearized at its result) from the predictions of the filtered
+    marginals mean (B, T, d), cov (B, T, d, d) of the model linearized by (offset, jm): N(m0, P0) on
+    frame 1, N(J_t m_{t−1} + u_t, J_t P_{t−1} J_tᵀ + Q) after; at most `steps` times, until no point
+    moves by more than `tol` (d,). Returns the points (B, T, d)."""
+    b, t_len, d = mean.shape
+    prior_mean = torch.cat([readings.m0.expand(b, 1, d), (jm @ mean[:, :-1, :, None])[..., 0] + offset], 1)
+    prior_cov = torch.cat([readings.prior_cov[:1].expand(b, 1, d, d), jm @ cov[:, :-1] @ jm.mT + readings.prior_cov[1:]], 1)
+    lin = mean
+    for _ in range(steps):
+        new = _update(module, readings, lin, prior_mean, prior_cov)[0]
+        if bool(((new - lin).abs() <= tol).all()):
             return new
         lin = new
     return lin
@@ -192,33 +237,28 @@ def _linearize(module, lin: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _filter(module, readings: _Readings, lin: Tensor, linearized: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """The Kalman filter of the model linearized at the points lin (B, T, d), z_t = J_t z_{t−1} + u_t + ε,
-    as a parallel scan (Särkkä & García-Fernández 2021; docs/method.md §6): filtered means (B, T, d) and
-    covariances (B, T, d, d). Frame t's element is the map from z_{t−1} to q(z_t | z_{t−1}, y_t),
+    """The Kalman filter of the model linearized at the points lin (B, T, d), z_t = J_t z_{t−1} + u_t + ε
+    and y_t = h(l_t) + H_t (z_t − l_t) + δ, as a parallel scan (Särkkä & García-Fernández 2021;
+    docs/method.md §6): filtered means (B, T, d) and covariances (B, T, d, d). With the effective reading
+    ỹ_t = y_t − h(l_t) + H_t l_t (`_update`), frame t's element is the map from z_{t−1} to
+    q(z_t | z_{t−1}, y_t),
 
-        A_t = (I − K_t H) J_t,   b_t = u_t + K_t (y_t − H u_t),   C_t = (I − K_t H) Q,
-        η_t = J_tᵀ Hᵀ S_t⁻¹ (y_t − H u_t),   Λ_t = J_tᵀ Hᵀ S_t⁻¹ H J_t      (S_t = H Q Hᵀ + R_t),
+        A_t = (I − K_t H_t) J_t,   b_t = u_t + K_t (ỹ_t − H_t u_t),   C_t = (I − K_t H_t) Q,
+        η_t = J_tᵀ H_tᵀ S_t⁻¹ (ỹ_t − H_t u_t),   Λ_t = J_tᵀ H_tᵀ S_t⁻¹ H_t J_t,
+        S_t = H_t Q H_tᵀ + R_t,   K_t = Q H_tᵀ S_t⁻¹,
 
-    with (A, η, Λ) = 0 on frame 1, whose (b, C) is the initial prior's update; the prefix scan of
+    with (A, η, Λ) = 0 on frame 1, whose (b, C) is the initial prior's update by H_1; the prefix scan of
     `_filter_combine` leaves the filtered mean in b and the covariance in C. Packed per frame as
     [A | b] (d, d+1), C (d, d), [Λ | η] (d, d+1). `linearized`: `_linearize(module, lin)` when the
     caller has it."""
     offset, jm = _linearize(module, lin) if linearized is None else linearized
     b, t_len, d = lin.shape
-    keep = 1.0 - readings.gain[:, 1:]  # diag(I − K H), (B, T−1, d)
-    resid = readings.y[:, 1:] - offset  # y − H u on the readings' coordinates (masked by s below)
-    info = readings.s[:, 1:] * resid
-    steps = torch.cat(
-        [
-            keep[..., None] * jm,
-            (offset + readings.gain[:, 1:] * resid)[..., None],
-            torch.diag_embed(keep * readings.q2),
-            jm.mT @ (readings.s[:, 1:, :, None] * jm),
-            (jm.mT @ info[..., None]),
-        ],
-        -1,
-    )  # (B, T−1, d, 3d + 2)
-    first = torch.cat([lin.new_zeros(b, d, d), readings.first_mean[..., None], readings.first_cov, lin.new_zeros(b, d, d + 1)], -1)
+    prior_mean = torch.cat([readings.m0.expand(b, 1, d), offset], 1)  # m0, then u_t
+    mean, cov, g, v = _update(module, readings, lin, prior_mean, readings.prior_cov)
+    gj = g[:, 1:] @ jm  # L⁻¹ H J (B, T−1, m, d)
+    gq = g[:, 1:] * readings.q2  # L⁻¹ H Q
+    steps = torch.cat([jm - gq.mT @ gj, mean[:, 1:, :, None], cov[:, 1:], gj.mT @ gj, gj.mT @ v[:, 1:]], -1)  # (B, T−1, d, 3d + 2)
+    first = torch.cat([lin.new_zeros(b, d, d), mean[:, 0, :, None], cov[:, 0], lin.new_zeros(b, d, d + 1)], -1)
     elems = torch.cat([first[:, None], steps], 1)
     out = prefix_scan(lambda i, j: _filter_combine(i, j, d), _pack(elems, d))
     _, mean, cov = _unpack(out, d)[:3]

@@ -1,11 +1,12 @@
-"""The video VAE's networks: an encoder over a window of k frames, a decoder from the observed states.
+"""The video VAE's networks: an encoder over a window of k frames, a decoder from the observed quantities.
 
     q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2)      Encoder: (B, k*C, H, W) -> mu, log_var (B, d)
-    p(x_t | z_t[observed]) = Bernoulli or Gaussian      Decoder: (B, d_obs) -> logits or means (B, C, H, W)
+    p(x_t | h(z_t)) = Bernoulli or Gaussian             Decoder: (B, m) -> logits or means (B, C, H, W)
 
-The encoder sees k frames because one frame cannot show a velocity; the decoder sees only the
-states a single frame shows (the prior's `observe` line), so velocities must be carried by the
-dynamics, not by the pixels (docs/method.md §5). Frames are square, 2^n pixels on a side (16..128).
+The encoder sees k frames because one frame cannot show a velocity; the decoder sees only what a
+single frame shows, the prior's observation function h (its `observe` lines: states, or expressions
+of the state), so velocities must be carried by the dynamics, not by the pixels (docs/method.md §5).
+Frames are square, 2^n pixels on a side (16..128).
 """
 
 from __future__ import annotations
@@ -136,17 +137,25 @@ class VideoVAE(nn.Module):
     """Encoder + decoder + the compiled prior module (whose learnable physical params train jointly).
 
     Shapes: `encode(x)` x (B, T, C, H, W) uint8 or float -> mu, std (B, T-k+1, d), latent t for the window
-    ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from z[..., observed].
+    ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from the m observed
+    quantities h(z) (`prior.observe`), normalized by their moments under the initial distribution:
+    decoder((h(z) − mean) / std) (`prior.observation_moments()`, computed once here and kept as buffers,
+    so a checkpoint carries them). `decode_latents` (the `--kl standard` baseline) decodes from every latent.
 
     Two posteriors (`posterior=`):
     - "factorized": q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2), every state read from a window of k frames;
-    - "smoother": the encoder reads only the observed states, as pseudo-observations y_t with std r_t, and
-      q(z_{1:T}) is the prior conditioned on them (anmc.posterior.smoother: an extended Kalman
-      smoother), so unobserved states (velocities) are inferred through the dynamics from the whole sequence.
+    - "smoother": the encoder reads only the m observed quantities h(z_t), as pseudo-observations y_t with
+      std r_t in the scale of their moments, and q(z_{1:T}) is the prior conditioned on them
+      (anmc.posterior.smoother: an extended Kalman smoother, h linearized with its exact Jacobian), so
+      unobserved states (velocities, or a phase seen through its brightness) are inferred through the
+      dynamics from the whole sequence.
+
+    `observed` lists the states the observations depend on (`prior.observed_index`; every latent with
+    `decode_latents`).
     """
 
     def __init__(self, prior_module: nn.Module, channels: int, size: int, window: int = 2, decoder: str = "deconv", context: int = 0,
-                 posterior: str = "factorized"):  # fmt: skip
+                 posterior: str = "factorized", decode_latents: bool = False):  # fmt: skip
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}: must be one of {', '.join(DECODERS)}")
@@ -156,22 +165,50 @@ class VideoVAE(nn.Module):
         self.prior = prior_module
         self.window = window
         self.posterior = posterior
-        self.observed = list(prior_module.observed_index)
-        reads = len(self.observed) if posterior == "smoother" else d
-        self.encoder = Encoder(window, channels, size, reads, context=context)
-        self.decoder = DECODERS[decoder](len(self.observed), channels, size)
+        self.decode_latents = decode_latents
+        self.observed = list(range(d)) if decode_latents else list(prior_module.observed_index)
+        m = len(prior_module.observations)
+        mean, std = (v.detach().float() for v in prior_module.observation_moments())
+        # the scale of the encoder's readings (smoother) and of the decoder's input: h's moments (see `decode`)
+        self.register_buffer("reading_mean", mean.clone())
+        self.register_buffer("reading_std", std.clone())
+        self.register_buffer("decoder_mean", mean.clone())
+        self.register_buffer("decoder_std", std.clone())
+        self.encoder = Encoder(window, channels, size, m if posterior == "smoother" else d, context=context)
+        self.decoder = DECODERS[decoder](d if decode_latents else m, channels, size)
+
+    SCALES = ("reading_mean", "reading_std", "decoder_mean", "decoder_std")
+
+    @torch.no_grad()
+    def use_state_scales(self) -> None:
+        """The scales of the VAE before observations had moments (checkpoints that lack the `SCALES`
+        buffers): readings m0 + s0 * out of the observed states, a decoder fed the states as they are."""
+        index = list(self.prior.observed_index)
+        self.reading_mean.copy_(self.prior.initial_mean[index])
+        self.reading_std.copy_(self.prior.initial_std[index])
+        self.decoder_mean.zero_()
+        self.decoder_std.fill_(1.0)
+
+    def reading_of(self, state: str) -> int | None:
+        """The index of the smoother's reading of the state `state`: the observation that is that state
+        (`observe theta`), or None (an unobserved state, one seen only through an expression, or the
+        factorized posterior)."""
+        names = tuple(self.prior.observations)
+        return names.index(state) if self.posterior == "smoother" and state in names else None
 
     def encoder_readings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's own per-window Gaussians, in the prior's units: mu = m0 + s0 * out (an untrained encoder already
-        proposes states of the right size), std = s0 * exp(log_var / 2); for the smoother posterior, readings
-        of the observed states only."""
+        """The encoder's own per-window Gaussians, in the prior's units: for the factorized posterior every
+        state, mu = m0 + s0 * out (an untrained encoder already proposes states of the right size),
+        std = s0 * exp(log_var / 2); for the smoother posterior the m observed quantities h(z) in the
+        scale of their moments, mean + std * out and std * exp(log_var / 2)."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         if x.shape[1] < self.window:
             raise ValueError(f"{x.shape[1]} frames cannot fill one window of {self.window}")
         out, log_var = (v.float() for v in self.encoder(x))  # float32 from here on, also under bf16 autocast
-        index = self.observed if self.posterior == "smoother" else slice(None)
-        m0 = self.prior.initial_mean.to(out)[index]
-        s0 = self.prior.initial_std.to(out)[index]
+        if self.posterior == "smoother":
+            m0, s0 = self.reading_mean.to(out), self.reading_std.to(out)
+        else:
+            m0, s0 = self.prior.initial_mean.to(out), self.prior.initial_std.to(out)
         return m0 + s0 * out, s0 * (0.5 * log_var).exp()
 
     def smoothed(self, x: torch.Tensor, prior=None) -> SmoothedPosterior:
@@ -198,8 +235,13 @@ class VideoVAE(nn.Module):
         return post.mean, post.std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits or means (..., C, H, W) of the frames of latents z (..., d): decoder((h(z) − mean) / std)."""
         lead = z.shape[:-1]
-        out = self.decoder(z[..., self.observed].reshape(-1, len(self.observed)))
+        if self.decode_latents:
+            features = z
+        else:
+            features = (self.prior.observe(z) - self.decoder_mean.to(z)) / self.decoder_std.to(z)
+        out = self.decoder(features.reshape(-1, features.shape[-1]))
         return out.reshape(*lead, *out.shape[1:])
 
 
@@ -208,9 +250,5 @@ def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig") -> Vid
     channels, height, width = frame_shape
     if height != width:
         raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
-    vae = VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context,
-                   posterior=config.posterior)  # fmt: skip
-    if config.kl == "standard":  # the plain-VAE baseline decodes from every latent
-        vae.observed = list(range(vae.prior.d))
-        vae.decoder = DECODERS[config.decoder](vae.prior.d, channels, height)
-    return vae
+    return VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context,
+                    posterior=config.posterior, decode_latents=config.kl == "standard")  # fmt: skip

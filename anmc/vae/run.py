@@ -204,8 +204,14 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     except UserError as err:
         raise CheckpointError(f"the prior stored in {run_dir} no longer compiles ({str(err).splitlines()[0]}); retrain the run.") from None
     vae = build_vae(prior, payload["frame_shape"], config)
+    weights = payload["vae"]
+    legacy = [k for k in VideoVAE.SCALES if k not in weights]
+    if legacy == list(VideoVAE.SCALES) and set(vae.prior.observations) == set(vae.prior.observed_states):
+        # saved before observations had moments: the same model with the scales it was trained with
+        vae.use_state_scales()
+        weights = {**weights, **{k: getattr(vae, k) for k in legacy}}
     try:
-        vae.load_state_dict(payload["vae"])
+        vae.load_state_dict(weights)
     except RuntimeError:
         raise CheckpointError(
             f"the weights in {run_dir} do not fit the model its prior describes; the checkpoint comes from another model or anmc version: retrain."

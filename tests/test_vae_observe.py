@@ -1,0 +1,138 @@
+"""The VAE with a general observation function h (anmc/vae/nets.py): the smoother's encoder reports the m
+observed quantities in the scale of their moments, the decoder draws from h(z), a VAE with a nonlinear h
+and a learnable param inside it trains, and checkpoints saved before the moments existed load as the
+model they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import anmc
+from anmc.synthetic.synth import synthesize
+from anmc.vae.config import TrainConfig
+from anmc.vae.loss import sequence_loss
+from anmc.vae.nets import VideoVAE, build_vae
+from anmc.vae.run import CHECKPOINT, load_checkpoint, load_run, save_checkpoint
+from anmc.vae.train import train
+
+from _observations import circle
+from test_posterior_observe import pendulum_bob
+
+PRIORS = Path(__file__).resolve().parent.parent / "priors"
+SIZE = 16
+
+
+def frames(b=2, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, t, 1, SIZE, SIZE), generator=g, dtype=torch.uint8)
+
+
+def test_readings_are_of_h_in_the_scale_of_its_moments():
+    """The pulsar seen as (cos φ, sin φ): the smoother's encoder gives 2 readings per frame, mean + std * out
+    with h's moments under the initial distribution (≈ 0 and 1/√2 for a uniform phase), kept as buffers."""
+    torch.manual_seed(0)
+    module = circle(anmc.compile_prior(PRIORS / "pulsar.anm").module())
+    vae = VideoVAE(module, 1, SIZE, window=1, posterior="smoother")
+    mean, std = module.observation_moments()
+    torch.testing.assert_close(vae.reading_mean, mean)
+    torch.testing.assert_close(vae.reading_std, std)
+    assert vae.reading_mean.abs().max() < 0.05 and (vae.reading_std - 0.5**0.5).abs().max() < 0.02
+    assert set(VideoVAE.SCALES) <= set(vae.state_dict())
+    x = frames()
+    y, r = vae.encoder_readings(x)
+    assert y.shape == r.shape == (2, 5, 2)
+    out, log_var = vae.encoder(x.float() / 255)
+    torch.testing.assert_close(y, mean + std * out)
+    torch.testing.assert_close(r, std * (0.5 * log_var).exp())
+    post = vae.smoothed(x)
+    assert post.mean.shape == (2, 5, 2) and torch.isfinite(post.cov).all()
+    assert vae.reading_of("phase") is None  # seen only through an expression: no reading of its own
+
+
+def test_decode_draws_from_h():
+    """decode(z) = decoder((h(z) − mean) / std): two states with the same h (phases 2π apart, any ω) draw
+    the same frame, and the decoder's input is h normalized by its moments."""
+    torch.manual_seed(0)
+    module = circle(anmc.compile_prior(PRIORS / "pulsar.anm").module())
+    vae = VideoVAE(module, 1, SIZE, window=1, posterior="smoother")
+    z = torch.tensor([[0.7, 6.0], [0.7 + 2 * torch.pi, -3.0], [2.0, 6.0]])
+    out = vae.decode(z)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
+    assert (out[0] - out[2]).abs().max() > 1e-4
+    expected = vae.decoder((module.observe(z) - vae.decoder_mean) / vae.decoder_std)
+    torch.testing.assert_close(out, expected)
+
+
+def test_standard_baseline_decodes_from_every_latent():
+    prior = anmc.compile_prior(PRIORS / "pendulum.anm")
+    vae = build_vae(prior, (1, SIZE, SIZE), TrainConfig(kl="standard", size=SIZE))
+    assert vae.decode_latents and vae.observed == [0, 1] and vae.decoder.fc[0].in_features == 2
+    z = torch.randn(3, 2)
+    torch.testing.assert_close(vae.decode(z), vae.decoder(z))
+    z2 = z.clone()
+    z2[:, 1] += 1.0  # omega, which the observation does not show, changes the frame
+    assert (vae.decode(z) - vae.decode(z2)).abs().max() > 1e-4
+
+
+def test_a_vae_with_a_nonlinear_h_and_a_param_inside_it_trains():
+    """The pendulum seen as its bob's position (L sin θ, −L cos θ): a few Adam steps of the smoother VAE
+    keep the loss finite, and the gradients reach the encoder, the decoder and L (through f and h)."""
+    torch.manual_seed(0)
+    module = pendulum_bob().float()
+    vae = VideoVAE(module, 1, SIZE, window=1, posterior="smoother")
+    config = TrainConfig(size=SIZE, batch=2, seq_len=4)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    x = frames(2, 4, seed=1)
+    raw = dict(module.named_parameters())["_raw_L"]
+    losses = []
+    for _ in range(3):
+        out = sequence_loss(vae, x, config, warm=1.0)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"]) and out["mu"].shape == (2, 4, 2)
+        for p in (vae.encoder.head[-1].weight, vae.decoder.fc[0].weight, raw):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+        optimizer.step()
+        losses.append(float(out["loss"]))
+    assert len(set(losses)) == 3  # it moved
+
+
+@pytest.fixture(scope="module")
+def pendulum_run(tmp_path_factory):
+    data = tmp_path_factory.mktemp("pend")
+    synthesize(str(PRIORS / "pendulum.anm"), out_dir=data, clips=2, frames=12, size=SIZE, seed=5, fmt="npz")
+    run = tmp_path_factory.mktemp("run")
+    train(str(PRIORS / "pendulum.anm"), [str(data)], run, TrainConfig(size=SIZE, batch=2, seq_len=4, steps_per_epoch=2, epochs=1, val_fraction=0.0))
+    return run
+
+
+def test_checkpoints_carry_the_scales(pendulum_run):
+    run = load_run(pendulum_run)
+    weights = load_checkpoint(pendulum_run)["vae"]
+    for key in VideoVAE.SCALES:
+        torch.testing.assert_close(getattr(run.vae, key), weights[key])
+    mean, std = run.module.observation_moments()
+    torch.testing.assert_close(run.vae.reading_mean, mean.float())
+    torch.testing.assert_close(run.vae.decoder_std, std.float())
+
+
+def test_checkpoints_from_before_the_scales_load_as_the_model_they_were(pendulum_run, tmp_path):
+    """A checkpoint without the scale buffers (saved before them) loads, with the scales it was trained
+    with: readings m0 + s0 * out of the observed states and a decoder fed the states as they are."""
+    payload = load_checkpoint(pendulum_run)
+    payload["vae"] = {k: v for k, v in payload["vae"].items() if k not in VideoVAE.SCALES}
+    payload.pop("format")
+    save_checkpoint(tmp_path, payload)
+    assert (tmp_path / CHECKPOINT).exists()
+    run = load_run(tmp_path)
+    module = run.module
+    torch.testing.assert_close(run.vae.reading_mean, module.initial_mean[[0]])
+    torch.testing.assert_close(run.vae.reading_std, module.initial_std[[0]])
+    z = torch.randn(3, 2)
+    torch.testing.assert_close(run.vae.decode(z), run.vae.decoder(z[:, [0]]))
+    x = frames(1, 4)
+    out, log_var = run.vae.encoder(x.float() / 255)
+    torch.testing.assert_close(run.vae.encoder_readings(x)[0], module.initial_mean[0] + module.initial_std[0] * out)
