@@ -5,7 +5,7 @@ An observation of a prior (`observe NAME = EXPR`, or `observe NAME` of a state) 
 from the top (pixel [i, j] has its centre at (j + 0.5, i + 0.5)):
 
     px, py       the object's centre in pixels                                  in [0, S]
-    size         the object's radius in pixels (its apparent size)             in [0, S]
+    size         the object's radius in pixels (its apparent size)             in (0, S]
     brightness   the object's brightness (the centred disc's, without px/py)   in [0, 1]
     level        the fraction of the frame's height filled from the bottom     in [0, 1]
 
@@ -49,6 +49,7 @@ CAMERA_ROLES: dict[str, Role] = {
     "brightness": Role("the object's brightness (the centred disc's, when there is no px/py), 0 black to 1 white", 0.0, 1.0),
     "level": Role("a fill level: the fraction of the frame's height filled from the bottom", 0.0, 1.0),
 }
+
 
 class RoleError(UserError):
     """A prior's camera roles cannot be drawn: the message says which and what to add."""
