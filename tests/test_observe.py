@@ -63,6 +63,8 @@ def test_several_observations_per_line_and_several_lines():
     assert dict(model.observations)["a"] == a
     assert model.observation_text["glow"] == "glow = c0 + tanh(k * a) * exp(-b^2 / s)"
     assert not model.plain_observations
+    prior = compiled(LAB)
+    assert prior.observations == model.observation_names and prior.observed == ("a", "b", "v")
 
 
 def test_h_and_its_jacobian_are_sympy_matrices_of_the_right_shape():

@@ -145,20 +145,51 @@ def iterated_ekf(module, y, std, iterations=100):
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 24), r=st.floats(0.01, 0.15))
+@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 24), r=st.floats(0.01, 0.3))
 def test_nonlinear_observation_is_the_iterated_extended_kalman_smoother(seed, t_len, r):
     """h = (cos φ, sin φ) of the pulsar's phase: the filter is the sequential iterated EKF (h linearized
-    at each frame's own filtered mean) and the smoother its Rauch-Tung-Striebel smoother."""
-    pulsar = pulsar_circle()
+    at each frame's own filtered mean), and the smoother the iterated extended Kalman smoother: the
+    Rauch-Tung-Striebel smoother of the model linearized at its own smoothed means. The start is
+    declared within a radian (phase ~ Normal(1, 0.5)): from the uniform phase a reading half a turn from
+    the prior's mean leaves frame 1 two modes, and the loop and the scans may settle in different ones."""
+    source = pulsar_source("observe c = cos(phase), s = sin(phase)").replace("state phase ~ Uniform(0, 6.2832)", "state phase ~ Normal(1, 0.5)")
+    pulsar = anmc.compile_prior(source).module().double()
     _, y, std = readings(pulsar, 3, t_len, seed, r)
     loop = iterated_ekf(pulsar, y, std)
     mean, cov = kalman_filter(pulsar, y, std)
     torch.testing.assert_close(mean, torch.stack(loop[0], 1), rtol=1e-7, atol=1e-8)
     torch.testing.assert_close(cov, torch.stack(loop[1], 1), rtol=1e-7, atol=1e-10)
     post = kalman_smoother(pulsar, y, std)
-    expected = reference._rts(pulsar, *loop)
+    expected = reference._rts(pulsar, *linearized_filter(pulsar, y, std, post.mean))
     for name in ("mean", "cov", "cross", "entropy"):
-        torch.testing.assert_close(getattr(post, name), getattr(expected, name), rtol=1e-7, atol=1e-8)
+        torch.testing.assert_close(getattr(post, name), getattr(expected, name), rtol=1e-6, atol=1e-7)
+
+
+def linearized_filter(module, y, std, points):
+    """The Kalman filter, one frame at a time, of the model with f linearized at points_{t−1} and h at
+    points_t (B, T, d): what the iterated extended Kalman smoother runs at its fixed point, where the
+    smoothed means it returns are the points it linearized at. Returns what reference._rts takes."""
+    b, t_len, _ = y.shape
+    d = module.d
+    r_cov = torch.diag_embed(std**2)
+    mean = module.initial_mean.double().expand(b, d)
+    cov = torch.diag_embed(module.initial_std.double() ** 2).expand(b, d, d)
+    q = torch.diag(module.noise_std.double() ** 2)
+    filt_m, filt_p, pred_m, pred_p, jac = [], [], [], [], []
+    for t in range(t_len):
+        if t:
+            f, jm = module.f_and_jacobian(points[:, t - 1])
+            mean = f + (jm @ (filt_m[-1] - points[:, t - 1])[..., None])[..., 0]
+            cov = jm @ filt_p[-1] @ jm.mT + q
+            pred_m.append(mean)
+            pred_p.append(cov)
+            jac.append(jm)
+        h, hm = module.observe_and_jacobian(points[:, t])
+        gain = cov @ hm.mT @ torch.linalg.inv(hm @ cov @ hm.mT + r_cov[:, t])
+        predicted_reading = h + (hm @ (mean - points[:, t])[..., None])[..., 0]
+        filt_m.append(mean + (gain @ (y[:, t] - predicted_reading)[..., None])[..., 0])
+        filt_p.append(cov - gain @ hm @ cov)
+    return filt_m, filt_p, pred_m, pred_p, jac
 
 
 def test_circle_readings_recover_the_spin():
@@ -209,8 +240,58 @@ def test_gradients_reach_readings_stds_and_the_length_inside_h():
         assert abs((up - down) / (2 * eps) - gl) <= 1e-4 * (1 + abs(gl))
 
 
+def pulsar_source(observe: str) -> str:
+    """priors/pulsar.anm with its `observe phase` line replaced."""
+    lines = (PRIORS / "pulsar.anm").read_text().splitlines()
+    return "\n".join(observe if line.startswith("observe ") else line for line in lines) + "\n"
+
+
+def test_a_compiled_expression_observation_is_the_hand_written_h():
+    """`observe c = cos(phase), s = sin(phase)` compiled from a .anm: the smoother conditions on the
+    generated h and H and gives the posterior of the hand-written circle (tests/_observations.py)."""
+    compiled = anmc.compile_prior(pulsar_source("observe c = cos(phase), s = sin(phase)")).module().double()
+    assert compiled.observations == ("c", "s") and compiled.observed_states == ("phase",)
+    by_hand = pulsar_circle()
+    _, y, std = readings(by_hand, 3, 20, seed=11, r=0.05)
+    ours, theirs = kalman_smoother(compiled, y, std), kalman_smoother(by_hand, y, std)
+    for name in ("mean", "cov", "cross", "entropy"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-10, atol=1e-12)
+
+
+def test_a_compiled_brightness_reading_tracks_a_known_start():
+    """`observe brightness = 0.5 + 0.5*cos(phase)` (the pulsar's frames): one reading cannot tell φ from −φ,
+    so the start is declared near the truth (phase ~ Normal(1, 0.2)); from there the smoother follows the
+    phase and finds the spin from the brightness alone."""
+    source = pulsar_source("observe brightness = 0.5 + 0.5 * cos(phase)").replace("state phase ~ Uniform(0, 6.2832)", "state phase ~ Normal(1, 0.2)")
+    pulsar = anmc.compile_prior(source).module().double()
+    assert pulsar.observations == ("brightness",)
+    z, y, std = readings(pulsar, 8, 60, seed=2, r=0.02)
+    post = kalman_smoother(pulsar, y, std)
+    phase_error = torch.remainder(post.mean[..., 0] - z[..., 0] + math.pi, 2 * math.pi) - math.pi
+    assert phase_error.abs().median() < 0.05, phase_error.abs().median()
+    assert (post.mean[:, -10:, 1] - z[:, -10:, 1]).abs().mean() < 0.2
+
+
 def test_wrong_number_of_readings_is_refused():
     pulsar = pulsar_circle()
     y = torch.zeros(2, 5, 1, dtype=F64)
     with pytest.raises(ValueError, match="1 pseudo-observations per frame for the 2 observations of the prior"):
         kalman_smoother(pulsar, y, torch.ones_like(y))
+
+
+def test_a_pulse_profile_from_a_uniform_phase_is_found_by_the_global_start():
+    """priors/pulsar.anm as declared: a frame shows a narrow pulse profile of the phase (flat between the
+    pulses, so H ≈ 0 at most phases) and the phase starts uniform. Linearized at the filter's means the
+    smoother stays where the prior's centre leaves it; from the best noiseless rollout and linearized at
+    its own smoothed means it finds the phase on every frame and the spin no frame shows."""
+    pulsar = anmc.compile_prior("priors/pulsar.anm").module().double()
+    generator = torch.Generator().manual_seed(0)
+    z = pulsar.rollout(pulsar.sample_initial(16, generator), 32, noise=True, generator=generator)
+    y = pulsar.observe(z) + 0.03 * torch.randn(z.shape[:-1] + (1,), generator=generator, dtype=z.dtype)
+    post = kalman_smoother(pulsar, y, torch.full_like(y, 0.03))
+    phase_error = (torch.remainder(post.mean[..., 0] - z[..., 0] + math.pi, 2 * math.pi) - math.pi).abs()
+    assert float((phase_error < 0.2).double().mean()) == 1.0, phase_error.median(1).values
+    assert float((post.mean[..., 1] - z[..., 1]).abs().median()) < 0.1
+    causal, _ = kalman_filter(pulsar, y, torch.full_like(y, 0.03))  # the filter has no global start
+    causal_error = (torch.remainder(causal[..., 0] - z[..., 0] + math.pi, 2 * math.pi) - math.pi).abs()
+    assert float((causal_error < 0.2).double().mean()) < 0.5

@@ -11,12 +11,10 @@ import pytest
 import torch
 
 import anmc
-from anmc.synthetic.synth import synthesize
 from anmc.vae.config import TrainConfig
 from anmc.vae.loss import sequence_loss
 from anmc.vae.nets import VideoVAE, build_vae
 from anmc.vae.run import CHECKPOINT, load_checkpoint, load_run, save_checkpoint
-from anmc.vae.train import train
 
 from _observations import circle
 from test_posterior_observe import pendulum_bob
@@ -100,13 +98,26 @@ def test_a_vae_with_a_nonlinear_h_and_a_param_inside_it_trains():
     assert len(set(losses)) == 3  # it moved
 
 
-@pytest.fixture(scope="module")
-def pendulum_run(tmp_path_factory):
-    data = tmp_path_factory.mktemp("pend")
-    synthesize(str(PRIORS / "pendulum.anm"), out_dir=data, clips=2, frames=12, size=SIZE, seed=5, fmt="npz")
-    run = tmp_path_factory.mktemp("run")
-    train(str(PRIORS / "pendulum.anm"), [str(data)], run, TrainConfig(size=SIZE, batch=2, seq_len=4, steps_per_epoch=2, epochs=1, val_fraction=0.0))
-    return run
+def test_a_compiled_camera_observation_trains_through_build_vae():
+    """A .anm that declares where the bob appears in pixels (`observe px = ..., py = ...`, L learnable):
+    build_vae reads and decodes the two pixel coordinates, and a training step reaches L through h."""
+    source = (PRIORS / "pendulum.anm").read_text().replace(
+        "observe theta ", "const scale = 6\nobserve px = 8 + scale * L * sin(theta), py = 2 + scale * L * cos(theta) "
+    )
+    prior = anmc.compile_prior(source)
+    vae = build_vae(prior, (1, SIZE, SIZE), TrainConfig(size=SIZE, batch=2, seq_len=4))
+    assert vae.prior.observations == ("px", "py") and vae.decoder.fc[0].in_features == 2
+    assert vae.encoder.head[-1].out_features == 4  # a reading and its log-variance for each of px, py
+    torch.manual_seed(0)
+    out = sequence_loss(vae, frames(2, 4), TrainConfig(size=SIZE, batch=2, seq_len=4))
+    out["loss"].backward()
+    raw = dict(vae.prior.named_parameters())["_raw_L"]
+    assert torch.isfinite(out["loss"]) and raw.grad is not None and raw.grad.abs() > 0
+
+
+@pytest.fixture
+def pendulum_run(tiny_pendulum_run_dir):
+    return tiny_pendulum_run_dir
 
 
 def test_checkpoints_carry_the_scales(pendulum_run):

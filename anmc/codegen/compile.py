@@ -47,6 +47,11 @@ class CompiledPrior:
         return tuple(self.module_class.observed_states)
 
     @property
+    def observations(self) -> tuple[str, ...]:
+        """The names of what a frame shows, h's outputs in order (`observe NAME = EXPR` or `observe theta`)."""
+        return tuple(self.module_class.observation_names) or self.observed
+
+    @property
     def warnings(self):
         return self.model.warnings
 

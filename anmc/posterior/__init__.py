@@ -1,6 +1,6 @@
 """q: the posterior over a clip's latents given the encoder's readings (docs/method.md §6).
 
-    q(z_1:T) ∝ p(z_1:T) Π N(y_t | H z_t, r_t²), KL(q ‖ p) of the sequence   kalman_smoother, markov_kl
+    q(z_1:T) ∝ p(z_1:T) Π N(y_t | h(z_t), r_t²), KL(q ‖ p) of the sequence  kalman_smoother, markov_kl
     q(z_t | y_1..t), the causal marginals                                   kalman_filter
 The factorized posterior (one diagonal Gaussian per frame) is the encoder's own output (`anmc.vae.nets`).
 """

@@ -1,6 +1,6 @@
 """The training loss: the negative ELBO per frame of a batch of sequences (docs/method.md §5-6).
 
-    -ELBO = sum_t recon(x_t | z_t[observed])
+    -ELBO = sum_t recon(x_t | h(z_t))
             + beta * [ KL(q(z_1) || initial prior) + sum_{t>1} KL_reading(q(z_t) || p(z_t | q(z_{t-1}))) ]
 
 with `KL_reading` one of `anmc.prior.TRANSITION_KL` (`--kl elbo|elbo_mc|mixture|pairwise|pooled`), or
