@@ -272,6 +272,22 @@ def test_a_compiled_brightness_reading_tracks_a_known_start():
     assert (post.mean[:, -10:, 1] - z[:, -10:, 1]).abs().mean() < 0.2
 
 
+def test_an_unsettled_iteration_stops_past_t_scans(monkeypatch):
+    """priors/pulsar.anm (a pulse profile of the phase, flat between the pulses) read from a uniform phase:
+    some sequences' first frames have several modes and the iteration does not settle; it stops 4 scans
+    after its lowest change once past T, instead of running to T + 32, and the filtered marginals are finite."""
+    import anmc.posterior.smoother as smoother
+
+    pulsar = anmc.compile_prior(PRIORS / "pulsar.anm").module().double()
+    _, y, std = readings(pulsar, 8, 32, seed=0, r=0.02)
+    scans = []
+    real = smoother._filter
+    monkeypatch.setattr(smoother, "_filter", lambda *a, **k: scans.append(1) or real(*a, **k))
+    mean, cov = kalman_filter(pulsar, y, std)  # the filter's points (the smoother's own are its smoothed means)
+    assert torch.isfinite(mean).all() and torch.isfinite(cov).all()
+    assert 32 < len(scans) <= 32 + 4 + 1 + 3, len(scans)  # past T, the stall, the two unrolled and the last scan
+
+
 def test_wrong_number_of_readings_is_refused():
     pulsar = pulsar_circle()
     y = torch.zeros(2, 5, 1, dtype=F64)

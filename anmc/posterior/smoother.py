@@ -201,7 +201,7 @@ def _update(module, readings: _Readings, lin: Tensor, prior_mean: Tensor, prior_
 
 
 @torch.no_grad()
-def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: int = 8) -> Tensor:
+def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: int = 8, stall: int = 4) -> Tensor:
     """The extended Kalman filter's means (B, T, d), as the fixed point l = F(l) of `_filter`, iterated from
     each frame's reading alone applied to the initial prior (h linearized at the initial mean; for a
     reading of a state, ≈ the reading there and the initial mean elsewhere). With h linear, frame t's
@@ -213,17 +213,23 @@ def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: 
     reading's residual and h's curvature and shrinks with the prediction's precision. So after each
     scan up to `inner` such iterations refine every frame's point at once from the scan's predictions
     (`_iterate_updates`, no scan; the fixed point is the same), and the remaining error is estimated as
-    change / (1 − ρ), ρ the ratio of successive changes; T + 32 scans at most."""
+    change / (1 − ρ), ρ the ratio of successive changes. Where a frame's update has two modes (a
+    brightness that cannot tell φ from −φ) the iteration may never settle: past the T scans a linear h
+    needs, it stops once the change has not reached a new low for `stall` scans, and after T + 32 at most."""
     b, t_len, _ = readings.y.shape
     scale = module.initial_std.to(readings.y)
     start = readings.m0.expand(b, t_len, -1)
     lin = _update(module, readings, start, start, readings.prior_cov[0])[0]
-    before = math.inf
-    for _ in range(t_len + 32):
+    before = lowest = math.inf
+    since_lowest = 0
+    for scan in range(t_len + 32):
         linearized = _linearize(module, lin)
         new = _iterate_updates(module, readings, *_filter(module, readings, lin, linearized), *linearized, inner, tol * scale)
         change = float(((new - lin) / scale).abs().max())
         if change <= tol * max(0.0, 1.0 - change / before):
+            return new
+        lowest, since_lowest = (change, 0) if change < lowest else (lowest, since_lowest + 1)
+        if scan >= t_len and since_lowest >= stall:
             return new
         lin, before = new, change
     return lin
