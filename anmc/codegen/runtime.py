@@ -381,6 +381,11 @@ class AnmModule(nn.Module):
         return self.observe(z), pick.expand(*z.shape[:-1], *pick.shape)
 
     @property
+    def reads_states(self) -> bool:
+        """True when h only picks states (`observe theta`): the readings then give those states directly."""
+        return type(self).observe is AnmModule.observe
+
+    @property
     def observations(self) -> tuple[str, ...]:
         """The names of h's outputs, in order (the observed states' names when h picks states)."""
         return tuple(self.observation_names) or tuple(self.observed_states)

@@ -101,7 +101,8 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
     """
     _check_readings(module, y, y_std)
     readings = _Readings.build(module, y.double(), y_std.double().square())
-    post = _smooth(module, readings, _points(module, readings, unroll))
+    points = _points(module, readings, unroll) if module.reads_states else _smoothed_points(module, readings, unroll)
+    post = _smooth(module, readings, points)
     return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
 
 
@@ -121,6 +122,28 @@ def _points(module, readings: "_Readings", unroll: int) -> Tensor:
     lin = _filter_fixed_point(module, readings, tol=1e-7 if unroll else 1e-10)
     for _ in range(unroll):
         lin = _filter(module, readings, lin)[0]
+    return lin
+
+
+def _smoothed_points(module, readings: "_Readings", unroll: int, tol: float = 1e-7, passes: int = 32) -> Tensor:
+    """The linearization points (B, T, d) of the iterated extended Kalman smoother, for an h that is not
+    a reading of states: the smoothed means l = S(l) of "linearize f and h at l, then filter and smooth"
+    (Gauss-Newton on the whole trajectory; Bell 1994), iterated without autograd from the best of the
+    prior's noiseless rollouts (`_best_rollout`) for at most `passes` passes, then `unroll`
+    differentiable passes. A filter's own means cannot serve here: before a many-to-one h has shown a
+    distinctive reading (a pulse), the causal mean sits at the prior's, far from where the later frames
+    put the state, and h linearized there (H ≈ 0 between pulses) holds it there (docs/method.md §6)."""
+    scale = module.initial_std.to(readings.y)
+    with torch.no_grad():
+        lin = _best_rollout(module, readings)
+        for _ in range(passes):
+            new = _smooth(module, readings, lin).mean
+            change = float(((new - lin) / scale).abs().max())
+            lin = new
+            if change <= tol:
+                break
+    for _ in range(unroll):
+        lin = _smooth(module, readings, lin).mean
     return lin
 
 
@@ -210,6 +233,27 @@ def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: 
             return new
         lin, before = new, change
     return lin
+
+
+ROLLOUTS = 512  # candidate starts of the global search for a nonlinear h (`_best_rollout`)
+
+
+@torch.no_grad()
+def _best_rollout(module, readings: _Readings, candidates: int = ROLLOUTS, seed: int = 0) -> Tensor:
+    """Where the fixed point starts when h is not a reading of states: for each sequence, the noiseless
+    rollout z_t = f(z_{t−1}) of the one of `candidates` initial states (drawn from the initial prior, a
+    fixed seed, shared by every sequence) whose readings h(z_t) best match y_t (least Σ_t ‖(y_t −
+    h(z_t)) / r_t‖²), (B, T, d). An iterated EKF only refines: from the initial mean it follows whichever
+    mode a many-to-one h leads it to (a pulse profile read at the uniform prior's centre has H ≈ 0 and
+    leaves the phase where it is), while a global search over whole trajectories uses every frame to
+    pick the basin (docs/method.md §6). T calls of f on `candidates` states, O(B·candidates·T·m) to score."""
+    gen = torch.Generator(device=module.initial_a.device).manual_seed(seed)
+    z0 = module.sample_initial(candidates, gen).to(readings.y)
+    paths = module.rollout(z0, readings.y.shape[1]).double()  # (K, T, d)
+    seen = module.observe(paths).double()  # (K, T, m)
+    var = torch.diagonal(readings.r_cov, dim1=-2, dim2=-1)  # (B, T, m)
+    misfit = ((readings.y[:, None] - seen[None]).square() / var[:, None]).sum((-2, -1))  # (B, K)
+    return paths[misfit.argmin(1)]
 
 
 def _iterate_updates(module, readings: _Readings, mean: Tensor, cov: Tensor, offset: Tensor, jm: Tensor, steps: int, tol: Tensor) -> Tensor:

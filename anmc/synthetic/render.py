@@ -32,7 +32,7 @@ plain dict that `anmc synth` stores in truth.json under `renderer.geometry`:
 - declared (a prior whose observations are named after camera roles, `anmc.synthetic.roles`; it draws
   the observations y = h(z), not the states): `level` fills the rows from S (1 - level) to S, the whole
   width (exact box coverage); then, when any of px, py, size, brightness is declared, a disc of radius
-  `size` (default 0.08 S at (px, py), 0.3 S when centred) at (px, py) (default the centre (S/2, S/2)),
+  `size` (default 0.08 S at (px, py), 0.3 S when centred) at (px, py) (each defaults to the centre S/2),
   of value `brightness` (default 1). The fill's value is 1 alone, 0.5 under a disc. brightness and
   level are clipped to [0, 1], size to >= 0. The pulsar is drawn this way: a centred disc of radius
   0.3 S whose brightness is its `observe brightness = ...` line, the pulse profile below.
@@ -62,8 +62,8 @@ KEY_STATE = {
 }  # fmt: skip
 
 # the declared renderer's defaults, as fractions of the frame's side S
-MOVING_RADIUS = 0.08  # an object at (px, py) without `size`
-CENTRED_RADIUS = 0.3  # the centred disc (no px, py) without `size`
+MOVING_RADIUS = 0.08  # an object at (px, py) (or either) without `size`
+CENTRED_RADIUS = 0.3  # the centred disc (neither px nor py) without `size`
 LEVEL_VALUE = 1.0  # the fill of `level` alone
 LEVEL_UNDER_DISC = 0.5  # the fill of `level` when a disc is drawn over it
 
@@ -162,11 +162,12 @@ def declared_geometry(size: int, observations: Sequence[str], model: str = "the 
     defaults (`center`, `radius_px`, `value`) and the fill's value. RoleError when nothing is declared."""
     roles = roles_of(observations, model, required=True)
     s = float(size)
-    disc = any(r in roles for r in ("px", "size", "brightness"))
+    disc = any(r in roles for r in ("px", "py", "size", "brightness"))
+    moving = "px" in roles or "py" in roles
     return {
         "renderer": "declared", "size": int(size), "observations": list(observations), "roles": roles,
         "disc": disc, "level": "level" in roles, "center": [s / 2, s / 2],
-        "radius_px": (MOVING_RADIUS if "px" in roles else CENTRED_RADIUS) * s, "value": 1.0,
+        "radius_px": (MOVING_RADIUS if moving else CENTRED_RADIUS) * s, "value": 1.0,
         "level_value": LEVEL_UNDER_DISC if disc else LEVEL_VALUE,
     }  # fmt: skip
 
@@ -208,10 +209,10 @@ def object_position_px(
         y_px = geom["floor_row"] - geom["radius_px"] - geom["px_per_m"] * q
         return np.stack([np.full(t, geom["x_px"]), y_px], axis=1)
     if renderer == "declared":
-        roles = geom["roles"]
-        if "px" in roles:
-            return q[:, [roles["px"], roles["py"]]].astype(np.float64)
-        return np.tile(np.asarray(geom["center"], dtype=np.float64), (t, 1))
+        roles, (cx, cy) = geom["roles"], geom["center"]
+        x = q[:, roles["px"]] if "px" in roles else np.full(t, cx)
+        y = q[:, roles["py"]] if "py" in roles else np.full(t, cy)
+        return np.stack([x, y], axis=1).astype(np.float64)
     if renderer == "double_pendulum":  # the tip of the lower link
         return double_pendulum_points(q, geom)[1]
     if renderer == "coupled_masses":  # the first block
@@ -374,7 +375,7 @@ def _draw_declared(y: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
                     geom["level_value"])
     if geom["disc"]:
         value = np.clip(y[:, roles["brightness"]], 0.0, 1.0) if "brightness" in roles else np.full(t, geom["value"])
-        if "px" in roles or "size" in roles:
+        if "px" in roles or "py" in roles or "size" in roles:
             pos = object_position_px("declared", y, geom)
             radius = np.maximum(y[:, roles["size"]], 0.0) if "size" in roles else geom["radius_px"]
             cov = disc_coverage(pos[:, 0], pos[:, 1], radius, size)
@@ -574,7 +575,9 @@ def measure_declared(frames: np.ndarray, geom: dict) -> dict[str, np.ndarray]:
     refined = np.where(n > 0, (f * inside).sum(axis=(1, 2)) / np.maximum(n, 1), value)
     value = np.where(radius > 1.5, refined, value)
     if "px" in roles:
-        out["px"], out["py"] = cx, cy
+        out["px"] = cx
+    if "py" in roles:
+        out["py"] = cy
     if "brightness" in roles:
         out["brightness"] = value
     if "size" in roles:

@@ -5,18 +5,24 @@ An observation of a prior (`observe NAME = EXPR`, or `observe NAME` of a state) 
 from the top (pixel [i, j] has its centre at (j + 0.5, i + 0.5)):
 
     px, py       the object's centre in pixels                                  in [0, S]
-    size         the object's radius in pixels (its apparent size)             in [0, S]
+    size         the object's radius in pixels (its apparent size)             in (0, S]
     brightness   the object's brightness (the centred disc's, without px/py)   in [0, 1]
     level        the fraction of the frame's height filled from the bottom     in [0, 1]
 
 The declared renderer of `anmc synth` (`anmc.synthetic.render`, docs/data.md) draws from them, and the
 sprite decoder places its sprite where they say. An observation with no role is still observed (the
 smoother conditions on it). `declared_roles(module)` reads a compiled module's roles by the names of
-`module.observations` and refuses half a position (px without py).
+`module.observations`.
+
+Half a position is allowed: an object that moves along one axis declares that coordinate alone, and the
+declared renderer draws it on the frame's centre line (py = S/2 without py, px = S/2 without px). A
+constant coordinate cannot be declared instead, since an observation must depend on a state (the
+checker refuses `observe py = 32`); the sprite decoder learns the missing coordinate as a constant.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from anmc.errors import UserError
@@ -44,9 +50,6 @@ CAMERA_ROLES: dict[str, Role] = {
     "level": Role("a fill level: the fraction of the frame's height filled from the bottom", 0.0, 1.0),
 }
 
-# roles that only mean something together
-PAIRS = (("px", "py"),)
-
 
 class RoleError(UserError):
     """A prior's camera roles cannot be drawn: the message says which and what to add."""
@@ -64,17 +67,10 @@ def declared_roles(module, required: bool = False) -> dict[str, int]:
 
 def roles_of(observations, model: str = "the prior", required: bool = False) -> dict[str, int]:
     """{role: index into `observations`} for the names that are camera roles, in `CAMERA_ROLES` order.
-    Raises RoleError when only one of px, py is declared, and, with `required`, when no role is
-    declared at all (the declared renderer would have nothing to draw)."""
+    With `required`, RoleError when no role is declared at all (the declared renderer would have
+    nothing to draw)."""
     names = tuple(observations)
     roles = {role: names.index(role) for role in CAMERA_ROLES if role in names}
-    for a, b in PAIRS:
-        if (a in roles) != (b in roles):
-            have, missing = (a, b) if a in roles else (b, a)
-            raise RoleError(
-                f"{model} declares the camera role {have} but not {missing}: an object's centre needs both; "
-                f"add `observe {missing} = ...` ({CAMERA_ROLES[missing].meaning})."
-            )
     if required and not roles:
         shown = ", ".join(names) if names else "none"
         raise RoleError(
@@ -83,3 +79,16 @@ def roles_of(observations, model: str = "the prior", required: bool = False) -> 
             "`observe px = 32 + 20 * sin(theta), py = 32 + 20 * cos(theta)`."
         )
     return roles
+
+
+def near_misses(observations) -> dict[str, str]:
+    """{observation: role} for observation names that are no camera role but look like one (`Brightness`,
+    `bright`, `sizes`): they are observed, not drawn, which is likely not what was meant."""
+    out = {}
+    for name in observations:
+        if name in CAMERA_ROLES:
+            continue
+        close = difflib.get_close_matches(name.lower(), CAMERA_ROLES, n=1, cutoff=0.75)
+        if close:
+            out[name] = close[0]
+    return out

@@ -39,7 +39,7 @@ from anmc.data.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_truth,
 from anmc.synthetic.render import (
     RENDERERS, KEY_STATE, geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for,
 )
-from anmc.synthetic.roles import CAMERA_ROLES, RoleError, declared_roles
+from anmc.synthetic.roles import CAMERA_ROLES, RoleError, declared_roles, near_misses
 
 __all__ = [
     "Synthetic", "synthesize", "write_synthetic", "pick_renderer", "render_frames", "object_position_px",
@@ -137,6 +137,9 @@ def synthesize(
     if kind == "dot":
         notes.append(f"no renderer for '{model}' and no camera role among its observations: a dot shows its first two "
                      f"states ({', '.join(names[:2])}); name observations px, py (or size, brightness, level) to choose what is drawn")  # fmt: skip
+    for name, role in near_misses(module.observations).items():
+        notes.append(f"the observation '{name}' is no camera role, so it is observed but not drawn; "
+                     f"name it {role} to have it drawn as the {role}")  # fmt: skip
     if kind == "falling":
         states, note = _before_floor(states, names, frames)
         if note:
