@@ -147,22 +147,30 @@ def iterated_ekf(module, y, std, iterations=100):
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), t_len=st.integers(1, 24), r=st.floats(0.01, 0.3))
 def test_nonlinear_observation_is_the_iterated_extended_kalman_smoother(seed, t_len, r):
-    """h = (cos φ, sin φ) of the pulsar's phase: the filter is the sequential iterated EKF (h linearized
-    at each frame's own filtered mean), and the smoother the iterated extended Kalman smoother: the
-    Rauch-Tung-Striebel smoother of the model linearized at its own smoothed means. The start is
+    """h = (cos φ, sin φ) of the pulsar's phase: the filter at its own points is the sequential iterated
+    EKF (h linearized at each frame's own filtered mean); the smoother is the iterated extended Kalman
+    smoother (the Rauch-Tung-Striebel smoother of the model linearized at its own smoothed means), and
+    `kalman_filter` the filter of the model linearized there. The start is
     declared within a radian (phase ~ Normal(1, 0.5)): from the uniform phase a reading half a turn from
     the prior's mean leaves frame 1 two modes, and the loop and the scans may settle in different ones."""
     source = pulsar_source("observe c = cos(phase), s = sin(phase)").replace("state phase ~ Uniform(0, 6.2832)", "state phase ~ Normal(1, 0.5)")
     pulsar = anmc.compile_prior(source).module().double()
     _, y, std = readings(pulsar, 3, t_len, seed, r)
+    import anmc.posterior.smoother as smoother
+
     loop = iterated_ekf(pulsar, y, std)
-    mean, cov = kalman_filter(pulsar, y, std)
+    data = smoother._Readings.build(pulsar, y, std.square())
+    mean, cov = smoother._filter(pulsar, data, smoother._points(pulsar, data, 2))  # the filter's own points
     torch.testing.assert_close(mean, torch.stack(loop[0], 1), rtol=1e-7, atol=1e-8)
     torch.testing.assert_close(cov, torch.stack(loop[1], 1), rtol=1e-7, atol=1e-10)
     post = kalman_smoother(pulsar, y, std)
-    expected = reference._rts(pulsar, *linearized_filter(pulsar, y, std, post.mean))
+    at_points = linearized_filter(pulsar, y, std, post.mean)
+    expected = reference._rts(pulsar, *at_points)
     for name in ("mean", "cov", "cross", "entropy"):
         torch.testing.assert_close(getattr(post, name), getattr(expected, name), rtol=1e-6, atol=1e-7)
+    mean, cov = kalman_filter(pulsar, y, std)  # the filter linearized at the smoother's points
+    torch.testing.assert_close(mean, torch.stack(at_points[0], 1), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(cov, torch.stack(at_points[1], 1), rtol=1e-6, atol=1e-8)
 
 
 def linearized_filter(module, y, std, points):
@@ -283,7 +291,8 @@ def test_an_unsettled_iteration_stops_past_t_scans(monkeypatch):
     scans = []
     real = smoother._filter
     monkeypatch.setattr(smoother, "_filter", lambda *a, **k: scans.append(1) or real(*a, **k))
-    mean, cov = kalman_filter(pulsar, y, std)  # the filter's points (the smoother's own are its smoothed means)
+    data = smoother._Readings.build(pulsar, y, std.square())
+    mean, cov = smoother._filter(pulsar, data, smoother._points(pulsar, data, 2))  # the filter's own points
     assert torch.isfinite(mean).all() and torch.isfinite(cov).all()
     assert 32 < len(scans) <= 32 + 4 + 1 + 3, len(scans)  # past T, the stall, the two unrolled and the last scan
 
@@ -308,6 +317,9 @@ def test_a_pulse_profile_from_a_uniform_phase_is_found_by_the_global_start():
     phase_error = (torch.remainder(post.mean[..., 0] - z[..., 0] + math.pi, 2 * math.pi) - math.pi).abs()
     assert float((phase_error < 0.2).double().mean()) == 1.0, phase_error.median(1).values
     assert float((post.mean[..., 1] - z[..., 1]).abs().median()) < 0.1
-    causal, _ = kalman_filter(pulsar, y, torch.full_like(y, 0.03))  # the filter has no global start
-    causal_error = (torch.remainder(causal[..., 0] - z[..., 0] + math.pi, 2 * math.pi) - math.pi).abs()
-    assert float((causal_error < 0.2).double().mean()) < 0.5
+    import anmc.posterior.smoother as smoother
+
+    readings = smoother._Readings.build(pulsar, y, torch.full_like(y, 0.03).square())
+    own = smoother._filter(pulsar, readings, smoother._points(pulsar, readings, 0))[0]  # the filter's own points
+    own_error = (torch.remainder(own[..., 0] - z[..., 0] + math.pi, 2 * math.pi) - math.pi).abs()
+    assert float((own_error < 0.2).double().mean()) < 0.5

@@ -29,8 +29,9 @@ def frames(b=2, t=5, seed=0):
 
 
 def test_readings_are_of_h_in_the_scale_of_its_moments():
-    """The pulsar seen as (cos φ, sin φ): the smoother's encoder gives 2 readings per frame, mean + std * out
-    with h's moments under the initial distribution (≈ 0 and 1/√2 for a uniform phase), kept as buffers."""
+    """The pulsar seen as (cos φ, sin φ), expressions of the phase: the smoother's encoder gives 2 readings
+    per frame, mean + std * out with h's moments under the initial distribution (≈ 0 and 1/√2 for a
+    uniform phase), kept as buffers."""
     torch.manual_seed(0)
     module = circle(anmc.compile_prior(PRIORS / "pulsar.anm").module())
     vae = VideoVAE(module, 1, SIZE, window=1, posterior="smoother")
@@ -121,13 +122,35 @@ def pendulum_run(tiny_pendulum_run_dir):
 
 
 def test_checkpoints_carry_the_scales(pendulum_run):
+    """The scales are buffers of the checkpoint; `observe theta` keeps the pendulum's scales from before
+    expressions existed (readings m0 + s0 * out, the decoder fed θ as it is)."""
     run = load_run(pendulum_run)
     weights = load_checkpoint(pendulum_run)["vae"]
     for key in VideoVAE.SCALES:
         torch.testing.assert_close(getattr(run.vae, key), weights[key])
-    mean, std = run.module.observation_moments()
-    torch.testing.assert_close(run.vae.reading_mean, mean.float())
-    torch.testing.assert_close(run.vae.decoder_std, std.float())
+    torch.testing.assert_close(run.vae.reading_mean, run.module.initial_mean[[0]])
+    torch.testing.assert_close(run.vae.reading_std, run.module.initial_std[[0]])
+    assert run.vae.decoder_mean.tolist() == [0.0] and run.vae.decoder_std.tolist() == [1.0]
+
+
+def test_states_and_expressions_in_one_prior_each_keep_their_scale():
+    """The golden camera pendulum observes px, py (pixels) and theta: px and py are read and decoded in the
+    scale of their moments, theta in its own (m0 + s0 * out; the decoder fed θ as it is)."""
+    module = anmc.compile_prior(Path(__file__).parent / "golden" / "camera_pendulum.anm").module()
+    assert module.observations == ("px", "py", "theta")
+    torch.manual_seed(0)
+    vae = VideoVAE(module, 1, SIZE, window=1, posterior="smoother")
+    mean, std = module.observation_moments()
+    torch.testing.assert_close(vae.reading_mean, torch.stack([mean[0], mean[1], module.initial_mean[0]]))
+    torch.testing.assert_close(vae.reading_std, torch.stack([std[0], std[1], module.initial_std[0]]))
+    torch.testing.assert_close(vae.decoder_mean, torch.stack([mean[0], mean[1], torch.tensor(0.0)]))
+    torch.testing.assert_close(vae.decoder_std, torch.stack([std[0], std[1], torch.tensor(1.0)]))
+    assert std[0] > 5  # pixels: a scale the decoder should not see raw
+    z = torch.randn(4, 2)
+    h = module.observe(z)
+    features = torch.stack([(h[:, 0] - mean[0]) / std[0], (h[:, 1] - mean[1]) / std[1], z[:, 0]], -1)
+    torch.testing.assert_close(vae.decode(z), vae.decoder(features))
+    assert vae.reading_of("theta") == 2 and vae.reading_of("omega") is None
 
 
 def test_checkpoints_from_before_the_scales_load_as_the_model_they_were(pendulum_run, tmp_path):

@@ -108,11 +108,16 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
 
 def kalman_filter(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> tuple[Tensor, Tensor]:
     """The causal marginals q(z_t | y_1..y_t), means (B, T, d) and covariances (B, T, d, d): the extended
-    Kalman filter alone (what a prediction may use: it must not see the frames it predicts), found as
-    `kalman_smoother` finds its linearization points."""
+    Kalman filter alone (what a prediction may use: it must not see the frames it predicts), linearized
+    where `kalman_smoother` linearizes. For a reading of states those are the filter's own means, causal
+    throughout. For an h that is not (a pulse profile), they are the iterated smoother's points: each
+    filtered mean is a function of y_1..y_t of the model linearized there, but the points themselves
+    were chosen from every frame given (the filter's own points leave a pulse-profile phase at the
+    prior's centre: docs/method.md §6). To predict from frame t without that, pass frames 1..t only."""
     _check_readings(module, y, y_std)
     readings = _Readings.build(module, y.double(), y_std.double().square())
-    mean, cov = _filter(module, readings, _points(module, readings, unroll))
+    points = _points(module, readings, unroll) if module.reads_states else _smoothed_points(module, readings, unroll)
+    mean, cov = _filter(module, readings, points)
     return mean.to(y.dtype), cov.to(y.dtype)
 
 

@@ -142,15 +142,16 @@ class VideoVAE(nn.Module):
 
     Shapes: `encode(x)` x (B, T, C, H, W) uint8 or float -> mu, std (B, T-k+1, d), latent t for the window
     ending at frame t + k - 1; `decode(z)` z (..., d) -> logits/means (..., C, H, W) from the m observed
-    quantities h(z) (`prior.observe`), normalized by their moments under the initial distribution:
-    decoder((h(z) − mean) / std) (`prior.observation_moments()`, computed once here and kept as buffers,
-    so a checkpoint carries them). `decode_latents` (the `--kl standard` baseline) decodes from every latent;
-    a decoder that `reads_raw_observations` (the sprite decoder) gets h(z) itself, in pixels.
+    quantities h(z) (`prior.observe`): decoder((h(z) − mean) / std), with an expression observation
+    normalized by its moments under the initial distribution (`prior.observation_moments()`) and a state
+    observation (`observe theta`) as it is (mean 0, std 1; `observation_scales`), computed once here and
+    kept as buffers, so a checkpoint carries them. `decode_latents` (the `--kl standard` baseline) decodes
+    from every latent; a decoder that `reads_raw_observations` (the sprite decoder) gets h(z) itself, in pixels.
 
     Two posteriors (`posterior=`):
     - "factorized": q(z_t | x_{t-k+1..t}) = N(mu_t, diag sigma_t^2), every state read from a window of k frames;
     - "smoother": the encoder reads only the m observed quantities h(z_t), as pseudo-observations y_t with
-      std r_t in the scale of their moments, and q(z_{1:T}) is the prior conditioned on them
+      std r_t in their scale (`observation_scales`), and q(z_{1:T}) is the prior conditioned on them
       (anmc.posterior.smoother: an extended Kalman smoother, h linearized with its exact Jacobian), so
       unobserved states (velocities, or a phase seen through its brightness) are inferred through the
       dynamics from the whole sequence.
@@ -173,12 +174,9 @@ class VideoVAE(nn.Module):
         self.decode_latents = decode_latents
         self.observed = list(range(d)) if decode_latents else list(prior_module.observed_index)
         m = len(prior_module.observations)
-        mean, std = (v.detach().float() for v in prior_module.observation_moments())
-        # the scale of the encoder's readings (smoother) and of the decoder's input: h's moments (see `decode`)
-        self.register_buffer("reading_mean", mean.clone())
-        self.register_buffer("reading_std", std.clone())
-        self.register_buffer("decoder_mean", mean.clone())
-        self.register_buffer("decoder_std", std.clone())
+        # the scale of the encoder's readings (smoother) and of the decoder's input (see `decode`)
+        for name, value in zip(self.SCALES, observation_scales(prior_module)):
+            self.register_buffer(name, value)
         self.encoder = Encoder(window, channels, size, m if posterior == "smoother" else d, context=context)
         kind = DECODERS[decoder]
         if getattr(kind, "reads_raw_observations", False):
@@ -189,16 +187,6 @@ class VideoVAE(nn.Module):
             self.decoder = kind(d if decode_latents else m, channels, size)
 
     SCALES = ("reading_mean", "reading_std", "decoder_mean", "decoder_std")
-
-    @torch.no_grad()
-    def use_state_scales(self) -> None:
-        """The scales of the VAE before observations had moments (checkpoints that lack the `SCALES`
-        buffers): readings m0 + s0 * out of the observed states, a decoder fed the states as they are."""
-        index = list(self.prior.observed_index)
-        self.reading_mean.copy_(self.prior.initial_mean[index])
-        self.reading_std.copy_(self.prior.initial_std[index])
-        self.decoder_mean.zero_()
-        self.decoder_std.fill_(1.0)
 
     def reading_of(self, state: str) -> int | None:
         """The index of the smoother's reading of the state `state`: the observation that is that state
@@ -256,6 +244,28 @@ class VideoVAE(nn.Module):
             features = (self.prior.observe(z) - self.decoder_mean.to(z)) / self.decoder_std.to(z)
         out = self.decoder(features.reshape(-1, features.shape[-1]))
         return out.reshape(*lead, *out.shape[1:])
+
+
+@torch.no_grad()
+def observation_scales(module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scales (m,) of the encoder's readings, y = reading_mean + reading_std * out, and of the
+    decoder's input, (h(z) − decoder_mean) / decoder_std, for the observations of `module`.
+
+    An expression observation (`observe b = 0.5 + 0.5*cos(phase)`, pixels `observe px = ...`) has any
+    scale, and both use its moments under the initial distribution (`module.observation_moments()`). A
+    state observation (`observe theta`) keeps the scales the VAE had before expressions existed: readings
+    m0 + s0 * out with the state's exact initial mean and std, a decoder fed the state as it is. (Fed
+    (θ − μ)/σ instead, the pendulum's L stood at 2.15 and 1.48 after 360 steps where it stood at 1.09
+    and 1.03, seeds 0 and 1; with these scales training is the same as before, step for step.)"""
+    mean, std = (v.detach().float() for v in module.observation_moments())
+    reading_mean, reading_std, decoder_mean, decoder_std = mean.clone(), std.clone(), mean.clone(), std.clone()
+    states = tuple(module.state_names)
+    for i, name in enumerate(module.observations):
+        if name in states:  # an observation named like a state is that state (the language's rule)
+            j = states.index(name)
+            reading_mean[i], reading_std[i] = module.initial_mean[j], module.initial_std[j]
+            decoder_mean[i], decoder_std[i] = 0.0, 1.0
+    return reading_mean, reading_std, decoder_mean, decoder_std
 
 
 def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig") -> VideoVAE:

@@ -206,9 +206,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     vae = build_vae(prior, payload["frame_shape"], config)
     weights = payload["vae"]
     legacy = [k for k in VideoVAE.SCALES if k not in weights]
-    if legacy == list(VideoVAE.SCALES) and set(vae.prior.observations) == set(vae.prior.observed_states):
-        # saved before observations had moments: the same model with the scales it was trained with
-        vae.use_state_scales()
+    if legacy == list(VideoVAE.SCALES) and set(vae.prior.observations) <= set(vae.prior.state_names):
+        # saved before the scales were buffers: observations of states, whose scales are the ones it had
         weights = {**weights, **{k: getattr(vae, k) for k in legacy}}
     try:
         vae.load_state_dict(weights)
