@@ -417,3 +417,18 @@ def test_check_reports_an_observation_error_with_exit_code_2(tmp_path):
     assert result.exit_code == 2
     assert f"{path}:16:13: error: observation 'b' depends on no state" in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "prior, affine",
+    [("pendulum", True), ("led", True), ("torricelli", True), ("incline", True), ("spring_camera", True), ("pulsar", False), ("looming", False)],
+)
+def test_the_module_says_whether_h_is_affine(prior, affine):
+    """observation_affine: H holds no state (a selection, a level h / H, a camera that is linear in the
+    position) or it does (a pulse profile of the phase, an apparent size s0 / d); the smoother picks its
+    linearization points by it."""
+    module = anmc.compile_prior(f"priors/{prior}.anm").module()
+    assert module.observation_affine is affine
+    z = module.sample_initial(3, torch.Generator().manual_seed(0)).double()
+    H = module.double().observe_and_jacobian(z)[1]
+    assert bool(torch.allclose(H, H[:1].expand_as(H))) is affine  # three draws: H the same only where affine

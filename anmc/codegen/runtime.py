@@ -238,6 +238,7 @@ class AnmModule(nn.Module):
     # what a frame shows: the names of the observation function h's outputs (`observe NAME = EXPR` or
     # `observe theta`); empty means one observation per observed state, h(z) = z[observed_index]
     observation_names: tuple[str, ...] = ()
+    observation_affine: bool = True  # h affine in the states (a selection is): H does not depend on z
     param_names: tuple[str, ...] = ()
     learnable_param_names: tuple[str, ...] = ()
     param_bounds: dict[str, tuple[float, float]] = {}
@@ -379,11 +380,6 @@ class AnmModule(nn.Module):
         the observed states (rows of the identity)."""
         pick = torch.eye(self.d, dtype=z.dtype, device=z.device)[list(self.observed_index)]
         return self.observe(z), pick.expand(*z.shape[:-1], *pick.shape)
-
-    @property
-    def reads_states(self) -> bool:
-        """True when h only picks states (`observe theta`): the readings then give those states directly."""
-        return type(self).observe is AnmModule.observe
 
     @property
     def observations(self) -> tuple[str, ...]:

@@ -646,6 +646,7 @@ def emit_torch(model: Model) -> str:
         f"    state_names = {tuple(model.states)!r}",
         f"    observed_states = {tuple(model.observed)!r}",
         f"    observation_names = {model.observation_names!r}",
+        f"    observation_affine = {model.observation_affine!r}  # h affine in the states: H constant",
         f"    param_names = {tuple(model.params)!r}",
         f"    learnable_param_names = {learnable!r}",
         f"    param_bounds = {bounds!r}",

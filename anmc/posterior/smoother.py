@@ -101,7 +101,7 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
     """
     _check_readings(module, y, y_std)
     readings = _Readings.build(module, y.double(), y_std.double().square())
-    points = _points(module, readings, unroll) if module.reads_states else _smoothed_points(module, readings, unroll)
+    points = _points(module, readings, unroll) if module.observation_affine else _smoothed_points(module, readings, unroll)
     post = _smooth(module, readings, points)
     return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
 
@@ -109,14 +109,14 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
 def kalman_filter(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> tuple[Tensor, Tensor]:
     """The causal marginals q(z_t | y_1..y_t), means (B, T, d) and covariances (B, T, d, d): the extended
     Kalman filter alone (what a prediction may use: it must not see the frames it predicts), linearized
-    where `kalman_smoother` linearizes. For a reading of states those are the filter's own means, causal
-    throughout. For an h that is not (a pulse profile), they are the iterated smoother's points: each
+    where `kalman_smoother` linearizes. For an h affine in the states (a reading of states, a linear
+    camera) those are the filter's own means, causal throughout. For an h that is not (a pulse profile), they are the iterated smoother's points: each
     filtered mean is a function of y_1..y_t of the model linearized there, but the points themselves
     were chosen from every frame given (the filter's own points leave a pulse-profile phase at the
     prior's centre: docs/method.md §6). To predict from frame t without that, pass frames 1..t only."""
     _check_readings(module, y, y_std)
     readings = _Readings.build(module, y.double(), y_std.double().square())
-    points = _points(module, readings, unroll) if module.reads_states else _smoothed_points(module, readings, unroll)
+    points = _points(module, readings, unroll) if module.observation_affine else _smoothed_points(module, readings, unroll)
     mean, cov = _filter(module, readings, points)
     return mean.to(y.dtype), cov.to(y.dtype)
 
@@ -132,7 +132,7 @@ def _points(module, readings: "_Readings", unroll: int) -> Tensor:
 
 def _smoothed_points(module, readings: "_Readings", unroll: int, tol: float = 1e-7, passes: int = 32) -> Tensor:
     """The linearization points (B, T, d) of the iterated extended Kalman smoother, for an h that is not
-    a reading of states: the smoothed means l = S(l) of "linearize f and h at l, then filter and smooth"
+    affine in the states: the smoothed means l = S(l) of "linearize f and h at l, then filter and smooth"
     (Gauss-Newton on the whole trajectory; Bell 1994), iterated without autograd from the best of the
     prior's noiseless rollouts (`_best_rollout`) for at most `passes` passes, then `unroll`
     differentiable passes. A filter's own means cannot serve here: before a many-to-one h has shown a
@@ -245,7 +245,7 @@ ROLLOUTS = 512  # candidate starts of the global search for a nonlinear h (`_bes
 
 @torch.no_grad()
 def _best_rollout(module, readings: _Readings, candidates: int = ROLLOUTS, seed: int = 0) -> Tensor:
-    """Where the fixed point starts when h is not a reading of states: for each sequence, the noiseless
+    """Where the fixed point starts when h is not affine in the states: for each sequence, the noiseless
     rollout z_t = f(z_{t−1}) of the one of `candidates` initial states (drawn from the initial prior, a
     fixed seed, shared by every sequence) whose readings h(z_t) best match y_t (least Σ_t ‖(y_t −
     h(z_t)) / r_t‖²), (B, T, d). An iterated EKF only refines: from the initial mean it follows whichever

@@ -261,6 +261,13 @@ class Model:
         return H.applyfunc(lambda e: e.replace(sp.DiracDelta, lambda *args: sp.Integer(0)))
 
     @property
+    def observation_affine(self) -> bool:
+        """True when h is affine in the states (H holds no state): a reading then pins what it reads,
+        and the smoother's cheaper points serve (docs/method.md §6)."""
+        states = {symbol(s) for s in self.states}
+        return not any(e.free_symbols & states for e in self.observation_jacobian)
+
+    @property
     def observed_index(self) -> tuple[int, ...]:
         return tuple(self.states.index(s) for s in self.observed)
 

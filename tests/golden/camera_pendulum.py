@@ -28,6 +28,7 @@ class CameraPendulum(AnmModule):
     state_names = ('theta', 'omega')
     observed_states = ('theta',)
     observation_names = ('px', 'py', 'theta')
+    observation_affine = False  # h affine in the states: H constant
     param_names = ('L',)
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}

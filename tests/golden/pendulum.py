@@ -25,6 +25,7 @@ class Pendulum(AnmModule):
     state_names = ('theta', 'omega')
     observed_states = ('theta',)
     observation_names = ('theta',)
+    observation_affine = True  # h affine in the states: H constant
     param_names = ('L', 'c')
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}
