@@ -19,7 +19,7 @@ from anmc.posterior.smoother import kalman_filter, kalman_smoother, markov_kl
 
 import _smoother_reference as reference
 from _observations import circle, linear, observed_through
-from test_posterior_smoother import dense_joint
+from test_posterior_smoother import assert_dense_posterior, dense_joint
 
 F64 = torch.float64
 PRIORS = Path(__file__).resolve().parent.parent / "priors"
@@ -88,13 +88,7 @@ def test_linear_observation_equals_dense_conditioning(m, t_len):
         gain = cov @ h.T @ torch.linalg.inv(s)
         m_post = mean + gain @ (y[i].reshape(-1) - SHIFT[:m].repeat(t_len) - h @ mean)
         c_post = cov - gain @ h @ cov
-        torch.testing.assert_close(post.mean[i].reshape(-1), m_post, rtol=1e-8, atol=1e-9)
-        for t in range(t_len):
-            torch.testing.assert_close(post.cov[i, t], c_post[t * d : (t + 1) * d, t * d : (t + 1) * d], rtol=1e-7, atol=1e-12)
-        for t in range(t_len - 1):
-            torch.testing.assert_close(post.cross[i, t], c_post[(t + 1) * d : (t + 2) * d, t * d : (t + 1) * d], rtol=1e-7, atol=1e-12)
-        entropy = 0.5 * (torch.logdet(c_post) + t_len * d * math.log(2 * math.pi * math.e))
-        torch.testing.assert_close(post.entropy[i], entropy, rtol=1e-9, atol=1e-8)
+        assert_dense_posterior(post, i, m_post, c_post)
 
 
 @settings(max_examples=15, deadline=None)
@@ -114,10 +108,12 @@ def test_linear_observation_elbo_equals_kalman_log_likelihood(seed, t_len, r, m)
     torch.testing.assert_close(expected_loglik - markov_kl(spring, post), marginal.log_prob(y.reshape(4, -1)), rtol=1e-7, atol=1e-6)
 
 
-def iterated_ekf(module, y, std, iterations=100):
-    """The iterated extended Kalman filter as a loop over frames: predict with f and J at the previous
-    filtered mean, then iterate the update l <- m⁻ + K(l) (y − h(l) − H(l) (m⁻ − l)) to its fixed point,
-    with P = (I − K H) P⁻ at it. Returns what reference._rts takes."""
+def sequential_filter(module, y, std, points=None, iterations=100):
+    """The extended Kalman filter as a loop over frames. With `points` (B, T, d): f linearized at
+    points_{t−1} and h at points_t (what the iterated extended Kalman smoother runs at its fixed point,
+    where the smoothed means are the points). Without: the iterated EKF, f and J at the previous filtered
+    mean and the update iterated l <- m⁻ + K(l) (y − h(l) − H(l) (m⁻ − l)) to its fixed point. P = (I − K H) P⁻
+    at the point. Returns what reference._rts takes."""
     b, t_len, _ = y.shape
     d = module.d
     r_cov = torch.diag_embed(std**2)
@@ -125,22 +121,26 @@ def iterated_ekf(module, y, std, iterations=100):
     cov = torch.diag_embed(module.initial_std.double() ** 2).expand(b, d, d)
     q = torch.diag(module.noise_std.double() ** 2)
     filt_m, filt_p, pred_m, pred_p, jac = [], [], [], [], []
+
+    def update(point):
+        h, hm = module.observe_and_jacobian(point)
+        gain = cov @ hm.mT @ torch.linalg.inv(hm @ cov @ hm.mT + r_cov[:, t])
+        return mean + (gain @ (y[:, t] - h - (hm @ (mean - point)[..., None])[..., 0])[..., None])[..., 0], cov - gain @ hm @ cov
+
     for t in range(t_len):
         if t:
-            mean, jm = module.f_and_jacobian(filt_m[-1])
-            cov = jm @ filt_p[-1] @ jm.mT + q
+            at = filt_m[-1] if points is None else points[:, t - 1]
+            f, jm = module.f_and_jacobian(at)
+            mean, cov = f + (jm @ (filt_m[-1] - at)[..., None])[..., 0], jm @ filt_p[-1] @ jm.mT + q
             pred_m.append(mean)
             pred_p.append(cov)
             jac.append(jm)
-        point = mean
-        for _ in range(iterations):
-            h, hm = module.observe_and_jacobian(point)
-            gain = cov @ hm.mT @ torch.linalg.inv(hm @ cov @ hm.mT + r_cov[:, t])
-            point = mean + (gain @ (y[:, t] - h - (hm @ (mean - point)[..., None])[..., 0])[..., None])[..., 0]
-        h, hm = module.observe_and_jacobian(point)
-        gain = cov @ hm.mT @ torch.linalg.inv(hm @ cov @ hm.mT + r_cov[:, t])
-        filt_m.append(point)
-        filt_p.append(cov - gain @ hm @ cov)
+        point = mean if points is None else points[:, t]
+        for _ in range(iterations if points is None else 0):
+            point = update(point)[0]
+        filtered = update(point)
+        filt_m.append(filtered[0])
+        filt_p.append(filtered[1])
     return filt_m, filt_p, pred_m, pred_p, jac
 
 
@@ -158,46 +158,19 @@ def test_nonlinear_observation_is_the_iterated_extended_kalman_smoother(seed, t_
     _, y, std = readings(pulsar, 3, t_len, seed, r)
     import anmc.posterior.smoother as smoother
 
-    loop = iterated_ekf(pulsar, y, std)
+    loop = sequential_filter(pulsar, y, std)
     data = smoother._Readings.build(pulsar, y, std.square())
     mean, cov = smoother._filter(pulsar, data, smoother._points(pulsar, data, 2))  # the filter's own points
     torch.testing.assert_close(mean, torch.stack(loop[0], 1), rtol=1e-7, atol=1e-8)
     torch.testing.assert_close(cov, torch.stack(loop[1], 1), rtol=1e-7, atol=1e-10)
     post = kalman_smoother(pulsar, y, std)
-    at_points = linearized_filter(pulsar, y, std, post.mean)
+    at_points = sequential_filter(pulsar, y, std, post.mean)
     expected = reference._rts(pulsar, *at_points)
     for name in ("mean", "cov", "cross", "entropy"):
         torch.testing.assert_close(getattr(post, name), getattr(expected, name), rtol=1e-6, atol=1e-7)
     mean, cov = kalman_filter(pulsar, y, std)  # the filter linearized at the smoother's points
     torch.testing.assert_close(mean, torch.stack(at_points[0], 1), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(cov, torch.stack(at_points[1], 1), rtol=1e-6, atol=1e-8)
-
-
-def linearized_filter(module, y, std, points):
-    """The Kalman filter, one frame at a time, of the model with f linearized at points_{t−1} and h at
-    points_t (B, T, d): what the iterated extended Kalman smoother runs at its fixed point, where the
-    smoothed means it returns are the points it linearized at. Returns what reference._rts takes."""
-    b, t_len, _ = y.shape
-    d = module.d
-    r_cov = torch.diag_embed(std**2)
-    mean = module.initial_mean.double().expand(b, d)
-    cov = torch.diag_embed(module.initial_std.double() ** 2).expand(b, d, d)
-    q = torch.diag(module.noise_std.double() ** 2)
-    filt_m, filt_p, pred_m, pred_p, jac = [], [], [], [], []
-    for t in range(t_len):
-        if t:
-            f, jm = module.f_and_jacobian(points[:, t - 1])
-            mean = f + (jm @ (filt_m[-1] - points[:, t - 1])[..., None])[..., 0]
-            cov = jm @ filt_p[-1] @ jm.mT + q
-            pred_m.append(mean)
-            pred_p.append(cov)
-            jac.append(jm)
-        h, hm = module.observe_and_jacobian(points[:, t])
-        gain = cov @ hm.mT @ torch.linalg.inv(hm @ cov @ hm.mT + r_cov[:, t])
-        predicted_reading = h + (hm @ (mean - points[:, t])[..., None])[..., 0]
-        filt_m.append(mean + (gain @ (y[:, t] - predicted_reading)[..., None])[..., 0])
-        filt_p.append(cov - gain @ hm @ cov)
-    return filt_m, filt_p, pred_m, pred_p, jac
 
 
 def test_circle_readings_recover_the_spin():

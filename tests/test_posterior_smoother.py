@@ -61,6 +61,19 @@ def observations(module, b, t_len, seed, r=0.05):
     return y, std
 
 
+def assert_dense_posterior(post, i, m_post, c_post):
+    """Sequence i of the smoother's posterior equals the dense Gaussian posterior N(m_post, c_post) over
+    all T·d numbers: the means, the marginal and cross covariance blocks, and the entropy."""
+    t_len, d = post.mean.shape[1:]
+    torch.testing.assert_close(post.mean[i].reshape(-1), m_post, rtol=1e-8, atol=1e-9)
+    for t in range(t_len):
+        torch.testing.assert_close(post.cov[i, t], c_post[t * d : (t + 1) * d, t * d : (t + 1) * d], rtol=1e-7, atol=1e-12)
+    for t in range(t_len - 1):
+        torch.testing.assert_close(post.cross[i, t], c_post[(t + 1) * d : (t + 2) * d, t * d : (t + 1) * d], rtol=1e-7, atol=1e-12)
+    entropy = 0.5 * (torch.logdet(c_post) + t_len * d * math.log(2 * math.pi * math.e))
+    torch.testing.assert_close(post.entropy[i], entropy, rtol=1e-9, atol=1e-8)
+
+
 @pytest.mark.parametrize("t_len", [1, 2, 6, 17, 40])
 def test_linear_smoother_equals_dense_conditioning(spring, t_len):
     d = spring.d
@@ -75,13 +88,7 @@ def test_linear_smoother_equals_dense_conditioning(spring, t_len):
         gain = cov @ h.T @ torch.linalg.inv(s)
         m_post = mean + gain @ (y[i, :, 0] - h @ mean)
         c_post = cov - gain @ h @ cov
-        torch.testing.assert_close(post.mean[i].reshape(-1), m_post, rtol=1e-8, atol=1e-9)
-        for t in range(t_len):
-            torch.testing.assert_close(post.cov[i, t], c_post[t * d : (t + 1) * d, t * d : (t + 1) * d], rtol=1e-7, atol=1e-12)
-        for t in range(t_len - 1):
-            torch.testing.assert_close(post.cross[i, t], c_post[(t + 1) * d : (t + 2) * d, t * d : (t + 1) * d], rtol=1e-7, atol=1e-12)
-        entropy = 0.5 * (torch.logdet(c_post) + t_len * d * math.log(2 * math.pi * math.e))
-        torch.testing.assert_close(post.entropy[i], entropy, rtol=1e-9, atol=1e-8)
+        assert_dense_posterior(post, i, m_post, c_post)
 
 
 @settings(max_examples=20, deadline=None)
