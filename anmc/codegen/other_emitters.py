@@ -21,6 +21,20 @@ class _Printer(NumPyPrinter):
     def _print_Heaviside(self, expr):
         return f"numpy.heaviside({self._print(expr.args[0])}, 0.5)"
 
+    def _minmax(self, expr, func):
+        """Nested numpy.maximum / numpy.minimum (SymPy's own printer writes functools.reduce, which the
+        emitted module does not import)."""
+        out = self._print(expr.args[0])
+        for arg in expr.args[1:]:
+            out = f"numpy.{func}({out}, {self._print(arg)})"
+        return out
+
+    def _print_Max(self, expr):
+        return self._minmax(expr, "maximum")
+
+    def _print_Min(self, expr):
+        return self._minmax(expr, "minimum")
+
 
 # Right-hand sides with more operations than this (a derived double pendulum) are not expanded through the
 # stages of an explicit Runge-Kutta method (minutes of SymPy): the stages run numerically instead.
