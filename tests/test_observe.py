@@ -161,22 +161,22 @@ def test_several_observe_lines_are_no_longer_an_error():
     assert anmc.load_model(text).observation_names == ("theta", "speed")
 
 
-def test_an_observation_named_like_a_let_is_refused():
-    text = CAMERA.read_text().replace("observe theta ", "observe x = theta ")
+@pytest.mark.parametrize(
+    "edit, message, where",
+    [
+        (lambda text: text.replace("observe theta ", "observe x = theta "),
+         "observation 'x' has the name of the let declared at line 10; choose another name", (15, 9)),
+        (lambda text: text + "intervention tilt\n  let px = theta\n  omega' = -px\n",
+         "let 'px' has the name of the observation declared at line 14; choose another name", (17, 7)),
+    ],
+    ids=["observation named like a let", "intervention let named like an observation"],
+)  # fmt: skip
+def test_a_name_shared_by_an_observation_and_a_let_is_refused(edit, message, where):
     with pytest.raises(AnmError) as info:
-        anmc.load_model(text)
+        anmc.load_model(edit(CAMERA.read_text()))
     d = info.value.first
-    assert d.message == "observation 'x' has the name of the let declared at line 10; choose another name"
-    assert (d.line, d.column) == (15, 9)
-
-
-def test_an_intervention_let_named_like_an_observation_is_refused():
-    text = CAMERA.read_text() + "intervention tilt\n  let px = theta\n  omega' = -px\n"
-    with pytest.raises(AnmError) as info:
-        anmc.load_model(text)
-    d = info.value.first
-    assert d.message == "let 'px' has the name of the observation declared at line 14; choose another name"
-    assert (d.line, d.column) == (17, 7)
+    assert d.message == message
+    assert (d.line, d.column) == where
 
 
 def test_an_expression_that_reduces_to_no_state_is_refused_by_the_builder():
