@@ -1,7 +1,8 @@
 """The smoother as it was before the parallel scans (issue 16), kept verbatim as the tests' reference:
 the dense (T·d)² precision path (fixed point of batched Cholesky passes, two differentiable passes, one
 dense solve) and the extended Kalman filter + Rauch-Tung-Striebel recursions under autograd (a loop over
-frames). anmc/prior/smoother.py must give their values and gradients.
+frames). anmc/posterior/smoother.py must give their values and gradients. Its `markov_kl` and
+`initial_cross_entropy`, which the scans did not change, are not copied: the tests use the package's.
 
 A posterior over whole sequences: an extended Kalman smoother over per-frame pseudo-observations.
 
@@ -295,33 +296,3 @@ def _solve_dense(module, readings: tuple[Tensor, Tensor, Tensor], offset: Tensor
     cross = cov_all[:, steps[1:], :, steps[:-1]].transpose(0, 1).contiguous()  # Cov(z_{t+1}, z_t) (B, T-1, d, d)
     entropy = 0.5 * t_len * d * math.log(2 * math.pi * math.e) - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return SmoothedPosterior(mean, cov, cross, entropy)
-
-
-def initial_cross_entropy(module, mu: Tensor, var: Tensor) -> Tensor:
-    """E_q[−log N(z | m0, diag s0²)] for q with mean mu and marginal variances var (..., d), without its
-    constant ½ Σ log 2π s0², `-> (...)`: markov_kl's first frame, and training's warm-up anchor."""
-    m0, s0 = module.initial_mean.to(mu), module.initial_std.to(mu)
-    return 0.5 * (((mu - m0) / s0).square() + var / s0.square()).sum(-1)
-
-
-def markov_kl(module, post: SmoothedPosterior) -> Tensor:
-    """KL(q(z_{1:T}) ‖ p(z_1) Π p(z_t | z_{t−1})) for each sequence, linearized at the means, `-> (B,)`."""
-    mu, cov = post.mean, post.cov
-    b, t_len, d = mu.shape
-    s0 = module.initial_std.to(mu)
-    cross_entropy = initial_cross_entropy(module, mu[:, 0], torch.diagonal(cov[:, 0], dim1=-2, dim2=-1)) + 0.5 * torch.log(
-        2 * math.pi * s0.square()
-    ).sum()
-    if t_len > 1:
-        f, jm = module.f_and_jacobian(mu[:, :-1].reshape(-1, d))
-        f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)
-        q2 = module.noise_std.to(mu).square()
-        c = post.cross  # Cov(z_t, z_{t-1})
-        v = cov[:, 1:] - jm @ c.transpose(-1, -2) - c @ jm.transpose(-1, -2) + jm @ cov[:, :-1] @ jm.transpose(-1, -2)
-        resid = mu[:, 1:] - f
-        cross_entropy = cross_entropy + 0.5 * (
-            (resid.square() / q2).sum((-2, -1))
-            + (torch.diagonal(v, dim1=-2, dim2=-1) / q2).sum((-2, -1))
-            + (t_len - 1) * torch.log(2 * math.pi * q2).sum()
-        )
-    return cross_entropy - post.entropy
