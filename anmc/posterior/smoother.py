@@ -97,11 +97,11 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
     depends on l_{<t} only, and converges geometrically otherwise); two reproduce the recursions'
     gradient to ~1e-7 (tests/test_posterior_smoother.py). The model
     linearized at l is then filtered and smoothed by two more scans (`_smooth`): O(T·d³) time and
-    O(T·d²) memory, 2 log₂ T batched steps per scan.
+    O(T·d²) memory, 2 log₂ T batched steps per scan. This is for an h affine in the states
+    (`module.observation_affine`); otherwise l is the smoother's own means, from a global start
+    (`_smoothed_points`, `_best_rollout`).
     """
-    _check_readings(module, y, y_std)
-    readings = _Readings.build(module, y.double(), y_std.double().square())
-    points = _points(module, readings, unroll) if module.observation_affine else _smoothed_points(module, readings, unroll)
+    readings, points = _readings_and_points(module, y, y_std, unroll)
     post = _smooth(module, readings, points)
     return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
 
@@ -114,11 +114,18 @@ def kalman_filter(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> tuple[Te
     filtered mean is a function of y_1..y_t of the model linearized there, but the points themselves
     were chosen from every frame given (the filter's own points leave a pulse-profile phase at the
     prior's centre: docs/method.md §6). To predict from frame t without that, pass frames 1..t only."""
+    readings, points = _readings_and_points(module, y, y_std, unroll)
+    mean, cov = _filter(module, readings, points)
+    return mean.to(y.dtype), cov.to(y.dtype)
+
+
+def _readings_and_points(module, y: Tensor, y_std: Tensor, unroll: int) -> tuple["_Readings", Tensor]:
+    """The checked readings in float64 and where both `kalman_smoother` and `kalman_filter` linearize:
+    the filter's own means for an h affine in the states, the iterated smoother's otherwise."""
     _check_readings(module, y, y_std)
     readings = _Readings.build(module, y.double(), y_std.double().square())
     points = _points(module, readings, unroll) if module.observation_affine else _smoothed_points(module, readings, unroll)
-    mean, cov = _filter(module, readings, points)
-    return mean.to(y.dtype), cov.to(y.dtype)
+    return readings, points
 
 
 def _points(module, readings: "_Readings", unroll: int) -> Tensor:
