@@ -19,6 +19,7 @@ from torch import nn
 
 from anmc.cli import main
 from anmc.codegen.compile import compile_prior
+from anmc.data.io import VideoError, load_clips, resize_transform, videos_transform
 from anmc.errors import UserError
 from anmc.synthetic.render import geometry, object_position_px, render_frames
 from anmc.synthetic.synth import synthesize
@@ -26,6 +27,7 @@ from anmc.vae.config import TrainConfig
 from anmc.vae.nets import VideoVAE, build_vae
 from anmc.synthetic.roles import CAMERA_ROLES
 from anmc.vae.sprite import GAIN, SPRITE_ROLES, SpriteDecoder
+from anmc.vae.run import load_run
 from anmc.vae.train import train
 
 SPRING = "priors/spring.anm"
@@ -98,8 +100,83 @@ def test_size_scales_the_sprite_and_brightness_its_intensity(px, radius, brightn
     assert area == pytest.approx(np.pi * radius**2, rel=0.2)
 
 
-def test_sprite_reads_the_shared_camera_roles():
-    assert SPRITE_ROLES == ("px", "py", "size", "brightness") and set(SPRITE_ROLES) <= set(CAMERA_ROLES)
+def test_sprite_reads_every_camera_role():
+    assert SPRITE_ROLES == tuple(CAMERA_ROLES)
+
+
+@settings(max_examples=30, deadline=None)
+@given(px=st.floats(20.0, 44.0), py=st.floats(20.0, 44.0))
+def test_camera_maps_the_stored_videos_pixels_to_the_training_frames(px, py):
+    """Roles are pixels of the video as stored: a 64x64 video trained at 32x32 draws (px, py) at (px, py) / 2,
+    and a 48x64 (h x w) one, centre-cropped to 48x48 then resized to 32, at ((px - 8) 2/3, py 2/3)."""
+    dec = SpriteDecoder(("px", "py"), 1, 32, camera=resize_transform((64, 64), 32))
+    sharp_disc(dec, radius=0.3)
+    cx, cy = centroid(torch.sigmoid(dec(torch.tensor([[px, py]])))[0, 0])
+    assert abs(cx - px / 2) < 0.4 and abs(cy - py / 2) < 0.4
+    dec = SpriteDecoder(("px", "py", "size"), 1, 32, camera=resize_transform((48, 64), 32))
+    sharp_disc(dec)
+    img = torch.sigmoid(dec(torch.tensor([[px, py * 0.75, 6.0]])))[0, 0]
+    cx, cy = centroid(img)
+    assert abs(cx - (px - 8) * 2 / 3) < 0.4 and abs(cy - py * 0.5) < 0.4
+    assert float(img.sum()) == pytest.approx(np.pi * 4.0**2, rel=0.2)  # radius 6 px stored, 4 px trained
+
+
+def test_resize_transform_matches_what_load_clips_does(tmp_path):
+    """A disc drawn at a known place in a stored 40x60 video lands, after `--size 24`, where the transform says."""
+    yy, xx = np.mgrid[0:40, 0:60] + 0.5
+    frames = (((xx - 37.0) ** 2 + (yy - 21.0) ** 2 < 16.0) * 255).astype(np.uint8)[None].repeat(3, 0)
+    np.save(tmp_path / "clip.npy", frames)
+    got = load_clips(tmp_path / "clip.npy", size=24)[0].frames[0].astype(np.float64)
+    t = videos_transform(tmp_path / "clip.npy", 24)
+    assert t == {"scale": 0.6, "left": 10.0, "top": 0.0, "height": 40.0, "width": 60.0}
+    c = np.arange(24) + 0.5
+    assert got.sum(0) @ c / got.sum() == pytest.approx((37.0 - t["left"]) * t["scale"], abs=0.05)
+    assert got.sum(1) @ c / got.sum() == pytest.approx((21.0 - t["top"]) * t["scale"], abs=0.05)
+    assert resize_transform((40, 60), None)["scale"] == 1.0
+
+
+def test_videos_stored_at_different_sizes_are_a_video_error(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((3, 32, 32), np.uint8))
+    np.save(tmp_path / "b.npy", np.zeros((3, 64, 64), np.uint8))
+    with pytest.raises(VideoError, match="stored at 32x32 and .* at 64x64"):
+        videos_transform(tmp_path, 16)
+
+
+@settings(max_examples=30, deadline=None)
+@given(level=st.floats(0.05, 0.95), start=st.floats(0.05, 0.95))
+def test_level_fills_the_frame_from_the_bottom_and_pulls_toward_the_drawn_level(level, start):
+    """`level` alone: rows below height (1 - level) take the fill, the rest the background (the declared
+    renderer's fill, at any training size); the loss's gradient moves a wrong level toward the drawn one."""
+    dec = SpriteDecoder(("level",), 1, 16, camera=resize_transform((32, 32), 16))
+    assert not dec.draws_object and not hasattr(dec, "alpha")
+    with torch.no_grad():
+        dec.fill.fill_(30.0 / GAIN)
+        dec.background.fill_(-30.0 / GAIN)
+    img = torch.sigmoid(dec(torch.tensor([[level]])))[0, 0]
+    assert float(img.sum(1).sum()) / 16 == pytest.approx(16 * level, abs=1e-3)  # the filled rows, to a fraction of a row
+    assert (level < 1 / 16 or float(img[-1].min()) > 0.99) and (level > 15 / 16 or float(img[0].max()) < 0.01)
+    target = img.detach()[None, None]
+    y = torch.tensor([[start]], requires_grad=True)
+    torch.nn.functional.binary_cross_entropy_with_logits(dec(y), target, reduction="sum").backward()
+    line = 16 * (1 - start)
+    if abs(start - level) > 1 / 16 and abs(line - round(line)) > 1e-3:  # the line in another row, not on a row's edge (a kink)
+        assert float(y.grad[0, 0]) * (start - level) > 0
+
+
+def test_brightness_alone_draws_a_centred_object_of_that_brightness():
+    """An LED: no px, py or size: a sprite at the learned centre (the frame's), big enough for a disc of 0.3 S."""
+    dec = SpriteDecoder(("brightness",), 1, 32)
+    sharp_disc(dec, radius=0.6)  # 0.6 of the half-extent 0.5 S: a disc of radius 0.3 S
+    img = torch.sigmoid(dec(torch.tensor([[0.7]])))[0, 0]
+    cx, cy = centroid(img)
+    assert abs(cx - 16) < 0.3 and abs(cy - 16) < 0.3
+    assert float(img.max()) == pytest.approx(0.7, abs=1e-3)
+    assert float(img.sum()) / 0.7 == pytest.approx(np.pi * (0.3 * 32) ** 2, rel=0.1)
+    with torch.no_grad():  # a dim, half-transparent sprite still peaks at the brightness: it cannot absorb a scale
+        dec.colour.fill_(0.0)
+        dec.alpha.mul_(0.2)
+    img = torch.sigmoid(dec(torch.tensor([[0.7]])))[0, 0]
+    assert float(img.max()) == pytest.approx(0.7, abs=1e-3)
 
 
 def test_undeclared_coordinate_is_a_learned_constant():
@@ -131,6 +208,7 @@ def test_gradients_reach_the_position_the_latents_and_the_priors_params():
 def test_soft_initial_sprite_gives_a_gradient_toward_a_distant_object():
     """The initial Gaussian-blob alpha still overlaps an object 8 px away (half its half-extent at 64x64)."""
     dec = SpriteDecoder(("px", "py"), 1, 64)
+    assert not hasattr(dec, "centre") and not hasattr(dec, "fill")  # both coordinates declared, no level: unused
     frame = render_frames("dot", np.zeros((1, 2)), 64, geometry("dot", 64))  # a disc at the frame's centre
     target = torch.as_tensor(frame, dtype=torch.float32)[None] / 255.0
     y = torch.tensor([[24.0, 32.0]], requires_grad=True)
@@ -149,7 +227,7 @@ def test_decode_shape_and_dtype(channels):
 
 
 def test_prior_without_camera_is_a_user_error():
-    with pytest.raises(UserError, match="declares no px or py"):
+    with pytest.raises(UserError, match="declares no camera role"):
         SpriteDecoder(("x",), 1, 32)
     with pytest.raises(UserError, match="--kl standard"):
         build_vae(spring_camera(16), (1, 16, 16), TrainConfig(decoder="sprite", kl="standard"))
@@ -167,18 +245,22 @@ def test_cli_sprite_decoder_without_camera_exits_2(spring_data, tmp_path):
                                     "--size", "16", "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2", "--seq-len", "4"])  # fmt: skip
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
-    assert "declares no px or py" in res.output and "observe px =" in res.output
+    assert "declares no camera role" in res.output and "observe px =" in res.output
 
 
-def test_cli_train_and_eval_with_the_sprite_decoder(spring_data, tmp_path):
-    """`anmc train --decoder sprite` on priors/spring_camera.anm (its frame side S set to 16), then `anmc eval`
-    rebuilds the sprite decoder from the checkpoint."""
+def test_cli_train_and_eval_with_the_sprite_decoder(tmp_path):
+    """`anmc train --decoder sprite --size 16` on a 32x32 video with priors/spring_camera.anm written for it
+    (S = 32: pixels of the stored video), then `anmc eval` rebuilds the sprite decoder, camera included,
+    from the checkpoint."""
+    data = tmp_path / "spring32"
+    synthesize(SPRING, out_dir=data, clips=3, frames=16, size=32, seed=1, fmt="npz")
     prior = tmp_path / "spring_camera.anm"
-    prior.write_text(open("priors/spring_camera.anm").read().replace("const S = 64", "const S = 16"))
+    prior.write_text(open("priors/spring_camera.anm").read().replace("const S = 64", "const S = 32"))
     run = tmp_path / "run"
-    res = CliRunner().invoke(main, ["train", str(prior), str(spring_data), "-o", str(run), "--decoder", "sprite", "--size", "16",
+    res = CliRunner().invoke(main, ["train", str(prior), str(data), "-o", str(run), "--decoder", "sprite", "--size", "16",
                                     "--epochs", "1", "--steps-per-epoch", "3", "--batch", "2", "--seq-len", "4"])  # fmt: skip
     assert res.exit_code == 0, res.output
+    assert load_run(run).vae.decoder.camera.tolist() == [0.5, 0.0, 0.0, 32.0, 32.0]
     res = CliRunner().invoke(main, ["eval", str(run)])
     assert res.exit_code == 0, res.output
     assert "slope" in res.output

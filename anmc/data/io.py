@@ -124,6 +124,59 @@ def iter_frames(
         yield converted
 
 
+def source_frame_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a video's frames as stored, before any crop or resize (decodes its first chunk)."""
+    chunks = iter_frames(path)
+    try:
+        first = next(chunks)
+    except StopIteration:
+        raise VideoError(f"{path} contains no frames; check that the file is complete.") from None
+    finally:
+        chunks.close()
+    return int(first.shape[1]), int(first.shape[2])
+
+
+def resize_transform(shape: tuple[int, int], size: int | tuple[int, int] | None) -> dict[str, float]:
+    """Where a point of a frame of `shape` (height, width) as stored lands once `size` converts it (the
+    centre crop to the target's aspect ratio, then the area resize of `_convert`): a point (u, v), in
+    pixels from the stored frame's left and top edges, lands at ((u - left) scale, (v - top) scale).
+    Returns {"scale", "left", "top", "height", "width"} (the last two: the stored frame's), the identity
+    for `size=None`."""
+    h, w = (int(s) for s in shape)
+    out = {"scale": 1.0, "left": 0.0, "top": 0.0, "height": float(h), "width": float(w)}
+    target = _target_size(size)
+    if target is None:
+        return out
+    th, tw = target
+    if h * tw > w * th:  # the same centre crop as `_convert`
+        keep = max(1, round(w * th / tw))
+        out["top"] = float((h - keep) // 2)
+        out["scale"] = th / keep
+    elif h * tw < w * th:
+        keep = max(1, round(h * tw / th))
+        out["left"] = float((w - keep) // 2)
+        out["scale"] = tw / keep
+    else:
+        out["scale"] = th / h
+    return out
+
+
+def videos_transform(paths, size: int | tuple[int, int] | None) -> dict[str, float]:
+    """`resize_transform` shared by every clip of `paths` (see `clip_sources`): what a point in pixels of
+    the stored videos becomes in the frames `load_clips(paths, size)` returns. VideoError when the clips
+    are stored at different sizes (pixels of the stored video then mean different places)."""
+    shapes = {}
+    for src in clip_sources(paths):
+        shapes.setdefault(source_frame_shape(src), src)
+    if len(shapes) > 1:
+        (a, pa), (b, pb) = list(shapes.items())[:2]
+        raise VideoError(
+            f"{pa} is stored at {a[0]}x{a[1]} and {pb} at {b[0]}x{b[1]}, so the prior's pixel positions (its camera roles) "
+            "cannot mean one place in both; resize the videos to one size first, or train them separately."
+        )
+    return resize_transform(next(iter(shapes)), size)
+
+
 def _target_size(size) -> tuple[int, int] | None:
     if size is None:
         return None

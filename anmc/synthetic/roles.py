@@ -1,8 +1,9 @@
 """Camera roles: observation names that say, in pixels, what a frame shows.
 
 An observation of a prior (`observe NAME = EXPR`, or `observe NAME` of a state) whose NAME is a key of
-`CAMERA_ROLES` has a meaning in the image anmc trains on, an S x S frame with x from the left and y
-from the top (pixel [i, j] has its centre at (j + 0.5, i + 0.5)):
+`CAMERA_ROLES` has a meaning in the video as stored, an S x S frame with x from the left and y from the
+top (pixel [i, j] has its centre at (j + 0.5, i + 0.5)); training at another `--size` maps them
+(`anmc.data.io.resize_transform`):
 
     px, py       the object's centre in pixels                                  in [0, S]
     size         the object's radius in pixels (its apparent size)             in (0, S]

@@ -161,7 +161,7 @@ class VideoVAE(nn.Module):
     """
 
     def __init__(self, prior_module: nn.Module, channels: int, size: int, window: int = 2, decoder: str = "deconv", context: int = 0,
-                 posterior: str = "factorized", decode_latents: bool = False):  # fmt: skip
+                 posterior: str = "factorized", decode_latents: bool = False, camera: dict | None = None):  # fmt: skip
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}: must be one of {', '.join(DECODERS)}")
@@ -182,7 +182,7 @@ class VideoVAE(nn.Module):
         if getattr(kind, "reads_raw_observations", False):
             if decode_latents:
                 raise UserError(f"--kl standard decodes from every latent, which --decoder {decoder} cannot draw: use --decoder deconv.")
-            self.decoder = kind(prior_module.observations, channels, size)
+            self.decoder = kind(prior_module.observations, channels, size, camera=camera)
         else:
             self.decoder = kind(d if decode_latents else m, channels, size)
 
@@ -268,10 +268,12 @@ def observation_scales(module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return reading_mean, reading_std, decoder_mean, decoder_std
 
 
-def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig") -> VideoVAE:
-    """The VAE for a compiled prior and frames of `frame_shape` (C, H, W), as `config` describes it."""
+def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig", camera: dict | None = None) -> VideoVAE:
+    """The VAE for a compiled prior and frames of `frame_shape` (C, H, W), as `config` describes it;
+    `camera` (`anmc.data.io.resize_transform` of the stored videos) maps the sprite decoder's pixels of the
+    stored video to the training frame's (None: they are the same; a loaded run's is in its weights)."""
     channels, height, width = frame_shape
     if height != width:
         raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
     return VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context,
-                    posterior=config.posterior, decode_latents=config.kl == "standard")  # fmt: skip
+                    posterior=config.posterior, decode_latents=config.kl == "standard", camera=camera)  # fmt: skip

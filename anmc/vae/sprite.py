@@ -1,34 +1,45 @@
 """The sprite decoder: a learned sprite drawn where the prior's declared camera puts it (docs/method.md,
 "Physical units: the sprite decoder"), in the spirit of physics-as-inverse-graphics (Jaques et al. 2020).
 
-The prior declares, among its observations h(z), where the object appears in the frame anmc trains on
-(the camera roles: `px`, `py` the object's centre in pixels, x from the left and y from the top; optionally
-`size`, its radius in pixels, and `brightness` in [0, 1]). The decoder reads those RAW values (in pixels,
-not normalised) and composites a learned sprite over a learned background, front over back:
+The prior declares, among its observations h(z), what a frame shows (the camera roles of
+anmc.synthetic.roles): `px`, `py` the object's centre, `size` its radius, in pixels of the video as
+stored (x from the left, y from the top), `brightness` in [0, 1], `level` the fraction of the frame's
+height filled from the bottom. The decoder reads those RAW values, maps pixels of the stored video to
+pixels of the frame it trains on (`camera`: the centre crop and resize of `--size`,
+`anmc.data.io.resize_transform`), and composites, front over back, a learned sprite over a learned fill
+over a learned background:
 
-    e      = 2 size            (the sprite's half-extent in pixels; 0.25 S when `size` is not declared)
+    (px, py), r  -> ((px - left) k, (py - top) k), r k               k = camera scale (S / stored side)
+    e      = 2 r               (the sprite's half-extent, training pixels; without `size`: 0.25 S for an
+                                object at (px, py), 0.5 S for the centred object of a prior with neither)
     s(u)   = ((u_x - px) / e, (u_y - py) / e)          sprite coordinates of pixel centre u, in [-1, 1]
-    a(u)   = alpha(s(u)),  k(u) = colour(s(u))         bilinear samples of the learned patch (grid_sample)
-    p(u)   = bg(u) (1 - a(u)) + brightness k(u) a(u)    per channel, in (0, 1)
+    a(u)   = alpha(s(u)),  c(u) = colour(s(u))         bilinear samples of the learned patch (grid_sample)
+    w(u)   = the share of u's row below the level's line (height (1 - level) - top) k   (exact box coverage)
+    p(u)   = [bg(u) (1 - w(u)) + fill(u) w(u)] (1 - a(u)) + brightness c(u) a(u)    per channel, in (0, 1)
     out(u) = log p - log(1 - p)                        logits, as every decoder returns
 
-The sprite is point-symmetric about its centre (alpha(s) = alpha(-s), the same for the colour), so the
-declared (px, py) is the centre of the object as drawn: an offset of the latents cannot hide in a sprite
-drawn off-centre in its patch (measured on the falling object: a free sprite sat 0.5-0.9 px off, the
-latent height 0.06-0.12 m off; weighting a recentring by alpha or by contrast left faint halos to shift
-it). A symmetric object (a ball, a block, a disc, an LED) is drawn exactly; an asymmetric one by its
-symmetric part. The image position is thus fixed by the declared camera, and the latents are in the
-prior's units by construction: the decoder cannot rescale or shift them. A coordinate the prior does
-not declare (`py` of a block sliding sideways) is a learned constant, initially the frame's centre; at
-least one of `px`, `py` must be declared.
+A sprite is drawn when any of px, py, size, brightness is declared, a fill when `level` is (the declared
+renderer of `anmc synth` draws the same two layers). The sprite is point-symmetric about its centre
+(alpha(s) = alpha(-s), the same for the colour), so the declared (px, py) is the centre of the object as
+drawn: an offset of the latents cannot hide in a sprite drawn off-centre in its patch (measured on the
+falling object: a free sprite sat 0.5-0.9 px off, the latent height 0.06-0.12 m off; weighting a
+recentring by alpha or by contrast left faint halos to shift it). A symmetric object (a ball, a block, a
+disc, an LED) is drawn exactly; an asymmetric one by its symmetric part. The image position, size,
+brightness and fill line are thus fixed by the declared camera, and the latents are in the prior's units
+by construction: the decoder cannot rescale or shift them. A brightness would trade against the
+sprite's own colour and opacity (a sprite drawn at 0.8 and a latent 1.25x too large draw the same
+frame: measured on the LED, slope 1.49), so with `brightness` declared the sprite's colour and alpha
+are each divided by their maximum: brightness is the object's peak intensity. A coordinate the prior does not declare (`py` of a block sliding
+sideways) is a learned constant, initially the frame's centre.
 
 The gradient with respect to (px, py) comes from the sprite's spatial gradient where it overlaps the
 object. A sharp sprite far from the object gives none, so the alpha patch starts as a wide Gaussian
 blob (std 0.35 of the half-extent, ~5.6 px at 64x64 without `size`) whose soft tails overlap an object
-several pixels away; it sharpens as it learns.
+several pixels away; it sharpens as it learns. The level's gradient comes from the row its line crosses,
+which is informative at any distance (that row is water or not in the frame).
 
-Shapes: `SpriteDecoder(observations, channels, size)(y)`, y (N, m) raw observations in the order of
-`observations` -> logits (N, C, S, S).
+Shapes: `SpriteDecoder(observations, channels, size, camera=None)(y)`, y (N, m) raw observations in the
+order of `observations` -> logits (N, C, S, S).
 """
 
 from __future__ import annotations
@@ -42,14 +53,16 @@ from torch import nn
 from anmc.errors import UserError
 from anmc.synthetic.roles import CAMERA_ROLES
 
-# The camera roles (anmc.synthetic.roles, the one table) the sprite decoder reads: the object's centre in
-# pixels of the training frame, its radius in pixels, its brightness in [0, 1]. Half a position is
-# enough: an object moving along one axis declares only that coordinate (a constant one is not an
-# observation), and the decoder learns the other.
-SPRITE_ROLES = tuple(role for role in CAMERA_ROLES if role in ("px", "py", "size", "brightness"))
+# The camera roles (anmc.synthetic.roles, the one table) the sprite decoder reads: the object's centre and
+# radius in pixels of the stored video, its brightness in [0, 1], a fill level. Half a position is enough:
+# an object moving along one axis declares only that coordinate (a constant one is not an observation),
+# and the decoder learns the other.
+SPRITE_ROLES = tuple(role for role in CAMERA_ROLES if role in ("px", "py", "size", "brightness", "level"))
+OBJECT_ROLES = ("px", "py", "size", "brightness")  # any of them: a sprite is drawn
 
 BLOB_STD = 0.35  # the initial alpha blob's std, in units of the sprite's half-extent
 DEFAULT_EXTENT = 0.25  # the sprite's half-extent without a declared `size`, as a fraction of the frame's side
+CENTRED_EXTENT = 0.5  # the same for a centred object (neither px nor py declared: an LED, a pulsar's disc)
 SIZE_EXTENT = 2.0  # the sprite's half-extent with a declared `size`, in radii
 # The sprite's, the background's and the centre's numbers are stored divided by GAIN: Adam moves a parameter
 # by about lr per step whatever its scale, and at the networks' lr (1e-3) a logit stored as itself would need
@@ -58,70 +71,104 @@ GAIN = 20.0
 
 
 class SpriteDecoder(nn.Module):
-    """Raw observations (N, m) -> logits (N, C, S, S): a learned RGBA patch placed at the declared (px, py).
+    """Raw observations (N, m) -> logits (N, C, S, S): a learned RGBA patch placed at the declared (px, py)
+    over a learned fill up to the declared level over a learned background.
 
-    Learned (each stored divided by GAIN): `colour` (C, P, P) and `alpha` (1, P, P) logits of the sprite,
-    `background` (C, S, S) logits, and `centre` (2,) pixels, the position used for a coordinate the prior
-    does not declare.
+    Learned (each stored divided by GAIN, each only where the roles use it): `background` (C, S, S) logits,
+    `fill` (C, S, S) logits (with `level`), `colour` (C, P, P) and `alpha` (1, P, P) logits of the sprite
+    (with any of px, py, size, brightness), and `centre` (2,) pixels of the training frame, the position
+    used for a coordinate the prior does not declare. The buffer `camera` (5,) holds
+    `resize_transform`'s scale, left, top, height and width (the stored video's), saved with the weights.
     """
 
     # VideoVAE.decode gives this decoder the raw observation function h(z), not normalised readings
     reads_raw_observations = True
+    CAMERA = ("scale", "left", "top", "height", "width")
 
-    def __init__(self, observations: Sequence[str], channels: int, size: int, patch: int = 32):
+    def __init__(self, observations: Sequence[str], channels: int, size: int, patch: int = 32, camera: dict | None = None):
         super().__init__()
         observations = tuple(observations)
-        if "px" not in observations and "py" not in observations:
-            raise UserError(
-                f"--decoder sprite draws the object where the prior's camera puts it, but the prior observes "
-                f"{', '.join(observations) or 'nothing'} and declares no px or py: add e.g. 'observe px = cx + scale * x' "
-                "(pixels of the training frame; docs/method.md, 'Physical units: the sprite decoder') or use --decoder deconv."
-            )
         self.index = {role: observations.index(role) for role in SPRITE_ROLES if role in observations}
+        if not self.index:
+            raise UserError(
+                f"--decoder sprite draws what the prior's camera declares, but the prior observes "
+                f"{', '.join(observations) or 'nothing'} and declares no camera role ({', '.join(SPRITE_ROLES)}): add e.g. "
+                "'observe px = cx + scale * x' (pixels of the video; docs/method.md, 'Physical units: the sprite decoder') "
+                "or use --decoder deconv."
+            )
+        self.draws_object = any(role in self.index for role in OBJECT_ROLES)
         self.size, self.channels = size, channels
-        c = torch.linspace(-1 + 1 / patch, 1 - 1 / patch, patch)  # the patch's pixel centres in sprite coordinates
-        r2 = c[None, :] ** 2 + c[:, None] ** 2
-        blob = 0.95 * torch.exp(-0.5 * r2 / BLOB_STD**2) + 1e-3
-        self.alpha = nn.Parameter(torch.log(blob / (1 - blob))[None] / GAIN)  # (1, P, P)
-        self.colour = nn.Parameter(torch.full((channels, patch, patch), 3.0 / GAIN))  # white-ish
+        camera = camera or {"scale": 1.0, "left": 0.0, "top": 0.0, "height": float(size), "width": float(size)}
+        self.register_buffer("camera", torch.tensor([float(camera[k]) for k in self.CAMERA]))
+        # only the layers the roles draw have parameters (DistributedDataParallel wants every one used)
         self.background = nn.Parameter(torch.full((channels, size, size), -3.0 / GAIN))  # dark
-        self.centre = nn.Parameter(torch.full((2,), size / 2.0 / GAIN))
+        if "level" in self.index:
+            self.fill = nn.Parameter(torch.full((channels, size, size), 3.0 / GAIN))  # light
+        if self.draws_object:
+            c = torch.linspace(-1 + 1 / patch, 1 - 1 / patch, patch)  # the patch's pixel centres in sprite coordinates
+            r2 = c[None, :] ** 2 + c[:, None] ** 2
+            blob = 0.95 * torch.exp(-0.5 * r2 / BLOB_STD**2) + 1e-3
+            self.alpha = nn.Parameter(torch.log(blob / (1 - blob))[None] / GAIN)  # (1, P, P)
+            self.colour = nn.Parameter(torch.full((channels, patch, patch), 3.0 / GAIN))  # white-ish
+            if "px" not in self.index or "py" not in self.index:
+                self.centre = nn.Parameter(torch.full((2,), size / 2.0 / GAIN))
 
     def placement(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Centre (px, py) and half-extent e, each (N,), in pixels, from raw observations y (N, m)."""
+        """Centre (px, py) and half-extent e, each (N,), in pixels of the training frame, from raw
+        observations y (N, m) in pixels of the stored video."""
         n = y.shape[0]
-        px = y[:, self.index["px"]] if "px" in self.index else GAIN * self.centre[0].expand(n)
-        py = y[:, self.index["py"]] if "py" in self.index else GAIN * self.centre[1].expand(n)
+        k, left, top = self.camera[0].to(y), self.camera[1].to(y), self.camera[2].to(y)
+        px = (y[:, self.index["px"]] - left) * k if "px" in self.index else GAIN * self.centre[0].expand(n)
+        py = (y[:, self.index["py"]] - top) * k if "py" in self.index else GAIN * self.centre[1].expand(n)
         if "size" in self.index:
-            e = SIZE_EXTENT * y[:, self.index["size"]].abs().clamp_min(0.5)
+            e = SIZE_EXTENT * (y[:, self.index["size"]].abs() * k).clamp_min(0.5)
         else:
-            e = torch.full_like(px, DEFAULT_EXTENT * self.size)
+            extent = DEFAULT_EXTENT if ("px" in self.index or "py" in self.index) else CENTRED_EXTENT
+            e = torch.full_like(px, extent * self.size)
         return px, py, e
+
+    def level_line(self, y: torch.Tensor) -> torch.Tensor:
+        """The level's line (N,), in rows of the training frame from its top: the stored frame's
+        height (1 - level), mapped by the camera."""
+        k, top, height = self.camera[0].to(y), self.camera[2].to(y), self.camera[3].to(y)
+        return (height * (1 - y[:, self.index["level"]].clamp(0.0, 1.0)) - top) * k
 
     def sprite(self) -> torch.Tensor:
         """The sprite (C + 1, P, P) in [0, 1], colour channels then alpha: point-symmetric about the patch's
         centre (the mean of the learned patch and its 180-degree rotation), so that the centre of what it
-        draws is the declared (px, py) exactly."""
+        draws is the declared (px, py) exactly; with `brightness` declared, colour and alpha each divided by
+        their maximum (the peak drawn over black is the brightness itself)."""
         patch = torch.sigmoid(GAIN * torch.cat([self.colour, self.alpha]))
-        return 0.5 * (patch + patch.flip(-1, -2))
+        patch = 0.5 * (patch + patch.flip(-1, -2))
+        if "brightness" in self.index:
+            # `brightness` is the object's peak intensity: its most opaque pixel fully opaque, its brightest
+            # colour 1, so that brightness x colour x alpha cannot trade a dim sprite for a latent too large
+            colour, alpha = patch[:-1], patch[-1:]
+            patch = torch.cat([colour / colour.amax().clamp_min(1e-3), alpha / alpha.amax().clamp_min(1e-3)])
+        return patch
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """y (N, m) raw observations (pixels; brightness in [0, 1]) -> logits (N, C, S, S)."""
+        """y (N, m) raw observations (pixels; brightness, level in [0, 1]) -> logits (N, C, S, S)."""
         y = y.float()
         n, s = y.shape[0], self.size
-        px, py, e = self.placement(y)
-        # affine_grid maps the output's normalised coordinates v (pixel u = (v + 1) S / 2) to the sprite's:
-        # (u - p) / e = v S / (2 e) + (S / 2 - p) / e
-        k = s / (2 * e)
-        zero = torch.zeros_like(k)
-        theta = torch.stack([torch.stack([k, zero, (s / 2 - px) / e], -1), torch.stack([zero, k, (s / 2 - py) / e], -1)], -2)
-        grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
-        patch = self.sprite()[None].expand(n, -1, -1, -1)
-        drawn = F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        colour, a = drawn[:, :-1], drawn[:, -1:]
-        if "brightness" in self.index:
-            colour = colour * y[:, self.index["brightness"]].clamp(0.0, 1.0)[:, None, None, None]
-        p = torch.sigmoid(GAIN * self.background) * (1 - a) + colour * a
+        p = torch.sigmoid(GAIN * self.background)[None].expand(n, -1, -1, -1)
+        if "level" in self.index:
+            rows = torch.arange(s, dtype=y.dtype, device=y.device)
+            w = (rows[None, :] + 1 - self.level_line(y)[:, None]).clamp(0.0, 1.0)  # (N, S): row i spans [i, i + 1)
+            p = p + (torch.sigmoid(GAIN * self.fill)[None] - p) * w[:, None, :, None]
+        if self.draws_object:
+            px, py, e = self.placement(y)
+            # affine_grid maps the output's normalised coordinates v (pixel u = (v + 1) S / 2) to the sprite's:
+            # (u - p) / e = v S / (2 e) + (S / 2 - p) / e
+            k = s / (2 * e)
+            zero = torch.zeros_like(k)
+            theta = torch.stack([torch.stack([k, zero, (s / 2 - px) / e], -1), torch.stack([zero, k, (s / 2 - py) / e], -1)], -2)
+            grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
+            patch = self.sprite()[None].expand(n, -1, -1, -1)
+            drawn = F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            colour, a = drawn[:, :-1], drawn[:, -1:]
+            if "brightness" in self.index:
+                colour = colour * y[:, self.index["brightness"]].clamp(0.0, 1.0)[:, None, None, None]
+            p = p * (1 - a) + colour * a
         p = p.clamp(1e-6, 1 - 1e-6)
         return torch.log(p) - torch.log1p(-p)
-

@@ -29,6 +29,7 @@ import torch
 
 from anmc.codegen.compile import CompiledPrior, compile_prior
 from anmc.data.dataset import FrameSequences, frame_datasets
+from anmc.data.io import Clip, videos_transform
 from anmc.errors import UserError
 from anmc.vae import distributed
 from anmc.vae.config import TrainConfig
@@ -204,7 +205,11 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     )  # fmt: skip
     if ctx.world > 1 and config.cache is not None and ctx.is_main:
         distributed.barrier(ctx)
-    vae = build_vae(compiled, train_data.frame_shape, config).to(ctx.device)
+    # the sprite decoder's camera: the prior's pixels are the stored video's, the frames are resized to --size
+    camera = None
+    if config.decoder == "sprite" and not _given_clips(videos):
+        camera = videos_transform(videos, config.size)
+    vae = build_vae(compiled, train_data.frame_shape, config, camera=camera).to(ctx.device)
     if config.compile:
         vae.prior.compile_core()  # torch.compile of the generated integration (anmc.codegen.runtime)
     physical = physical_parameters(vae)
@@ -227,6 +232,11 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
         (run_dir / "prior.anm").write_text(compiled.model.source)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return s
+
+
+def _given_clips(videos) -> bool:
+    """Whether `videos` are decoded `Clip`s (a notebook's), not paths: their pixels are the frames'."""
+    return isinstance(videos, (list, tuple)) and len(videos) > 0 and isinstance(videos[0], Clip)
 
 
 def _restore(s: _Session, payload: dict) -> None:
