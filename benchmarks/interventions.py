@@ -3,8 +3,8 @@
     python benchmarks/interventions.py RUN_DIR [RUN_DIR ...] [--save docs/images] [--markdown] [--json rows.json]
     python benchmarks/interventions.py --quick          # smoke test, < 60 s on 1 CPU thread
 
-For each run trained on `anmc synth` data (pendulum, spring or falling; the system is read from the
-truth.json beside its training videos), `anmc.analysis.physics_checks.check_interventions` decodes the
+For each run trained on `anmc synth` data (pendulum, spring, falling; led, torricelli, incline, drawn by
+the declared renderer; the system is read from the truth.json beside its training videos), `anmc.analysis.physics_checks.check_interventions` decodes the
 factual and counterfactual rollouts of the paper's interventions, tracks the object in the decoded
 frames (intensity centroid and trained encoder) and compares with a simulation of the intervened
 .anm with the true parameters from the same encoded start. `--save DIR` also writes each
@@ -32,7 +32,7 @@ import torch
 from anmc.analysis.physics_checks import check_interventions, format_table, self_check
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("pendulum", "spring", "falling")
+SYSTEMS = ("pendulum", "spring", "falling", "led", "torricelli", "incline")
 
 
 def ground_truth(size: int) -> bool:

@@ -32,6 +32,12 @@ the encoder's. The checks (tolerances from the project's issue 7, never loosened
 | spring | `stiffness` | frequency f' (Hz) | about 2 Hz | within 10% |
 | falling | `drag` (`set c = 2.0`) | terminal velocity (m/s) | sqrt(m g / c) (true m, g) | within 15% |
 | falling | `jupiter` (`set g = 24.8`) | acceleration (m/s^2) | g' | within 10% |
+| led | `faster` (`set tau = 0.75`) | time constant (s) | -1 / slope of log b (0.75) | within 10% |
+| torricelli | `wider_hole` (`set k = 0.4`) | outflow coefficient k | -2 d sqrt(h)/dt (0.4) | within 10% |
+| incline | `waxed` (`set mu = 0.25`) | acceleration (m/s^2) | d2x/dt2, quadratic fit (g (sin a - mu cos a)) | within 10% |
+
+The last three are drawn by the declared renderer (their `observe` camera roles): `track_declared` reads
+the roles back from the frames (`render.measure_declared`) and inverts the true h for the drawn state.
 
 A swing is half a period (one side to the other). Interventions come from the run's own intervention
 blocks where it declares them, else from the equivalent edits listed in `CHECKS`.
@@ -65,11 +71,11 @@ from anmc.analysis.signals import (
     track_encoder,
 )
 from anmc.errors import UserError
-from anmc.synthetic.render import KEY_STATE
+from anmc.synthetic.render import KEY_STATE, measure_declared
 
 __all__ = [
-    "CHECKS", "Check", "Row", "check_interventions", "find_truth", "format_table", "rows_from_videos", "self_check",
-    "simulate_check", "Trial",
+    "CHECKS", "Check", "DECLARED_KEY", "Row", "check_interventions", "decay_time", "drain_coefficient", "find_truth",
+    "format_table", "rows_from_videos", "self_check", "simulate_check", "track_declared", "Trial",
 ]  # fmt: skip
 
 
@@ -158,7 +164,43 @@ class Check:
 
 
 def _key(system: str) -> str:
-    return KEY_STATE[system]
+    return DECLARED_KEY[system] if system in DECLARED_KEY else KEY_STATE[system]
+
+
+def track_declared(frames: np.ndarray, geom: dict, module, state: str, reference: np.ndarray) -> np.ndarray:
+    """The drawn `state` (T,) read from frames (T, S, S) of the declared renderer: the roles measured
+    (`render.measure_declared`; without a fill, each frame minus its median, the background, as
+    `track_centroid` does), then per frame the value of `state` whose observations h(z)
+    (`module.observe`, `reference` (T, d) for the other states) are nearest to them, by a grid over
+    three times the reference's range refined to a parabola's vertex. `geom` is the geometry of the
+    stored video (truth.json's); the frames may be at another size (area-resized: pixels scale)."""
+    f = np.asarray(frames, np.float64)
+    f = f / 255.0 if np.asarray(frames).dtype == np.uint8 else f
+    size = f.shape[-1]
+    scaled = scale_geometry(geom, size)
+    if not geom["level"]:  # a decoded background is never exactly black: each frame's median goes (a fill is measured as drawn)
+        f = f - np.median(f.reshape(f.shape[0], -1), axis=1)[:, None, None]
+    measured = measure_declared(f, scaled)
+    to_stored = geom["size"] / size
+    names = [n for n in module.observations if n in measured]
+    y = np.stack([measured[n] * (to_stored if n in ("px", "py", "size") else 1.0) for n in names], -1)  # (T, r)
+    cols = [list(module.observations).index(n) for n in names]
+    i = list(module.state_names).index(state)
+    lo, hi = float(np.nanmin(reference[:, i])), float(np.nanmax(reference[:, i]))
+    span = max(hi - lo, 1e-3)
+    grid = np.linspace(lo - span, hi + span, 3001)
+    z = np.repeat(np.asarray(reference, np.float64)[:, None, :], grid.size, axis=1)  # (T, G, d)
+    z[..., i] = grid[None, :]
+    with torch.no_grad():
+        h = module.observe(torch.as_tensor(z, dtype=torch.float64)).numpy()[..., cols]  # (T, G, r)
+    err = np.nansum((h - y[:, None, :]) ** 2, axis=-1)
+    k = np.clip(err.argmin(axis=1), 1, grid.size - 2)
+    rows = np.arange(len(k))
+    e0, e1, e2 = err[rows, k - 1], err[rows, k], err[rows, k + 1]
+    den = e0 - 2 * e1 + e2
+    shift = np.where(den > 0, 0.5 * (e0 - e2) / np.where(den > 0, den, 1.0), 0.0)
+    out = grid[k] + np.clip(shift, -1, 1) * (grid[1] - grid[0])
+    return np.where(np.isfinite(y).all(axis=1), out, np.nan)
 
 
 def _sim_amplitude(which):
@@ -233,6 +275,54 @@ def _above_floor_count(y: np.ndarray) -> np.ndarray:
     return np.array([_above_floor(row).sum() for row in y])
 
 
+# systems drawn by the declared renderer (their camera roles): the drawn state, read back from the roles
+DECLARED_KEY = {"led": "b", "torricelli": "h", "incline": "x"}
+
+
+def _fit_window(y: np.ndarray, floor: float) -> np.ndarray:
+    """Frames of a decaying trace (brightness, level) up to the first one at or below `floor`."""
+    keep = np.isfinite(y) & (y > floor)
+    below = np.flatnonzero(~keep)
+    if below.size:
+        keep[below[0]:] = False
+    return keep
+
+
+def decay_time(t, b, floor: float = 0.03) -> float:
+    """tau of b = b0 exp(-t / tau): -1 / the slope of log b (NaN with fewer than 5 frames above `floor`)."""
+    t, b = np.asarray(t, np.float64), np.asarray(b, np.float64)
+    keep = _fit_window(b, floor)
+    if keep.sum() < 5:
+        return math.nan
+    return float(-1.0 / np.polyfit(t[keep], np.log(b[keep]), 1)[0])
+
+
+def drain_coefficient(t, h, floor: float = 0.03) -> float:
+    """k of h' = -k sqrt(h) (Torricelli): d sqrt(h) / dt = -k / 2, from a line through sqrt(h) above `floor`."""
+    t, h = np.asarray(t, np.float64), np.asarray(h, np.float64)
+    keep = _fit_window(h, floor)
+    if keep.sum() < 5:
+        return math.nan
+    return float(-2.0 * np.polyfit(t[keep], np.sqrt(h[keep]), 1)[0])
+
+
+def _slope_acceleration(t, x) -> float:
+    """d2x/dt2 along the slope, from a quadratic fit."""
+    return -fall_acceleration(t, x)
+
+
+def _pick_lowest(state):
+    def pick(sim_f, sim_cf, names, dt):
+        return -sim_cf[:, 0, names.index(state)]
+
+    return pick
+
+
+def _quantity_of(name: str, tolerance: float, state: str, fn) -> Quantity:
+    """The same analysis `fn(t, trace)` of the simulated and the measured counterfactual trace of `state`."""
+    return Quantity(name, tolerance, lambda tr: fn(tr.t, tr.sim("counterfactual", state)), lambda tr, f, cf: fn(tr.t, cf))
+
+
 CHECKS: dict[str, tuple[Check, ...]] = {
     "pendulum": (
         Check(
@@ -273,6 +363,29 @@ CHECKS: dict[str, tuple[Check, ...]] = {
             "falling", "Jupiter gravity", "jupiter", ("g = 24.8",), 30,
             (Quantity("acceleration (m/s^2)", 0.10, lambda tr: tr.params["g"], _accel_meas),),
             _pick_highest, "jupiter",
+        ),
+    ),
+    # drawn by the declared renderer (anmc.synthetic.render): the measured trace is the key state read
+    # back from the roles in the frames (`track_declared`)
+    "led": (
+        Check(
+            "led", "time constant /2", "faster", ("tau = 0.75",), 60,
+            (_quantity_of("time constant (s)", 0.10, "b", decay_time),),
+            _pick_largest("b"), "faster",
+        ),
+    ),
+    "torricelli": (
+        Check(
+            "torricelli", "hole area x2", "wider_hole", ("k = 0.4",), 90,
+            (_quantity_of("outflow coefficient k", 0.10, "h", drain_coefficient),),
+            _pick_largest("h"), "wider_hole",
+        ),
+    ),
+    "incline": (
+        Check(
+            "incline", "waxed", "waxed", ("mu = 0.25",), 75,
+            (_quantity_of("acceleration (m/s^2)", 0.10, "x", _slope_acceleration),),
+            _pick_lowest("x"), "waxed",
         ),
     ),
 }  # fmt: skip
@@ -386,7 +499,7 @@ def check_interventions(
 ) -> list[Row]:
     """Measure the counterfactual videos of a trained synthetic run against the intervened physics.
 
-    `system`: pendulum, spring or falling (default: the model named in truth.json). `checks`: names
+    `system`: pendulum, spring, falling, led, torricelli or incline (default: the model named in truth.json). `checks`: names
     of `CHECKS[system]` entries to run (default all). `save_dir`: also write each counterfactual as
     `intervene_<system>_<slug>.gif` (+ latents CSV/PNG) there. `frames_scale` shortens rollouts
     (smoke tests only: too few swings leave quantities unmeasurable).
@@ -400,10 +513,11 @@ def check_interventions(
     if system not in CHECKS:
         raise UserError(f"no physics checks for '{system}'; there are checks for {', '.join(CHECKS)}.")
     renderer = (meta.get("renderer") or {}).get("name")
-    if renderer != system:
+    declared = renderer == "declared" and system in DECLARED_KEY
+    if renderer != system and not declared:
         raise UserError(f"{run.run_dir} was trained on {renderer} videos ({truth_path}), not {system} ones; leave out --system or pass --system {renderer}.")
     c, h, w = run.payload["frame_shape"]
-    geom = scale_geometry(meta["renderer"]["geometry"], h)
+    geom = meta["renderer"]["geometry"] if declared else scale_geometry(meta["renderer"]["geometry"], h)
     names = tuple(run.module.state_names)
     key = _key(system)
     if key not in names:
@@ -423,9 +537,14 @@ def check_interventions(
         else:
             cf_module = intervened_module(run, edits=list(check.edits))
         cf = rollout_counterfactual(run, cf_module, z0, frames=frames, label=f"{system}: {check.label}")
-        measured = {
-            "centroid": (track_centroid(system, cf.factual[0], geom), track_centroid(system, cf.frames[0], geom)),
-        }
+        if declared:  # the roles read back from the pixels, inverted through the true h
+            mf = _true_module(model, true_params)
+            measured = {"centroid": (track_declared(cf.factual[0], geom, mf, key, sim_f[i]),
+                                     track_declared(cf.frames[0], geom, mcf, key, sim_cf[i]))}  # fmt: skip
+        else:
+            measured = {
+                "centroid": (track_centroid(system, cf.factual[0], geom), track_centroid(system, cf.frames[0], geom)),
+            }
         enc_f, enc_cf = track_encoder(run, cf.factual[0], key), track_encoder(run, cf.frames[0], key)
         measured["encoder"] = (align_sign(enc_f, measured["centroid"][0]), align_sign(enc_cf, measured["centroid"][1]))
         trial = Trial(float(run.module.dt), names, sim_f[i], sim_cf[i], _param_values(mcf), measured)
@@ -465,24 +584,37 @@ def self_check(system: str, size: int = 64, priors_dir: str | Path | None = None
     analysis alone; the centroid column checks tracking + analysis.
     """
     from anmc.symbolic.model import load_model
-    from anmc.synthetic.render import geometry, render_frames
+    from anmc.data.io import resize_frames
+    from anmc.synthetic.render import declared_geometry, geometry, render_frames
 
     priors_dir = Path(priors_dir) if priors_dir else Path(__file__).resolve().parents[2] / "priors"
     model = load_model(priors_dir / f"{system}.anm")
-    default_z0 = {"pendulum": [0.8, 0.0], "spring": [0.6, 0.0], "falling": [3.0, 0.0]}
+    default_z0 = {"pendulum": [0.8, 0.0], "spring": [0.6, 0.0], "falling": [3.0, 0.0], "led": [0.9], "torricelli": [0.9],
+                  "incline": [0.5, 0.4]}  # fmt: skip
     z0 = np.asarray(default_z0[system] if z0 is None else z0, np.float64)
     rows = []
     for check in CHECKS[system]:
         sim_f, sim_cf, mcf = simulate_check(model, check, z0)
         names = tuple(model.states)
         mf = _true_module(model, {})
-        geom = geometry(system, size, names, mf.initial_mean.tolist(), mf.initial_std.tolist())
         key = names.index(_key(system))
-        measured = {
-            "centroid": (track_centroid(system, render_frames(system, sim_f, size, geom, names), geom),
-                         track_centroid(system, render_frames(system, sim_cf, size, geom, names), geom)),
-            "encoder": (sim_f[:, key], sim_cf[:, key]),
-        }  # fmt: skip
+        if system in DECLARED_KEY:  # drawn in the priors' 64x64 pixels, then area-resized to `size` as training does
+            geom = declared_geometry(64, mf.observations, model.name)
+
+            def frames_of(sim, module):
+                with torch.no_grad():
+                    y = module.observe(torch.as_tensor(sim)).numpy()
+                return resize_frames(render_frames("declared", y, 64, geom), size)
+
+            measured = {"centroid": (track_declared(frames_of(sim_f, mf), geom, mf, _key(system), sim_f),
+                                     track_declared(frames_of(sim_cf, mcf), geom, mcf, _key(system), sim_cf))}  # fmt: skip
+        else:
+            geom = geometry(system, size, names, mf.initial_mean.tolist(), mf.initial_std.tolist())
+            measured = {
+                "centroid": (track_centroid(system, render_frames(system, sim_f, size, geom, names), geom),
+                             track_centroid(system, render_frames(system, sim_cf, size, geom, names), geom)),
+            }  # fmt: skip
+        measured["encoder"] = (sim_f[:, key], sim_cf[:, key])
         trial = Trial(float(mcf.dt), names, sim_f, sim_cf, _param_values(mcf), measured)
         rows.extend(rows_from_videos(check, trial))
     return rows

@@ -444,6 +444,16 @@ def _resize(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return y.transpose(0, 1, 3, 2)
 
 
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 gray frames `(T, H, W)` area-averaged to `(T, size, size)`, as `load_clips(..., size=size)` does
+    to a square video (unchanged at their own size)."""
+    frames = np.asarray(frames)
+    if frames.shape[1:] == (size, size):
+        return frames
+    x = frames.astype(np.float32)[..., None] / 255.0
+    return to_uint8(_resize(x, size, size))[..., 0]
+
+
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """uint8 frames unchanged; floats in [0, 1] rounded to 0..255 (tiny excursions from noise clipped)."""
     frames = np.asarray(frames)

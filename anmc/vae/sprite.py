@@ -15,7 +15,7 @@ over a learned background:
     s(u)   = ((u_x - px) / e, (u_y - py) / e)          sprite coordinates of pixel centre u, in [-1, 1]
     a(u)   = alpha(s(u)),  c(u) = colour(s(u))         bilinear samples of the learned patch (grid_sample)
     w(u)   = the share of u's row below the level's line (height (1 - level) - top) k   (exact box coverage)
-    p(u)   = [bg(u) (1 - w(u)) + fill(u) w(u)] (1 - a(u)) + brightness c(u) a(u)    per channel, in (0, 1)
+    p(u)   = [bg(u) (1 - w(u)) + fill(u) w(u)] (1 - a(u)) + brightness c(u) a(u)    per channel, clamped to (0, 1)
     out(u) = log p - log(1 - p)                        logits, as every decoder returns
 
 A sprite is drawn when any of px, py, size, brightness is declared, a fill when `level` is (the declared
@@ -28,8 +28,10 @@ disc, an LED) is drawn exactly; an asymmetric one by its symmetric part. The ima
 brightness and fill line are thus fixed by the declared camera, and the latents are in the prior's units
 by construction: the decoder cannot rescale or shift them. A brightness would trade against the
 sprite's own colour and opacity (a sprite drawn at 0.8 and a latent 1.25x too large draw the same
-frame: measured on the LED, slope 1.49), so with `brightness` declared the sprite's colour and alpha
-are each divided by their maximum: brightness is the object's peak intensity. A coordinate the prior does not declare (`py` of a block sliding
+frame: measured on the LED, slope 1.49), so with `brightness` declared the sprite's colour is divided
+by the mean of colour x alpha over the object's body (the pixels at least half as bright as its
+brightest): brightness is the body's mean intensity over black. (Dividing colour and alpha by their
+maxima did not hold: the LED learned a 0.7 sprite with one pixel at 1, and a slope of 1.43.) A coordinate the prior does not declare (`py` of a block sliding
 sideways) is a learned constant, initially the frame's centre.
 
 The gradient with respect to (px, py) comes from the sprite's spatial gradient where it overlaps the
@@ -134,17 +136,21 @@ class SpriteDecoder(nn.Module):
         return (height * (1 - y[:, self.index["level"]].clamp(0.0, 1.0)) - top) * k
 
     def sprite(self) -> torch.Tensor:
-        """The sprite (C + 1, P, P) in [0, 1], colour channels then alpha: point-symmetric about the patch's
+        """The sprite (C + 1, P, P), colour channels then alpha in [0, 1]: point-symmetric about the patch's
         centre (the mean of the learned patch and its 180-degree rotation), so that the centre of what it
-        draws is the declared (px, py) exactly; with `brightness` declared, colour and alpha each divided by
-        their maximum (the peak drawn over black is the brightness itself)."""
+        draws is the declared (px, py) exactly; with `brightness` declared, the colour divided by the mean
+        colour x alpha over the object's body (drawn over black, the body's mean is the brightness)."""
         patch = torch.sigmoid(GAIN * torch.cat([self.colour, self.alpha]))
         patch = 0.5 * (patch + patch.flip(-1, -2))
         if "brightness" in self.index:
-            # `brightness` is the object's peak intensity: its most opaque pixel fully opaque, its brightest
-            # colour 1, so that brightness x colour x alpha cannot trade a dim sprite for a latent too large
+            # `brightness` is the object's intensity over its body (the patch pixels whose colour x alpha is at
+            # least half the brightest's): the colour is divided by the body's mean colour x alpha, so that a
+            # dim or half-transparent sprite cannot absorb a latent drawn too bright (a peak normalisation
+            # did not hold: the LED learned a sprite of 0.7 with one pixel at 1, and a latent 1.43x too large)
             colour, alpha = patch[:-1], patch[-1:]
-            patch = torch.cat([colour / colour.amax().clamp_min(1e-3), alpha / alpha.amax().clamp_min(1e-3)])
+            drawn = (colour * alpha).mean(0)  # (P, P)
+            body = (drawn >= 0.5 * drawn.amax()).detach()
+            patch = torch.cat([colour / drawn[body].mean().clamp_min(1e-3), alpha])
         return patch
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
