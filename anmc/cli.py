@@ -446,14 +446,15 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
 def _tensorboard_log(prior, run_dir, config, resume):
     """The TensorBoard log of a run and its per-epoch callback (scalars, then the pictures of `anmc plot`)."""
     from anmc.analysis.plots import training_pictures
-    from anmc.codegen.compile import compile_prior
+    from anmc.codegen.compile import compile_prior, compile_stored
     from anmc.vae.config import TrainConfig
     from anmc.vae.run import load_checkpoint
     from anmc.vae.tensorboard import TensorBoardLog
 
     if resume:  # the run's own prior and config
         payload = load_checkpoint(run_dir)
-        compiled, config = compile_prior(payload["anm_source"]), TrainConfig.from_dict(payload["config"])
+        compiled = compile_stored(payload["anm_source"], payload.get("anm_steps", []), payload["anm_filename"])
+        config = TrainConfig.from_dict(payload["config"])
     else:
         compiled = compile_prior(Path(prior))
     pictures = training_pictures(run_dir, compiled, config or TrainConfig())

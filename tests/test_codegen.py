@@ -264,3 +264,18 @@ def test_bad_edit_is_an_anm_error_named_after_the_edit(edit, message, column):
     d = info.value.first
     assert (d.filename, d.line, d.column, d.message) == (edit, 1, column, message)
     assert str(info.value).startswith(f"{edit}:1:{column}: error: ")
+
+
+def test_atan2_of_a_number_and_a_state_runs_and_differentiates():
+    """torch.atan2 takes tensors only: `atan2(e, x)` (hypothesis found the emitter writing atan2(math.e, ...))
+    emits the number as a tensor like the other argument, in f, its Jacobian and h."""
+    from anmc.testing import check_jacobian, check_observation_jacobian
+
+    prior = anmc.compile_prior(
+        "model a2\nparam b = 1.3 in [0.5, 2] learn\nstate x ~ Normal(0, 1)\nstate y ~ Normal(0, 1)\n"
+        "dynamics continuous dt = 0.05 using rk4\n  x' = atan2(e, 2 + y^2)\n  y' = atan2(b, 2) - atan2(x, -2)\n"
+        "noise x = 0.01, y = 0.01\nobserve px = 3 + atan2(1, x)\n"
+    )
+    assert "torch.atan2(torch.full_like(" in prior.source
+    assert check_jacobian(prior).max_error_autograd < 1e-12
+    assert check_observation_jacobian(prior).max_error_autograd < 1e-12

@@ -157,7 +157,7 @@ def test_level_fills_the_right_fraction_from_the_bottom(level, size):
     assert frame.mean() == pytest.approx(want, abs=1e-6)
     rows = frame.mean(axis=1)  # every row is full, empty or (the one at the surface) partly filled
     assert np.all(np.diff(rows) >= 0)  # filled from the bottom
-    np.testing.assert_allclose(frame, np.broadcast_to(rows[:, None], frame.shape))
+    np.testing.assert_allclose(frame, np.broadcast_to(rows[:, None], frame.shape), atol=1e-6)  # float32 row means
 
 
 def test_level_under_a_disc_is_half_bright_and_both_read_back():
@@ -274,7 +274,7 @@ def _looming_g(m, t):
 
 
 def _incline_mu(m, t):
-    s = np.hypot(m["px"] - m["px"][0], m["py"] - m["py"][0]) / 6.0  # metres along the slope
+    s = np.hypot(m["px"] - m["px"][0], m["py"] - m["py"][0]) / 4.0  # metres along the slope
     a = 2.0 * np.polyfit(t, s, 2)[0]
     return (np.sin(0.349) - a / 9.81) / np.cos(0.349)
 
@@ -283,8 +283,8 @@ def _incline_mu(m, t):
     "name, intervention, read, true, frames",
     [("led", None, _led_tau, 1.5, 96), ("led", "faster", _led_tau, 0.75, 96),
      ("torricelli", None, _torricelli_k, 0.2, 96), ("torricelli", "wider_hole", _torricelli_k, 0.4, 96),
-     ("looming", None, _looming_g, 9.81, 128), ("incline", None, _incline_mu, 0.3, 96),
-     ("incline", "waxed", _incline_mu, 0.25, 96)],
+     ("looming", None, _looming_g, 9.81, 128), ("incline", None, _incline_mu, 0.3, 64),
+     ("incline", "waxed", _incline_mu, 0.25, 64)],
 )  # fmt: skip
 def test_the_parameter_can_be_read_back_from_the_pixels(name, intervention, read, true, frames, tmp_path):
     prior = anmc.compile_prior(PRIORS / f"{name}.anm", intervention=intervention)

@@ -336,3 +336,28 @@ def test_cli_commands_run_on_cuda(trained, tmp_path):
                  ["intervene", str(run), "--set", "c = 0.5", "--frames", "5", "-o", str(tmp_path / "i.gif"), "--device", "cuda"]):  # fmt: skip
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
+
+
+def test_a_run_of_an_edited_prior_reloads_with_its_edits(data, tmp_path):
+    """Trained from `compile_prior(path, intervention, edits)`, the checkpoint keeps the steps beside the
+    source: load_run, eval and resume see the edited model (a const, an equation, an intervention),
+    and resuming with the unedited prior is refused."""
+    from anmc.codegen.compile import compile_prior
+    from anmc.errors import UserError
+    from anmc.vae.run import CheckpointError, check_payload
+
+    edited = compile_prior(PRIOR, intervention="drag", edits=["L = 0.8", "init theta ~ Normal(0, 0.5)"])
+    run_dir = tmp_path / "run"
+    train(edited, [str(data)], run_dir, TrainConfig(**{**TINY, "epochs": 1}))
+    payload = load_checkpoint(run_dir)
+    assert payload["anm_steps"] == [["intervention", "drag"], ["edit", "L = 0.8"], ["edit", "init theta ~ Normal(0, 0.5)"]]
+    run = load_run(run_dir)
+    model = run.prior.model
+    assert model.applied == edited.model.applied and model.params["c"].value == edited.model.params["c"].value != 0.0
+    assert float(run.module.initial_std[0]) == pytest.approx(0.5)
+    assert run.prior.source == edited.source  # the same generated module, edits included
+    train(edited, [str(data)], run_dir, TrainConfig(**{**TINY, "epochs": 2}), resume=True)
+    with pytest.raises(UserError, match="different prior"):
+        train(PRIOR, [str(data)], run_dir, TrainConfig(**{**TINY, "epochs": 3}), resume=True)
+    with pytest.raises(CheckpointError, match="anm_steps"):
+        check_payload({**payload, "anm_steps": [["edit", 3]]}, "x")

@@ -19,7 +19,7 @@ from anmc.codegen.runtime import AnmModule
 from anmc.lang.check import reserved_reason
 from anmc.lang.errors import AnmError, Diagnostic
 from anmc.lang.parser import parse_anm
-from anmc.symbolic.model import Model, apply_edits, apply_intervention, build_model, read_source, too_deep
+from anmc.symbolic.model import Model, apply_edits, apply_intervention, build_model, read_source, replay, too_deep
 
 
 @dataclass
@@ -118,6 +118,14 @@ def _from_cache(entry, filename: str, build: Callable[[], Model]) -> CompiledPri
     if not (isinstance(cls, type) and issubclass(cls, AnmModule)):
         return None
     return CompiledPrior(None, source, cls, build)
+
+
+def compile_stored(source: str, steps=(), filename: str = "<anm>") -> CompiledPrior:
+    """The prior a checkpoint stores: its `.anm` text (read from `filename`) and the interventions and
+    edits applied to it (`Model.overrides.steps`), replayed (`anmc.symbolic.model.replay`) and compiled."""
+    if not steps:
+        return compile_prior(source)
+    return compile_model(replay(build_model(parse_anm(source, filename)), [tuple(step) for step in steps]))
 
 
 def compile_prior(

@@ -104,6 +104,16 @@ class AnmTorchPrinter(TorchPrinter):
     def _print_sign(self, expr):
         return f"torch.sign({self._print(expr.args[0])})"
 
+    def _print_atan2(self, expr):
+        # torch.atan2 takes tensors only: a number beside a tensor becomes a tensor like it (atan2(e, x))
+        y, x = expr.args
+        py, px = self._print(y), self._print(x)
+        if y.is_number:
+            py = f"torch.full_like({px}, {py})"
+        elif x.is_number:
+            px = f"torch.full_like({py}, {px})"
+        return f"torch.atan2({py}, {px})"
+
 
 def class_name(model: Model) -> str:
     name = "".join(part[:1].upper() + part[1:] for part in re.split(r"_+", model.name) if part) or "Model"

@@ -190,9 +190,13 @@ class Overrides:
     starts: dict[str, tuple[ast.Expr, str, str]] = field(default_factory=dict)
     applied: tuple[str, ...] = ()
     lets: dict[str, tuple[ast.Let, str, str]] = field(default_factory=dict)
+    # how to apply them again to the source (`replay`): ("intervention", name), ("edit", text) or
+    # ("file", text, filename, block name), in order; a checkpoint stores them beside the source
+    steps: tuple[tuple[str, ...], ...] = ()
 
     def copy(self) -> "Overrides":
-        return Overrides(dict(self.sets), dict(self.equations), dict(self.inits), dict(self.starts), self.applied, dict(self.lets))
+        return Overrides(dict(self.sets), dict(self.equations), dict(self.inits), dict(self.starts), self.applied, dict(self.lets),
+                         self.steps)  # fmt: skip
 
 
 @dataclass
@@ -629,8 +633,9 @@ def load_model(path_or_text: str | Path, filename: str | None = None) -> Model:
     return build_model(parse_anm(text, filename or name))
 
 
-def _with_items(model: Model, items, source: str, filename: str, label: str) -> Model:
+def _with_items(model: Model, items, source: str, filename: str, label: str, step: tuple[str, ...]) -> Model:
     o = model.overrides.copy()
+    o.steps = (*o.steps, step)
     for item in items:
         if isinstance(item, ast.SetItem):
             o.sets[item.name] = (item.value, source, filename)
@@ -652,12 +657,16 @@ def apply_intervention(model: Model, name: str) -> Model:
     if block is None:
         known = ", ".join(model.interventions) or "none declared"
         raise AnmError(Diagnostic(f"unknown intervention '{name}'" + (did_you_mean(name, model.interventions) or f"; the model has: {known}"), model.filename, 0, 0))
-    return _with_items(model, block.items, model.source, model.filename, name)
+    return _with_items(model, block.items, model.source, model.filename, name, ("intervention", name))
 
 
 def apply_interventions_from(model: Model, path_or_text: str | Path, name: str | None = None) -> Model:
     """Apply intervention blocks from another file (all of them, or the one called `name`), checked against `model`."""
     text, filename = read_source(path_or_text)
+    return _interventions_from_text(model, text, filename, name)
+
+
+def _interventions_from_text(model: Model, text: str, filename: str, name: str | None) -> Model:
     wrapper = parse_anm(text, filename)
     blocks = [s for s in wrapper.statements if isinstance(s, ast.Intervention)]
     others = [s for s in wrapper.statements if not isinstance(s, ast.Intervention)]
@@ -671,7 +680,7 @@ def apply_interventions_from(model: Model, path_or_text: str | Path, name: str |
         errors = [d for item in block.items for d in check_edit(item, model.program, text, filename)]
         if errors:
             raise AnmError(errors)
-        model = _with_items(model, block.items, text, filename, block.name)
+        model = _with_items(model, block.items, text, filename, block.name, ("file", text, filename, block.name))
     return model
 
 
@@ -688,5 +697,22 @@ def apply_edits(model: Model, edits: list[str] | tuple[str, ...]) -> Model:
         if errors:
             raise AnmError(errors)
         label = text.split("#")[0].strip()  # the comment is not part of the edit (nor of the generated docstring)
-        model = _with_items(model, [item], text + "\n", text, label)
+        model = _with_items(model, [item], text + "\n", text, label, ("edit", text))
+    return model
+
+
+def replay(model: Model, steps) -> Model:
+    """`model` with the interventions and edits `steps` applied again (a model's `overrides.steps`, as a
+    checkpoint stores them): the same model as the one they were recorded on, when `model` is built
+    from the same source. ValueError for a step that is none of the three kinds."""
+    for step in steps:
+        kind, *args = step
+        if kind == "intervention" and len(args) == 1:
+            model = apply_intervention(model, args[0])
+        elif kind == "edit" and len(args) == 1:
+            model = apply_edits(model, [args[0]])
+        elif kind == "file" and len(args) == 3:
+            model = _interventions_from_text(model, *args)
+        else:
+            raise ValueError(f"not an intervention or edit step: {step!r}")
     return model

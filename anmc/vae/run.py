@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from anmc.codegen.compile import CompiledPrior, compile_prior
+from anmc.codegen.compile import CompiledPrior, compile_stored
 from anmc.data.io import Clip, load_clips
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
@@ -60,7 +60,8 @@ _KEYS = {
     "rng": ((dict, torch.Tensor), "the random state: CPU and CUDA generators, or the CPU's alone from older runs"),
     "frame_shape": (list, "the frame shape"),
 }
-_OPTIONAL = {"videos": (list, "the training videos"), "metrics": (dict, "the last metrics row")}
+_OPTIONAL = {"videos": (list, "the training videos"), "metrics": (dict, "the last metrics row"),
+             "anm_steps": (list, "the interventions and edits applied to the .anm")}
 
 
 def save_checkpoint(run_dir: str | Path, payload: dict) -> Path:
@@ -120,6 +121,8 @@ def check_payload(payload: dict, path) -> None:
             ok = len(value) == 3 and all(isinstance(v, int) and v > 0 for v in value)
         if ok and key == "videos":
             ok = all(isinstance(v, str) for v in value)
+        if ok and key == "anm_steps":
+            ok = all(isinstance(step, list) and step and all(isinstance(v, str) for v in step) for step in value)
         if ok and key in ("epoch", "step"):
             ok = value >= 0
         if ok and key == "rng" and isinstance(value, dict):
@@ -200,8 +203,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     payload = load_checkpoint(run_dir, map_location=device)
     config = TrainConfig.from_dict(payload["config"], f"{run_dir}/checkpoint.pt")
     try:
-        prior = compile_prior(payload["anm_source"])
-    except UserError as err:
+        prior = compile_stored(payload["anm_source"], payload.get("anm_steps", []), payload["anm_filename"])
+    except (UserError, ValueError) as err:
         raise CheckpointError(f"the prior stored in {run_dir} no longer compiles ({str(err).splitlines()[0]}); retrain the run.") from None
     vae = build_vae(prior, payload["frame_shape"], config)
     weights = payload["vae"]

@@ -192,7 +192,8 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     torch.manual_seed(config.seed)
 
     compiled = prior if isinstance(prior, CompiledPrior) else compile_prior(Path(prior) if not str(prior).count("\n") else prior)
-    if payload is not None and payload["anm_source"] != compiled.model.source:
+    steps = [list(step) for step in compiled.model.overrides.steps]
+    if payload is not None and (payload["anm_source"] != compiled.model.source or payload.get("anm_steps", []) != steps):
         raise CheckpointError(
             f"the checkpoint in {run_dir} was trained with a different prior ({payload['anm_filename']}); "
             "resume with the same .anm, or train into a new -o directory."
@@ -316,6 +317,7 @@ def _checkpoint(s: _Session, epochs_done: int, row: dict) -> None:
         {
             "anm_source": s.compiled.model.source,
             "anm_filename": s.compiled.model.filename,
+            "anm_steps": [list(step) for step in s.compiled.model.overrides.steps],  # its interventions and edits
             "config": asdict(s.config),
             "epoch": epochs_done,
             "step": s.step,
