@@ -270,3 +270,24 @@ def test_declared_tracking_tells_the_factual_from_the_counterfactual():
     assert decay_time(t, b) == pytest.approx(1.5, rel=0.01)
     trial = Trial(1 / 30, ("b",), sim_f, sim_cf, {"tau": 0.75}, {"centroid": (b, b), "encoder": (b, b)})
     assert not rows_from_videos(check, trial)[0].passed
+
+
+def test_cli_checks_a_tiny_declared_run_with_the_sprite_decoder(tmp_path):
+    """A draining tank drawn by the declared renderer at 32x32 and trained at 16x16 with the sprite decoder:
+    `anmc check-interventions` reads the level back from the decoded pixels (the numbers of an untrained
+    model mean nothing; the path from truth.json's declared geometry to a row does)."""
+    from anmc.synthetic.synth import synthesize
+    from anmc.vae.config import TrainConfig
+    from anmc.vae.train import train
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    synthesize(f"{PRIORS}/torricelli.anm", out_dir=data, clips=4, frames=24, size=32, seed=3, fmt="npz")
+    config = TrainConfig(size=16, batch=4, seq_len=4, steps_per_epoch=4, epochs=1, learn_params_after=0, val_fraction=0.25,
+                         decoder="sprite", warmup=2)  # fmt: skip
+    train(f"{PRIORS}/torricelli.anm", [str(data)], run, config)
+    res = CliRunner().invoke(main, ["check-interventions", str(run), "--json", str(tmp_path / "rows.json"), "--save", str(tmp_path / "cf")])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert row["system"] == "torricelli" and row["quantity"] == "outflow coefficient k" and row["simulated"] == pytest.approx(0.4, rel=0.02)
+    assert math.isfinite(row["measured_centroid"])
+    assert (tmp_path / "cf" / "intervene_torricelli_wider_hole.gif").exists()
