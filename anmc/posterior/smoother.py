@@ -247,19 +247,30 @@ def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: 
     return lin
 
 
-ROLLOUTS = 512  # candidate starts of the global search for a nonlinear h (`_best_rollout`)
+ROLLOUTS = 512  # candidate starts of the global search for a nonlinear h (`_best_rollout`) per ROLLOUT_FRAMES frames
+ROLLOUT_FRAMES = 32  # (the training sequence's default length); a longer sequence gets proportionally more,
+MAX_ROLLOUTS = 8192  # up to this many
+
+
+def rollout_candidates(frames: int) -> int:
+    """How many candidate starts `_best_rollout` draws for a sequence of `frames` frames: ROLLOUTS per
+    ROLLOUT_FRAMES frames, at most MAX_ROLLOUTS. The misfit sharpens with the length (a rate off by δ
+    puts the phase δ T off by the end), so its basin shrinks like 1/T: 512 starts found the pulsar's spin
+    in 23 of 24 whole 128-frame clips, one settling on half its rate; 2048 found all 24, within 0.03 rad/s."""
+    return min(MAX_ROLLOUTS, ROLLOUTS * max(1, math.ceil(frames / ROLLOUT_FRAMES)))
 
 
 @torch.no_grad()
-def _best_rollout(module, readings: _Readings, candidates: int = ROLLOUTS, seed: int = 0) -> Tensor:
+def _best_rollout(module, readings: _Readings, candidates: int | None = None, seed: int = 0) -> Tensor:
     """Where the fixed point starts when h is not affine in the states: for each sequence, the noiseless
-    rollout z_t = f(z_{t−1}) of the one of `candidates` initial states (drawn from the initial prior, a
-    fixed seed, shared by every sequence) whose readings h(z_t) best match y_t (least Σ_t ‖(y_t −
-    h(z_t)) / r_t‖²), (B, T, d). An iterated EKF only refines: from the initial mean it follows whichever
+    rollout z_t = f(z_{t−1}) of the one of `candidates` initial states (default `rollout_candidates(T)`;
+    drawn from the initial prior, a fixed seed, shared by every sequence) whose readings h(z_t) best
+    match y_t (least Σ_t ‖(y_t − h(z_t)) / r_t‖²), (B, T, d). An iterated EKF only refines: from the initial mean it follows whichever
     mode a many-to-one h leads it to (a pulse profile read at the uniform prior's centre has H ≈ 0 and
     leaves the phase where it is), while a global search over whole trajectories uses every frame to
     pick the basin (docs/method.md §6). T calls of f on `candidates` states, O(B·candidates·T·m) to score."""
     gen = torch.Generator(device=module.initial_a.device).manual_seed(seed)
+    candidates = candidates or rollout_candidates(readings.y.shape[1])
     z0 = module.sample_initial(candidates, gen).to(readings.y)
     paths = module.rollout(z0, readings.y.shape[1]).double()  # (K, T, d)
     seen = module.observe(paths).double()  # (K, T, m)
