@@ -32,7 +32,7 @@ import torch
 from anmc.analysis.physics_checks import check_interventions, format_table, self_check
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("pendulum", "spring", "falling", "led", "torricelli", "incline")
+SYSTEMS = ("pendulum", "spring", "falling", "led", "torricelli", "incline", "spring_camera", "falling_camera")
 
 
 def ground_truth(size: int) -> bool:

@@ -42,7 +42,7 @@ from anmc.errors import UserError
 from anmc.analysis.evaluate import encode_frames
 from anmc.vae.run import Run, load_run, load_run_clips
 from anmc.lang.errors import did_you_mean
-from anmc.symbolic.model import apply_edits, apply_intervention, apply_interventions_from
+from anmc.symbolic.model import apply_edits, apply_intervention, apply_interventions_from, changed_since
 
 __all__ = ["Counterfactual", "intervene", "intervened_module", "intervened_model", "rollout_counterfactual"]
 
@@ -77,7 +77,7 @@ def intervened_module(run: Run, intervention: str | None = None, edits=(), file:
     model = intervened_model(run, intervention, edits, file)
     module = compile_model(model).module()
     trained = run.module
-    set_names = set(model.overrides.sets)
+    set_names = changed_since(model, run.prior.model)  # not the run's own edits (a learnable param's start)
     with torch.no_grad():
         for name, value in trained.param_values().items():
             if name not in set_names:
@@ -268,7 +268,7 @@ def intervene(
         z0_f = run.module.sample_initial(batch, generator=torch.Generator().manual_seed(seed))
         z0_cf = cf_module.sample_initial(batch, generator=torch.Generator().manual_seed(seed))
     else:
-        if cf_module.anm_model.overrides.inits:
+        if changed_since(cf_module.anm_model, run.prior.model, "inits"):
             notes.append("`init` lines apply only to --sample; this start is encoded from the video (use `start x = ...` to change it)")
         clips = load_run_clips(run, [str(video)] if video is not None else None)
         k = run.vae.window

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -276,7 +276,7 @@ def _above_floor_count(y: np.ndarray) -> np.ndarray:
 
 
 # systems drawn by the declared renderer (their camera roles): the drawn state, read back from the roles
-DECLARED_KEY = {"led": "b", "torricelli": "h", "incline": "x"}
+DECLARED_KEY = {"led": "b", "torricelli": "h", "incline": "x", "spring_camera": "x", "falling_camera": "y"}
 
 
 def _fit_window(y: np.ndarray, floor: float) -> np.ndarray:
@@ -389,6 +389,10 @@ CHECKS: dict[str, tuple[Check, ...]] = {
         ),
     ),
 }  # fmt: skip
+# the spring and the falling object with their cameras declared (priors/*_camera.anm), drawn by the
+# declared renderer: the same checks, the state read back through h
+CHECKS["spring_camera"] = tuple(replace(c, system="spring_camera") for c in CHECKS["spring"])
+CHECKS["falling_camera"] = tuple(replace(c, system="falling_camera") for c in CHECKS["falling"])
 
 
 def rows_from_videos(check: Check, trial: Trial) -> list[Row]:
@@ -430,12 +434,16 @@ def _intervened(model, check: Check):
     return apply_edits(model, list(check.edits))
 
 
-def _true_module(model, params: dict[str, float]):
+def _true_module(model, params: dict[str, float], base=None):
+    """`model` compiled (float64) with the true `params` except those it sets on top of `base` (the
+    intervention's; not the run's own edits, such as a learnable param's start value)."""
     from anmc.codegen.compile import compile_model
+    from anmc.symbolic.model import changed_since
 
     module = compile_model(model).module().double().requires_grad_(False)
+    keep = changed_since(model, base if base is not None else model)
     for name, value in params.items():
-        if name in module.param_names and name not in model.overrides.sets:
+        if name in module.param_names and name not in keep:
             module.set_param(name, float(value))
     return module
 
@@ -444,7 +452,7 @@ def true_modules(model, check: Check, params: dict[str, float] | None = None):
     """(factual, counterfactual) generated modules of `model` (a `Model`) and `model` under `check`,
     float64, with the true `params` (e.g. truth.json's) where the intervention sets nothing."""
     params = params or {}
-    return _true_module(model, params), _true_module(_intervened(model, check), params)
+    return _true_module(model, params), _true_module(_intervened(model, check), params, base=model)
 
 
 def simulate_check(model, check: Check, z0, params: dict[str, float] | None = None, frames: int | None = None):
@@ -590,7 +598,7 @@ def self_check(system: str, size: int = 64, priors_dir: str | Path | None = None
     priors_dir = Path(priors_dir) if priors_dir else Path(__file__).resolve().parents[2] / "priors"
     model = load_model(priors_dir / f"{system}.anm")
     default_z0 = {"pendulum": [0.8, 0.0], "spring": [0.6, 0.0], "falling": [3.0, 0.0], "led": [0.9], "torricelli": [0.9],
-                  "incline": [0.5, 0.4]}  # fmt: skip
+                  "incline": [0.5, 0.4], "spring_camera": [0.6, 0.0], "falling_camera": [3.0, 0.0]}  # fmt: skip
     z0 = np.asarray(default_z0[system] if z0 is None else z0, np.float64)
     rows = []
     for check in CHECKS[system]:

@@ -701,6 +701,14 @@ def apply_edits(model: Model, edits: list[str] | tuple[str, ...]) -> Model:
     return model
 
 
+def changed_since(model: Model, base: Model, kind: str = "sets") -> set[str]:
+    """The names whose `kind` override ("sets", "equations", "inits", "starts", "lets") `model` applied
+    on top of `base` (an intervention on a trained run's prior: what it changes, not what the run's own
+    edits already had, such as a learnable param's start value)."""
+    before = getattr(base.overrides, kind)
+    return {name for name, entry in getattr(model.overrides, kind).items() if before.get(name) is not entry}
+
+
 def replay(model: Model, steps) -> Model:
     """`model` with the interventions and edits `steps` applied again (a model's `overrides.steps`, as a
     checkpoint stores them): the same model as the one they were recorded on, when `model` is built
