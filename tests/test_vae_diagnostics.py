@@ -126,7 +126,9 @@ def test_eval_reports_a_collapsed_run(data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "warning" in res.stdout and "the posterior has collapsed" in res.stdout
     report = json.loads((tmp_path / "e.json").read_text())
-    assert [f["code"] for f in report["diagnostics"]] == ["posterior_collapse"]
+    # collapsed, and (the truth known) neither state learned
+    assert [(f["code"], f["evidence"].get("state")) for f in report["diagnostics"]] == [
+        ("posterior_collapse", None), ("state_not_recovered", "theta"), ("state_not_recovered", "omega")]
     assert report["diagnostics"][0]["evidence"]["recon_explained"] <= diag.MEAN_IMAGE_LEVEL
 
 
@@ -140,3 +142,17 @@ def test_quickstart_prints_a_plain_line_per_epoch(tmp_path):
     assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert "ETA" in lines[0] and "L=" in lines[0] and "torch threads:" in res.stderr
     assert "\x1b[" not in res.stderr  # no bar, no escape codes
+
+
+def test_truth_findings_say_when_a_state_was_not_learned_or_not_in_units():
+    """With the truth known (`anmc eval` on synthetic data), a state the latents do not follow is said to be
+    not learned, and one found at another scale (the first incline prior: slope 0.07) not in units."""
+    states = {
+        "theta": {"pearson": 0.999, "slope": 1.02},
+        "omega": {"pearson": -0.2, "slope": -0.1},
+        "x": {"pearson": 0.895, "slope": 0.0704},
+        "phase": {"pearson": 0.99, "slope": None},  # circular: no slope
+    }
+    found = {(f["code"], f["evidence"]["state"]) for f in diag.truth_findings(states)}
+    assert found == {("state_not_recovered", "omega"), ("not_in_units", "x")}
+    assert diag.truth_findings({"b": {"pearson": float("nan"), "slope": float("nan")}})[0]["code"] == "state_not_recovered"

@@ -28,7 +28,7 @@ import torch
 
 from anmc.data.io import Clip, read_truth
 from anmc.errors import UserError
-from anmc.vae.diagnostics import run_diagnostics
+from anmc.vae.diagnostics import run_diagnostics, truth_findings
 from anmc.vae.run import Run, load_run_clips
 
 
@@ -209,5 +209,5 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
                 lat[ok, li], col[ok], lat[ok], (fit[ok], ~fit[ok]), circular=name in circular
             )
     report["prediction"] = prediction_errors(run, clips)
-    report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen)
+    report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen) + truth_findings(report["states"])
     return report

@@ -190,6 +190,38 @@ def epoch_diagnostics(vae, data, config, row: dict, device, sequences: int = 8) 
     return latent_diagnostics(vae.prior, mu, kl, explained_fraction(recon, baseline, floor), vae.observed)
 
 
+NOT_RECOVERED = 0.5  # |r| below this against the truth: the state was not learned
+UNITS = 1.5  # a slope outside [1/UNITS, UNITS] against the truth: not in the prior's units
+
+
+def truth_findings(states: dict[str, dict]) -> list[dict]:
+    """Findings that need the truth (`anmc eval` of a run on `anmc synth` data or a truth.csv): for each
+    state of `evaluate`'s report, `state_not_recovered` when the latent follows the truth at |r| below
+    NOT_RECOVERED, else `not_in_units` when its slope is outside [1/UNITS, UNITS] (a state found, in
+    other units: learned params then hold in those units only)."""
+    out = []
+    for name, m in states.items():
+        r, slope = abs(m["pearson"]), m.get("slope")
+        if not math.isfinite(r) or r < NOT_RECOVERED:
+            out.append(finding(
+                "state_not_recovered",
+                f"latent {name} follows the true {name} at |r| {r:.2f}: the model did not learn {name}.",
+                "the collapse and scale findings above, if any; --recon gaussian; frames with the object in contrast; "
+                "more epochs; check dt against the video (--fps) and that the prior's observe lines say what a frame shows.",
+                state=name, r=r,
+            ))  # fmt: skip
+        elif slope is not None and math.isfinite(slope) and not 1 / UNITS <= abs(slope) <= UNITS:
+            out.append(finding(
+                "not_in_units",
+                f"latent {name} is {slope:+.3g}x the true {name} (|r| {r:.3f}): found, but not in the prior's units, so "
+                "learned params hold in the latents' units only.",
+                "declare the camera (observe px = ..., --decoder sprite: docs/method.md, 'Physical units'); an initial "
+                f"distribution that covers the states a clip passes through (every window's first frame gets it as its prior).",
+                state=name, slope=slope, r=r,
+            ))  # fmt: skip
+    return out
+
+
 def run_diagnostics(run, mus, recon_mse: float, moments, frames: int) -> list[dict]:
     """The findings of a trained run (`anmc eval`): latent means `mus` (a list of (T, d) arrays, one a clip),
     the reconstruction MSE, and `moments` = (sum of frames, sum of squared frames) over `frames` frames, whose
