@@ -215,8 +215,8 @@ def test_clips_end_before_an_object_reaches_the_camera_and_out_of_range_roles_ar
     assert (syn.observations[..., 0] <= 32).all() and (syn.observations[..., 0] > 0).all()
     d = syn.states[..., 0]
     assert ((32 / d[:, n - 1]) <= 32).all()
-    bright = re.sub(r"observe brightness = b .*", "observe brightness = 1.5 * b", (PRIORS / "led.anm").read_text())
-    syn = synthesize(bright, None, clips=2, frames=4, size=16)
+    bright = re.sub(r"observe brightness = b .*", "observe brightness = 4 * b", (PRIORS / "led.anm").read_text())
+    syn = synthesize(bright, None, clips=4, frames=4, size=16)
     assert any(note.startswith("brightness is outside [0, 1]") and "clipped" in note for note in syn.notes)
     assert syn.frames[0].max() == 255
 
