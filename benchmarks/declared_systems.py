@@ -1,7 +1,8 @@
 """The declared systems on videos anmc did not draw: an LED fading, a tank draining, a block on an incline.
 
     python benchmarks/declared_systems.py [--systems led,torricelli,incline] [--seeds 0,1,2] [--epochs 8]
-                                          [--decoder sprite] [--threads 1] [--workdir DIR] [--json OUT] [--quick]
+                                          [--decoder sprite] [--recon bernoulli] [--threads 1] [--workdir DIR]
+                                          [--json OUT] [--quick]
 
 The videos come from this file's own generator, independent of `anmc.synthetic` (no shared drawing code,
 no shared simulation: the physics in closed form, the shapes supersampled 4x4): 96 x 96 RGB mp4 at 30 fps,
@@ -199,7 +200,7 @@ def run_one(system: str, seed: int, args, workdir: Path) -> dict:
     clips, frames = (args.clips, args.frames) if args.quick else DATA[system]
     make_dataset(system, data, seed, clips, frames, n=args.side)
     prior = prior_for(system, data.parent / f"{system}.anm")
-    config = TrainConfig(seed=seed, epochs=args.epochs, decoder=args.decoder, **args.tiny)
+    config = TrainConfig(seed=seed, epochs=args.epochs, decoder=args.decoder, recon=args.recon, **args.tiny)
     started = time.monotonic()
     result = train(prior, [str(data)], data.parent / "run", config)
     minutes = (time.monotonic() - started) / 60
@@ -207,7 +208,7 @@ def run_one(system: str, seed: int, args, workdir: Path) -> dict:
     (name, true), = TRUTH[system].items()
     learned = report["params"][name]["learned"]
     return {
-        "system": system, "seed": seed, "epochs": result.epochs, "decoder": args.decoder,
+        "system": system, "seed": seed, "epochs": result.epochs, "decoder": args.decoder, "recon": args.recon,
         "states": {k: {"r": abs(v["pearson"]), "slope": v["slope"]} for k, v in report["states"].items()},
         "param": name, "learned": learned, "true": true, "error": learned / true - 1, "minutes": minutes,
         "diagnostics": [f["code"] for f in report["diagnostics"]],
@@ -238,6 +239,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated; each seed is a new draw of the data and of the training")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--decoder", default="sprite", help="sprite (the camera declared) or deconv")
+    ap.add_argument("--recon", default="bernoulli", help="the pixel likelihood (anmc's default: bernoulli)")
     ap.add_argument("--workdir", type=Path, help="where data sets and runs go (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned; minutes depend on it)")
