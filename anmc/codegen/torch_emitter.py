@@ -99,7 +99,14 @@ class AnmTorchPrinter(TorchPrinter):
         return " + ".join(f"({self._print(g)})" for g in groups)
 
     def _print_Heaviside(self, expr):
-        return f"({self._print(expr.args[0])} > 0).to({self.like})"
+        # SymPy's Heaviside(0) is H0 (1/2 unless given), as numpy.heaviside(x, 0.5) in the numpy emitter: the
+        # derivative of Max(|x|, x), tied on a whole half-line, is then 1/2 sign(x) + 1/2 = 1 there (H(0) = 0
+        # gave 0, a wrong Jacobian; hypothesis found it)
+        x = self._print(expr.args[0])
+        h0 = expr.args[1] if len(expr.args) > 1 else sp.S.Half
+        if h0 == sp.S.Half:
+            return f"(0.5 + 0.5*torch.sign({x}))"
+        return f"(({x} > 0).to({self.like}) + {self._print(h0)}*({x} == 0).to({self.like}))"
 
     def _print_sign(self, expr):
         return f"torch.sign({self._print(expr.args[0])})"
