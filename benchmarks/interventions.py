@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from anmc.analysis.physics_checks import check_interventions, format_table, self_check
+from anmc.analysis.physics_checks import CHECKS, check_interventions, format_table, self_check
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("pendulum", "spring", "falling", "led", "torricelli", "incline", "spring_camera", "falling_camera")
+SYSTEMS = tuple(CHECKS)  # every system the checker knows
 
 
 def ground_truth(size: int) -> bool:

@@ -535,6 +535,7 @@ def check_interventions(
     candidates = _candidate_starts(run)
     wanted = CHECKS[system] if not checks else [ch for ch in CHECKS[system] if ch.name in checks or ch.intervention in checks]
     rows: list[Row] = []
+    factual = _true_module(model, true_params) if declared else None  # its true h reads the factual videos' roles
     for check in wanted:
         frames = max(8, int(round(check.frames * frames_scale)))
         sim_f, sim_cf, mcf = simulate_check(model, check, candidates, true_params, frames)
@@ -546,8 +547,7 @@ def check_interventions(
             cf_module = intervened_module(run, edits=list(check.edits))
         cf = rollout_counterfactual(run, cf_module, z0, frames=frames, label=f"{system}: {check.label}")
         if declared:  # the roles read back from the pixels, inverted through the true h
-            mf = _true_module(model, true_params)
-            measured = {"centroid": (track_declared(cf.factual[0], geom, mf, key, sim_f[i]),
+            measured = {"centroid": (track_declared(cf.factual[0], geom, factual, key, sim_f[i]),
                                      track_declared(cf.frames[0], geom, mcf, key, sim_cf[i]))}  # fmt: skip
         else:
             measured = {
