@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -232,6 +233,7 @@ def speed_rows(systems, batches, quick: bool):
 COMPILE_SNIPPET = """
 import sys, time
 import torch, sympy, lark
+import sympy.tensor.tensor  # SymPy imports it lazily on its first Add (~40 ms): part of importing SymPy, not of anmc's compile
 sys.path.insert(0, sys.argv[2])
 from jacobian_sources import source
 src = source(sys.argv[1])
@@ -260,22 +262,33 @@ def compile_time(name: str, cache_dir: str, helper: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def compile_rows(large: bool, quick: bool):
+def compile_rows(large: bool, quick: bool, rounds: int = 5):
+    """Per prior: (label, states, first-compile times, cached times), each over `rounds` fresh processes
+    (an empty cache for each first compile; chain500 once)."""
     names = [str(ROOT / "priors" / "pendulum.anm"), str(PRIORS / "double_pendulum.anm"), "chain16"]
     if quick:
-        names = names[:1]
+        names, rounds = names[:1], 1
     if large:
         names.append("chain500")
     rows = []
-    with tempfile.TemporaryDirectory() as helper, tempfile.TemporaryDirectory() as cache_dir:
+    with tempfile.TemporaryDirectory() as helper:
         Path(helper, "jacobian_sources.py").write_text(SOURCES_MODULE.format(bench=str(Path(__file__).resolve())))
         for name in names:
             label = Path(name).stem if name.endswith(".anm") else name
             eqs = anmc.compile_prior(name if name.endswith(".anm") else chain_anm(int(name[5:]))).module().d if not name.startswith("chain5") else 1000
-            first = compile_time(name, cache_dir, helper)
-            cached = compile_time(name, cache_dir, helper)
+            first, cached = [], []
+            for _ in range(1 if name == "chain500" else rounds):
+                with tempfile.TemporaryDirectory() as cache_dir:
+                    first.append(compile_time(name, cache_dir, helper))
+                    cached.append(compile_time(name, cache_dir, helper))
             rows.append((label, eqs, first, cached))
     return rows
+
+
+def fmt_spread(times: list[float]) -> str:
+    """The median, and the range when there are several."""
+    mid = statistics.median(times)
+    return f"{mid:.3f}" if len(times) == 1 else f"{mid:.3f} ({min(times):.3f}-{max(times):.3f})"
 
 
 def compile_core_rows(quick: bool):
@@ -335,11 +348,11 @@ def main() -> None:
             table.add_row(name, str(d), str(B), *cells, op)
         console.print(table)
 
-    table = Table(title="compile time (parse -> module instance, fresh process, after torch/sympy/lark imports), s")
+    table = Table(title="compile time (parse -> module instance, fresh process, after torch/sympy/lark imports), s: median (range) of 5 processes")
     for c in ("prior", "d", "first (empty cache)", "cached"):
         table.add_column(c, justify="left" if c == "prior" else "right")
     for label, eqs, first, cached in compile_rows(args.large, args.quick):
-        table.add_row(label, str(eqs), f"{first:.3f}", f"{cached:.3f}")
+        table.add_row(label, str(eqs), fmt_spread(first), fmt_spread(cached))
     console.print(table)
 
     if args.compile_core:

@@ -3,6 +3,9 @@ cached text goes through the same audit as fresh text, and an unusable directory
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,41 @@ def test_xdg_cache_home_is_the_default(tmp_path, monkeypatch):
 def test_a_model_object_is_compiled_without_the_cache(cache_dir):
     anmc.compile_prior(anmc.load_model(PENDULUM))
     assert not cache_dir.exists()
+
+
+def test_reading_a_cached_prior_builds_no_model_and_imports_no_parser(cache_dir):
+    """The cached path's promise (benchmarks/jacobian.py, "cached"): in a fresh process, a prior the
+    cache holds is audited and loaded without the parser, the checker, the syntax tree or the
+    symbolic model, which are imported the moment something asks for the model."""
+    anmc.compile_prior(PENDULUM)
+    script = (
+        "import sys, anmc\n"
+        f"p = anmc.compile_prior({str(PENDULUM)!r})\n"
+        "p.module()\n"
+        "heavy = ('anmc.lang.parser', 'anmc.lang.check', 'anmc.lang.ast', 'anmc.symbolic.model', 'anmc.codegen.torch_emitter', 'lark')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "p.model\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env={**os.environ, "ANMC_CACHE_DIR": str(cache_dir)})
+    before, after = out.stdout.strip().splitlines()
+    assert before == "[]"
+    assert "anmc.symbolic.model" in after and "anmc.lang.parser" in after
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_compiling_leaves_the_garbage_collector_as_it_found_it(cache_dir, enabled):
+    """compile_prior pauses the cyclic collector while it works (anmc.codegen.compile) and gives it
+    back in the state it was in, also when the compile fails."""
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        anmc.compile_prior(PENDULUM)
+        assert gc.isenabled() is enabled
+        with pytest.raises(anmc.AnmError):
+            anmc.compile_prior("model broken\nstate x\n")
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()

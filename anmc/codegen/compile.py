@@ -8,18 +8,27 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 from anmc.codegen import cache
 from anmc.codegen.load import UnsafeSourceError, load_class
 from anmc.codegen.runtime import AnmModule
-from anmc.lang.check import reserved_reason
-from anmc.lang.errors import AnmError, Diagnostic
-from anmc.lang.parser import parse_anm
-from anmc.symbolic.model import Model, apply_edits, apply_intervention, build_model, read_source, replay, too_deep
+from anmc.lang.names import reserved_reason
+from anmc.lang.source import read_source
+
+if TYPE_CHECKING:
+    from anmc.symbolic.model import Model
+
+# The parser, the checker and the symbolic model (with the syntax tree's classes) are imported where a
+# model is built: a prior read from the cache needs none of them, and importing them costs more than the
+# read itself (benchmarks/jacobian.py, "cached").
 
 
 @dataclass
@@ -69,15 +78,38 @@ class CompiledPrior:
         return emit_latex(self.model)
 
 
+def _collector_paused(fn):
+    """Run `fn` with Python's cyclic garbage collector paused. Compiling allocates many objects (Lark's
+    tables, SymPy's expressions, the loader's syntax tree) and almost no cycles, and every full collection
+    it triggers walks the ~200,000 objects that importing torch and SymPy made: about 0.2-0.3 s of a
+    double pendulum's compile, and most of reading a cached prior (benchmarks/jacobian.py). Reference
+    counting still frees what a compile drops; the collector is back on when it returns."""
+
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        was_on = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_on:
+                gc.enable()
+
+    return paused
+
+
 def audit_names(model: Model) -> set[str]:
     """The names the model's generated source may use besides the emitter's own: its states, consts, params,
     lets (a cse temporary may take a let's name, anmc.codegen.lets) and observations (`observe NAME = EXPR`)."""
     return {*model.states, *model.consts, *model.params, *model.lets, *model.observation_names}
 
 
+@_collector_paused
 def compile_model(model: Model) -> CompiledPrior:
     """Emit and load the torch module of an already-built model."""
     from anmc.codegen.torch_emitter import class_name, emit_torch  # (SymPy's printers: not needed for a cached prior)
+    from anmc.lang.errors import AnmError, Diagnostic
+    from anmc.symbolic.model import too_deep
 
     try:
         source = emit_torch(model)  # user text (file names, equations as typed) goes in through escape.comment_safe
@@ -93,6 +125,8 @@ def compile_model(model: Model) -> CompiledPrior:
 
 
 def _intervened(model: Model, intervention: str | None, edits) -> Model:
+    from anmc.symbolic.model import apply_edits, apply_intervention
+
     if intervention:
         model = apply_intervention(model, intervention)
     if edits:
@@ -120,14 +154,19 @@ def _from_cache(entry, filename: str, build: Callable[[], Model]) -> CompiledPri
     return CompiledPrior(None, source, cls, build)
 
 
+@_collector_paused
 def compile_stored(source: str, steps=(), filename: str = "<anm>") -> CompiledPrior:
     """The prior a checkpoint stores: its `.anm` text (read from `filename`) and the interventions and
     edits applied to it (`Model.overrides.steps`), replayed (`anmc.symbolic.model.replay`) and compiled."""
     if not steps:
         return compile_prior(source)
+    from anmc.lang.parser import parse_anm
+    from anmc.symbolic.model import build_model, replay
+
     return compile_model(replay(build_model(parse_anm(source, filename)), [tuple(step) for step in steps]))
 
 
+@_collector_paused
 def compile_prior(
     source: str | Path | Model,
     intervention: str | None = None,
@@ -139,12 +178,18 @@ def compile_prior(
     The generated source of a path or text is cached (anmc.codegen.cache): a second compile of the same
     text, intervention and edits by the same anmc only audits and loads it.
     """
-    if isinstance(source, Model):
-        return compile_model(_intervened(source, intervention, edits))
+    if not isinstance(source, (str, Path)):
+        from anmc.symbolic.model import Model
+
+        if isinstance(source, Model):
+            return compile_model(_intervened(source, intervention, edits))
     text, filename = read_source(source)
     name = cache.key(text, filename, intervention, list(edits))
 
     def build() -> Model:
+        from anmc.lang.parser import parse_anm
+        from anmc.symbolic.model import build_model
+
         return _intervened(build_model(parse_anm(text, filename)), intervention, edits)
 
     entry = cache.get(name)

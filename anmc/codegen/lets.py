@@ -24,6 +24,8 @@ def let_values(model: Model) -> dict[str, sp.Expr]:
 def name_temporaries(replacements, reduced, targets: dict[str, sp.Expr]):
     """(replacements, reduced, names): cse's output with each temporary equal to a value in `targets`
     (let name -> value, in the same form as the cse'd expressions) renamed after its let."""
+    if not targets:
+        return replacements, reduced, set()
     by_value = {}
     for name, value in targets.items():
         by_value.setdefault(value, name)

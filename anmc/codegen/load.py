@@ -35,6 +35,7 @@ _ALLOWED_NODES = (
     pyast.BinOp, pyast.UnaryOp, pyast.Compare, pyast.Add, pyast.Sub, pyast.Mult, pyast.Div, pyast.Pow,
     pyast.USub, pyast.UAdd, pyast.Gt, pyast.keyword,
 )  # fmt: skip
+_ALLOWED_TYPES = frozenset(_ALLOWED_NODES)
 _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
 _FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_J", "_gF", "_gJ", "_zero"}
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
@@ -82,36 +83,42 @@ def audit(source: str | pyast.Module, allowed_names: set[str]) -> None:
     tree = pyast.parse(source) if isinstance(source, str) else source
     _audit_statements(tree)
     for node in _nodes(tree):
-        if not isinstance(node, _ALLOWED_NODES):
-            raise UnsafeSourceError(f"generated code contains a {type(node).__name__} node")
-        if isinstance(node, pyast.Import):
-            names = {a.name for a in node.names}
-        elif isinstance(node, pyast.ImportFrom):
-            names = {node.module}
-        else:
-            names = set()
-        if names - _IMPORTS:
-            raise UnsafeSourceError(f"generated code imports {sorted(names - _IMPORTS)}")
-        if isinstance(node, pyast.Name) and not (
-            node.id in _FIXED_NAMES
-            or node.id in allowed_names
-            or (node.id in _CLASS_ATTRIBUTES and isinstance(node.ctx, pyast.Store)) or _is_generated_name(node.id, allowed_names)
-        ):
-            raise UnsafeSourceError(f"generated code uses the name {node.id!r}")
-        if isinstance(node, pyast.Attribute) and not (
-            node.attr in _ATTRIBUTES or _is_storage_attribute(node.attr, allowed_names)
-        ):
-            raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
-        if isinstance(node, pyast.Attribute) and node.attr.startswith("__") and node.attr != "__init__":
-            raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
-        if isinstance(node, pyast.Constant) and not isinstance(node.value, (int, float, str, type(None))):
+        kind = type(node)  # exact classes: ast.parse makes no subclasses, and a subclass is refused
+        if kind not in _ALLOWED_TYPES:
+            raise UnsafeSourceError(f"generated code contains a {kind.__name__} node")
+        if kind is pyast.Name:
+            _audit_name(node, allowed_names)
+        elif kind is pyast.Attribute:
+            _audit_attribute(node, allowed_names)
+        elif kind is pyast.Constant and not isinstance(node.value, (int, float, str, type(None))):
             raise UnsafeSourceError(f"generated code contains the constant {node.value!r}")  # complex, bytes
-        if isinstance(node, pyast.Attribute) and isinstance(node.ctx, pyast.Store) and not (
-            isinstance(node.value, pyast.Name) and node.value.id == "self"
-        ):  # only the module's own attributes are ever assigned, never torch.sin = ...
-            raise UnsafeSourceError(f"generated code assigns the attribute {node.attr!r} of something other than self")
-        if isinstance(node, pyast.Name) and isinstance(node.ctx, pyast.Store) and node.id in _NEVER_ASSIGNED:
-            raise UnsafeSourceError(f"generated code assigns the name {node.id!r}")
+        elif kind is pyast.Import or kind is pyast.ImportFrom:
+            names = {a.name for a in node.names} if kind is pyast.Import else {node.module}
+            if names - _IMPORTS:
+                raise UnsafeSourceError(f"generated code imports {sorted(names - _IMPORTS)}")
+
+
+def _audit_name(node: pyast.Name, allowed_names: set[str]) -> None:
+    store = type(node.ctx) is pyast.Store
+    if not (
+        node.id in _FIXED_NAMES
+        or node.id in allowed_names
+        or (node.id in _CLASS_ATTRIBUTES and store)
+        or _is_generated_name(node.id, allowed_names)
+    ):
+        raise UnsafeSourceError(f"generated code uses the name {node.id!r}")
+    if store and node.id in _NEVER_ASSIGNED:
+        raise UnsafeSourceError(f"generated code assigns the name {node.id!r}")
+
+
+def _audit_attribute(node: pyast.Attribute, allowed_names: set[str]) -> None:
+    if not (node.attr in _ATTRIBUTES or _is_storage_attribute(node.attr, allowed_names)):
+        raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
+    if node.attr.startswith("__") and node.attr != "__init__":
+        raise UnsafeSourceError(f"generated code uses the attribute {node.attr!r}")
+    if type(node.ctx) is pyast.Store and not (type(node.value) is pyast.Name and node.value.id == "self"):
+        # only the module's own attributes are ever assigned, never torch.sin = ...
+        raise UnsafeSourceError(f"generated code assigns the attribute {node.attr!r} of something other than self")
 
 
 # Python's encoding declaration (PEP 263), looked for on the first two lines of a file.

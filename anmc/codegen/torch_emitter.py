@@ -225,9 +225,9 @@ def _docstring(model: Model) -> list[str]:
 # ---------------------------------------------------------------- the right-hand sides and their derivatives
 
 
-def _sorted_symbols(exprs, among) -> list[sp.Symbol]:
-    """The symbols of `among` (in its order) that occur in any of `exprs`."""
-    used = set().union(*(sp.sympify(e).free_symbols for e in exprs)) if exprs else set()
+def _sorted_symbols(exprs, among, free=lambda e: e.free_symbols) -> list[sp.Symbol]:
+    """The symbols of `among` (in its order) that occur in any of `exprs` (`free`: an expression's free symbols)."""
+    used = set().union(*(free(sp.sympify(e)) for e in exprs)) if exprs else set()
     return [s for s in among if s in used]
 
 
@@ -256,6 +256,7 @@ class _RhsEmitter:
         self.counter = 0
         self.hoisted: dict[sp.Expr, sp.Symbol] = {}  # param-only expression -> its symbol in `constants`
         self.diff = _Differentiator()
+        self.memo: dict[tuple[str, sp.Expr], sp.Expr] = {}  # fold's and hoist's results (shared subtrees are many)
         self.F_h = [self.hoist(self.fold(model.rhs[s])) for s in model.states]
         # the nonzero entries of A = dF/dz, sparse: (i, j) -> dF_i/dz_j, for the states F_i contains
         self.A: dict[tuple[int, int], sp.Expr] = {}
@@ -271,13 +272,15 @@ class _RhsEmitter:
             if e.free_symbols & learn:
                 learn.add(s)
         forward = [*self.F_h, *self.A.values()]
-        self.grad_scalars = [s for s in _sorted_symbols(forward, [*params, *self.hoisted.values()]) if s in learn]
+        self.grad_scalars = [s for s in _sorted_symbols(forward, [*params, *self.hoisted.values()], self.diff.free) if s in learn]
         # the entries whose value changes with the state or a learnable scalar take part in the backward pass
         # through P_e = <gJ_i, J_j> (summed over the columns)
         self.P = {ij: sp.Symbol(f"_P_{ij[0]}_{ij[1]}", real=True) for ij, a in self.A.items() if self.diff.free(a) & (self.state_set | learn)}
         self.gF = [sp.Symbol(f"_gF_{i}", real=True) for i in range(model.d)]
         self.batch_set |= {*self.gF, *self.P.values()}
         self.vjp = self._vjp_expressions()
+        exprs = [*self.F_h, *self.A.values(), *self.vjp[0], *self.vjp[1]]
+        self._scalars = _sorted_symbols(exprs, [*params, *self.hoisted.values()], self.diff.free)
 
     def fresh(self) -> sp.Symbol:
         s = sp.Symbol(f"_t{self.counter}", real=True)
@@ -293,13 +296,19 @@ class _RhsEmitter:
         `sin(a)` and `min(v, a)` would otherwise hand a Python float to a torch function."""
         if e.is_Atom:
             return e
+        out = self.memo.get(("fold", e))
+        if out is None:
+            out = self.memo["fold", e] = self._fold(e)
+        return out
+
+    def _fold(self, e: sp.Expr) -> sp.Expr:
         arithmetic = e.is_Add or e.is_Mul or e.is_Pow
         if self.diff.free(e) <= self.const_set:
             return sp.Float(sp.N(e.xreplace(self.const_values)))
         args = [self.fold(a) for a in e.args]
         if not arithmetic:
             args = [self.const_values.get(a, a) for a in args]
-        return e.func(*args)
+        return _rebuilt(e, args)
 
     # ---- hoisting param-only factors
     def _is_free(self, e: sp.Expr) -> bool:
@@ -307,6 +316,14 @@ class _RhsEmitter:
 
     def hoist(self, e: sp.Expr) -> sp.Expr:
         """`e` with its maximal param-only parts (not single names or numbers) replaced by symbols."""
+        if e.is_Atom:
+            return e
+        out = self.memo.get(("hoist", e))
+        if out is None:
+            out = self.memo["hoist", e] = self._hoist(e)
+        return out
+
+    def _hoist(self, e: sp.Expr) -> sp.Expr:
         if self._is_free(e):
             if e.is_Atom or (e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom):
                 return e
@@ -321,8 +338,9 @@ class _RhsEmitter:
                 # `-c*x` prints as one product (a subtraction inside a sum); everything else is hoisted
                 keep = part.is_Atom or (e.is_Mul and _negative(part) and (-part).is_Atom)
                 free = [part if keep else self._symbol_for(part)]
-            return e.func(*free, *dependent)
-        return e.func(*(self.hoist(a) for a in e.args))
+                return e.func(*free, *dependent)
+            return _rebuilt(e, dependent)
+        return _rebuilt(e, [self.hoist(a) for a in e.args])
 
     def _symbol_for(self, e: sp.Expr) -> sp.Symbol:
         if e not in self.hoisted:
@@ -351,12 +369,10 @@ class _RhsEmitter:
     # ---- source
     def scalars(self) -> list[sp.Symbol]:
         """The param symbols and hoisted symbols the point methods use, in a fixed order (their arguments)."""
-        params = [symbol(n) for n in self.model.params]
-        exprs = [*self.F_h, *self.A.values(), *self.vjp[0], *self.vjp[1]]
-        return _sorted_symbols(exprs, [*params, *self.hoisted.values()])
+        return list(self._scalars)
 
     def _const_lines(self, exprs, indent: str) -> list[str]:
-        used = set().union(*(sp.sympify(e).free_symbols for e in exprs)) if exprs else set()
+        used = set().union(*(self.diff.free(sp.sympify(e)) for e in exprs)) if exprs else set()
         return [f"{indent}{n} = {v!r}" for n, v in self.model.consts.items() if symbol(n) in used]
 
     def class_attributes(self) -> list[str]:
@@ -433,9 +449,9 @@ class _RhsEmitter:
         its pairwise Add/Mul matching, which cost more than the rest of the compile on large models."""
         exprs = [sp.sympify(e) for e in exprs]
         replacements, reduced = tree_cse(exprs, self.symbols(), opt_subs={}, order="none")
-        hoisted = dict(self.hoisted)  # a temporary whose value is a `let`'s takes its name (anmc.codegen.lets)
+        hoisted, memo = dict(self.hoisted), dict(self.memo)  # a temporary whose value is a `let`'s takes its name (anmc.codegen.lets)
         targets = {n: self.hoist(self.fold(v)) for n, v in let_values(self.model).items()}
-        self.hoisted = hoisted
+        self.hoisted, self.memo = hoisted, memo
         replacements, reduced, named = name_temporaries(replacements, reduced, targets)
         batch = set(self.batch_set)
         for s, e in replacements:
@@ -562,6 +578,13 @@ class _RhsEmitter:
         grad_s = self._vector(reduced[n + d :], str(self.gF[0]), batch)
         lines.append(f"        return torch.stack({self._tuple(grad_z)}), torch.stack({self._tuple(grad_J)}), {self._tuple(grad_s)}")
         return lines
+
+
+def _rebuilt(e: sp.Expr, args: list) -> sp.Expr:
+    """`e` with new arguments; `e` itself when none changed (SymPy's constructors are the compile's cost)."""
+    if len(args) == len(e.args) and all(a is b for a, b in zip(args, e.args)):
+        return e
+    return e.func(*args)
 
 
 def _negative(e: sp.Expr) -> bool:

@@ -24,6 +24,7 @@ from anmc.lang import ast
 from anmc.lang.check import check_edit, check_program
 from anmc.lang.errors import AnmError, Diagnostic, diagnostic_at, did_you_mean
 from anmc.lang.parser import parse_anm, parse_edit
+from anmc.lang.source import read_source  # noqa: F401 (re-exported: part of this module's interface)
 from anmc.symbolic.lagrangian import Derivation, derive
 
 SYMPY_FUNCTIONS = {
@@ -612,19 +613,6 @@ def build_model(program: ast.Program, overrides: Overrides | None = None) -> Mod
         raise AnmError(builder.diags)
     model.warnings = [d for d in diags if d.severity != "error"]
     return model
-
-
-def read_source(path_or_text: str | Path) -> tuple[str, str]:
-    """(text, filename) from a path or from `.anm` text itself (anything with a newline is text)."""
-    if isinstance(path_or_text, Path) or ("\n" not in str(path_or_text) and str(path_or_text).endswith(".anm")):
-        path = Path(path_or_text)
-        if not path.is_file():
-            raise AnmError(Diagnostic(f"no such file: {path}; give the path of a .anm file", str(path), 0, 0))
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except UnicodeDecodeError as err:
-            raise AnmError(Diagnostic(f"the file is not UTF-8 text (byte {err.start}); is it really a .anm file?", str(path), 0, 0)) from None
-    return str(path_or_text), "<anm>"
 
 
 def load_model(path_or_text: str | Path, filename: str | None = None) -> Model:
