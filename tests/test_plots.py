@@ -206,6 +206,11 @@ def test_counterfactual_video_and_latent_plot_are_labelled(run, tmp_path):
     assert texts_outside(fig) == []
     lines = fig.axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["factual", "counterfactual"]
+    (legend,) = fig.legends  # below the panels, over no curve
+    assert [t.get_text() for t in legend.get_texts()] == ["factual", "counterfactual"]
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
     np.testing.assert_allclose(lines[1].get_ydata(), cf.latents[0, :, 0])
     long = anmc.intervene(run.run_dir, edits=["c = 0.8", "omega' = -(g / L) * sin(theta) - c * omega * abs(omega) - 0.1 * omega"], frames=10)
     assert texts_outside(long.figure()) == []

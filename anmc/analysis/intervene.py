@@ -166,9 +166,11 @@ class Counterfactual:
                 ax.plot(t, self.latents[b, :, i], color="#D55E00", ls="--", alpha=0.85, label="counterfactual" if b == 0 else None)
             ax.set_ylabel(name)
         axes[0, 0].set_title(textwrap.fill(self.label, 90), fontsize=10)
-        axes[0, 0].legend(fontsize=8, loc="upper right")
         axes[-1, 0].set_xlabel("time (s)")
-        fig.tight_layout()
+        # the legend below the panels: inside one, it hid the curves that swing through its corner
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncols=2, frameon=False)
+        fig.tight_layout(rect=(0, 0.26 / fig.get_figheight(), 1, 1))
         return fig
 
     def plot(self, path: str | Path) -> Path:
