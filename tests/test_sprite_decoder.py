@@ -180,31 +180,6 @@ def test_brightness_alone_draws_a_centred_object_of_that_brightness():
     assert float(body.median()) == pytest.approx(0.7, abs=0.01)
 
 
-@given(opacity=st.floats(0.55, 0.999), background=st.floats(0.05, 0.95), brightness=st.floats(0.0, 1.0))
-def test_a_half_opaque_body_hides_the_background_when_brightness_is_declared(opacity, background, brightness):
-    """Brightness is the body's intensity over black: whatever the background behind it and however opaque
-    the learned body, the body draws the brightness (0 draws black), so the background cannot become a dark
-    level that the latents shift against (the LED's offset, docs/method.md). Without brightness, a
-    half-opaque sprite still blends (a ball's soft edge)."""
-    logit = lambda v: float(np.log(v / (1 - v))) / GAIN  # noqa: E731
-    dec = SpriteDecoder(("brightness",), 1, 32)
-    sharp_disc(dec, radius=0.6)
-    with torch.no_grad():
-        dec.alpha.copy_(torch.where(dec.alpha > 0, logit(opacity), -30.0 / GAIN))
-        dec.background.fill_(logit(background))
-    img = torch.sigmoid(dec(torch.tensor([[brightness]])))[0, 0].detach()
-    body = img[12:20, 12:20]  # well inside the disc of radius 0.3 S = 9.6 px
-    assert torch.allclose(body, torch.full_like(body, brightness), atol=2e-3)
-    assert float(img[0, 0]) == pytest.approx(background, abs=1e-3)  # outside it, the background
-    ball = SpriteDecoder(("px", "py"), 1, 32)
-    sharp_disc(ball)
-    with torch.no_grad():
-        ball.alpha.copy_(torch.where(ball.alpha > 0, logit(opacity), -30.0 / GAIN))
-        ball.background.fill_(logit(background))
-    img = torch.sigmoid(ball(torch.tensor([[16.0, 16.0]])))[0, 0].detach()
-    assert float(img[16, 16]) == pytest.approx(background * (1 - opacity) + opacity, abs=2e-3)
-
-
 def test_undeclared_coordinate_is_a_learned_constant():
     dec = SpriteDecoder(("py",), 1, 32)
     px, py, e = dec.placement(torch.tensor([[10.0], [20.0]]))

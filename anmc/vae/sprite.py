@@ -15,8 +15,7 @@ over a learned background:
     s(u)   = ((u_x - px) / e, (u_y - py) / e)          sprite coordinates of pixel centre u, in [-1, 1]
     a(u)   = alpha(s(u)),  c(u) = colour(s(u))         bilinear samples of the learned patch (grid_sample)
     w(u)   = the share of u's row below the level's line (height (1 - level) - top) k   (exact box coverage)
-    p(u)   = [bg(u) (1 - w(u)) + fill(u) w(u)] (1 - v(u)) + brightness c(u) a(u)    per channel, clamped to (0, 1)
-    v(u)   = a(u), or with `brightness` declared min(1, a(u) / (a_max / 2)): the body covers what is behind it
+    p(u)   = [bg(u) (1 - w(u)) + fill(u) w(u)] (1 - a(u)) + brightness c(u) a(u)    per channel, clamped to (0, 1)
     out(u) = log p - log(1 - p)                        logits, as every decoder returns
 
 A sprite is drawn when any of px, py, size, brightness is declared, a fill when `level` is (the declared
@@ -32,11 +31,7 @@ sprite's own colour and opacity (a sprite drawn at 0.8 and a latent 1.25x too la
 frame: measured on the LED, slope 1.49), so with `brightness` declared the sprite's colour is divided
 by the mean of colour x alpha over the object's body (the pixels at least half as bright as its
 brightest): brightness is the body's mean intensity over black. (Dividing colour and alpha by their
-maxima did not hold: the LED learned a 0.7 sprite with one pixel at 1, and a slope of 1.43.) "Over black"
-also means the body hides the background: with brightness declared, every pixel whose alpha is at least
-half the sprite's largest is fully covered (v above), so that a dark object draws black there; through a
-body of alpha 0.85 the learned background showed as a dark level of 0.009, and the LED's latents came out
-as 0.98 b - 0.011, which makes the decay look 4-7% faster. A coordinate the prior does not declare (`py` of a block sliding
+maxima did not hold: the LED learned a 0.7 sprite with one pixel at 1, and a slope of 1.43.) A coordinate the prior does not declare (`py` of a block sliding
 sideways) is a learned constant, initially the frame's centre.
 
 The gradient with respect to (px, py) comes from the sprite's spatial gradient where it overlaps the
@@ -178,13 +173,8 @@ class SpriteDecoder(nn.Module):
             patch = self.sprite()[None].expand(n, -1, -1, -1)
             drawn = F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             colour, a = drawn[:, :-1], drawn[:, -1:]
-            cover = a
             if "brightness" in self.index:
                 colour = colour * y[:, self.index["brightness"]].clamp(0.0, 1.0)[:, None, None, None]
-                # the body hides what is behind it (brightness is its intensity over black): else the background
-                # showing through a half-opaque body is a dark level the latents shift against (an offset the
-                # pixels cannot pin: measured on the LED, latent = 0.98 b - 0.011, tau 4-7% fast)
-                cover = (a / (0.5 * patch[:1, -1:].amax()).clamp_min(1e-3)).clamp(max=1.0)
-            p = p * (1 - cover) + colour * a
+            p = p * (1 - a) + colour * a
         p = p.clamp(1e-6, 1 - 1e-6)
         return torch.log(p) - torch.log1p(-p)
