@@ -25,6 +25,7 @@ from anmc.vae.run import load_run
 from anmc.symbolic.model import apply_edits
 from anmc.codegen.compile import compile_model
 from anmc.vae.config import TrainConfig
+from anmc.vae.threads import apply_thread_default
 from anmc.vae.train import train
 from anmc.synthetic.synth import synthesize
 
@@ -74,6 +75,8 @@ def main() -> None:
         overrides["epochs"] = args.epochs
     if args.minutes:
         overrides["time_limit"] = args.minutes
+    threads, why = apply_thread_default()  # as `anmc train` does: ANMC_THREADS, else the cores the load leaves free
+    print(f"torch threads: {threads} ({why})")
     rows = []
     print(f"{'system':<9} {'--kl':<9} {'seed':>4} {'min':>5}  state: |r| slope knn_r2   params learned (true)")
     for system in args.systems:

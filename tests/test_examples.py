@@ -19,6 +19,7 @@ def test_example_runs_tiny(script, tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "pendulum" in res.stdout
+    assert "torch threads: " in res.stdout  # as `anmc train` chooses them (ANMC_THREADS, else the load)
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert rows and set(rows[0]["states"]) == {"theta", "omega"}
     assert rows[0]["params"]["L"]["true"] == pytest.approx(1.0)
