@@ -13,9 +13,7 @@ import gc
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from anmc.codegen import cache
 from anmc.codegen.load import UnsafeSourceError, load_class

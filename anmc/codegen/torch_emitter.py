@@ -225,12 +225,6 @@ def _docstring(model: Model) -> list[str]:
 # ---------------------------------------------------------------- the right-hand sides and their derivatives
 
 
-def _sorted_symbols(exprs, among, free=lambda e: e.free_symbols) -> list[sp.Symbol]:
-    """The symbols of `among` (in its order) that occur in any of `exprs` (`free`: an expression's free symbols)."""
-    used = set().union(*(free(sp.sympify(e)) for e in exprs)) if exprs else set()
-    return [s for s in among if s in used]
-
-
 class _RhsEmitter:
     """Source of `constants`, `rhs`, `rhs_and_jacobian` and `rhs_and_jacobian_vjp` for one model.
 
@@ -272,7 +266,7 @@ class _RhsEmitter:
             if e.free_symbols & learn:
                 learn.add(s)
         forward = [*self.F_h, *self.A.values()]
-        self.grad_scalars = [s for s in _sorted_symbols(forward, [*params, *self.hoisted.values()], self.diff.free) if s in learn]
+        self.grad_scalars = [s for s in self._sorted_symbols(forward, [*params, *self.hoisted.values()]) if s in learn]
         # the entries whose value changes with the state or a learnable scalar take part in the backward pass
         # through P_e = <gJ_i, J_j> (summed over the columns)
         self.P = {ij: sp.Symbol(f"_P_{ij[0]}_{ij[1]}", real=True) for ij, a in self.A.items() if self.diff.free(a) & (self.state_set | learn)}
@@ -280,7 +274,7 @@ class _RhsEmitter:
         self.batch_set |= {*self.gF, *self.P.values()}
         self.vjp = self._vjp_expressions()
         exprs = [*self.F_h, *self.A.values(), *self.vjp[0], *self.vjp[1]]
-        self._scalars = _sorted_symbols(exprs, [*params, *self.hoisted.values()], self.diff.free)
+        self._scalars = self._sorted_symbols(exprs, [*params, *self.hoisted.values()])
 
     def fresh(self) -> sp.Symbol:
         s = sp.Symbol(f"_t{self.counter}", real=True)
@@ -291,15 +285,28 @@ class _RhsEmitter:
         while True:
             yield self.fresh()
 
+    def _free_in(self, exprs) -> set:
+        """The free symbols of any of `exprs` (memoized per subexpression)."""
+        return set().union(*(self.diff.free(sp.sympify(e)) for e in exprs)) if exprs else set()
+
+    def _sorted_symbols(self, exprs, among) -> list[sp.Symbol]:
+        """The symbols of `among` (in its order) that occur in any of `exprs`."""
+        used = self._free_in(exprs)
+        return [s for s in among if s in used]
+
+    def _memoized(self, kind: str, e: sp.Expr, compute) -> sp.Expr:
+        """compute(e), once per (kind, subexpression); atoms are their own result."""
+        if e.is_Atom:
+            return e
+        out = self.memo.get((kind, e))
+        if out is None:
+            out = self.memo[kind, e] = compute(e)
+        return out
+
     def fold(self, e: sp.Expr) -> sp.Expr:
         """Const-only subexpressions and consts inside function calls become numbers: `sqrt(1 + a^2)`,
         `sin(a)` and `min(v, a)` would otherwise hand a Python float to a torch function."""
-        if e.is_Atom:
-            return e
-        out = self.memo.get(("fold", e))
-        if out is None:
-            out = self.memo["fold", e] = self._fold(e)
-        return out
+        return self._memoized("fold", e, self._fold)
 
     def _fold(self, e: sp.Expr) -> sp.Expr:
         arithmetic = e.is_Add or e.is_Mul or e.is_Pow
@@ -316,20 +323,13 @@ class _RhsEmitter:
 
     def hoist(self, e: sp.Expr) -> sp.Expr:
         """`e` with its maximal param-only parts (not single names or numbers) replaced by symbols."""
-        if e.is_Atom:
-            return e
-        out = self.memo.get(("hoist", e))
-        if out is None:
-            out = self.memo["hoist", e] = self._hoist(e)
-        return out
+        return self._memoized("hoist", e, self._hoist)
 
-    def _hoist(self, e: sp.Expr) -> sp.Expr:
+    def _hoist(self, e: sp.Expr) -> sp.Expr:  # e is not an atom (hoist returns those)
         if self._is_free(e):
-            if e.is_Atom or (e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom):
+            if e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom:
                 return e
             return self._symbol_for(e)
-        if e.is_Atom:
-            return e
         if e.is_Mul or e.is_Add:
             free = [a for a in e.args if self._is_free(a)]
             dependent = [self.hoist(a) for a in e.args if not self._is_free(a)]
@@ -372,7 +372,7 @@ class _RhsEmitter:
         return list(self._scalars)
 
     def _const_lines(self, exprs, indent: str) -> list[str]:
-        used = set().union(*(self.diff.free(sp.sympify(e)) for e in exprs)) if exprs else set()
+        used = self._free_in(exprs)
         return [f"{indent}{n} = {v!r}" for n, v in self.model.consts.items() if symbol(n) in used]
 
     def class_attributes(self) -> list[str]:

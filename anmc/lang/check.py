@@ -8,7 +8,6 @@ model is built (`anmc.symbolic.model.build_model`), which reports in the same fo
 
 from __future__ import annotations
 
-
 from anmc.lang import ast
 from anmc.lang.errors import Diagnostic, diagnostic_at, did_you_mean
 from anmc.lang.integrators import INTEGRATORS
