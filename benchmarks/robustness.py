@@ -2,6 +2,7 @@
 
     python benchmarks/robustness.py [--conditions black,grey,...] [--seeds 0,1,2] [--epochs 30]
                                     [--time-limit 15] [--clips 20] [--frames 100] [--workdir DIR] [--json OUT] [--quick]
+                                    [--set KEY=VALUE ...]
 
 The videos come from this file's own generator, independent of `anmc.synthetic` (no shared drawing
 code, no shared simulation): a pendulum of true length L = 0.6 m under g = 9.81 m/s^2, simulated here
@@ -14,7 +15,8 @@ rod over black, 96 px, 30 fps); `CONDITIONS` lists them.
 
 For every condition and seed: the data are drawn with the seed, `priors/pendulum.anm` is copied with
 L started 50% off (0.9 m), `anmc.train` runs with the defaults (TrainConfig: only `seed`, `epochs`,
-`time_limit` set), `anmc.analysis.evaluate` reads the latents against the truth. A video whose rate
+`time_limit` set; `--set recon=gaussian` and the like change a field for every run, to measure a
+candidate default on every condition alike), `anmc.analysis.evaluate` reads the latents against the truth. A video whose rate
 disagrees with the prior's dt (`fps25`) goes through the same check as `anmc train`
 (`anmc.data.rate.check_frame_rate`) and its advice is followed (dt = 1/25 written into the prior).
 
@@ -260,7 +262,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     data = workdir / f"{cond.name}_s{seed}" / "data"
     make_dataset(cond, data, seed, args.clips, args.frames)
     prior, note = prior_for(data, data.parent / "pendulum.anm")
-    config = TrainConfig(seed=seed, epochs=args.epochs, time_limit=args.time_limit, **args.tiny)
+    config = TrainConfig(seed=seed, epochs=args.epochs, time_limit=args.time_limit, **args.overrides)
     started = time.monotonic()
     result = train(prior, [str(data)], data.parent / "run", config)
     minutes = (time.monotonic() - started) / 60
@@ -272,7 +274,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         "theta_r": abs(s["theta"]["pearson"]), "theta_slope": abs(s["theta"]["slope"]),
         "omega_r": abs(s["omega"]["pearson"]), "omega_slope": abs(s["omega"]["slope"]),
         "L": learned, "L_err": learned / L_TRUE - 1, "minutes": minutes,
-        "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note,
+        "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note, "set": args.sets,
     }  # fmt: skip
 
 
@@ -299,18 +301,27 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="where data sets and runs go (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     ap.add_argument("--quick", action="store_true", help="two conditions, one seed, tiny clips, one short epoch")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a TrainConfig field for every run, e.g. --set recon=gaussian (repeatable)")
     args = ap.parse_args()
+    from anmc.errors import UserError
+    from anmc.vae.config import parse_overrides
+
+    try:
+        overrides = parse_overrides(args.sets)
+    except UserError as e:
+        ap.error(str(e))
     names = [c for c in args.conditions.split(",") if c]
     unknown = [c for c in names if c not in CONDITIONS]
     if unknown:
         ap.error(f"unknown condition(s) {', '.join(unknown)}; use {', '.join(CONDITIONS)}")
     conditions = [CONDITIONS[c] for c in names]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    args.tiny = {}
+    args.overrides = overrides
     if args.quick:
         conditions = [replace(CONDITIONS[c], source=32) for c in ("black", "grey")]
         seeds, args.epochs, args.clips, args.frames = [0], 1, 3, 24
-        args.tiny = {"size": 16, "batch": 2, "seq_len": 4, "steps_per_epoch": 2}
+        args.overrides = overrides | {"size": 16, "batch": 2, "seq_len": 4, "steps_per_epoch": 2}
     from anmc.vae.threads import apply_thread_default
 
     print("torch threads: %d (%s)" % apply_thread_default(), flush=True)
@@ -322,6 +333,8 @@ def main() -> None:
                 rows.append(run_one(cond, seed, args, workdir))
                 print(json.dumps(rows[-1]), flush=True)
     print()
+    if args.sets:
+        print("every run with --set " + " --set ".join(args.sets))
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -24,7 +24,8 @@ from anmc.analysis.evaluate import evaluate
 from anmc.vae.run import load_run
 from anmc.symbolic.model import apply_edits
 from anmc.codegen.compile import compile_model
-from anmc.vae.config import TrainConfig
+from anmc.errors import UserError
+from anmc.vae.config import TrainConfig, parse_overrides
 from anmc.vae.threads import apply_thread_default
 from anmc.vae.train import train
 from anmc.synthetic.synth import synthesize
@@ -65,12 +66,10 @@ def main() -> None:
     if args.tiny:
         args.clips, args.frames = 4, 24
         overrides = dict(size=16, batch=4, seq_len=4, steps_per_epoch=3, epochs=1, warmup=2, learn_params_after=0)
-    for item in args.sets:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a plain string: --set posterior=factorized
+    try:
+        overrides |= parse_overrides(args.sets)
+    except UserError as e:
+        ap.error(str(e))
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.minutes:

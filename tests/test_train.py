@@ -383,3 +383,15 @@ def test_an_intervention_on_an_edited_run_keeps_what_the_run_learned(data, tmp_p
     factual, counterfactual = true_modules(run.prior.model, CHECKS["pendulum"][1], {"L": 1.0, "c": 0.0})
     assert float(factual.param_values()["L"]) == pytest.approx(1.0) and float(counterfactual.param_values()["L"]) == pytest.approx(1.0)
     assert float(counterfactual.param_values()["c"]) == pytest.approx(0.8)
+
+
+def test_parse_overrides_reads_json_values_and_refuses_unknown_keys():
+    from anmc.errors import UserError
+    from anmc.vae.config import parse_overrides
+
+    got = parse_overrides(["recon=gaussian", "batch=16", "recon_std=0.05", "time_limit=null", "compile=true"])
+    assert got == {"recon": "gaussian", "batch": 16, "recon_std": 0.05, "time_limit": None, "compile": True}
+    assert TrainConfig(**got).recon == "gaussian"
+    for bad in (["recno=gaussian"], ["batch"]):
+        with pytest.raises(UserError, match="KEY=VALUE"):
+            parse_overrides(bad)

@@ -4,6 +4,7 @@
     KL_READINGS       the transition-KL readings (`--kl`): `anmc.prior.TRANSITION_KL`'s names plus "standard"
     RECONSTRUCTIONS   the pixel likelihoods (`--recon`)
     POSTERIORS, DECODERS   the names `anmc.vae.nets` implements (`--posterior`, `--decoder`)
+    parse_overrides(["recon=gaussian", "batch=16"])   KEY=VALUE strings (the scripts' `--set`) as TrainConfig fields
 
 Plain data, no torch: the CLI builds its options from it without loading the networks
 (tests/test_train.py checks the names against the implementations).
@@ -12,6 +13,7 @@ Plain data, no torch: the CLI builds its options from it without loading the net
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -105,6 +107,24 @@ class TrainConfig:
         """The config saved in a checkpoint; a UserError naming the first field of the wrong type."""
         data = {"posterior": "factorized"} | _typed_fields(data, cls, source)  # runs from before the smoother were factorized
         return cls(**data)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`KEY=VALUE` strings as TrainConfig keyword arguments: VALUE read as JSON (`16`, `0.5`, `true`,
+    `null`), else kept as text (`recon=gaussian`); a UserError for a key TrainConfig does not have or
+    an item without `=`. The examples' and benchmarks' `--set` use it."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in names:
+            raise UserError(f"--set {item!r}: write KEY=VALUE with KEY one of TrainConfig's fields ({', '.join(sorted(names))}).")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _typed_fields(data: dict, cls, path) -> dict:
