@@ -229,6 +229,9 @@ def test_checker_bad_inputs(tiny_run, tmp_path):
     run, data = tiny_run
     res = CliRunner().invoke(main, ["check-interventions", str(run), "--system", "spring"])
     assert res.exit_code == 2 and "trained on pendulum videos" in res.output
+    res = CliRunner().invoke(main, ["check-interventions", str(run), "--system", "tokamak"])
+    assert res.exit_code == 2 and "no physics checks for 'tokamak'" in res.output
+    assert all(name in res.output for name in CHECKS)  # the list comes from CHECKS, not from the CLI
     res = CliRunner().invoke(main, ["check-interventions", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "does not exist" in res.output
     from anmc.vae.run import load_run
