@@ -239,8 +239,8 @@ from jacobian_sources import source
 src = source(sys.argv[1])
 t = time.perf_counter()
 import anmc
-anmc.compile_prior(src).module()
-print(time.perf_counter() - t)
+module = anmc.compile_prior(src).module()
+print(time.perf_counter() - t, module.d)
 """
 
 SOURCES_MODULE = """
@@ -256,10 +256,12 @@ def source(name):
 """
 
 
-def compile_time(name: str, cache_dir: str, helper: str) -> float:
+def compile_time(name: str, cache_dir: str, helper: str) -> tuple[float, int]:
+    """Seconds to compile (or read from the cache) prior `name` in a fresh process, and its number of states."""
     env = {**os.environ, "ANMC_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", COMPILE_SNIPPET, name, helper], capture_output=True, text=True, env=env, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    seconds, d = out.stdout.strip().splitlines()[-1].split()
+    return float(seconds), int(d)
 
 
 def compile_rows(large: bool, quick: bool, rounds: int = 5):
@@ -275,13 +277,13 @@ def compile_rows(large: bool, quick: bool, rounds: int = 5):
         Path(helper, "jacobian_sources.py").write_text(SOURCES_MODULE.format(bench=str(Path(__file__).resolve())))
         for name in names:
             label = Path(name).stem if name.endswith(".anm") else name
-            eqs = anmc.compile_prior(name if name.endswith(".anm") else chain_anm(int(name[5:]))).module().d if not name.startswith("chain5") else 1000
             first, cached = [], []
             for _ in range(1 if name == "chain500" else rounds):
                 with tempfile.TemporaryDirectory() as cache_dir:
-                    first.append(compile_time(name, cache_dir, helper))
-                    cached.append(compile_time(name, cache_dir, helper))
-            rows.append((label, eqs, first, cached))
+                    (seconds, d), (again, _) = compile_time(name, cache_dir, helper), compile_time(name, cache_dir, helper)
+                    first.append(seconds)
+                    cached.append(again)
+            rows.append((label, d, first, cached))
     return rows
 
 
