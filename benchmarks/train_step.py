@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--size 32] [--batch 8] [--seq-len 32] [--repeats 30] [--clock cpu|wall] [--quick]
     python benchmarks/train_step.py --chain 8 --readings smoother     # d = 16: a chain of 8 coupled oscillators
+    python benchmarks/train_step.py --chain 8 --pendulums             # the same chain of pendulums (f not affine)
     python benchmarks/train_step.py --device cuda --size 64 --batch 32   # on a GPU (wall-clock)
 
 Every model is built in the same run, on the same frames, with the same encoder and decoder networks;
@@ -9,7 +10,9 @@ they differ in the posterior and the KL term: the default (`--posterior smoother
 linearizations and Cholesky solves per step) and the factorized posterior with each reading
 (`--kl elbo|mixture|pairwise|pooled`), against `standard` with the same encoder window. One step =
 forward, backward and an Adam update. `--prior` times another .anm, `--chain N` a generated chain of N
-coupled oscillators (d = 2N; `chain_prior`), `--readings` a subset of the models.
+coupled oscillators (d = 2N; `chain_prior`; linear, so the smoother needs no search for its
+linearization points), `--pendulums` the chain with sin restoring forces (nonlinear, the general
+path), `--readings` a subset of the models.
 
 Time: the models take turns, one step each per round, for `--repeats` rounds after `--warmup`, so a
 change of load on a shared machine falls on all of them alike; reported are the median step time and
@@ -49,15 +52,17 @@ READINGS = {
 }
 
 
-def chain_prior(n: int) -> str:
+def chain_prior(n: int, pendulums: bool = False) -> str:
     """The .anm source of a chain of n unit masses on springs (frequency w), neighbours coupled by springs
-    kc, linear drag c: 2n states, the n displacements observed (benchmarks/priors/coupled6.anm's style)."""
+    kc, linear drag c: 2n states, the n displacements observed (benchmarks/priors/coupled6.anm's style).
+    `pendulums`: each restoring force w² sin(x) instead of w² x (f no longer affine in the states)."""
+    restoring = "sin(x{i})" if pendulums else "x{i}"
     lines = [f"model chain{n}", "param w = 6.0 in [0.1, 100] learn", "param kc = 4.0 in [0, 100]", "param c = 0.1 in [0, 10]"]
     lines += [f"state x{i} ~ Normal(0, 0.5)\nstate v{i} ~ Normal(0, 2.0)" for i in range(n)]
     lines.append("dynamics continuous dt = 1/30 using rk4")
     for i in range(n):
         coupling = "".join(f" + kc * (x{j} - x{i})" for j in (i - 1, i + 1) if 0 <= j < n)
-        lines += [f"  x{i}' = v{i}", f"  v{i}' = -w^2 * x{i}{coupling} - c * v{i}"]
+        lines += [f"  x{i}' = v{i}", f"  v{i}' = -w^2 * {restoring.format(i=i)}{coupling} - c * v{i}"]
     lines.append("noise " + ", ".join(f"x{i} = 0.005, v{i} = 0.05" for i in range(n)))
     lines.append("observe " + ", ".join(f"x{i}" for i in range(n)))
     return "\n".join(lines) + "\n"
@@ -130,6 +135,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (torch.set_num_threads)")
     ap.add_argument("--prior", type=Path, default=PRIOR, help="the .anm to time [default: priors/pendulum.anm]")
     ap.add_argument("--chain", type=int, default=0, help="time a generated chain of N coupled oscillators instead (d = 2N)")
+    ap.add_argument("--pendulums", action="store_true", help="with --chain: coupled pendulums (sin restoring forces), not oscillators")
     ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time of this process or wall-clock")
     ap.add_argument("--compile-prior", action="store_true", help="torch.compile the prior module (m.compile_core())")
@@ -139,8 +145,9 @@ def main() -> None:
         args.size, args.batch, args.seq_len, args.repeats, args.warmup = 16, 4, 4, 2, 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    prior = chain_prior(args.chain) if args.chain else args.prior
-    name = f"chain of {args.chain} oscillators (d = {2 * args.chain})" if args.chain else Path(args.prior).stem
+    prior = chain_prior(args.chain, args.pendulums) if args.chain else args.prior
+    kind = "pendulums" if args.pendulums else "oscillators"
+    name = f"chain of {args.chain} {kind} (d = {2 * args.chain})" if args.chain else Path(args.prior).stem
     frames = torch.randint(0, 256, (args.batch, args.seq_len + 1, 1, args.size, args.size), dtype=torch.uint8, device=device)
     # the standard prior first: ru_maxrss only grows, so the cheaper step is measured before the others
     # (--kl, --posterior, --window): the smoother reads one frame per reading (window 1), the factorized

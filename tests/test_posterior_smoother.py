@@ -137,6 +137,57 @@ def test_same_values_and_gradients_as_the_dense_path(pendulum, seed, t_len, r):
         assert (a - b).norm() <= 1e-8 * b.norm() + 1e-12
 
 
+@pytest.mark.parametrize(
+    "prior, affine",
+    [("pendulum", False), ("spring", True), ("falling", False), ("led", True), ("coupled_masses", True), ("double_pendulum", False)],
+)
+def test_the_module_says_whether_f_is_affine(prior, affine):
+    """transition_affine: the right-hand sides' Jacobian holds no state (a spring, a decay, coupled masses)
+    or it does (sin θ, a drag c v|v|, a Lagrangian's mass matrix); judged symbolically, so the falling
+    object is not affine even though its drag c is 0 until an intervention sets it. Three draws agree on
+    J wherever f is affine."""
+    module = anmc.compile_prior(PRIORS / f"{prior}.anm").module().double()
+    assert module.transition_affine is affine
+    z = module.sample_initial(3, torch.Generator().manual_seed(0)).double()
+    jac = module.f_and_jacobian(z)[1]
+    same = bool(torch.allclose(jac, jac[:1].expand_as(jac)))
+    if affine:
+        assert same
+    elif prior != "falling":
+        assert not same
+
+
+def test_a_discrete_map_is_judged_by_its_jacobian():
+    """`next x = ...` too: affine when its Jacobian holds no state; a square or a kink (abs, whose derivative
+    sign(x) holds x) is not."""
+    base = "model m\nstate x ~ Normal(0, 1)\nparam a = 0.5\ndynamics discrete\n  next x = {rhs}\nnoise x = 0.1\n"
+    assert anmc.compile_prior(base.format(rhs="a * x + 1")).module().transition_affine
+    assert not anmc.compile_prior(base.format(rhs="a * x^2")).module().transition_affine
+    assert not anmc.compile_prior(base.format(rhs="abs(x) + 1")).module().transition_affine
+    assert anmc.compile_prior(base.format(rhs="a * x + sin(a)")).module().transition_affine
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), t_len=st.integers(1, 30), r=st.floats(1e-3, 0.5))
+def test_linear_gaussian_shortcut_equals_the_iterated_points(spring, seed, t_len, r):
+    """With f and h affine the smoother skips the search for its linearization points (every frame
+    linearized at the initial mean); the posterior and the gradients for the readings, their stds and the
+    learnable stiffness are those of the fixed point and its two differentiable passes, to rounding."""
+    y, std = observations(spring, 3, t_len, seed, r)
+    y, std = y.detach().requires_grad_(), std.detach().requires_grad_()
+    assert spring.transition_affine and spring.observation_affine
+    fast, grads_fast = _kl_and_grads(kalman_smoother, spring, y, std)
+    spring.transition_affine = False  # this instance only: the general path
+    try:
+        slow, grads_slow = _kl_and_grads(kalman_smoother, spring, y, std)
+    finally:
+        del spring.transition_affine
+    for name in ("mean", "cov", "cross", "entropy"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-10)
+    for a, b in zip(grads_fast, grads_slow):
+        assert (a - b).norm() <= 1e-8 * b.norm() + 1e-12
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), t_len=st.integers(1, 12), r=st.floats(1e-3, 0.5))
 def test_batched_path_agrees_with_the_recursions(pendulum, seed, t_len, r):

@@ -40,7 +40,7 @@ _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
 _FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_J", "_gF", "_gJ", "_zero"}
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
-    "model_name", "state_names", "observed_states", "observation_names", "observation_affine", "param_names", "learnable_param_names", "param_bounds",
+    "model_name", "state_names", "observed_states", "observation_names", "observation_affine", "transition_affine", "param_names", "learnable_param_names", "param_bounds",
     "noise_learnable", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads",
 }  # fmt: skip
 _ATTRIBUTES = {

@@ -239,6 +239,7 @@ class AnmModule(nn.Module):
     # `observe theta`); empty means one observation per observed state, h(z) = z[observed_index]
     observation_names: tuple[str, ...] = ()
     observation_affine: bool = True  # h affine in the states (a selection is): H does not depend on z
+    transition_affine: bool = False  # f affine in the states: J does not depend on z (False: assume not)
     param_names: tuple[str, ...] = ()
     learnable_param_names: tuple[str, ...] = ()
     param_bounds: dict[str, tuple[float, float]] = {}

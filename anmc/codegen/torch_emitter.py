@@ -687,6 +687,7 @@ def emit_torch(model: Model) -> str:
         f"    observed_states = {tuple(model.observed)!r}",
         f"    observation_names = {model.observation_names!r}",
         f"    observation_affine = {model.observation_affine!r}  # h affine in the states: H constant",
+        f"    transition_affine = {model.transition_affine!r}  # f affine in the states: J constant",
         f"    param_names = {tuple(model.params)!r}",
         f"    learnable_param_names = {learnable!r}",
         f"    param_bounds = {bounds!r}",

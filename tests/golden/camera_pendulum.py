@@ -29,6 +29,7 @@ class CameraPendulum(AnmModule):
     observed_states = ('theta',)
     observation_names = ('px', 'py', 'theta')
     observation_affine = False  # h affine in the states: H constant
+    transition_affine = False  # f affine in the states: J constant
     param_names = ('L',)
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}

@@ -26,6 +26,7 @@ class Pendulum(AnmModule):
     observed_states = ('theta',)
     observation_names = ('theta',)
     observation_affine = True  # h affine in the states: H constant
+    transition_affine = False  # f affine in the states: J constant
     param_names = ('L', 'c')
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}
