@@ -100,7 +100,7 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
     O(T·d²) memory, 2 log₂ T batched steps per scan. This is for an h affine in the states
     (`module.observation_affine`); otherwise l is the smoother's own means, from a global start
     (`_smoothed_points`, `_best_rollout`). When f is affine as well (`module.transition_affine`: a
-    spring, a decay, a free fall) the model is linear-Gaussian, any l gives the exact smoother, and only
+    spring, a decay, coupled masses) the model is linear-Gaussian, any l gives the exact smoother, and only
     the last two scans run.
     """
     readings, points = _readings_and_points(module, y, y_std, unroll)
