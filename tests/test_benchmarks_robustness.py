@@ -141,3 +141,29 @@ def test_dataset_truth_and_the_25_fps_video(tmp_path):
     np.testing.assert_allclose(states, rb.draw_states(2, 12, 25.0, np.random.default_rng([3, 19])))  # by seed
     prior, note = rb.prior_for(tmp_path / "d", tmp_path / "p.anm")
     assert "dt = 1/25 using" in prior.read_text() and "param L = 0.9 " in prior.read_text() and note
+
+
+def test_set_reaches_every_runs_config(tmp_path, monkeypatch):
+    """`--set recon=gaussian` measures a candidate default: run_one builds each run's TrainConfig with it
+    (training itself stubbed out here: the config is what is checked)."""
+    import argparse
+
+    import anmc.vae.train
+
+    from anmc.vae.config import parse_overrides
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(prior, videos, run_dir, config):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(anmc.vae.train, "train", fake_train)
+    args = argparse.Namespace(clips=2, frames=8, epochs=3, time_limit=1.0, sets=["recon=gaussian"],
+                              overrides=parse_overrides(["recon=gaussian", "batch=2"]))  # fmt: skip
+    with pytest.raises(Stop):
+        rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
+    assert seen[0].recon == "gaussian" and seen[0].batch == 2 and seen[0].epochs == 3 and seen[0].seed == 0
