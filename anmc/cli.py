@@ -288,7 +288,7 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
 
 def _train_options(f):
     """The training flags, shared by `train` and `quickstart`."""
-    from anmc.vae.config import DECODERS, KL_READINGS, POSTERIORS, TrainConfig
+    from anmc.vae.config import DECODERS, KL_READINGS, POSTERIORS, RECONSTRUCTIONS, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -305,7 +305,8 @@ def _train_options(f):
         click.option("--window", default=None, type=click.IntRange(min=1), help="Frames the encoder sees per latent [default: 1 with the smoother posterior, 2 with the factorized]."),
         click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
         click.option("--posterior", default=None, type=click.Choice(POSTERIORS), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
-        click.option("--recon", default=d.recon, show_default=True, type=click.Choice(["bernoulli", "gaussian"])),
+        click.option("--recon", default=d.recon, show_default=True, type=click.Choice(RECONSTRUCTIONS), help="Pixel likelihood: bernoulli (a coin per pixel), gaussian (std --recon-std), calibrated (a Gaussian whose std is the batch's own RMS error) (docs/data.md, The background matters)."),
+        click.option("--recon-std", default=d.recon_std, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Pixel std of --recon gaussian."),
         click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(DECODERS), help="sprite: a learned sprite drawn at the prior's declared camera position (observe px = ..., py = ...): latents in the prior's units (docs/method.md)."),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),
         click.option("--learn-params-after", default=d.learn_params_after, show_default=True, type=click.IntRange(min=0), help="Epochs before learnable params and noise start to train."),

@@ -123,7 +123,7 @@ def prediction_errors(run: Run, clips: list[Clip], horizons=(1, 5, 10), starts_p
             z = mu[torch.as_tensor(ts - (k - 1))]
             for _ in range(n):
                 z = module(z)
-            pred = torch.sigmoid(run.vae.decode(z)) if run.config.recon == "bernoulli" else torch.sigmoid(run.vae.decode(z))
+            pred = torch.sigmoid(run.vae.decode(z))  # the decoded mean image, for every likelihood
             target = x[torch.as_tensor(ts + n)].to(pred.device)
             model_err += float(((pred - target) ** 2).mean((1, 2, 3)).sum())
             copy_err += float(((x[torch.as_tensor(ts)].to(pred.device) - target) ** 2).mean((1, 2, 3)).sum())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from anmc.errors import UserError
 
 KL_READINGS = ("elbo", "elbo_mc", "mixture", "pairwise", "pooled", "standard")
-RECONSTRUCTIONS = ("bernoulli", "gaussian")
+RECONSTRUCTIONS = ("bernoulli", "gaussian", "calibrated")
 POSTERIORS = ("factorized", "smoother")
 DECODERS = ("deconv", "broadcast", "sprite")
 PRECISIONS = ("fp32", "bf16")
@@ -57,6 +57,9 @@ class TrainConfig:
     posterior: str | None = None
     recon: str = "bernoulli"
     recon_std: float = 0.1  # pixel std of the gaussian reconstruction
+    # "calibrated": a Gaussian whose std is the batch's own root-mean-square reconstruction error (the
+    # optimal sigma-VAE of Rybkin et al. 2021), never below this (a quarter of an 8-bit level)
+    recon_std_floor: float = 0.001
     decoder: str = "deconv"
     size: int | None = 32  # frames are resized to size x size (64x64 videos train at 32x32 by default)
     learn_params_after: int = 3  # epochs with physical params frozen (the warm-up is 2)

@@ -159,7 +159,7 @@ def batch_reconstruction(vae, frames: torch.Tensor, config) -> tuple[torch.Tenso
 
         floor = float(loss(torch.logit(target.clamp(eps, 1 - eps))))
         return mu, float(loss(out)), float(loss(logit)), floor
-    scale = config.recon_std
+    scale = config.recon_std if config.recon == "gaussian" else 1.0  # calibrated: a quadratic too (the fraction explained ignores the scale)
 
     def sq(pred):
         return (0.5 * ((pred - target) / scale) ** 2).flatten(2).sum(-1).mean()

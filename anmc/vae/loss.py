@@ -11,6 +11,8 @@ whole sequence (`anmc.posterior.smoother.markov_kl`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -53,11 +55,7 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     z = mu + std * (torch.randn_like(std) if noise is None else noise(std.shape))
     out = vae.decode(z)  # (B, T, C, H, W)
     target = frames[:, vae.window - 1 :].float() / 255.0
-    if config.recon == "bernoulli":
-        recon = F.binary_cross_entropy_with_logits(out, target, reduction="none")
-    else:
-        recon = 0.5 * ((torch.sigmoid(out) - target) / config.recon_std) ** 2
-    recon = recon.flatten(2).sum(-1)  # (B, T)
+    recon = pixel_nll(out, target, config).flatten(2).sum(-1)  # (B, T)
     b, t, d = mu.shape
     with torch.autocast(mu.device.type, enabled=False):
         kl = _kl(vae, config, tempered, post if vae.posterior == "smoother" else None, mu, std, warm)
@@ -69,6 +67,25 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
         "kl": kl_per_frame,
         "mu": mu,
     }
+
+
+def pixel_nll(logits: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """−log p(frame pixel | decoder output), per pixel, in nats (the shape of `target`, values in [0, 1]).
+
+    bernoulli: a coin with probability sigmoid(logits) (its effective std, √(x(1 − x)), is 0.5 on a
+    mid-grey pixel and small near black or white). gaussian: N(sigmoid(logits), recon_std²), the
+    constant dropped. calibrated: N(sigmoid(logits), σ²) with σ² the batch's mean squared error,
+    held fixed within the step (the optimal σ-VAE, Rybkin et al. 2021: σ is what maximizes the
+    likelihood, so the reconstruction's weight against the KL follows how well the frames are
+    reconstructed, on any background), floored at `recon_std_floor`; its normalizer counted, so
+    the loss is the likelihood's."""
+    if config.recon == "bernoulli":
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    err2 = (torch.sigmoid(logits) - target) ** 2
+    if config.recon == "gaussian":
+        return 0.5 * err2 / config.recon_std**2
+    var = err2.detach().float().mean().clamp_min(config.recon_std_floor**2)
+    return 0.5 * err2 / var + 0.5 * torch.log(2 * math.pi * var)
 
 
 def _kl(vae: VideoVAE, config: TrainConfig, tempered, post, mu: torch.Tensor, std: torch.Tensor, warm: float) -> torch.Tensor:
