@@ -174,17 +174,7 @@ _DEFAULTS = TrainConfig()
 
 def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: bool) -> _Session:
     """Config (the checkpoint's when resuming), process group, compiled prior, data, VAE, optimizer, state."""
-    payload = None
-    if resume:
-        payload = load_checkpoint(run_dir)
-        saved = TrainConfig.from_dict(payload["config"])
-        if config is not None:  # resuming may extend a run and choose where it runs (fields set off their defaults), nothing else
-            saved.epochs = max(saved.epochs, config.epochs)
-            for name in ("device", "workers", "cache"):
-                if getattr(config, name) != getattr(_DEFAULTS, name):
-                    setattr(saved, name, getattr(config, name))
-        config = saved
-    config = config or TrainConfig()
+    config, payload = _run_config(run_dir, config, resume)
     if config.threads:
         torch.set_num_threads(config.threads)
     ctx = distributed.setup(resolve_device(config.device))
@@ -198,14 +188,7 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
             f"the checkpoint in {run_dir} was trained with a different prior ({payload['anm_filename']}); "
             "resume with the same .anm, or train into a new -o directory."
         )
-    if ctx.world > 1 and config.cache is not None and not ctx.is_main:
-        distributed.barrier(ctx)  # rank 0 decodes into the cache first
-    train_data, val_data = frame_datasets(
-        videos, length=config.seq_len + config.window - 1, size=config.size, val_fraction=config.val_fraction, seed=config.seed,
-        device=ctx.device, cache=config.cache,
-    )  # fmt: skip
-    if ctx.world > 1 and config.cache is not None and ctx.is_main:
-        distributed.barrier(ctx)
+    train_data, val_data = _datasets(videos, config, ctx)
     # the sprite decoder's camera: the prior's pixels are the stored video's, the frames are resized to --size
     camera = None
     if config.decoder == "sprite" and not _given_clips(videos):
@@ -214,12 +197,8 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     if config.compile:
         vae.prior.compile_core()  # torch.compile of the generated integration (anmc.codegen.runtime)
     physical = physical_parameters(vae)
-    physical_ids = {id(p) for p in physical}
-    groups = [{"params": [p for p in vae.parameters() if id(p) not in physical_ids], "lr": config.lr}]
-    if physical:
-        groups.append({"params": physical, "lr": config.param_lr})
     s = _Session(
-        run_dir, config, compiled, vae, torch.optim.Adam(groups), physical, train_data, val_data, ctx,
+        run_dir, config, compiled, vae, _optimizer(vae, physical, config), physical, train_data, val_data, ctx,
         videos=[str(v) for v in (videos if isinstance(videos, (list, tuple)) else [videos])],
     )  # fmt: skip
 
@@ -233,6 +212,45 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
         (run_dir / "prior.anm").write_text(compiled.model.source)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return s
+
+
+def _run_config(run_dir: Path, config: TrainConfig | None, resume: bool) -> tuple[TrainConfig, dict | None]:
+    """The run's config and, when resuming, its checkpoint: the checkpoint's config, of which a resume may
+    change only how long the run is (a larger --epochs) and where it runs (--device, --workers, --cache,
+    when set off their defaults)."""
+    if not resume:
+        return config or TrainConfig(), None
+    payload = load_checkpoint(run_dir)
+    saved = TrainConfig.from_dict(payload["config"])
+    if config is not None:
+        saved.epochs = max(saved.epochs, config.epochs)
+        for name in ("device", "workers", "cache"):
+            if getattr(config, name) != getattr(_DEFAULTS, name):
+                setattr(saved, name, getattr(config, name))
+    return saved, payload
+
+
+def _datasets(videos, config: TrainConfig, ctx):
+    """Training and validation windows of the videos; with several ranks and a --cache, rank 0 decodes
+    into the cache while the others wait, then they read it."""
+    if ctx.world > 1 and config.cache is not None and not ctx.is_main:
+        distributed.barrier(ctx)  # rank 0 decodes into the cache first
+    out = frame_datasets(
+        videos, length=config.seq_len + config.window - 1, size=config.size, val_fraction=config.val_fraction, seed=config.seed,
+        device=ctx.device, cache=config.cache,
+    )  # fmt: skip
+    if ctx.world > 1 and config.cache is not None and ctx.is_main:
+        distributed.barrier(ctx)
+    return out
+
+
+def _optimizer(vae, physical: list, config: TrainConfig) -> torch.optim.Adam:
+    """Adam over the networks at --lr and the physical params and noise (`physical`) at --param-lr."""
+    physical_ids = {id(p) for p in physical}
+    groups = [{"params": [p for p in vae.parameters() if id(p) not in physical_ids], "lr": config.lr}]
+    if physical:
+        groups.append({"params": physical, "lr": config.param_lr})
+    return torch.optim.Adam(groups)
 
 
 def _given_clips(videos) -> bool:
