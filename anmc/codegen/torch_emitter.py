@@ -378,7 +378,17 @@ class _RhsEmitter:
     def class_attributes(self) -> list[str]:
         scalars = [str(s) for s in self.scalars()]
         grads = tuple(scalars.index(str(s)) for s in self.grad_scalars)
-        return [f"    scalar_grads = {grads!r}  # which scalars (the arguments after the tensors) learnable params reach"]
+        return [
+            f"    transition_affine = {self.transition_affine()!r}  # f affine in the states: J constant",
+            f"    scalar_grads = {grads!r}  # which scalars (the arguments after the tensors) learnable params reach",
+        ]
+
+    def transition_affine(self) -> bool:
+        """Whether the right-hand sides are affine in the states: no entry of A = dF/dz (built sparse above)
+        holds a state or a derivative SymPy left unevaluated. Every integrator anmc has is an explicit step,
+        so f, the frame's transition, is then affine too (a spring, a decay, coupled masses); with h affine
+        as well the smoother needs no search for its linearization points (docs/method.md §6)."""
+        return not any(self.diff.free(a) & self.state_set or a.has(sp.Derivative) for a in self.A.values())
 
     def constants(self) -> list[str]:
         self.printer.like = "z"
@@ -687,7 +697,6 @@ def emit_torch(model: Model) -> str:
         f"    observed_states = {tuple(model.observed)!r}",
         f"    observation_names = {model.observation_names!r}",
         f"    observation_affine = {model.observation_affine!r}  # h affine in the states: H constant",
-        f"    transition_affine = {model.transition_affine!r}  # f affine in the states: J constant",
         f"    param_names = {tuple(model.params)!r}",
         f"    learnable_param_names = {learnable!r}",
         f"    param_bounds = {bounds!r}",

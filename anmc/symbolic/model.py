@@ -273,18 +273,6 @@ class Model:
         return not any(e.free_symbols & states for e in self.observation_jacobian)
 
     @property
-    def transition_affine(self) -> bool:
-        """True when the right-hand sides are affine in the states (their Jacobian holds no state; a
-        derivative SymPy leaves unevaluated counts as holding one). Every integrator anmc has is an
-        explicit step, so f, the frame's transition, is then affine too: a spring, a decay, a free fall,
-        coupled masses. With h affine as well the model is linear-Gaussian and the smoother needs no
-        search for its linearization points (docs/method.md §6)."""
-        states = [symbol(s) for s in self.states]
-        state_set = set(states)
-        rhs = sp.Matrix([self.rhs[s] for s in self.states])
-        return not any(e.free_symbols & state_set or e.has(sp.Derivative) for e in rhs.jacobian(states))
-
-    @property
     def observed_index(self) -> tuple[int, ...]:
         return tuple(self.states.index(s) for s in self.observed)
 

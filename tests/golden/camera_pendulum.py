@@ -29,7 +29,6 @@ class CameraPendulum(AnmModule):
     observed_states = ('theta',)
     observation_names = ('px', 'py', 'theta')
     observation_affine = False  # h affine in the states: H constant
-    transition_affine = False  # f affine in the states: J constant
     param_names = ('L',)
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}
@@ -38,6 +37,7 @@ class CameraPendulum(AnmModule):
     dt = 0.03333333333333333  # 1/30
     substeps = 1
     integrator = 'rk4'
+    transition_affine = False  # f affine in the states: J constant
     scalar_grads = (0,)  # which scalars (the arguments after the tensors) learnable params reach
 
     def __init__(self):

@@ -26,7 +26,6 @@ class Pendulum(AnmModule):
     observed_states = ('theta',)
     observation_names = ('theta',)
     observation_affine = True  # h affine in the states: H constant
-    transition_affine = False  # f affine in the states: J constant
     param_names = ('L', 'c')
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}
@@ -35,6 +34,7 @@ class Pendulum(AnmModule):
     dt = 0.03333333333333333  # 1/30
     substeps = 2
     integrator = 'rk4'
+    transition_affine = False  # f affine in the states: J constant
     scalar_grads = (1,)  # which scalars (the arguments after the tensors) learnable params reach
 
     def __init__(self):
