@@ -2,7 +2,7 @@
 
     python benchmarks/robustness.py [--conditions black,grey,...] [--seeds 0,1,2] [--epochs 30]
                                     [--time-limit 15] [--clips 20] [--frames 100] [--workdir DIR] [--json OUT] [--quick]
-                                    [--set KEY=VALUE ...]
+                                    [--set KEY=VALUE ...] [--prior PATH]
 
 The videos come from this file's own generator, independent of `anmc.synthetic` (no shared drawing
 code, no shared simulation): a pendulum of true length L = 0.6 m under g = 9.81 m/s^2, simulated here
@@ -13,8 +13,8 @@ coverage, in RGB, written as mp4 at the condition's frame rate with `truth.csv` 
 anmc's truth format (docs/data.md). Each condition changes one thing from `black` (a warm bob on a
 rod over black, 96 px, 30 fps); `CONDITIONS` lists them.
 
-For every condition and seed: the data are drawn with the seed, `priors/pendulum.anm` is copied with
-L started 50% off (0.9 m), `anmc.train` runs with the defaults (TrainConfig: only `seed`, `epochs`,
+For every condition and seed: the data are drawn with the seed, `priors/pendulum.anm` (or `--prior`, a
+variant of it to measure: e.g. its noise declared learnable) is copied with L started 50% off (0.9 m), `anmc.train` runs with the defaults (TrainConfig: only `seed`, `epochs`,
 `time_limit` set; `--set recon=gaussian` and the like change a field for every run, to measure a
 candidate default on every condition alike), `anmc.analysis.evaluate` reads the latents against the truth. A video whose rate
 disagrees with the prior's dt (`fps25`) goes through the same check as `anmc train`
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -236,12 +237,15 @@ def make_dataset(cond: Condition, out_dir: Path, seed: int, clips: int, frames: 
 # ------------------------------------------------------------------ train, evaluate, tabulate
 
 
-def prior_for(data_dir: Path, out: Path) -> tuple[Path, str]:
-    """priors/pendulum.anm with L started 50% off; dt as `anmc train`'s frame-rate check advises. Returns (path, note)."""
+def prior_for(data_dir: Path, out: Path, source: Path = PRIOR) -> tuple[Path, str]:
+    """`source` (priors/pendulum.anm) with L started 50% off; dt as `anmc train`'s frame-rate check advises.
+    Returns (path, note)."""
     from anmc.data.rate import check_frame_rate, dt_text, frame_rate
     from anmc.errors import UserError
 
-    text = PRIOR.read_text().replace("param L = 1.0 ", f"param L = {1.5 * L_TRUE:g} ", 1)
+    text, found = re.subn(r"^param L = [0-9.eE+-]+ ", f"param L = {1.5 * L_TRUE:g} ", source.read_text(), count=1, flags=re.M)
+    if not found:
+        raise SystemExit(f"{source}: no `param L = <number> ` line to start 50% off; the benchmark needs the pendulum's L")
     note = ""
     try:
         check_frame_rate([data_dir], dt=1 / PRIOR_FPS)
@@ -261,7 +265,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
 
     data = workdir / f"{cond.name}_s{seed}" / "data"
     make_dataset(cond, data, seed, args.clips, args.frames)
-    prior, note = prior_for(data, data.parent / "pendulum.anm")
+    prior, note = prior_for(data, data.parent / "pendulum.anm", args.prior)
     config = TrainConfig(seed=seed, epochs=args.epochs, time_limit=args.time_limit, **args.overrides)
     started = time.monotonic()
     result = train(prior, [str(data)], data.parent / "run", config)
@@ -274,7 +278,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         "theta_r": abs(s["theta"]["pearson"]), "theta_slope": abs(s["theta"]["slope"]),
         "omega_r": abs(s["omega"]["pearson"]), "omega_slope": abs(s["omega"]["slope"]),
         "L": learned, "L_err": learned / L_TRUE - 1, "minutes": minutes,
-        "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note, "set": args.sets,
+        "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note, "set": args.sets, "prior": str(args.prior),
     }  # fmt: skip
 
 
@@ -303,6 +307,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two conditions, one seed, tiny clips, one short epoch")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="change a TrainConfig field for every run, e.g. --set recon=gaussian (repeatable)")
+    ap.add_argument("--prior", type=Path, default=PRIOR,
+                    help="the pendulum prior every run starts from (default priors/pendulum.anm); L is started 50%% off")
     args = ap.parse_args()
     from anmc.errors import UserError
     from anmc.vae.config import parse_overrides
@@ -335,6 +341,8 @@ def main() -> None:
     print()
     if args.sets:
         print("every run with --set " + " --set ".join(args.sets))
+    if args.prior != PRIOR:
+        print(f"every run from {args.prior}")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -162,8 +162,24 @@ def test_set_reaches_every_runs_config(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(anmc.vae.train, "train", fake_train)
-    args = argparse.Namespace(clips=2, frames=8, epochs=3, time_limit=1.0, sets=["recon=gaussian"],
+    args = argparse.Namespace(clips=2, frames=8, epochs=3, time_limit=1.0, sets=["recon=gaussian"], prior=rb.PRIOR,
                               overrides=parse_overrides(["recon=gaussian", "batch=2"]))  # fmt: skip
     with pytest.raises(Stop):
         rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
     assert seen[0].recon == "gaussian" and seen[0].batch == 2 and seen[0].epochs == 3 and seen[0].seed == 0
+
+
+def test_prior_variant_keeps_its_text_and_starts_L_off(tmp_path):
+    """`--prior` measures a variant of the pendulum prior (here its noise learnable) on every condition alike."""
+    variant = tmp_path / "learn.anm"
+    text = rb.PRIOR.read_text()
+    noise = next(line for line in text.splitlines() if line.startswith("noise "))
+    variant.write_text(text.replace(noise, "noise theta = 0.01 learn, omega = 0.05 learn"))
+    rb.make_dataset(replace(rb.CONDITIONS["black"], source=N), tmp_path / "d", seed=0, clips=1, frames=4)
+    prior, _ = rb.prior_for(tmp_path / "d", tmp_path / "p.anm", variant)
+    written = prior.read_text()
+    assert "noise theta = 0.01 learn, omega = 0.05 learn" in written and "param L = 0.9 " in written
+    no_length = tmp_path / "spring.anm"
+    no_length.write_text((rb.ROOT / "priors" / "spring.anm").read_text())
+    with pytest.raises(SystemExit, match="param L"):
+        rb.prior_for(tmp_path / "d", tmp_path / "q.anm", no_length)
