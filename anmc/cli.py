@@ -288,7 +288,7 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
 
 def _train_options(f):
     """The training flags, shared by `train` and `quickstart`."""
-    from anmc.vae.config import DECODERS, KL_READINGS, POSTERIORS, RECONSTRUCTIONS, TrainConfig
+    from anmc.vae.config import BACKGROUNDS, DECODERS, KL_READINGS, POSTERIORS, RECONSTRUCTIONS, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -306,6 +306,7 @@ def _train_options(f):
         click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
         click.option("--posterior", default=None, type=click.Choice(POSTERIORS), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
         click.option("--recon", default=d.recon, show_default=True, type=click.Choice(RECONSTRUCTIONS), help="Pixel likelihood: bernoulli (a coin per pixel), gaussian (std --recon-std), calibrated (a Gaussian whose std is the batch's own RMS error) (docs/data.md, The background matters)."),
+        click.option("--background", default=d.background, show_default=True, type=click.Choice(BACKGROUNDS), help="remove: subtract each clip's static background (its per-pixel median) and stretch what moves to the full range before training; keep: the frames as they are (docs/data.md, The background matters)."),
         click.option("--recon-std", default=d.recon_std, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Pixel std of --recon gaussian."),
         click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(DECODERS), help="sprite: a learned sprite drawn at the prior's declared camera position (observe px = ..., py = ...): latents in the prior's units (docs/method.md)."),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),

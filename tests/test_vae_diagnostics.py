@@ -66,7 +66,7 @@ def test_collapsed_vae_is_found_at_epoch_end(data):
     found = diag.epoch_diagnostics(vae, train_data, config, {"epoch": 1, "kl": 3e-6}, "cpu")
     assert [f["code"] for f in found] == ["posterior_collapse"]
     assert all(found[0]["evidence"]["signs"].values())
-    assert "--recon gaussian" in found[0]["advice"]
+    assert "--background remove" in found[0]["advice"] and "--recon gaussian" in found[0]["advice"]
     # before the epoch the checks start at, only the bounds are judged
     late = TrainConfig(size=16, batch=4, seq_len=4, epochs=10, learn_params_after=3)
     assert diag.epoch_diagnostics(vae, train_data, late, {"epoch": 3, "kl": 3e-6}, "cpu") == []

@@ -7,7 +7,10 @@ Each source (video file, array, frame folder) is decoded once, a chunk at a time
 `CACHE/<key>.u8`, its frames as raw uint8 one after the other (the layout of a C-order array of shape
 (T, H, W[, 3]), which np.memmap opens as is), with `CACHE/<key>.json` beside it (shape, source) written
 last, so a cache entry exists only once complete. The key hashes the source's path, size and
-modification time and the decoding options (size, gray, crop): a changed video or option decodes again.
+modification time and the decoding options (size, gray, crop, background): a changed video or option
+decodes again. With `background="remove"` an entry holds the clip's foreground (anmc.data.background):
+decoded into a temporary file first, its background estimated from a sample of frames read back, then
+written transformed a chunk at a time, so memory stays bounded by a chunk and the sample.
 
 `DiskFrames` reads windows with os.pread, so the process holds only the frames of the current batch
 (no pages of a mapping stay resident as the epochs touch the whole file; the operating system's page
@@ -25,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from anmc.data.background import estimate_background, remove_background
 from anmc.data.io import Clip, VideoError, _clip_name, clip_sources, iter_frames
 
 VERSION = 1
@@ -86,6 +90,7 @@ def cached_clips(
     gray: bool = True,
     min_frames: int = 1,
     crop: tuple[int, int, int, int] | None = None,
+    background: str = "keep",
 ) -> list[Clip]:
     """`load_clips` through the cache: the clips of `paths`, their frames DiskFrames in `cache_dir`
     (decoded there first when missing). Raises VideoError as load_clips does."""
@@ -95,7 +100,7 @@ def cached_clips(
     roots = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     clips: list[Clip] = []
     for src in sources:
-        frames = _entry(src, cache_dir, size, gray, crop)
+        frames = _entry(src, cache_dir, size, gray, crop, background)
         if len(frames) < min_frames:
             raise VideoError(
                 f"{src} has {len(frames)} frame{'s' if len(frames) != 1 else ''} but one training window "
@@ -111,19 +116,32 @@ def cached_clips(
     return clips
 
 
-def _key(src: Path, size, gray: bool, crop) -> str:
+def _key(src: Path, size, gray: bool, crop, background: str = "keep") -> str:
     stat = src.stat()
     if src.is_dir():  # a folder of frames: its files' names, sizes and times
         stat_list = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(src.iterdir())]
     else:
         stat_list = [(stat.st_size, stat.st_mtime_ns)]
-    text = json.dumps([VERSION, str(src.resolve()), stat_list, size, gray, crop], default=str)
+    options = [size, gray, crop] + ([background] if background != "keep" else [])  # "keep" keeps the old keys
+    text = json.dumps([VERSION, str(src.resolve()), stat_list, *options], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _entry(src: Path, cache_dir: Path, size, gray: bool, crop) -> DiskFrames:
+def _foreground_file(decoded: Path, frame_shape, n: int, chunk: int = 64) -> Path:
+    """A temporary file of the foreground of the `n` frames in `decoded`, which it replaces."""
+    frames = DiskFrames(decoded, tuple(frame_shape), 0, n)
+    bg = estimate_background(frames)
+    out = decoded.with_name(decoded.name + ".fg")
+    with open(out, "wb") as fh:
+        for a in range(0, n, chunk):
+            fh.write(remove_background(frames.read(a, min(n, a + chunk)), bg).tobytes())
+    decoded.unlink()
+    return out
+
+
+def _entry(src: Path, cache_dir: Path, size, gray: bool, crop, background: str = "keep") -> DiskFrames:
     """The cache entry of one source, decoded into it first when missing."""
-    key = _key(src, size, gray, crop)
+    key = _key(src, size, gray, crop, background)
     data, meta = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
     if not meta.exists():
         tmp = cache_dir / f".{key}.u8.tmp-{os.getpid()}"
@@ -136,6 +154,8 @@ def _entry(src: Path, cache_dir: Path, size, gray: bool, crop) -> DiskFrames:
         if frame_shape is None or n == 0:
             tmp.unlink()
             raise VideoError(f"{src} contains no frames; check that the file is complete.")
+        if background == "remove":
+            tmp = _foreground_file(tmp, frame_shape, n)
         os.replace(tmp, data)
         tmp_meta = cache_dir / f".{key}.json.tmp-{os.getpid()}"
         tmp_meta.write_text(json.dumps({"source": str(src), "frames": n, "frame_shape": list(frame_shape)}) + "\n")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from anmc.data.background import CHOICES, without_background
 from anmc.data.cache import DiskFrames, cached_clips
 from anmc.data.io import Clip, VideoError, load_clips
 
@@ -187,17 +188,22 @@ def frame_datasets(
     device: str | torch.device | None = None,
     crop: tuple[int, int, int, int] | None = None,
     cache: str | Path | None = None,
+    background: str = "keep",
 ) -> tuple[FrameSequences, FrameSequences | None]:
     """Training and validation windows from paths (videos, arrays, frame folders, folders of them) or clips.
 
     Validation is None when nothing is held out (`val_fraction == 0`). With a `cache` folder the frames
-    are decoded into it once and read from disk (`cached_clips`), not held in memory.
+    are decoded into it once and read from disk (`cached_clips`), not held in memory. `background`
+    "remove" replaces each clip by its foreground (anmc.data.background) before it is split.
     """
+    if background not in CHOICES:
+        raise ValueError(f"background must be one of {CHOICES}, got {background!r}")
     if cache is not None and (isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip))):
-        clips = cached_clips(source, cache, size=size, gray=gray, min_frames=length, crop=crop)
+        clips = cached_clips(source, cache, size=size, gray=gray, min_frames=length, crop=crop, background=background)
     elif isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip)):
         clips = load_clips(source, size=size, gray=gray, min_frames=length, crop=crop)
+        clips = without_background(clips) if background == "remove" else clips
     else:
-        clips = list(source)
+        clips = without_background(source) if background == "remove" else list(source)
     train, val = split_clips(clips, val_fraction, seed, min_frames=length)
     return FrameSequences(train, length, device), (FrameSequences(val, length, device) if val else None)

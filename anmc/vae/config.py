@@ -3,6 +3,7 @@
     TrainConfig(epochs=30, kl="elbo", posterior="smoother", recon="bernoulli", ...)
     KL_READINGS       the transition-KL readings (`--kl`): `anmc.prior.TRANSITION_KL`'s names plus "standard"
     RECONSTRUCTIONS   the pixel likelihoods (`--recon`)
+    BACKGROUNDS       what happens to a clip's static background (`--background`)
     POSTERIORS, DECODERS   the names `anmc.vae.nets` implements (`--posterior`, `--decoder`)
     parse_overrides(["recon=gaussian", "batch=16"])   KEY=VALUE strings (the scripts' `--set`) as TrainConfig fields
 
@@ -25,6 +26,7 @@ RECONSTRUCTIONS = ("bernoulli", "gaussian", "calibrated")
 POSTERIORS = ("factorized", "smoother")
 DECODERS = ("deconv", "broadcast", "sprite")
 PRECISIONS = ("fp32", "bf16")
+BACKGROUNDS = ("keep", "remove")  # anmc.data.background.CHOICES (this module imports no numpy)
 
 
 @dataclass
@@ -60,6 +62,9 @@ class TrainConfig:
     # "calibrated": a Gaussian whose std is the batch's own root-mean-square reconstruction error (the
     # optimal sigma-VAE of Rybkin et al. 2021), never below this (a quarter of an 8-bit level)
     recon_std_floor: float = 0.001
+    # "remove": each clip's static background (its per-pixel median) is subtracted and what moves is
+    # stretched to the full range before training (anmc.data.background; docs/data.md, The background matters)
+    background: str = "keep"
     decoder: str = "deconv"
     size: int | None = 32  # frames are resized to size x size (64x64 videos train at 32x32 by default)
     learn_params_after: int = 3  # epochs with physical params frozen (the warm-up is 2)
@@ -85,6 +90,8 @@ class TrainConfig:
             raise UserError(f"--kl {self.kl!r} is not a reading anmc knows; use one of {', '.join(KL_READINGS)}.")
         if self.recon not in RECONSTRUCTIONS:
             raise UserError(f"--recon {self.recon!r}: use one of {', '.join(RECONSTRUCTIONS)}.")
+        if self.background not in BACKGROUNDS:
+            raise UserError(f"--background {self.background!r}: use one of {', '.join(BACKGROUNDS)}.")
         if self.decoder not in DECODERS:
             raise UserError(f"--decoder {self.decoder!r}: use one of {', '.join(DECODERS)}.")
         if self.posterior is None:
@@ -108,7 +115,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "the checkpoint") -> "TrainConfig":
         """The config saved in a checkpoint; a UserError naming the first field of the wrong type."""
-        data = {"posterior": "factorized"} | _typed_fields(data, cls, source)  # runs from before the smoother were factorized
+        # runs from before the smoother were factorized, and from before background removal kept it
+        data = {"posterior": "factorized", "background": "keep"} | _typed_fields(data, cls, source)
         return cls(**data)
 
 

@@ -67,8 +67,9 @@ def collapse_finding(kl_per_frame: float | None, spread: dict[str, float], expla
     return finding(
         "posterior_collapse",
         "the posterior has collapsed onto the prior: " + "; ".join(said) + "; the latents carry no information about the frames.",
-        "--recon gaussian (the Bernoulli likelihood gives a grey or bright background little to explain); frames with "
-        "the object in contrast to a plain background (crop, --size); a smaller --beta; a longer --warmup. "
+        "--background remove (the Bernoulli likelihood gives a grey or bright background little to explain; removing "
+        "it leaves what moves on black); --recon gaussian; frames with the object in contrast to a plain background "
+        "(crop, --size); a smaller --beta; a longer --warmup. "
         "docs/data.md, 'The background matters'.",
         kl_per_frame=kl_per_frame, spread=spread, recon_explained=explained, signs=signs,
     )  # fmt: skip

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from anmc.codegen.compile import CompiledPrior, compile_stored
+from anmc.data.background import without_background
 from anmc.data.io import Clip, load_clips
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
@@ -222,10 +223,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
 
 
 def load_run_clips(run: Run, videos=None) -> list[Clip]:
-    """The clips to evaluate: `videos` if given, else the run's training videos, at the run's frame size."""
+    """The clips to evaluate: `videos` if given, else the run's training videos, at the run's frame size
+    and with their background removed if the run trained so."""
     sources = videos or run.videos
     if not sources:
         raise UserError(f"{run.run_dir} records no training videos; pass --video.")
     c, h, w = run.payload["frame_shape"]
     clips = load_clips(sources, size=h, gray=(c == 1), min_frames=run.vae.window + 1)
-    return clips
+    return without_background(clips) if run.config.background == "remove" else clips

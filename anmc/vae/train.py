@@ -237,7 +237,7 @@ def _datasets(videos, config: TrainConfig, ctx):
         distributed.barrier(ctx)  # rank 0 decodes into the cache first
     out = frame_datasets(
         videos, length=config.seq_len + config.window - 1, size=config.size, val_fraction=config.val_fraction, seed=config.seed,
-        device=ctx.device, cache=config.cache,
+        device=ctx.device, cache=config.cache, background=config.background,
     )  # fmt: skip
     if ctx.world > 1 and config.cache is not None and ctx.is_main:
         distributed.barrier(ctx)
