@@ -295,3 +295,11 @@ def test_heaviside_at_zero_is_one_half_as_in_sympy():
     _, J = module.f_and_jacobian(z)
     np.testing.assert_allclose(J[:, 0, 0].numpy(), [math.exp(1 / 30), math.exp(-1 / 30), 1.0], rtol=1e-6)
     assert check_jacobian(prior).max_error_autograd < 1e-12
+
+
+def test_large_right_hand_sides_run_their_stages_numerically_in_numpy():
+    """The derived double pendulum (163 operations) is not expanded through RK4's stages in the numpy
+    source (SymPy's cse of that expansion took minutes); the hand-written priors are."""
+    big = anmc.compile_prior(ROOT / "priors" / "double_pendulum.anm").numpy_source()
+    small = anmc.compile_prior(ROOT / "priors" / "coupled_masses.anm").numpy_source()
+    assert "def rhs_and_jacobian(" in big and "def rhs_and_jacobian(" not in small

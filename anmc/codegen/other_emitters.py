@@ -36,9 +36,10 @@ class _Printer(NumPyPrinter):
         return self._minmax(expr, "minimum")
 
 
-# Right-hand sides with more operations than this (a derived double pendulum) are not expanded through the
-# stages of an explicit Runge-Kutta method (minutes of SymPy): the stages run numerically instead.
-EXPAND_UP_TO = 200
+# Right-hand sides with more operations than this (a derived double pendulum: 163 once its trig is tidied,
+# 587 before) are not expanded through the stages of an explicit Runge-Kutta method (minutes of SymPy's
+# cse): the stages run numerically instead. The largest hand-written prior (coupled masses) has 22.
+EXPAND_UP_TO = 100
 
 
 def emit_numpy(model: Model) -> str:
