@@ -306,12 +306,14 @@ def _train_options(f):
         click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
         click.option("--posterior", default=None, type=click.Choice(POSTERIORS), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
         click.option("--recon", default=d.recon, show_default=True, type=click.Choice(RECONSTRUCTIONS), help="Pixel likelihood: bernoulli (a coin per pixel), gaussian (std --recon-std), calibrated (a Gaussian whose std is the batch's own RMS error) (docs/data.md, The background matters)."),
-        click.option("--background", default=d.background, show_default=True, type=click.Choice(BACKGROUNDS), help="remove: subtract each clip's static background (its per-pixel median) and stretch what moves to the full range before training; keep: the frames as they are (docs/data.md, The background matters)."),
+        click.option("--background", default=d.background, show_default=True, type=click.Choice(BACKGROUNDS), help="remove: subtract each clip's static background (per pixel the most common of its median and 10th/90th percentiles) and stretch what moves to the full range before training; keep: the frames as they are (docs/data.md, The background matters)."),
         click.option("--recon-std", default=d.recon_std, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Pixel std of --recon gaussian."),
         click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(DECODERS), help="sprite: a learned sprite drawn at the prior's declared camera position (observe px = ..., py = ...): latents in the prior's units (docs/method.md)."),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),
         click.option("--learn-params-after", default=d.learn_params_after, show_default=True, type=click.IntRange(min=0), help="Epochs before learnable params and noise start to train."),
         click.option("--time-limit", default=None, type=float, help="Minutes; stop after the epoch that crosses it."),
+        click.option("--restarts", default=d.restarts, show_default=True, type=click.IntRange(min=1), help="Train this many starts (seeds SEED, SEED+1, ...) for --restart-epochs each and finish the one with the lowest validation loss (RUN/starts.json)."),
+        click.option("--restart-epochs", default=d.restart_epochs, show_default=True, type=click.IntRange(min=1), help="Epochs each start trains before the choice."),
         click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--seed", default=d.seed, show_default=True, type=int),
         click.option("--precision", default=d.precision, show_default=True, type=click.Choice(["fp32", "bf16"]), help="bf16: the networks under bfloat16 autocast (the prior's algebra stays float32/float64)."),
@@ -435,6 +437,9 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
             log.close()
     if result.rank != 0:  # under torchrun, rank 0 reports
         return result
+    if result.starts:
+        losses = ", ".join(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items())
+        out.print(f"starts (validation loss after {result.starts['restart_epochs']} epochs): {losses}; finished seed {result.starts['chosen']}")
     for row in result.metrics[-3:]:
         params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
         val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""

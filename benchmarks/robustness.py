@@ -21,7 +21,9 @@ disagrees with the prior's dt (`fps25`) goes through the same check as `anmc tra
 (`anmc.data.rate.check_frame_rate`) and its advice is followed (dt = 1/25 written into the prior).
 
 Reported per run: |r| and slope of theta and omega (latent against truth), learned L and its error,
-minutes of training, the diagnostics `anmc eval` raised. `--quick`: two conditions, one seed, tiny
+minutes of training, the diagnostics `anmc eval` raised; in the JSON also the seed trained (`--set
+seed=N` trains the data of `--seeds` from another start; with `--set restarts=K`, the start chosen) and
+each start's validation loss. `--quick`: two conditions, one seed, tiny
 clips and one short epoch (a smoke test; its numbers mean nothing).
 """
 
@@ -266,15 +268,17 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     data = workdir / f"{cond.name}_s{seed}" / "data"
     make_dataset(cond, data, seed, args.clips, args.frames)
     prior, note = prior_for(data, data.parent / "pendulum.anm", args.prior)
-    config = TrainConfig(seed=seed, epochs=args.epochs, time_limit=args.time_limit, **args.overrides)
+    # `--set seed=N` trains with seed N on the data drawn with `seed` (to tell the data from the training start)
+    config = TrainConfig(**({"seed": seed, "epochs": args.epochs, "time_limit": args.time_limit} | args.overrides))
     started = time.monotonic()
     result = train(prior, [str(data)], data.parent / "run", config)
     minutes = (time.monotonic() - started) / 60
-    report = evaluate(load_run(data.parent / "run"))
+    run = load_run(data.parent / "run")
+    report = evaluate(run)
     s = report["states"]
     learned = report["params"]["L"]["learned"]
     return {
-        "condition": cond.name, "seed": seed, "epochs": result.epochs,
+        "condition": cond.name, "seed": seed, "train_seed": run.config.seed, "starts": result.starts, "epochs": result.epochs,
         "theta_r": abs(s["theta"]["pearson"]), "theta_slope": abs(s["theta"]["slope"]),
         "omega_r": abs(s["omega"]["pearson"]), "omega_slope": abs(s["omega"]["slope"]),
         "L": learned, "L_err": learned / L_TRUE - 1, "minutes": minutes,

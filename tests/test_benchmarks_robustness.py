@@ -167,6 +167,11 @@ def test_set_reaches_every_runs_config(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
     assert seen[0].recon == "gaussian" and seen[0].batch == 2 and seen[0].epochs == 3 and seen[0].seed == 0
+    # `--set seed=N`: the same data (drawn with the run's seed) trained from another start
+    args.overrides = parse_overrides(["seed=7", "restarts=3", "restart_epochs=1"])
+    with pytest.raises(Stop):
+        rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
+    assert seen[1].seed == 7 and seen[1].restarts == 3
 
 
 def test_prior_variant_keeps_its_text_and_starts_L_off(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import anmc.vae.train as train_mod
+from anmc.errors import UserError
 from anmc.cli import main
 from anmc.analysis.evaluate import evaluate
 from anmc.vae.run import load_checkpoint, load_run
@@ -428,3 +429,57 @@ def test_cli_trains_with_the_calibrated_likelihood(data, tmp_path):
     assert load_run(tmp_path / "r").config.recon == "calibrated"
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(row["loss"]) for row in rows)
+
+
+def test_restarts_finish_the_start_with_the_lowest_validation_loss(data, tmp_path):
+    """--restarts: each seed trains restart_epochs epochs in RUN/starts/seedN; the lowest validation loss
+    among them is copied to RUN and trained to the end with its seed; a second call trains no start again."""
+    config = TrainConfig(**{**TINY, "epochs": 3, "restarts": 3, "restart_epochs": 1, "seed": 5})
+    result = train(PRIOR, [str(data)], tmp_path / "run", config)
+    choice = json.loads((tmp_path / "run" / "starts.json").read_text())
+    assert choice == result.starts and sorted(choice["loss"]) == ["5", "6", "7"]
+    losses = {int(k): v for k, v in choice["loss"].items()}
+    for seed, loss in losses.items():
+        (row,) = [json.loads(line) for line in (tmp_path / "run" / "starts" / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert row["val_loss"] == loss  # each start trained its one epoch and stopped
+    assert len(set(losses.values())) == 3  # the seeds are different starts
+    best = min(losses, key=losses.get)
+    assert choice["chosen"] == best
+    run = load_run(tmp_path / "run")
+    assert run.config.seed == best and run.config.restarts == 3
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[0]["val_loss"] == losses[best]  # the finished run is the chosen start, continued
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 3
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "starts").glob("*/checkpoint.pt")}
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # the finish interrupted before its first checkpoint
+    train(PRIOR, [str(data)], tmp_path / "run", config)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the starts were read, not trained again
+    changed = TrainConfig(**{**TINY, "epochs": 3, "restarts": 3, "restart_epochs": 1, "seed": 5, "lr": 5e-4})
+    train(PRIOR, [str(data)], tmp_path / "run", changed)
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)  # another config: every start trained anew
+    assert load_run(tmp_path / "run").config.lr == 5e-4
+
+
+def test_restarts_are_checked_and_offered_on_the_command_line(data, tmp_path):
+    with pytest.raises(UserError, match="--restarts 2 --restart-epochs 4"):
+        TrainConfig(epochs=4, restarts=2)
+    with pytest.raises(UserError, match="--restarts 0"):
+        TrainConfig(restarts=0)
+    assert TrainConfig(epochs=1, restarts=1).restart_epochs == 4  # one start: restart_epochs is not used
+    args = ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--size", "16", "--batch", "4", "--seq-len", "4",
+            "--steps-per-epoch", "3", "--epochs", "2", "--restarts", "2", "--restart-epochs", "1"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "starts (validation loss after 1 epochs): seed 0" in said and "finished seed" in said
+    assert (tmp_path / "r" / "starts.json").exists()
+    res = CliRunner().invoke(main, [*args[:-4], "--restarts", "2", "--restart-epochs", "2"])
+    assert res.exit_code == 2 and "restart-epochs" in res.output
+
+
+def test_the_time_limit_counts_the_starts(data, tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 5, "restarts": 2, "restart_epochs": 1, "time_limit": 1e-6})
+    result = train(PRIOR, [str(data)], tmp_path / "run", config)
+    # each start trains its epoch; the finish, its clock already past the limit, stops after one more
+    assert result.epochs == 2 and "time limit" in result.stopped_early

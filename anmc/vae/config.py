@@ -62,8 +62,9 @@ class TrainConfig:
     # "calibrated": a Gaussian whose std is the batch's own root-mean-square reconstruction error (the
     # optimal sigma-VAE of Rybkin et al. 2021), never below this (a quarter of an 8-bit level)
     recon_std_floor: float = 0.001
-    # "remove": each clip's static background (its per-pixel median) is subtracted and what moves is
-    # stretched to the full range before training (anmc.data.background; docs/data.md, The background matters)
+    # "remove": each clip's static background (per pixel the most common of its median and 10th/90th
+    # percentiles over the clip) is subtracted and what moves is stretched to the full range before training
+    # (anmc.data.background; docs/data.md, The background matters)
     background: str = "keep"
     decoder: str = "deconv"
     size: int | None = 32  # frames are resized to size x size (64x64 videos train at 32x32 by default)
@@ -72,6 +73,11 @@ class TrainConfig:
     val_fraction: float = 0.1
     grad_clip: float = 100.0
     time_limit: float | None = None  # minutes; training stops after the epoch that crosses it
+    # Several starts (seeds seed, seed + 1, ...) trained `restart_epochs` epochs each; the one with the lowest
+    # validation loss is trained to the end (anmc.vae.train; docs/results.md §6: the same clips recovered or
+    # not by the start alone, and the validation loss told them apart). The starts' time comes on top.
+    restarts: int = 1
+    restart_epochs: int = 4
     seed: int = 0
     device: str = "auto"
     # torch's CPU thread count (None: leave torch's). Saved with the run and set again on resume: sums
@@ -109,6 +115,8 @@ class TrainConfig:
             raise UserError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
         if self.workers < 0:
             raise UserError(f"--workers {self.workers}: give 0 (read in the training process) or more.")
+        if self.restarts < 1 or (self.restarts > 1 and not 1 <= self.restart_epochs < self.epochs):
+            raise UserError(f"--restarts {self.restarts} --restart-epochs {self.restart_epochs}: give restarts >= 1 and 1 <= restart-epochs < epochs ({self.epochs}).")
         if self.window < 1 or self.seq_len < 2 or self.batch < 1 or self.epochs < 1:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
 

@@ -21,8 +21,9 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from anmc.vae.distributed import DistContext, RankBatches
 from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae
-from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
+from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, read_metrics, save_checkpoint, truncate_metrics
 from anmc.vae.run_lock import run_lock
 
 
@@ -49,6 +50,7 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
     stopped_early: str | None = None
     rank: int = 0  # this process's rank under torchrun (rank 0 logs and reports)
+    starts: dict | None = None  # with --restarts: each start's validation loss and the one chosen (RUN/starts.json)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,23 +111,82 @@ def train(
     TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept.
     """
     run_dir = Path(run_dir)
+    if config is not None and config.restarts > 1 and not (resume and (run_dir / "checkpoint.pt").exists()):
+        return _train_best_start(prior, videos, run_dir, config, progress, on_epoch)
+    return _train_locked(prior, videos, run_dir, config, resume, progress, on_epoch)
+
+
+def _train_locked(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoch, stop_after=None, started=None) -> TrainResult:
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes the run
     with run_lock(run_dir) if writer else contextlib.nullcontext():
-        return _train(prior, videos, run_dir, config, resume, progress, on_epoch)
+        return _train(prior, videos, run_dir, config, resume, progress, on_epoch, stop_after, started)
 
 
-def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoch) -> TrainResult:
-    """`train`'s loop: setup, then for each epoch its steps, its end and its checkpoint."""
+def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoch, stop_after=None, started=None) -> TrainResult:
+    """`train`'s loop: setup, then for each epoch its steps, its end and its checkpoint. `stop_after`: the
+    epoch to stop after (a start of --restarts); `started`: the time.monotonic() the time limit counts from."""
     s = _setup(prior, videos, run_dir, config, resume)
     try:
-        return _loop(s, progress, on_epoch)
+        return _loop(s, progress, on_epoch, stop_after, started)
     finally:
         distributed.teardown(s.ctx)
 
 
-def _loop(s: _Session, progress, on_epoch) -> TrainResult:
-    result = TrainResult(s.run_dir, s.start_epoch, rank=s.rank)
+def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progress, on_epoch) -> TrainResult:
+    """`config.restarts` starts, seeds seed, seed + 1, ..., each trained `restart_epochs` epochs in
+    RUN/starts/seedN; the one with the lowest validation loss then is copied to RUN and trained to the end
+    (its seed becomes the run's). RUN/starts.json has each start's loss and the choice. A choice that was
+    interrupted goes on where it stopped: finished starts are not trained again. The time limit counts the
+    starts too."""
     started = time.monotonic()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--restarts runs its starts in one process; train with --restarts 1 under torchrun.")
+    compiled = _compiled(prior)
+    losses, failed = {}, {}
+    for seed in range(config.seed, config.seed + config.restarts):
+        start_dir, start = run_dir / "starts" / f"seed{seed}", replace(config, seed=seed)
+        done = _epochs_done(start_dir, start, compiled)
+        try:
+            if done < config.restart_epochs:
+                _train_locked(compiled, videos, start_dir, start, done > 0, progress, None, stop_after=config.restart_epochs)
+        except TrainingDiverged as e:
+            failed[seed] = str(e)
+            continue
+        rows = read_metrics(start_dir)  # restart_epochs of them, or fewer where the time limit came first
+        row = rows[min(config.restart_epochs, len(rows)) - 1]
+        loss = row.get("val_loss", row["loss"])
+        losses[seed] = loss if math.isfinite(loss) else math.inf
+    if not losses:
+        raise UserError(f"every one of the {config.restarts} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
+    best = min(losses, key=losses.get)
+    for name in ("metrics.jsonl", "checkpoint.pt"):  # the checkpoint last: its arrival is what a resume reads
+        tmp = run_dir / f".{name}.tmp"
+        shutil.copyfile(run_dir / "starts" / f"seed{best}" / name, tmp)
+        os.replace(tmp, run_dir / name)
+    choice = {"restart_epochs": config.restart_epochs, "loss": {str(k): v for k, v in losses.items()}, "diverged": failed, "chosen": best}
+    (run_dir / "starts.json").write_text(json.dumps(choice, indent=2) + "\n")
+    result = _train_locked(compiled, videos, run_dir, replace(config, seed=best), True, progress, on_epoch, started=started)
+    result.starts = choice
+    return result
+
+
+def _epochs_done(run_dir: Path, config: TrainConfig, compiled: CompiledPrior) -> int:
+    """Epochs a start of --restarts has finished in `run_dir`: 0 unless it trained with this very config and prior."""
+    try:
+        same = json.loads((run_dir / "config.json").read_text()) == asdict(config) and (run_dir / "prior.anm").read_text() == compiled.model.source
+    except (OSError, ValueError):
+        return 0
+    return len(read_metrics(run_dir)) if same and (run_dir / "checkpoint.pt").exists() else 0
+
+
+def _compiled(prior) -> CompiledPrior:
+    """A CompiledPrior from one, a path, or `.anm` text."""
+    return prior if isinstance(prior, CompiledPrior) else compile_prior(Path(prior) if not str(prior).count("\n") else prior)
+
+
+def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, started: float | None = None) -> TrainResult:
+    result = TrainResult(s.run_dir, s.start_epoch, rank=s.rank)
+    started = time.monotonic() if started is None else started
     for epoch in range(s.start_epoch, s.config.epochs):
         learn_physics = epoch >= s.config.learn_params_after
         if s.model is None or any(p.requires_grad != learn_physics for p in s.physical):
@@ -151,6 +212,9 @@ def _loop(s: _Session, progress, on_epoch) -> TrainResult:
             _checkpoint(s, epoch + 1, row)
             if on_epoch is not None:
                 on_epoch(s.vae, row)
+        if stop_after is not None and epoch + 1 >= stop_after:
+            result.stopped_early = f"stopped after epoch {epoch + 1} as asked"
+            break
         if s.config.time_limit is not None and (time.monotonic() - started) / 60 >= s.config.time_limit:
             result.stopped_early = f"time limit of {s.config.time_limit:g} min reached after epoch {epoch + 1}"
             break
@@ -181,7 +245,7 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     distributed.check_batch(config.batch, ctx)
     torch.manual_seed(config.seed)
 
-    compiled = prior if isinstance(prior, CompiledPrior) else compile_prior(Path(prior) if not str(prior).count("\n") else prior)
+    compiled = _compiled(prior)
     steps = [list(step) for step in compiled.model.overrides.steps]
     if payload is not None and (payload["anm_source"] != compiled.model.source or payload.get("anm_steps", []) != steps):
         raise CheckpointError(
