@@ -159,12 +159,13 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
     if not losses:
         raise UserError(f"every one of the {config.restarts} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
     best = min(losses, key=losses.get)
-    for name in ("metrics.jsonl", "checkpoint.pt"):  # the checkpoint last: its arrival is what a resume reads
-        tmp = run_dir / f".{name}.tmp"
-        shutil.copyfile(run_dir / "starts" / f"seed{best}" / name, tmp)
-        os.replace(tmp, run_dir / name)
     choice = {"restart_epochs": config.restart_epochs, "loss": {str(k): v for k, v in losses.items()}, "diverged": failed, "chosen": best}
-    (run_dir / "starts.json").write_text(json.dumps(choice, indent=2) + "\n")
+    with run_lock(run_dir):  # RUN's writer; its temporary files named as save_checkpoint's, which the lock clears after a kill
+        for name in ("metrics.jsonl", "checkpoint.pt"):  # the checkpoint last: its arrival is what a resume reads
+            tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+            shutil.copyfile(run_dir / "starts" / f"seed{best}" / name, tmp)
+            os.replace(tmp, run_dir / name)
+        (run_dir / "starts.json").write_text(json.dumps(choice, indent=2) + "\n")
     result = _train_locked(compiled, videos, run_dir, replace(config, seed=best), True, progress, on_epoch, started=started)
     result.starts = choice
     return result
