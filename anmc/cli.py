@@ -346,14 +346,19 @@ def epoch_line(row: dict, epochs: int | None, first_epoch: int) -> str:
 
 
 class _EpochReporter:
-    """`train`'s on_epoch: a plain line per epoch when stderr is not a terminal; each new diagnostic once, as a warning."""
+    """`train`'s on_epoch: a plain line per epoch when stderr is not a terminal; each new diagnostic once, as a
+    warning. The epochs of `--restarts`' starts (rows with "start") get a line each, always (the bar does not
+    say which start it draws), and no warnings: a start that goes wrong is what the choice is for."""
 
-    def __init__(self, epochs: int | None, plain: bool):
-        self.epochs, self.plain, self.first, self.seen = epochs, plain, None, set()
+    def __init__(self, epochs: int | None, plain: bool, restart_epochs: int | None = None):
+        self.epochs, self.plain, self.restart_epochs, self.first, self.seen = epochs, plain, restart_epochs, None, set()
 
     def __call__(self, vae, row):
         from anmc.vae.diagnostics import describe
 
+        if "start" in row:
+            err.print(f"start seed {row['start']}, " + epoch_line(row, self.restart_epochs, 0), soft_wrap=True, highlight=False, markup=False)
+            return
         self.first = row["epoch"] - 1 if self.first is None else self.first
         if self.plain:
             click.echo(epoch_line(row, self.epochs, self.first), err=True)
@@ -422,11 +427,12 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
 
     try:
         epochs = config.epochs if config else None
-        reporter = _EpochReporter(epochs, plain=not err.is_terminal)
+        restarts = config is not None and config.restarts > 1
+        reporter = _EpochReporter(epochs, plain=not err.is_terminal, restart_epochs=config.restart_epochs if restarts else None)
 
-        def epoch_end(vae, row):  # the line and warnings, then the TensorBoard log
+        def epoch_end(vae, row):  # the line and warnings, then the TensorBoard log (of RUN's own epochs)
             reporter(vae, row)
-            if on_epoch is not None:
+            if on_epoch is not None and "start" not in row:
                 on_epoch(vae, row)
 
         result = train(prior, videos, run_dir, config, resume=resume, progress=progress, on_epoch=epoch_end)

@@ -435,8 +435,10 @@ def test_restarts_finish_the_start_with_the_lowest_validation_loss(data, tmp_pat
     """--restarts: each seed trains restart_epochs epochs in RUN/starts/seedN; the lowest validation loss
     among them is copied to RUN and trained to the end with its seed; a second call trains no start again."""
     config = TrainConfig(**{**TINY, "epochs": 3, "restarts": 3, "restart_epochs": 1, "seed": 5})
-    result = train(PRIOR, [str(data)], tmp_path / "run", config)
+    seen = []
+    result = train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=lambda vae, row: seen.append((row.get("start"), row["epoch"])))
     choice = json.loads((tmp_path / "run" / "starts.json").read_text())
+    assert seen == [(5, 1), (6, 1), (7, 1), (None, 2), (None, 3)]  # each start's epoch, marked, then the finish's
     assert choice == result.starts and sorted(choice["loss"]) == ["5", "6", "7"]
     losses = {int(k): v for k, v in choice["loss"].items()}
     for seed, loss in losses.items():
@@ -473,6 +475,8 @@ def test_restarts_are_checked_and_offered_on_the_command_line(data, tmp_path):
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())
     assert "starts (validation loss after 1 epochs): seed 0" in said and "finished seed" in said
+    for seed in (0, 1):  # each start's epoch has its own line, before the finish's
+        assert f"start seed {seed}, epoch 1/1: loss" in said and said.index(f"start seed {seed}, epoch 1/1") < said.index("epoch 2/2")
     assert (tmp_path / "r" / "starts.json").exists()
     res = CliRunner().invoke(main, [*args[:-4], "--restarts", "2", "--restart-epochs", "2"])
     assert res.exit_code == 2 and "restart-epochs" in res.output

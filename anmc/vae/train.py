@@ -104,7 +104,8 @@ def train(
     """Train (or resume) a run in `run_dir`; returns the per-epoch metrics.
 
     `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar);
-    `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics).
+    `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics); with
+    `config.restarts` > 1 also after each start's epochs, the row then carrying `"start": seed`.
 
     The process that writes the run (rank 0) holds its lock throughout (`anmc.vae.run_lock`: a second
     writer gets RunLocked); a loss, gradient or smoother that becomes non-finite stops the run with
@@ -148,7 +149,9 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
         done = _epochs_done(start_dir, start, compiled)
         try:
             if done < config.restart_epochs:
-                _train_locked(compiled, videos, start_dir, start, done > 0, progress, None, stop_after=config.restart_epochs)
+                # on_epoch sees each start's epochs too, marked {"start": seed} (RUN's own rows have no "start")
+                tagged = None if on_epoch is None else (lambda vae, row, seed=seed: on_epoch(vae, {**row, "start": seed}))
+                _train_locked(compiled, videos, start_dir, start, done > 0, progress, tagged, stop_after=config.restart_epochs)
         except TrainingDiverged as e:
             failed[seed] = str(e)
             continue
