@@ -83,8 +83,9 @@ def _batch_major(x: torch.Tensor) -> torch.Tensor:
 _CACHE: dict = {}
 
 
-def _cached(key, make):
-    """A small tensor made once per (what, dtype, device) and never written to (index tables, J = I).
+def constant_tensor(key, make):
+    """A small tensor made once per key (what, its sizes, dtype, device; one cache for all callers, so the
+    first item names the caller's use) and never written to (index tables, J = I).
     Under torch.compile it is made afresh: a lookup would become a guard that fails once the entry exists."""
     if torch.compiler.is_compiling():
         return make()
@@ -137,7 +138,7 @@ class _Core:
             h = m.dt / m.substeps
             for i in range(m.d):  # x_i <- x_i + h F_i(x_1', ..., x_{i-1}', x_i, ...)
                 k, dk = self.evaluate(z, T, tape)
-                index = _cached(("index", i, z.device), lambda: torch.tensor([i], device=z.device))
+                index = constant_tensor(("index", i, z.device), lambda: torch.tensor([i], device=z.device))
                 z = torch.index_add(z, 0, index, k.narrow(0, i, 1), alpha=h)
                 if T is not None:
                     T = torch.index_add(T, 0, index, dk.narrow(0, i, 1), alpha=h)
@@ -168,7 +169,7 @@ class _Core:
         if m.integrator == "semi_implicit_euler":
             h = m.dt / m.substeps
             for i in reversed(range(m.d)):
-                e = _cached(("onehot", i, m.d, gz.dtype, gz.device), lambda: torch.eye(m.d, dtype=gz.dtype, device=gz.device)[i] * 1.0)
+                e = constant_tensor(("onehot", i, m.d, gz.dtype, gz.device), lambda: torch.eye(m.d, dtype=gz.dtype, device=gz.device)[i] * 1.0)
                 gk = gz * (h * e).unsqueeze(-1)
                 gdk = gT * (h * e).view(-1, 1, 1)
                 gy, gt = self.vjp(next(tape), gk, gdk, acc)
@@ -334,7 +335,7 @@ class AnmModule(nn.Module):
     def _identity(self, zt: torch.Tensor) -> torch.Tensor:
         """J = I as tangent rows (d, d, B): a broadcast view of one cached (d, d, 1) tensor."""
         d = self.d
-        eye = _cached(("eye", d, zt.dtype, zt.device), lambda: torch.eye(d, dtype=zt.dtype, device=zt.device).unsqueeze(-1))
+        eye = constant_tensor(("eye", d, zt.dtype, zt.device), lambda: torch.eye(d, dtype=zt.dtype, device=zt.device).unsqueeze(-1))
         return eye.expand(d, d, zt.shape[-1])
 
     def _frame(self, zt: torch.Tensor, steps: int) -> torch.Tensor:

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from anmc.posterior.scan import doubling_below, prefix_scan, suffix_scan
+from anmc.codegen.runtime import constant_tensor
 
 
 @dataclass
@@ -378,12 +379,14 @@ def _filter_combine(first: Tensor, then: Tensor, d: int) -> Tensor:
 
 
 def _eye(d: int, like: Tensor) -> Tensor:
-    return torch.eye(d, dtype=like.dtype, device=like.device)
+    return constant_tensor(("smoother eye", d, like.dtype, like.device), lambda: torch.eye(d, dtype=like.dtype, device=like.device))
 
 
 def _last_column(d: int, like: Tensor) -> Tensor:
-    """(d + 1,): 0, …, 0, 1 (selects the b or η column of [A | b], [Λ | η])."""
-    return torch.zeros(d + 1, dtype=like.dtype, device=like.device).index_fill_(0, torch.tensor([d], device=like.device), 1.0)
+    """(d + 1,): 0, …, 0, 1 (selects the b or η column of [A | b], [Λ | η]). Made once per (d, dtype,
+    device): every combine of every scan uses it, and making it anew cost three operations and, on a
+    GPU, a copy from the host that waits for the GPU."""
+    return constant_tensor(("smoother last column", d, like.dtype, like.device), lambda: (torch.arange(d + 1, device=like.device) == d).to(like.dtype))
 
 
 def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
