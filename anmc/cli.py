@@ -306,7 +306,7 @@ def _train_options(f):
         click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
         click.option("--posterior", default=None, type=click.Choice(POSTERIORS), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
         click.option("--recon", default=d.recon, show_default=True, type=click.Choice(RECONSTRUCTIONS), help="Pixel likelihood: bernoulli (a coin per pixel), gaussian (std --recon-std), calibrated (a Gaussian whose std is the batch's own RMS error) (docs/data.md, The background matters)."),
-        click.option("--background", default=d.background, show_default=True, type=click.Choice(BACKGROUNDS), help="remove: subtract each clip's static background (per pixel the most common of its median and 10th/90th percentiles) and stretch what moves to the full range before training; keep: the frames as they are (docs/data.md, The background matters)."),
+        click.option("--background", default=d.background, show_default=True, type=click.Choice(BACKGROUNDS), help="remove: subtract each clip's static background (per pixel the most common of its median and 10th/90th percentiles) and stretch what moves to the full range before training; keep: the frames as they are; auto: remove unless the clips' background is dark (mean level at most 26 of 255) (docs/data.md, The background matters)."),
         click.option("--recon-std", default=d.recon_std, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Pixel std of --recon gaussian."),
         click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(DECODERS), help="sprite: a learned sprite drawn at the prior's declared camera position (observe px = ..., py = ...): latents in the prior's units (docs/method.md)."),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),
@@ -443,6 +443,12 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
             log.close()
     if result.rank != 0:  # under torchrun, rank 0 reports
         return result
+    if config is not None and config.background == "auto":
+        import json
+
+        chosen = json.loads((Path(run_dir) / "config.json").read_text())["background"]
+        why = "their mean level is above" if chosen == "remove" else "it is dark: mean level at most"
+        out.print(f"background (auto): {chosen} -- the clips' background, {why} 26 of 255; eval and intervene do the same", highlight=False)
     if result.starts:
         losses = ", ".join(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items())
         out.print(f"starts (validation loss after {result.starts['restart_epochs']} epochs): {losses}; finished seed {result.starts['chosen']}")

@@ -11,13 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anmc.cli import main
-from anmc.data.background import MIN_SCALE, SAMPLE, estimate_background, remove_background, without_background
+from anmc.data.background import DARK, MIN_SCALE, SAMPLE, auto_background, background_level, estimate_background, remove_background, without_background
 from anmc.data.cache import DiskFrames, cached_clips
 from anmc.data.dataset import frame_datasets
 from anmc.data.io import Clip, load_clips
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
 from anmc.vae.run import load_run, load_run_clips
+from anmc.vae.train import train
 
 PRIOR = "priors/pendulum.anm"
 
@@ -168,3 +169,48 @@ def test_an_object_that_stays_on_one_spot_most_of_the_clip_stays_foreground(obje
     assert np.all(est.image == background_level)
     fg = remove_background(clip, est)
     assert fg[0][np.hypot(x - 8.0, y - 8.0) < 2.0].min() == 255  # the resting object is drawn, not a hole
+
+
+@pytest.mark.parametrize("level, chosen", [(0, "keep"), (DARK, "keep"), (DARK + 4, "remove"), (128, "remove"), (255, "remove")])
+def test_auto_keeps_a_dark_background_and_removes_any_other(tmp_path, level, chosen):
+    """`--background auto`: the clips' mean background level decides (at most DARK: kept), the training set
+    says what was done, and its frames are exactly those of that choice; from the cache as from memory."""
+    clips = [Clip(name=f"c{i}", path=tmp_path / f"c{i}.npy", frames=moving_disc(60, 16, np.full((16, 16), level, np.uint8), 255 - level // 2, seed=i))
+             for i in range(2)]  # fmt: skip
+    assert abs(background_level(clips) - level) < 1 and auto_background(clips) == chosen
+    train, _ = frame_datasets(clips, length=4, val_fraction=0.0, background="auto")
+    same, _ = frame_datasets(clips, length=4, val_fraction=0.0, background=chosen)
+    assert train.background == chosen and torch.equal(train.frames, same.frames)
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for c in clips:
+        np.save(folder / f"{c.name}.npy", c.frames)
+    disk, _ = frame_datasets(folder, length=4, val_fraction=0.0, background="auto", cache=tmp_path / "cache")
+    assert disk.background == chosen
+    assert all(np.array_equal(np.asarray(a.frames), np.asarray(b.frames)) for a, b in zip(disk.clips, same.clips))
+
+
+def test_textured_and_coloured_backgrounds_are_removed_by_auto():
+    rng = np.random.default_rng(0)
+    texture = Clip(name="t", path=None, frames=moving_disc(60, 16, textured(16), level=0))
+    dark_texture = Clip(name="d", path=None, frames=moving_disc(60, 16, rng.integers(0, 12, (16, 16)).astype(np.uint8), level=200))
+    colour = np.broadcast_to(np.array([40, 90, 10], np.uint8), (60, 16, 16, 3)).copy()
+    colour[:, 5:9, 5:9] = 250
+    assert auto_background([texture]) == "remove" and auto_background([dark_texture]) == "keep"
+    assert auto_background([Clip(name="c", path=None, frames=colour)]) == "remove"
+
+
+def test_a_run_trained_with_auto_records_the_choice(tmp_path):
+    from anmc.synthetic.synth import synthesize
+
+    data = tmp_path / "d"
+    synthesize(PRIOR, out_dir=data, clips=4, frames=24, size=16, seed=3, fmt="npz")  # anmc's renders: black
+    args = ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--size", "16", "--batch", "4", "--seq-len", "4",
+            "--steps-per-epoch", "2", "--epochs", "1", "--background", "auto"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "background (auto): keep" in " ".join(res.output.split())
+    assert load_run(tmp_path / "r").config.background == "keep"
+    config = TrainConfig(size=16, batch=4, seq_len=4, steps_per_epoch=2, epochs=1, background="auto")
+    train(PRIOR, [str(data)], tmp_path / "p", config)
+    assert config.background == "auto"  # the caller's config is left as it was

@@ -487,3 +487,15 @@ def test_the_time_limit_counts_the_starts(data, tmp_path):
     result = train(PRIOR, [str(data)], tmp_path / "run", config)
     # each start trains its epoch; the finish, its clock already past the limit, stops after one more
     assert result.epochs == 2 and "time limit" in result.stopped_early
+
+
+def test_restarts_with_auto_background_reuse_their_finished_starts(data, tmp_path):
+    """Each start records what --background auto chose; an interrupted choice still finds its starts."""
+    config = TrainConfig(**{**TINY, "epochs": 2, "restarts": 2, "restart_epochs": 1, "background": "auto"})
+    train(PRIOR, [str(data)], tmp_path / "run", config)
+    assert json.loads((tmp_path / "run" / "starts" / "seed0" / "config.json").read_text())["background"] in ("keep", "remove")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "starts").glob("*/checkpoint.pt")}
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    train(PRIOR, [str(data)], tmp_path / "run", config)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert load_run(tmp_path / "run").config.background == json.loads((tmp_path / "run" / "starts" / "seed0" / "config.json").read_text())["background"]

@@ -3,6 +3,7 @@
     clips = without_background(load_clips("videos/", size=32))   # each clip's frames, background removed
     bg = estimate_background(frames)                              # Background(image, scale) of one clip
     fg = remove_background(frames, bg)                            # uint8, same shape as frames
+    choice = auto_background(clips)                               # "auto": "remove" unless the backgrounds are dark
 
 A static camera sees the same background in every frame; an object that moves covers each pixel
 for part of the clip only. Each pixel's background is one of three values it takes over the clip (over
@@ -41,7 +42,8 @@ TAIL = 10.0  # the percentiles 10 and 90 are the candidates besides the median: 
 BAND = 6  # grey levels either side counted as the same level when asking how common a value is
 PERCENTILE = 99.9  # of the foreground over the clip, mapped to 255
 MIN_SCALE = 5.0  # grey levels: the stretch is at most 255 / MIN_SCALE
-CHOICES = ("keep", "remove")  # TrainConfig.background / `anmc train --background`
+CHOICES = ("keep", "remove", "auto")  # TrainConfig.background / `anmc train --background`
+DARK = 26  # grey levels (a tenth of the range): "auto" keeps a background whose mean level is at most this
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,18 @@ def remove_background(frames, background: Background) -> np.ndarray:
 def without_background(clips: Sequence[Clip]) -> list[Clip]:
     """Each clip with its own background removed (in memory; DiskFrames go through anmc.data.cache)."""
     return [replace(c, frames=remove_background(c.frames, estimate_background(c.frames))) for c in clips]
+
+
+def background_level(clips: Sequence[Clip]) -> float:
+    """The clips' mean background level in grey levels (0-255): each clip's estimated background image
+    averaged over its pixels and channels, then over the clips."""
+    return float(np.mean([estimate_background(c.frames).image.mean() for c in clips])) if clips else 0.0
+
+
+def auto_background(clips: Sequence[Clip]) -> str:
+    """What `--background auto` does with these clips: "keep" when their background is dark (mean level
+    at most DARK), "remove" otherwise. On a dark background the Bernoulli likelihood already reads every
+    pixel the object covers, and removal only costs (a static pivot or rod goes with the background, and
+    each clip is stretched on its own); on a grey, bright, coloured or textured one the likelihood has
+    little to explain and the posterior can collapse (docs/results.md §6)."""
+    return "remove" if background_level(clips) > DARK else "keep"

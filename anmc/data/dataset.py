@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anmc.data.background import CHOICES, without_background
+from anmc.data.background import CHOICES, auto_background, without_background
 from anmc.data.cache import DiskFrames, cached_clips
 from anmc.data.io import Clip, VideoError, load_clips
 
@@ -119,6 +119,7 @@ class FrameSequences(Dataset):
         self.clips = clips
         self.length = int(length)
         self.names = [c.name for c in clips]
+        self.background = "keep"  # what was done to the clips' background before (frame_datasets sets it)
         lengths = np.array([c.n_frames for c in clips])
         self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         starts, owner, local = [], [], []
@@ -194,16 +195,27 @@ def frame_datasets(
 
     Validation is None when nothing is held out (`val_fraction == 0`). With a `cache` folder the frames
     are decoded into it once and read from disk (`cached_clips`), not held in memory. `background`
-    "remove" replaces each clip by its foreground (anmc.data.background) before it is split.
+    "remove" replaces each clip by its foreground (anmc.data.background) before it is split; "auto"
+    removes it unless the clips' background is dark (`auto_background`). The training set's
+    `.background` says what was done ("keep" or "remove").
     """
     if background not in CHOICES:
         raise ValueError(f"background must be one of {CHOICES}, got {background!r}")
     if cache is not None and (isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip))):
-        clips = cached_clips(source, cache, size=size, gray=gray, min_frames=length, crop=crop, background=background)
-    elif isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip)):
-        clips = load_clips(source, size=size, gray=gray, min_frames=length, crop=crop)
-        clips = without_background(clips) if background == "remove" else clips
+        first = "keep" if background == "auto" else background
+        clips = cached_clips(source, cache, size=size, gray=gray, min_frames=length, crop=crop, background=first)
+        if background == "auto":  # decided on the decoded frames; a removal decodes into its own entry
+            background = auto_background(clips)
+            if background == "remove":
+                clips = cached_clips(source, cache, size=size, gray=gray, min_frames=length, crop=crop, background="remove")
     else:
-        clips = without_background(source) if background == "remove" else list(source)
+        if isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip)):
+            clips = load_clips(source, size=size, gray=gray, min_frames=length, crop=crop)
+        else:
+            clips = list(source)
+        background = auto_background(clips) if background == "auto" else background
+        clips = without_background(clips) if background == "remove" else clips
     train, val = split_clips(clips, val_fraction, seed, min_frames=length)
-    return FrameSequences(train, length, device), (FrameSequences(val, length, device) if val else None)
+    train_set = FrameSequences(train, length, device)
+    train_set.background = background
+    return train_set, (FrameSequences(val, length, device) if val else None)

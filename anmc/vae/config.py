@@ -26,7 +26,7 @@ RECONSTRUCTIONS = ("bernoulli", "gaussian", "calibrated")
 POSTERIORS = ("factorized", "smoother")
 DECODERS = ("deconv", "broadcast", "sprite")
 PRECISIONS = ("fp32", "bf16")
-BACKGROUNDS = ("keep", "remove")  # anmc.data.background.CHOICES (this module imports no numpy)
+BACKGROUNDS = ("keep", "remove", "auto")  # anmc.data.background.CHOICES (this module imports no numpy)
 
 
 @dataclass
@@ -64,7 +64,8 @@ class TrainConfig:
     recon_std_floor: float = 0.001
     # "remove": each clip's static background (per pixel the most common of its median and 10th/90th
     # percentiles over the clip) is subtracted and what moves is stretched to the full range before training
-    # (anmc.data.background; docs/data.md, The background matters)
+    # (anmc.data.background; docs/data.md, The background matters); "auto": "remove" unless the clips'
+    # background is dark, and the run records which (config.json says "keep" or "remove")
     background: str = "keep"
     decoder: str = "deconv"
     size: int | None = 32  # frames are resized to size x size (64x64 videos train at 32x32 by default)

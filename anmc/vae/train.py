@@ -177,7 +177,10 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
 def _epochs_done(run_dir: Path, config: TrainConfig, compiled: CompiledPrior) -> int:
     """Epochs a start of --restarts has finished in `run_dir`: 0 unless it trained with this very config and prior."""
     try:
-        same = json.loads((run_dir / "config.json").read_text()) == asdict(config) and (run_dir / "prior.anm").read_text() == compiled.model.source
+        saved = json.loads((run_dir / "config.json").read_text())
+        if config.background == "auto":  # the start recorded what auto chose
+            saved["background"] = "auto"
+        same = saved == asdict(config) and (run_dir / "prior.anm").read_text() == compiled.model.source
     except (OSError, ValueError):
         return 0
     return len(read_metrics(run_dir)) if same and (run_dir / "checkpoint.pt").exists() else 0
@@ -257,6 +260,8 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
             "resume with the same .anm, or train into a new -o directory."
         )
     train_data, val_data = _datasets(videos, config, ctx)
+    if config.background == "auto":  # the run records what auto did, so that eval and intervene do the same
+        config = replace(config, background=train_data.background)
     # the sprite decoder's camera: the prior's pixels are the stored video's, the frames are resized to --size
     camera = None
     if config.decoder == "sprite" and not _given_clips(videos):
