@@ -10,8 +10,9 @@
 # (docs/results.md section 1: seed 0, defaults, L started 50% off) trained with --device cuda and
 # evaluated; the CUDA tests; a 1-GPU DistributedDataParallel run through torchrun; and a queue of
 # benchmarks/robustness.py runs (ROBUST_JOBS lines "condition seed", ROBUST_SETS for every run),
-# ROBUST_P at a time, each with a time limit so that it finishes and is evaluated.
-# Phase 2 (the GPU alone): benchmarks/train_step.py at 64x64, batch 32, eager and with the compiled prior.
+# ROBUST_P at a time, each with a time limit so that it finishes and is evaluated (opt-in, below).
+# Phase 2 (the GPU alone): benchmarks/train_step.py at 64x64, batch 32, eager; benchmarks/profile_step.py;
+# then train_step.py with the compiled prior in the time left.
 set -u
 OUT=${OUT:?set OUT}
 cd "$(dirname "$0")/.."
@@ -29,8 +30,8 @@ else
   export PYTHONPATH=$PWD
 fi
 DRY=${DRY:-0}
-QUEUE_END=${QUEUE_END:-380}
-ROBUST_P=${ROBUST_P:-4}  # 16 at once on one H200: ~100 s an epoch each (docs/scaling.md)
+QUEUE_END=${QUEUE_END:-300}
+ROBUST_P=${ROBUST_P:-2}
 ROBUST_MIN=${ROBUST_MIN:-5.3}
 ROBUST_SETS=${ROBUST_SETS:---set background=remove --set restarts=3}
 DEV=cuda
@@ -51,24 +52,9 @@ python3 -m pytest -p no:cacheprovider tests/test_train.py tests/test_data_datase
   python3 -m anmc train priors/pendulum.anm "$W/ddp_data" -o "$W/ddp_run" --resume --epochs 3 --device $DEV &&
   python3 -m anmc eval "$W/ddp_run" --device $DEV
 ) > "$W/logs/torchrun.log" 2>&1 &
-JOBS=${ROBUST_JOBS:-"black 0
-white 0
-gradient 0
-texture 0
-contrast15 0
-string 0
-bob_only 0
-noise10 0
-distractor 0
-occluder 0
-jitter 0
-drift 0
-flicker 0
-res48 0
-res256 0
-fps25 0
-contrast30 0
-noise05 0"}
+# Robustness runs are opt-in: 16 at once on one H200 ran ~100 s an epoch each, and one alone is no faster
+# than on a CPU core (docs/scaling.md), e.g. ROBUST_JOBS=$'black 0\ngrey 0' ROBUST_P=2
+JOBS=${ROBUST_JOBS:-}
 if [ "$DRY" = 1 ]; then JOBS="black 0"; ROBUST_SETS="--set background=remove"; fi  # --quick trains one epoch: no room for starts
 robust_one() {  # condition seed
   local extra=""
@@ -79,12 +65,16 @@ robust_one() {  # condition seed
   echo "[$(since) s] robustness $1 seed $2 done (rc $rc)"
 }
 export -f robust_one since; export T0 W DEV DRY ROBUST_MIN ROBUST_SETS
-echo "$JOBS" | xargs -P "$ROBUST_P" -L 1 bash -c 'robust_one $0 $1' &
-QUEUE=$!
+if [ -n "$JOBS" ]; then
+  echo "$JOBS" | xargs -P "$ROBUST_P" -L 1 bash -c 'robust_one $0 $1' &
+  QUEUE=$!
+else
+  QUEUE=
+fi
 while [ "$(since)" -lt "$QUEUE_END" ] && [ -n "$(jobs -rp)" ]; do sleep 5; done
 echo "== [$(since) s] phase 1 over; stopping what still runs"
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>&1 | tail -1
-kill "$QUEUE" 2>/dev/null  # xargs first, or it starts the queue's next runs as the running ones stop
+[ -n "$QUEUE" ] && kill "$QUEUE" 2>/dev/null  # xargs first, or it starts the queue's next runs as the running ones stop
 pkill -INT -f benchmarks/robustness.py; pkill -INT -f paper_experiments.py; pkill -INT -f "pytest -p no:cacheprovider"; pkill -INT -f "anmc train"
 sleep 4
 pkill -9 -f benchmarks/robustness.py; pkill -9 -f paper_experiments.py; pkill -9 -f "pytest -p no:cacheprovider"; pkill -9 -f "anmc train"; pkill -9 -f torchrun
@@ -95,6 +85,9 @@ for f in "$W"/robust/*.json; do [ -f "$f" ] && python3 -c "import json,sys; [pri
 echo "== [$(since) s] phase 2: training step, GPU alone"
 if [ "$DRY" = 1 ]; then STEP="--quick --device cpu"; else STEP="--device cuda --size 64 --batch 32 --repeats 20"; fi
 timeout 70 python3 benchmarks/train_step.py $STEP --readings standard,smoother
+echo "== [$(since) s] where the smoother's step goes"
+if [ "$DRY" = 1 ]; then PROF="--device cpu --steps 1 --rows 5"; else PROF="--device cuda --size 64 --batch 32 --rows 25"; fi
+timeout 60 python3 benchmarks/profile_step.py $PROF --readings smoother
 echo "== [$(since) s] with the compiled prior"
 LEFT=$(( ${DEADLINE:-560} - $(since) ))
 if [ "$LEFT" -gt 20 ]; then timeout "$LEFT" python3 benchmarks/train_step.py $STEP --readings standard,smoother --compile-prior; fi
