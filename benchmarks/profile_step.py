@@ -1,7 +1,7 @@
 """Where a training step's time goes: torch.profiler over a few default training steps, the top
 operations by time, and how many operations and host synchronizations a step makes.
 
-    python benchmarks/profile_step.py [--device cuda] [--size 32] [--batch 8] [--readings smoother,standard]
+    python benchmarks/profile_step.py [--device cuda] [--size 32] [--batch 8] [--readings smoother,standard] [--quick]
 
 On a GPU a step of many small operations is bound by launching them, not by arithmetic (docs/scaling.md,
 "On a GPU"): the operation count and the synchronizations (`.item()` and friends: each one makes the
@@ -44,7 +44,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rows", type=int, default=20)
     ap.add_argument("--readings", default="smoother,standard", help="models of benchmarks/train_step.py to profile")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one step (a smoke test)")
     args = ap.parse_args()
+    if args.quick:
+        args.size, args.batch, args.seq_len, args.steps, args.rows = 16, 2, 4, 1, 5
     torch.set_num_threads(1)
     device = torch.device(args.device)
     frames = torch.randint(0, 256, (args.batch, args.seq_len + 1, 1, args.size, args.size), dtype=torch.uint8, device=device)
