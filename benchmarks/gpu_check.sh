@@ -41,10 +41,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head
 nproc
 python3 -c "import sys, torch, sympy, lark, numpy; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'sympy', sympy.__version__, 'lark', lark.__version__, 'numpy', numpy.__version__)"
 
+kill_tree() {  # SIGNAL PID...: each process and all its descendants (this script's own, never another's)
+  local sig=$1; shift
+  for p in "$@"; do kill_tree "$sig" $(ps -o pid= --ppid "$p" 2>/dev/null); kill -s "$sig" "$p" 2>/dev/null; done
+}
+PHASE1=""
 echo "== [$(since) s] phase 1: the paper's pendulum on $DEV, CUDA tests, torchrun, robustness queue"
 if [ "$DRY" = 1 ]; then PAPER="--tiny"; else PAPER="--minutes $ROBUST_MIN"; fi
 python3 examples/paper_experiments.py --systems pendulum --seeds 0 $PAPER --set device=$DEV -o "$W/paper" > "$W/logs/paper.log" 2>&1 &
+PHASE1="$PHASE1 $!"
 python3 -m pytest -p no:cacheprovider tests/test_train.py tests/test_data_dataset.py tests/test_prior_gmm.py -k "cuda or gpu" -rs > "$W/logs/pytest_cuda.log" 2>&1 &
+PHASE1="$PHASE1 $!"
 (
   python3 -m anmc synth priors/pendulum.anm -o "$W/ddp_data" --clips 4 --frames 40 --size 32 --seed 5 &&
   torchrun --standalone --nproc_per_node 1 -m anmc train priors/pendulum.anm "$W/ddp_data" -o "$W/ddp_run" \
@@ -52,6 +59,7 @@ python3 -m pytest -p no:cacheprovider tests/test_train.py tests/test_data_datase
   python3 -m anmc train priors/pendulum.anm "$W/ddp_data" -o "$W/ddp_run" --resume --epochs 3 --device $DEV &&
   python3 -m anmc eval "$W/ddp_run" --device $DEV
 ) > "$W/logs/torchrun.log" 2>&1 &
+PHASE1="$PHASE1 $!"
 # Robustness runs are opt-in: 16 at once on one H200 ran ~100 s an epoch each, and one alone is no faster
 # than on a CPU core (docs/scaling.md), e.g. ROBUST_JOBS=$'black 0\ngrey 0' ROBUST_P=2
 JOBS=${ROBUST_JOBS:-}
@@ -68,16 +76,17 @@ export -f robust_one since; export T0 W DEV DRY ROBUST_MIN ROBUST_SETS
 if [ -n "$JOBS" ]; then
   echo "$JOBS" | xargs -P "$ROBUST_P" -L 1 bash -c 'robust_one $0 $1' &
   QUEUE=$!
+  PHASE1="$PHASE1 $QUEUE"
 else
   QUEUE=
 fi
 while [ "$(since)" -lt "$QUEUE_END" ] && [ -n "$(jobs -rp)" ]; do sleep 5; done
 echo "== [$(since) s] phase 1 over; stopping what still runs"
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>&1 | tail -1
-[ -n "$QUEUE" ] && kill "$QUEUE" 2>/dev/null  # xargs first, or it starts the queue's next runs as the running ones stop
-pkill -INT -f benchmarks/robustness.py; pkill -INT -f paper_experiments.py; pkill -INT -f "pytest -p no:cacheprovider"; pkill -INT -f "anmc train"
+[ -n "$QUEUE" ] && kill -STOP "$QUEUE" 2>/dev/null  # xargs paused first, or it starts the queue's next runs as the running ones stop
+kill_tree INT $PHASE1
 sleep 4
-pkill -9 -f benchmarks/robustness.py; pkill -9 -f paper_experiments.py; pkill -9 -f "pytest -p no:cacheprovider"; pkill -9 -f "anmc train"; pkill -9 -f torchrun
+kill_tree KILL $PHASE1
 sleep 1  # (no `wait`: it would wait for the tee of the log too)
 for f in "$W"/logs/paper.log "$W"/logs/pytest_cuda.log "$W"/logs/torchrun.log; do echo "--- $f (tail)"; tail -n 25 "$f"; done
 for f in "$W"/robust/*.json; do [ -f "$f" ] && python3 -c "import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]" "$f"; done
@@ -95,5 +104,6 @@ echo "== [$(since) s] packing"
 tar -czf "$OUT/logs.tar.gz" --exclude='*.npz' --exclude='*.mp4' --exclude='*.pt' --exclude='*.png' --exclude='*.gif' --exclude='*.u8' -C "$W" logs robust paper/results.jsonl ddp_run/metrics.jsonl 2>/dev/null
 ls -la "$OUT"
 echo "== [$(since) s] end"
-pkill -P $$ 2>/dev/null  # anything left holding this script's output open (a compile worker pool) would keep the call waiting
-exec >&- 2>&-
+exec >&- 2>&-  # the log's tee ends when nothing else holds this output open...
+sleep 1
+kill_tree KILL $(ps -o pid= --ppid $$)  # ...and anything left holding it (a compile worker pool) would keep the call waiting
