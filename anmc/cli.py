@@ -446,9 +446,11 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
     if config is not None and config.background == "auto":
         import json
 
+        from anmc.data.background import DARK
+
         chosen = json.loads((Path(run_dir) / "config.json").read_text())["background"]
         why = "their mean level is above" if chosen == "remove" else "it is dark: mean level at most"
-        out.print(f"background (auto): {chosen} -- the clips' background, {why} 26 of 255; eval and intervene do the same", highlight=False)
+        out.print(f"background (auto): {chosen} -- the clips' background, {why} {DARK} of 255; eval and intervene do the same", highlight=False)
     if result.starts:
         losses = ", ".join(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items())
         out.print(f"starts (validation loss after {result.starts['restart_epochs']} epochs): {losses}; finished seed {result.starts['chosen']}")

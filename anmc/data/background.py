@@ -93,13 +93,24 @@ def remove_background(frames, background: Background) -> np.ndarray:
 
 def without_background(clips: Sequence[Clip]) -> list[Clip]:
     """Each clip with its own background removed (in memory; DiskFrames go through anmc.data.cache)."""
-    return [replace(c, frames=remove_background(c.frames, estimate_background(c.frames))) for c in clips]
+    return apply_background(clips, "remove")[0]
+
+
+def apply_background(clips: Sequence[Clip], choice: str) -> tuple[list[Clip], str]:
+    """The clips as `choice` (one of CHOICES) says, and what was done ("keep" or "remove"); for "auto" each
+    clip's background is estimated once, both to decide (`auto_background`) and to remove it."""
+    if choice == "keep":
+        return list(clips), "keep"
+    found = [estimate_background(c.frames) for c in clips]
+    if choice == "auto" and _choose(found) == "keep":
+        return list(clips), "keep"
+    return [replace(c, frames=remove_background(c.frames, bg)) for c, bg in zip(clips, found)], "remove"
 
 
 def background_level(clips: Sequence[Clip]) -> float:
     """The clips' mean background level in grey levels (0-255): each clip's estimated background image
     averaged over its pixels and channels, then over the clips."""
-    return float(np.mean([estimate_background(c.frames).image.mean() for c in clips])) if clips else 0.0
+    return _mean_level([estimate_background(c.frames) for c in clips])
 
 
 def auto_background(clips: Sequence[Clip]) -> str:
@@ -108,4 +119,12 @@ def auto_background(clips: Sequence[Clip]) -> str:
     pixel the object covers, and removal only costs (a static pivot or rod goes with the background, and
     each clip is stretched on its own); on a grey, bright, coloured or textured one the likelihood has
     little to explain and the posterior can collapse (docs/results.md §6)."""
-    return "remove" if background_level(clips) > DARK else "keep"
+    return _choose([estimate_background(c.frames) for c in clips])
+
+
+def _mean_level(backgrounds: Sequence[Background]) -> float:
+    return float(np.mean([bg.image.mean() for bg in backgrounds])) if backgrounds else 0.0
+
+
+def _choose(backgrounds: Sequence[Background]) -> str:
+    return "remove" if _mean_level(backgrounds) > DARK else "keep"

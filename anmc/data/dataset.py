@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anmc.data.background import CHOICES, auto_background, without_background
+from anmc.data.background import CHOICES, apply_background, auto_background
 from anmc.data.cache import DiskFrames, cached_clips
 from anmc.data.io import Clip, VideoError, load_clips
 
@@ -213,8 +213,7 @@ def frame_datasets(
             clips = load_clips(source, size=size, gray=gray, min_frames=length, crop=crop)
         else:
             clips = list(source)
-        background = auto_background(clips) if background == "auto" else background
-        clips = without_background(clips) if background == "remove" else clips
+        clips, background = apply_background(clips, background)
     train, val = split_clips(clips, val_fraction, seed, min_frames=length)
     train_set = FrameSequences(train, length, device)
     train_set.background = background
