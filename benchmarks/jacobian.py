@@ -24,7 +24,8 @@ Compile time: parse -> module instance in a fresh process, torch, sympy and lark
 clock starts; `first` with an empty cache, `cached` the second compile (anmc.codegen.cache). With
 --large also 1000 equations (chain500). With --compile-core: compile_core()'s first call (forward and
 backward compiled once, the batch dimension dynamic) and the number of graphs compiled over batch
-sizes 256 to 65536.
+sizes 256 to 65536, for the pendulum and chain16 among --systems; --cold gives each an empty inductor
+cache (what a first use costs).
 """
 
 from __future__ import annotations
@@ -293,12 +294,16 @@ def fmt_spread(times: list[float]) -> str:
     return f"{mid:.3f}" if len(times) == 1 else f"{mid:.3f} ({min(times):.3f}-{max(times):.3f})"
 
 
-def compile_core_rows(quick: bool):
+def compile_core_rows(names: list[str], quick: bool, cold: bool):
+    """(system, compile_core()'s seconds, graphs compiled after it over the batch sizes) per system; `cold`:
+    each system compiles into an empty inductor cache of its own (kernels, precompiled headers)."""
     import torch._dynamo
 
     rows = []
-    for name in ("pendulum",) if quick else ("pendulum", "chain16"):
+    for name in names:
         source, _ = SYSTEMS[name]
+        if cold:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="anmc-inductor-")
         torch._dynamo.reset()
         m = anmc.compile_prior(source).module()
         m.compile_core()
@@ -325,6 +330,7 @@ def main() -> None:
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--compile-core", action="store_true", help="also time compile_core() (torch.compile; minutes on a loaded machine)")
+    ap.add_argument("--cold", action="store_true", help="with --compile-core: an empty inductor cache for each system (a first use)")
     ap.add_argument("--large", action="store_true", help="also compile 1000 equations (chain500)")
     ap.add_argument("--no-speed", action="store_true", help="compile times only")
     ap.add_argument("--quick", action="store_true", help="tiny batches, one repeat, two systems: a smoke test")
@@ -358,10 +364,12 @@ def main() -> None:
     console.print(table)
 
     if args.compile_core:
-        table = Table(title="compile_core(): first call (forward + backward), graphs compiled over batch sizes 256..65536")
+        cache = "an empty inductor cache" if args.cold else f"inductor's cache as found ({os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the default folder')})"
+        table = Table(title=f"compile_core(): first call (forward + backward), graphs compiled over batch sizes 256..65536; {cache}")
         for c in ("system", "first call, s", "new graphs"):
             table.add_column(c, justify="left" if c == "system" else "right")
-        for name, seconds, graphs in compile_core_rows(args.quick):
+        core = ["pendulum"] if args.quick else [n for n in systems if n in ("pendulum", "chain16")] or ["pendulum"]
+        for name, seconds, graphs in compile_core_rows(core, args.quick, args.cold):
             table.add_row(name, f"{seconds:.1f}", str(graphs))
         console.print(table)
 

@@ -245,6 +245,7 @@ class AnmModule(nn.Module):
     learnable_param_names: tuple[str, ...] = ()
     param_bounds: dict[str, tuple[float, float]] = {}
     noise_learnable: tuple[bool, ...] = ()
+    noise_bounds: dict[str, tuple[float, float]] = {}  # learnable stds declared `in [lo, hi]`
     initial_kinds: tuple[str, ...] = ()  # "Normal" (initial_a = mean, initial_b = sd) or "Uniform" (low, high)
     dt: float = 1.0
     substeps: int = 1
@@ -294,28 +295,32 @@ class AnmModule(nn.Module):
     def compile_core(self, **options) -> "AnmModule":
         """Opt in to `torch.compile` (options passed on) for the integration itself, which then runs as a
         few fused, vectorized loops over the batch instead of one tensor operation per term. The batch
-        dimension is marked dynamic, so one compilation serves every batch size (no recompiles from 256 to
-        65536), and the forward and backward graphs are compiled here, once, by warm-up calls (with the
-        learnable params' gradient, as training runs it, and without); `compile_seconds` says how long
-        that took. A C++ compiler is needed. `compile_core(off=True)` switches back. Returns the module."""
+        dimension is marked unbacked-dynamic, so one compilation serves every batch size from 2 up (no
+        recompiles from 256 to 65536), and the forward and backward graphs are compiled here, once, by
+        warm-up calls (with the learnable params' gradient, as training runs it, and without);
+        `compile_seconds` says how long that took. A C++ compiler is needed. `compile_core(off=True)`
+        switches back. Returns the module.
+
+        Why these settings (docs/results.md §4, measured): `dynamic=True` would also make every Python
+        number symbolic (dt, the substep count), and specializing them afterwards restarted the whole
+        trace, ~15 s of a cold compile; and a batch dimension that is merely dynamic is compiled twice,
+        since inductor's CPU sum over the batch (a learnable param's gradient) guards on size <= 4096 to
+        choose a chunked accumulator. An unbacked size has no such branch to guard on."""
         if options.pop("off", False):
             self.__dict__.pop("_compiled_core", None)
             return self
-        options.setdefault("dynamic", True)
+        options.setdefault("dynamic", None)
         start = time.perf_counter()
         self.__dict__["_compiled_core"] = (torch.compile(self._frame, **options), torch.compile(self._frame_and_jacobian, **options))
         ref = next(iter(self.buffers()), None)
-        # Two batch sizes: the compiled graphs come in two size ranges (up to 4096 and above, a guard the
-        # compiler adds), and both are compiled here rather than at the first large batch.
-        for batch in (8, 8192):
-            z = torch.zeros(batch, self.d, dtype=ref.dtype if ref is not None else None, device=ref.device if ref is not None else None)
-            with torch.enable_grad():
-                f, J = self.f_and_jacobian(z.requires_grad_())
-                (f.sum() + J.sum()).backward()
-            self.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                self.f_and_jacobian(z)
-                self(z)
+        z = torch.zeros(8, self.d, dtype=ref.dtype if ref is not None else None, device=ref.device if ref is not None else None)
+        with torch.enable_grad():
+            f, J = self.f_and_jacobian(z.requires_grad_())
+            (f.sum() + J.sum()).backward()
+        self.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.f_and_jacobian(z)
+            self(z)
         self.compile_seconds = time.perf_counter() - start
         return self
 
@@ -329,7 +334,7 @@ class AnmModule(nn.Module):
             raise ValueError(f"expected z of shape (..., {self.d}) for states {self.state_names}, got {tuple(z.shape)}")
         zt = torch.stack(z.reshape(-1, self.d).unbind(-1), 0)  # (much faster than .mT.contiguous() on CPU)
         if "_compiled_core" in self.__dict__ and zt.shape[1] > 1:
-            torch._dynamo.mark_dynamic(zt, 1)
+            torch._dynamo.decorators.mark_unbacked(zt, 1)  # one graph for every batch size (compile_core)
         return zt
 
     def _identity(self, zt: torch.Tensor) -> torch.Tensor:
@@ -444,10 +449,15 @@ class AnmModule(nn.Module):
     @property
     def noise_std(self) -> torch.Tensor:
         """Per-frame noise std (d,): fixed buffers, or exp(log-std) parameters where declared `learn`
-        (the log-std clamped to [-20, 20])."""
+        (the log-std clamped to [-20, 20]); a learnable std declared `in [lo, hi]` is
+        lo (hi/lo)^sigmoid(raw), inside its bounds on a log scale."""
         parts = []
         for name, learn in zip(self.state_names, self.noise_learnable):
-            if learn:  # clamped so that no optimizer step can reach 0 or inf (std in [2e-9, 5e8])
+            if name in self.noise_bounds:
+                lo, hi = self.noise_bounds[name]
+                raw = getattr(self, f"_raw_sigma_{name}")
+                parts.append(torch.exp(math.log(lo) + math.log(hi / lo) * torch.sigmoid(raw)))
+            elif learn:  # clamped so that no optimizer step can reach 0 or inf (std in [2e-9, 5e8])
                 parts.append(torch.exp(getattr(self, f"_log_sigma_{name}").clamp(-LOG_STD_LIMIT, LOG_STD_LIMIT)))
             else:
                 parts.append(getattr(self, f"_sigma_{name}"))
@@ -456,7 +466,11 @@ class AnmModule(nn.Module):
     @torch.no_grad()
     def set_noise_std(self, name: str, value: float) -> None:
         i = self.state_names.index(name)
-        if self.noise_learnable[i]:
+        if name in self.noise_bounds:  # kept inside the bounds: a value on or beyond one goes just inside
+            lo, hi = self.noise_bounds[name]
+            u = min(max((math.log(value) - math.log(lo)) / math.log(hi / lo), 1e-6), 1 - 1e-6) if value > 0 else 1e-6
+            getattr(self, f"_raw_sigma_{name}").fill_(math.log(u / (1 - u)))
+        elif self.noise_learnable[i]:
             getattr(self, f"_log_sigma_{name}").fill_(math.log(value))
         else:
             getattr(self, f"_sigma_{name}").fill_(float(value))
