@@ -13,8 +13,19 @@ from anmc.lang import ast
 from anmc.symbolic.model import Model
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.5g}"
+def _fmt(value: float, bounds: tuple[float, float] | None = None) -> str:
+    """Five significant digits; for a bounded learnable value, enough digits to stay strictly inside its
+    bounds (a value learned onto a bound is written just inside it), so that the text compiles again."""
+    text = f"{value:.5g}"
+    if bounds is None:
+        return text
+    lo, hi = bounds
+    inside = min(max(value, lo + 1e-6 * (hi - lo)), hi - 1e-6 * (hi - lo))
+    for digits in (5, 8, 12, 17):
+        text = f"{inside:.{digits}g}"
+        if lo < float(text) < hi:
+            return text
+    return repr(inside)
 
 
 def learned_anm(model: Model, module) -> str:
@@ -28,7 +39,7 @@ def learned_anm(model: Model, module) -> str:
             span = stmt.value.span
             start_text = lines[span.line - 1][span.column - 1 : span.end_column - 1]
             edits.setdefault(span.line, []).append(
-                (span.column - 1, span.end_column - 1, _fmt(values[stmt.name]), f"{stmt.name} started at {start_text}")
+                (span.column - 1, span.end_column - 1, _fmt(values[stmt.name], model.params[stmt.name].bounds), f"{stmt.name} started at {start_text}")
             )
         if isinstance(stmt, ast.NoiseDecl):
             for entry in stmt.entries:
@@ -36,7 +47,7 @@ def learned_anm(model: Model, module) -> str:
                     span = entry.std.span
                     start_text = lines[span.line - 1][span.column - 1 : span.end_column - 1]
                     edits.setdefault(span.line, []).append(
-                        (span.column - 1, span.end_column - 1, _fmt(noise[entry.state]), f"noise {entry.state} started at {start_text}")
+                        (span.column - 1, span.end_column - 1, _fmt(noise[entry.state], model.noise[entry.state].bounds), f"noise {entry.state} started at {start_text}")
                     )
     for line_no, items in edits.items():
         text = lines[line_no - 1]

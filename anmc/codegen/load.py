@@ -41,7 +41,7 @@ _FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
     "model_name", "state_names", "observed_states", "observation_names", "observation_affine", "transition_affine", "param_names", "learnable_param_names", "param_bounds",
-    "noise_learnable", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads",
+    "noise_learnable", "noise_bounds", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads",
 }  # fmt: skip
 _ATTRIBUTES = {
     # torch functions the printer emits
@@ -267,7 +267,7 @@ def _is_generated_name(name: str, allowed: set[str]) -> bool:
 
 
 def _is_storage_attribute(attr: str, allowed: set[str]) -> bool:
-    for prefix in ("_raw_", "_fixed_", "_sigma_", "_log_sigma_"):
+    for prefix in ("_raw_", "_fixed_", "_sigma_", "_log_sigma_", "_raw_sigma_"):
         if attr.startswith(prefix) and attr[len(prefix) :] in allowed:
             return True
     return False

@@ -690,6 +690,7 @@ def emit_torch(model: Model) -> str:
     out += ["    " + line if line else "" for line in _docstring(model)]
     learnable = tuple(n for n, p in model.params.items() if p.learn)
     bounds = {n: p.bounds for n, p in model.params.items() if p.learn and p.bounds}
+    noise_bounds = {s: model.noise[s].bounds for s in model.states if model.noise[s].bounds}
     out += [
         "",
         f"    model_name = {model.name!r}",
@@ -701,6 +702,7 @@ def emit_torch(model: Model) -> str:
         f"    learnable_param_names = {learnable!r}",
         f"    param_bounds = {bounds!r}",
         f"    noise_learnable = {tuple(model.noise[s].learn for s in model.states)!r}",
+        *([f"    noise_bounds = {noise_bounds!r}"] if noise_bounds else []),
         f"    initial_kinds = {tuple(model.init[s].kind for s in model.states)!r}",
         f"    dt = {model.dt!r}  # {comment_safe(model.dt_text)}",
         f"    substeps = {model.substeps}",
@@ -727,7 +729,12 @@ def emit_torch(model: Model) -> str:
         out.append(f"        # line {noise_line + 1}: {comment_safe(src[noise_line].split('#')[0].strip())}  (per-frame std; learnable ones as log-std)")
     for s in model.states:
         n = model.noise[s]
-        if n.learn:
+        if n.learn and n.bounds:
+            lo, hi = n.bounds
+            u = (math.log(n.value) - math.log(lo)) / (math.log(hi) - math.log(lo))
+            out.append(f"        # stored unconstrained: std of {s} = {lo!r} * ({hi / lo!r} ** sigmoid(_raw_sigma_{s}))")
+            out.append(f"        self._raw_sigma_{s} = nn.Parameter(torch.tensor({math.log(u / (1 - u))!r}))")
+        elif n.learn:
             out.append(f"        self._log_sigma_{s} = nn.Parameter(torch.tensor({math.log(n.value)!r}))")
         else:
             out.append(f'        self.register_buffer("_sigma_{s}", torch.tensor({n.value!r}))')

@@ -212,6 +212,7 @@ class NoiseEntry:
     learn: bool
     span: Span
     state_span: Span
+    bounds: tuple[Expr, Expr] | None = None  # `in [lo, hi]`: where a learnable std may go
 
 
 @dataclass(frozen=True)

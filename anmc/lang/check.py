@@ -153,6 +153,8 @@ class _Checker:
         for decl in noises:
             for entry in decl.entries:
                 self.expr(entry.std, self.value_scope, "a noise std")
+                for bound in entry.bounds or ():
+                    self.expr(bound, self.value_scope, "a noise std's bound")
                 if entry.state not in self.states:
                     self.error(f"noise for unknown state '{entry.state}'" + did_you_mean(entry.state, self.states), entry.state_span)
                 elif entry.state in seen:

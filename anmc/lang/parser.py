@@ -211,8 +211,10 @@ class _ToAst(Transformer):
         )
 
     def noise_entry(self, meta, children):
-        name, std, *learn = children
-        return ast.NoiseEntry(str(name), std, bool(learn), _span(meta), _span(name))
+        name, std, *rest = children
+        bounds = next((r[1:] for r in rest if isinstance(r, tuple)), None)
+        learn = any(isinstance(r, Token) and r.type == "LEARN" for r in rest)
+        return ast.NoiseEntry(str(name), std, learn, _span(meta), _span(name), bounds)
 
     def noise_decl(self, meta, children):
         return ast.NoiseDecl(tuple(children), _span(meta))

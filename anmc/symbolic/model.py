@@ -179,6 +179,7 @@ class InitialDistribution:
 class NoiseStd:
     value: float
     learn: bool
+    bounds: tuple[float, float] | None = None  # a learnable std's range: lo < value < hi, lo > 0
 
 
 @dataclass
@@ -556,7 +557,8 @@ class _Builder:
         return start
 
     def noise(self, values: dict[str, float]) -> dict[str, NoiseStd]:
-        """Noise stds: zero or positive, positive when learnable."""
+        """Noise stds: zero or positive, positive when learnable; bounds only on a learnable one, positive,
+        with the starting value strictly inside."""
         noise = {}
         for decl in (s for s in self.p.statements if isinstance(s, ast.NoiseDecl)):
             for entry in decl.entries:
@@ -564,7 +566,18 @@ class _Builder:
                 if value < 0 or (entry.learn and value <= 0):
                     need = "positive to be learnable" if entry.learn else "zero or positive"
                     self.error(f"the noise std of '{entry.state}' must be {need}, got {value:g}", entry.std.span)
-                noise[entry.state] = NoiseStd(value, entry.learn)
+                bounds = None
+                if entry.bounds:
+                    lo = self.number(entry.bounds[0], values, "the lower bound")
+                    hi = self.number(entry.bounds[1], values, "the upper bound")
+                    bounds = (lo, hi)
+                    if not entry.learn:
+                        self.error(f"bounds on the noise std of '{entry.state}' only apply to a learnable one: add 'learn' after them, or remove them", entry.bounds[0].span)
+                    elif not 0 < lo < hi:
+                        self.error(f"bounds [{lo:g}, {hi:g}] for the noise std of '{entry.state}': give 0 < lower < upper", entry.bounds[0].span)
+                    elif not lo < value < hi:
+                        self.error(f"the learnable noise std of '{entry.state}' = {value:g} is not strictly inside its bounds [{lo:g}, {hi:g}]; start it inside", entry.std.span)
+                noise[entry.state] = NoiseStd(value, entry.learn, bounds)
         return noise
 
     def model_name(self) -> str:

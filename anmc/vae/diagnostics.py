@@ -17,7 +17,8 @@ metrics.jsonl and `anmc eval --json`'s `"diagnostics"`). The checks (docs/cli.md
   L the reconstruction loss per frame (its floor: 0 for a squared error, the targets' own binary
   entropy for the Bernoulli likelihood, which a mid-grey background makes large).
 - `param_at_bound`: a bounded learnable param whose position in its range, s = (v - lo) / (hi - lo)
-  (the sigmoid of its raw value), is within `AT_BOUND` of 0 or 1, where its gradient s(1 - s) vanishes.
+  (the sigmoid of its raw value), is within `AT_BOUND` of 0 or 1, where its gradient s(1 - s) vanishes;
+  the same for a learnable noise std declared `in [lo, hi]`, s = log(v / lo) / log(hi / lo).
 - `latent_scale`: a latent whose spread std_t(mu_t) / s0 is outside [1 / SCALE_DRIFT, SCALE_DRIFT]
   (and not collapsed): the latents are not in the prior's units, so learned params mean little.
 """
@@ -112,6 +113,23 @@ def param_findings(module) -> list[dict]:
                 f"widen `in [{lo:g}, {hi:g}]` in the .anm if {name} may lie outside it; start it inside the range; check "
                 "dt against the video's frame rate (--fps); a collapsed posterior also drives params to a bound.",
                 param=name, value=v, bounds=[lo, hi], position=s,
+            ))  # fmt: skip
+    stds = module.noise_std.detach().tolist()
+    for i, name in enumerate(module.state_names):
+        if name not in module.noise_bounds:
+            continue
+        lo, hi = module.noise_bounds[name]
+        v = stds[i]
+        s = math.log(v / lo) / math.log(hi / lo)  # the position on the log scale the std is stored on
+        if s < AT_BOUND or s > 1 - AT_BOUND:
+            end, bound = ("lower", lo) if s < 0.5 else ("upper", hi)
+            out.append(finding(
+                "param_at_bound",
+                f"the noise std of {name} = {v:.4g} sits at the {end} bound {bound:g} of its range [{lo:g}, {hi:g}], where it "
+                "can no longer learn (its gradient vanishes there).",
+                f"widen `noise {name} = ... in [{lo:g}, {hi:g}] learn` if the data may need more or less noise; a std at "
+                "its upper bound can also mean the latents do not follow the dynamics (check |r| and the slopes).",
+                param=f"noise_{name}", value=v, bounds=[lo, hi], position=s,
             ))  # fmt: skip
     return out
 
