@@ -273,8 +273,35 @@ def test_tiny_training_with_the_sprite_decoder(spring_data, tmp_path):
                          val_fraction=0.34, warmup=4)  # fmt: skip
     result = train(spring_camera(16), [str(spring_data)], tmp_path / "run", config)
     losses = [m["loss"] for m in result.metrics]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    val = [m["val_loss"] for m in result.metrics]  # the same held-out windows each epoch (the training ones vary)
+    assert all(np.isfinite(losses)) and val[-1] < val[0]
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_background_and_fill_start_from_the_data():
+    """Without a level the background starts as the per-pixel median (a moving dot disappears from it);
+    with one, the background starts as the top rows' colour and the fill as the bottom rows' (dark water
+    under a light wall: the opposite of the defaults)."""
+    g = torch.Generator().manual_seed(0)
+    scene = torch.rand(3, 16, 16, generator=g) * 0.5 + 0.25
+    frames = scene.repeat(9, 1, 1, 1)
+    for i in range(9):
+        frames[i, :, 2 + i, 3 + i] = 1.0  # a white dot that moves along the diagonal
+    decoder = SpriteDecoder(("px", "py"), 3, 16)
+    decoder.start_from(frames)
+    torch.testing.assert_close(torch.sigmoid(GAIN * decoder.background.detach()), scene, atol=1e-5, rtol=0)
+
+    wall, water = torch.tensor([0.9, 0.85, 0.8]), torch.tensor([0.05, 0.1, 0.4])
+    tank = wall[None, :, None, None].repeat(6, 1, 16, 16)
+    for i, line in enumerate((4, 5, 6, 7, 8, 9)):  # the water's surface, rows from the top
+        tank[i, :, line:] = water[:, None, None]
+    decoder = SpriteDecoder(("level",), 3, 16)
+    decoder.start_from(tank)
+    torch.testing.assert_close(torch.sigmoid(GAIN * decoder.background.detach()), wall[:, None, None].expand(3, 16, 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.sigmoid(GAIN * decoder.fill.detach()), water[:, None, None].expand(3, 16, 16), atol=1e-5, rtol=0)
+    black = SpriteDecoder(("px",), 1, 16)
+    black.start_from(torch.zeros(4, 1, 16, 16))
+    assert float(torch.sigmoid(GAIN * black.background).min()) == pytest.approx(0.02)  # kept where the sigmoid has gradient
 
 
 def test_spring_camera_matches_the_renderer_geometry():

@@ -7,7 +7,7 @@ stored (x from the left, y from the top), `brightness` in [0, 1], `level` the fr
 height filled from the bottom. The decoder reads those RAW values, maps pixels of the stored video to
 pixels of the frame it trains on (`camera`: the centre crop and resize of `--size`,
 `anmc.data.io.resize_transform`), and composites, front over back, a learned sprite over a learned fill
-over a learned background:
+over a learned background (the background and the fill start from the data: `start_from`):
 
     (px, py), r  -> ((px - left) k, (py - top) k), r k               k = camera scale (S / stored side)
     e      = 2 r               (the sprite's half-extent, training pixels; without `size`: 0.25 S for an
@@ -114,6 +114,30 @@ class SpriteDecoder(nn.Module):
             self.colour = nn.Parameter(torch.full((channels, patch, patch), 3.0 / GAIN))  # white-ish
             if "px" not in self.index or "py" not in self.index:
                 self.centre = nn.Parameter(torch.full((2,), size / 2.0 / GAIN))
+
+    @torch.no_grad()
+    def start_from(self, frames: torch.Tensor) -> None:
+        """Start the background (and the fill) from a sample of the training frames (N, C, S, S), values in
+        [0, 1], instead of from a dark background and a light fill, which suit anmc's own renders and are
+        the opposite of, say, dark water in a tank on a light wall (measured: the fill then learned the
+        mean image, the level left the frame and lost its gradient; docs/results.md §1c).
+
+        Without `level`: the background is the per-pixel median over the frames, the scene with the
+        moving object mostly gone. With `level`: each column's mean over the top eighth of the rows (the
+        air above the fill) for the background and over the bottom eighth (the filled part) for the fill,
+        spread over the column's rows. Clamped to [0.02, 0.98], where the sigmoid still passes gradient."""
+        frames = frames.to(self.background).clamp(0.0, 1.0)
+        if frames.shape[1:] != self.background.shape:
+            raise ValueError(f"frames of shape {tuple(frames.shape[1:])} for a decoder of {tuple(self.background.shape)}")
+        logit = lambda p: torch.logit(p.clamp(0.02, 0.98)) / GAIN  # noqa: E731
+        if "level" in self.index:
+            band = max(1, self.size // 8)
+            top = frames[:, :, :band].mean((0, 2), keepdim=True)[0]  # (C, 1, S)
+            bottom = frames[:, :, -band:].mean((0, 2), keepdim=True)[0]
+            self.background.copy_(logit(top.expand_as(self.background)))
+            self.fill.copy_(logit(bottom.expand_as(self.fill)))
+        else:
+            self.background.copy_(logit(frames.median(0).values))
 
     def placement(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Centre (px, py) and half-extent e, each (N,), in pixels of the training frame, from raw

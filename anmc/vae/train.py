@@ -267,6 +267,8 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     if config.decoder == "sprite" and not _given_clips(videos):
         camera = videos_transform(videos, config.size)
     vae = build_vae(compiled, train_data.frame_shape, config, camera=camera).to(ctx.device)
+    if config.decoder == "sprite":  # its background (and fill) start from the data; a resume loads the trained ones
+        vae.decoder.start_from(_frame_sample(train_data).to(ctx.device))
     if config.compile:
         vae.prior.compile_core()  # torch.compile of the generated integration (anmc.codegen.runtime)
     physical = physical_parameters(vae)
@@ -285,6 +287,15 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
         (run_dir / "prior.anm").write_text(compiled.model.source)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return s
+
+
+def _frame_sample(data, frames: int = 256) -> torch.Tensor:
+    """Up to `frames` training frames spread evenly over the data, (N, C, H, W) float in [0, 1]."""
+    if data.frames is not None:
+        index = torch.linspace(0, data.frames.shape[0] - 1, min(frames, data.frames.shape[0])).long()
+        return data.frames[index.to(data.frames.device)].float() / 255.0
+    windows = torch.linspace(0, len(data) - 1, min(frames, len(data))).long().tolist()
+    return torch.stack([data[i][0] for i in windows]).float() / 255.0
 
 
 def _run_config(run_dir: Path, config: TrainConfig | None, resume: bool) -> tuple[TrainConfig, dict | None]:
