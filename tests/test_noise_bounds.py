@@ -48,14 +48,14 @@ def test_starts_at_its_value_and_no_raw_value_leaves_the_bounds(lo, ratio, at, r
     assert module.noise_std[1].item() == pytest.approx(v, rel=1e-5)
     assert module.noise_std[0].item() == pytest.approx(0.01, rel=1e-6)  # the unbounded one is untouched
     with torch.no_grad():
-        module._raw_sigma_v.fill_(raw)
+        module._logit_sigma_v.fill_(raw)
     assert lo * (1 - 1e-12) <= module.noise_std[1].item() <= hi * (1 + 1e-12)
 
 
 def test_the_emitted_source_says_how_it_is_stored():
     source = spring().source
     assert "noise_bounds = {'v': (0.005, 0.1)}" in source
-    assert "# stored unconstrained: std of v = 0.005 * (20.0 ** sigmoid(_raw_sigma_v))" in source
+    assert "# stored unconstrained: std of v = 0.005 * (20.0 ** sigmoid(_logit_sigma_v))" in source
     assert "_log_sigma_x = nn.Parameter" in source and "_log_sigma_v" not in source
 
 
@@ -72,9 +72,9 @@ def test_training_moves_it_inside_the_bounds_only():
     std = torch.full((64, 2), 0.1, dtype=torch.float64)
     for name in ("elbo", "pairwise"):
         kl = transition_kl(name, module, mu_prev, std, mu_t, std, samples=4, generator=torch.Generator().manual_seed(1))
-        (grad,) = torch.autograd.grad(kl.sum(), [module._raw_sigma_v])
+        (grad,) = torch.autograd.grad(kl.sum(), [module._logit_sigma_v])
         assert grad < 0, name  # more noise explains far-off posteriors: the std wants to grow
-    opt = torch.optim.SGD([module._raw_sigma_v], lr=10.0)
+    opt = torch.optim.SGD([module._logit_sigma_v], lr=10.0)
     for _ in range(50):
         opt.zero_grad()
         transition_kl("pairwise", module, mu_prev, std, mu_t, std).sum().backward()
@@ -122,3 +122,14 @@ def test_a_checkpointed_bounded_std_loads_into_a_fresh_module():
     a.set_noise_std("v", 0.03)
     b.load_state_dict(a.state_dict())
     assert b.noise_std[1].item() == pytest.approx(0.03, rel=1e-6)
+
+
+def test_a_param_named_like_the_stored_std_does_not_collide():
+    """Params are stored as _raw_NAME / _fixed_NAME; a bounded std as _logit_sigma_STATE: a param called
+    sigma_v next to a bounded std of v keeps both."""
+    text = SPRING.format(v=0.05, lo=0.005, hi=0.1).replace("param k = 4.0 in [0.1, 100] learn", "param k = 4.0 in [0.1, 100] learn\nparam sigma_v = 2.0 in [1, 3] learn")
+    text = text.replace("v' = -k * x", "v' = -k * x * sigma_v / 2")
+    module = anmc.compile_prior(text).module()
+    assert {"_raw_sigma_v", "_logit_sigma_v"} <= {n for n, _ in module.named_parameters()}
+    assert module.noise_std[1].item() == pytest.approx(0.05, rel=1e-5)
+    assert float(module.param_values()["sigma_v"]) == pytest.approx(2.0, rel=1e-5)

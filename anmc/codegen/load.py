@@ -267,7 +267,7 @@ def _is_generated_name(name: str, allowed: set[str]) -> bool:
 
 
 def _is_storage_attribute(attr: str, allowed: set[str]) -> bool:
-    for prefix in ("_raw_", "_fixed_", "_sigma_", "_log_sigma_", "_raw_sigma_"):
+    for prefix in ("_raw_", "_fixed_", "_sigma_", "_log_sigma_", "_logit_sigma_"):
         if attr.startswith(prefix) and attr[len(prefix) :] in allowed:
             return True
     return False

@@ -455,7 +455,7 @@ class AnmModule(nn.Module):
         for name, learn in zip(self.state_names, self.noise_learnable):
             if name in self.noise_bounds:
                 lo, hi = self.noise_bounds[name]
-                raw = getattr(self, f"_raw_sigma_{name}")
+                raw = getattr(self, f"_logit_sigma_{name}")
                 parts.append(torch.exp(math.log(lo) + math.log(hi / lo) * torch.sigmoid(raw)))
             elif learn:  # clamped so that no optimizer step can reach 0 or inf (std in [2e-9, 5e8])
                 parts.append(torch.exp(getattr(self, f"_log_sigma_{name}").clamp(-LOG_STD_LIMIT, LOG_STD_LIMIT)))
@@ -469,7 +469,7 @@ class AnmModule(nn.Module):
         if name in self.noise_bounds:  # kept inside the bounds: a value on or beyond one goes just inside
             lo, hi = self.noise_bounds[name]
             u = min(max((math.log(value) - math.log(lo)) / math.log(hi / lo), 1e-6), 1 - 1e-6) if value > 0 else 1e-6
-            getattr(self, f"_raw_sigma_{name}").fill_(math.log(u / (1 - u)))
+            getattr(self, f"_logit_sigma_{name}").fill_(math.log(u / (1 - u)))
         elif self.noise_learnable[i]:
             getattr(self, f"_log_sigma_{name}").fill_(math.log(value))
         else:

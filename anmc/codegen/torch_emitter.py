@@ -732,8 +732,8 @@ def emit_torch(model: Model) -> str:
         if n.learn and n.bounds:
             lo, hi = n.bounds
             u = (math.log(n.value) - math.log(lo)) / (math.log(hi) - math.log(lo))
-            out.append(f"        # stored unconstrained: std of {s} = {lo!r} * ({hi / lo!r} ** sigmoid(_raw_sigma_{s}))")
-            out.append(f"        self._raw_sigma_{s} = nn.Parameter(torch.tensor({math.log(u / (1 - u))!r}))")
+            out.append(f"        # stored unconstrained: std of {s} = {lo!r} * ({hi / lo!r} ** sigmoid(_logit_sigma_{s}))")
+            out.append(f"        self._logit_sigma_{s} = nn.Parameter(torch.tensor({math.log(u / (1 - u))!r}))")
         elif n.learn:
             out.append(f"        self._log_sigma_{s} = nn.Parameter(torch.tensor({math.log(n.value)!r}))")
         else:
