@@ -94,44 +94,44 @@ def scale_findings(spread: dict[str, float]) -> list[dict]:
     return out
 
 
+def _at_bound(what: str, key: str, v: float, lo: float, hi: float, s: float, advice: str) -> dict | None:
+    """`param_at_bound` for `what` (its value v in [lo, hi], at position s of its stored range) when s is within
+    AT_BOUND of 0 or 1; else None."""
+    if AT_BOUND <= s <= 1 - AT_BOUND:
+        return None
+    end, bound = ("lower", lo) if s < 0.5 else ("upper", hi)
+    return finding(
+        "param_at_bound",
+        f"{what} = {v:.4g} sits at the {end} bound {bound:g} of its range [{lo:g}, {hi:g}], where it can no longer learn "
+        "(its gradient vanishes there).",
+        advice, param=key, value=v, bounds=[lo, hi], position=s,
+    )  # fmt: skip
+
+
 def param_findings(module) -> list[dict]:
-    """`param_at_bound` for each bounded learnable param within AT_BOUND of an end of its range."""
+    """`param_at_bound` for each bounded learnable param, and each learnable noise std declared `in [lo, hi]`,
+    within AT_BOUND of an end of its range (params on a linear scale, stds on the log scale they are stored on)."""
     out = []
     values = module.param_values()
     for name in module.learnable_param_names:
-        if name not in module.param_bounds:
-            continue
-        lo, hi = module.param_bounds[name]
-        v = float(values[name].detach())
-        s = (v - lo) / (hi - lo)
-        if s < AT_BOUND or s > 1 - AT_BOUND:
-            end, bound = ("lower", lo) if s < 0.5 else ("upper", hi)
-            out.append(finding(
-                "param_at_bound",
-                f"param {name} = {v:.4g} sits at the {end} bound {bound:g} of its range [{lo:g}, {hi:g}], where it can no "
-                "longer learn (its gradient vanishes there).",
+        if name in module.param_bounds:
+            lo, hi = module.param_bounds[name]
+            v = float(values[name].detach())
+            out.append(_at_bound(
+                f"param {name}", name, v, lo, hi, (v - lo) / (hi - lo),
                 f"widen `in [{lo:g}, {hi:g}]` in the .anm if {name} may lie outside it; start it inside the range; check "
                 "dt against the video's frame rate (--fps); a collapsed posterior also drives params to a bound.",
-                param=name, value=v, bounds=[lo, hi], position=s,
             ))  # fmt: skip
     stds = module.noise_std.detach().tolist()
     for i, name in enumerate(module.state_names):
-        if name not in module.noise_bounds:
-            continue
-        lo, hi = module.noise_bounds[name]
-        v = stds[i]
-        s = math.log(v / lo) / math.log(hi / lo)  # the position on the log scale the std is stored on
-        if s < AT_BOUND or s > 1 - AT_BOUND:
-            end, bound = ("lower", lo) if s < 0.5 else ("upper", hi)
-            out.append(finding(
-                "param_at_bound",
-                f"the noise std of {name} = {v:.4g} sits at the {end} bound {bound:g} of its range [{lo:g}, {hi:g}], where it "
-                "can no longer learn (its gradient vanishes there).",
+        if name in module.noise_bounds:
+            lo, hi = module.noise_bounds[name]
+            out.append(_at_bound(
+                f"the noise std of {name}", f"noise_{name}", stds[i], lo, hi, math.log(stds[i] / lo) / math.log(hi / lo),
                 f"widen `noise {name} = ... in [{lo:g}, {hi:g}] learn` if the data may need more or less noise; a std at "
                 "its upper bound can also mean the latents do not follow the dynamics (check |r| and the slopes).",
-                param=f"noise_{name}", value=v, bounds=[lo, hi], position=s,
             ))  # fmt: skip
-    return out
+    return [f for f in out if f is not None]
 
 
 def spread_ratios(module, mu: torch.Tensor, states=None) -> dict[str, float]:
