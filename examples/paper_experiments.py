@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=128)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field, e.g. --set seq_len=16 --set batch=16 (repeatable)")
+    ap.add_argument("--camera", action="store_true",
+                    help="train priors/SYSTEM_camera.anm (the camera declared) with --decoder sprite on the videos drawn from SYSTEM.anm")
     ap.add_argument("--tiny", action="store_true", help="16x16 frames, a few steps: checks the script runs")
     ap.add_argument("-o", "--out", default="runs/paper")
     args = ap.parse_args()
@@ -80,15 +82,18 @@ def main() -> None:
     print(f"{'system':<9} {'--kl':<9} {'seed':>4} {'min':>5}  state: |r| slope knn_r2   params learned (true)")
     for system in args.systems:
         truth_prior = anmc.compile_prior(PRIORS / f"{system}.anm")
-        train_prior = prior_started_off(PRIORS / f"{system}.anm", 1 + args.start_off)
+        trained = PRIORS / (f"{system}_camera.anm" if args.camera else f"{system}.anm")
+        if not trained.exists():
+            ap.error(f"--camera: there is no {trained.relative_to(PRIORS.parent)} declaring {system}'s camera")
+        train_prior = prior_started_off(trained, 1 + args.start_off)
         for reading in args.readings:
             for seed in args.seeds:
                 # every seed draws its own data (seed 1000 + seed) as well as its own training
                 data = out / "data" / f"{system}-s{seed}"
                 if not (data / "truth.csv").exists():
                     synthesize(truth_prior, data, clips=args.clips, frames=args.frames, size=16 if args.tiny else 64, seed=1000 + seed, fmt="npz")
-                run_dir = out / f"{system}-{reading}-s{seed}"
-                config = TrainConfig(kl=reading, seed=seed, **overrides)
+                run_dir = out / f"{system}{'-camera' if args.camera else ''}-{reading}-s{seed}"
+                config = TrainConfig(kl=reading, seed=seed, **({"decoder": "sprite"} if args.camera else {}) | overrides)
                 started = time.monotonic()
                 train(train_prior, [str(data)], run_dir, config)
                 minutes = (time.monotonic() - started) / 60

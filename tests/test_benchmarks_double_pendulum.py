@@ -71,3 +71,22 @@ def test_dataset_truth_and_the_prior_started_off(tmp_path):
     assert anmc.load_model(prior).params["g"].value == pytest.approx(14.7, rel=1e-3)
     assert dp.met({**{f"{n}_r": 0.95 for n in dp.STATES}, "g_err": -0.05})
     assert not dp.met({**{f"{n}_r": 0.95 for n in dp.STATES}, "omega2_r": 0.5, "g_err": 0.0})
+
+
+def test_camera_prior_declares_this_generators_camera(tmp_path):
+    """--camera: priors/double_pendulum_camera.anm with the generator's pivot and scale puts object 1 on the
+    upper link's middle and object 2 on the lower link's, in pixels of the video as drawn; g started 50% off."""
+    import torch
+
+    prior = dp.camera_prior_for(tmp_path / "c.anm", 96)
+    model = anmc.load_model(prior)
+    assert model.params["g"].value == pytest.approx(14.7, rel=1e-3)
+    module = anmc.compile_prior(prior).module().double()
+    angles = np.array([[0.3, -0.8], [-1.0, 0.9], [0.0, 0.0]])
+    frames = dp.render_clip(dp.Look(), angles, np.random.default_rng(0))
+    y = module.observe(torch.tensor(np.concatenate([angles, np.zeros_like(angles)], 1))).numpy()
+    for t in range(len(angles)):
+        for obj, colour in ((0, dp.Look().upper), (3, dp.Look().lower)):
+            px, py = y[t, obj], y[t, obj + 1]
+            assert np.abs(frames[t][int(py), int(px)] - np.array(colour) * 255).max() < 40, (t, obj)
+    np.testing.assert_allclose(y[:, [2, 5]], angles)

@@ -13,7 +13,7 @@ import torch
 
 from anmc.codegen.compile import compile_prior
 from anmc.data.io import _resize
-from anmc.synthetic.render import geometry, object_position_px, render_float
+from anmc.synthetic.render import double_pendulum_points, geometry, object_position_px, render_float
 
 CAMERAS = {"spring_camera": ("spring", "px"), "falling_camera": ("falling", "py")}
 
@@ -63,3 +63,25 @@ def test_camera_for_frames_resized_to_32(name):
     small = _resize(frames[..., None], 32, 32)[..., 0]
     declared = module.observe(states).numpy()[:, 0]
     np.testing.assert_allclose(_object_centroid(name, small, geom, zoom=0.5), declared, atol=0.05)
+
+
+def test_double_pendulum_camera_puts_each_link_where_the_renderer_draws_it():
+    """priors/double_pendulum_camera.anm: object 1 at the upper link's middle (pivot to joint), object 2 at
+    the lower link's (joint to tip), each turned by its link's angle, as anmc synth's double_pendulum renderer
+    draws them at 64 pixels; its physics is double_pendulum.anm's (the same f and J)."""
+    module = compile_prior("priors/double_pendulum_camera.anm").module().double()
+    assert module.observations == ("px1", "py1", "angle1", "px2", "py2", "angle2")
+    states = module.sample_initial(50, torch.Generator().manual_seed(0))
+    geom = geometry("double_pendulum", 64, module.state_names, params={"L": 1.0})
+    joint, tip = double_pendulum_points(states[:, :2].numpy(), geom)
+    pivot = np.array(geom["pivot"])
+    y = module.observe(states).numpy()
+    np.testing.assert_allclose(y[:, 0:2], (pivot + joint) / 2, atol=1e-9)
+    np.testing.assert_allclose(y[:, 3:5], (joint + tip) / 2, atol=1e-9)
+    np.testing.assert_allclose(y[:, [2, 5]], states[:, :2].numpy(), atol=0)
+    # the link's direction is (sin angle, cos angle), the sprite's down axis (anmc.synthetic.roles)
+    np.testing.assert_allclose(joint - pivot, geom["px_per_m"] * np.stack([np.sin(y[:, 2]), np.cos(y[:, 2])], 1), atol=1e-9)
+    plain = compile_prior("priors/double_pendulum.anm").module().double()
+    f, J = module.f_and_jacobian(states)
+    f0, J0 = plain.f_and_jacobian(states)
+    assert torch.equal(f, f0) and torch.equal(J, J0)

@@ -21,7 +21,7 @@ import anmc
 from anmc.cli import SYNTH_RENDERERS, main
 from anmc.data import read_truth, read_video
 from anmc.synthetic.render import RENDERERS, declared_geometry, measure_declared, pulse_profile, render_float, render_frames
-from anmc.synthetic.roles import CAMERA_ROLES, RoleError, declared_roles, near_misses, roles_of
+from anmc.synthetic.roles import CAMERA_ROLES, RoleError, declared_roles, near_misses, objects_of, roles_of, split_role
 from anmc.synthetic.synth import synthesize
 from anmc.testing import check_jacobian
 
@@ -62,12 +62,31 @@ def run(*args):
 
 
 def test_the_roles_table():
-    assert list(CAMERA_ROLES) == ["px", "py", "size", "brightness", "level"]
+    assert list(CAMERA_ROLES) == ["px", "py", "size", "brightness", "level", "angle"]
+    assert CAMERA_ROLES["angle"].range(64) == (-np.inf, np.inf)
     assert CAMERA_ROLES["px"].range(64) == (0.0, 64.0) and CAMERA_ROLES["size"].range(32) == (0.0, 32.0)
     assert CAMERA_ROLES["brightness"].range(64) == (0.0, 1.0) == CAMERA_ROLES["level"].range(16)
     assert roles_of(["theta", "py", "brightness", "px"]) == {"px": 3, "py": 1, "brightness": 2}
     assert roles_of(["theta", "omega"]) == {}
     assert SYNTH_RENDERERS == ("auto", *RENDERERS)  # the CLI's choices, written out there
+
+
+def test_suffixed_roles_name_objects_of_their_own():
+    """px1 / py_upper belong to objects "1" / "upper"; `level` is the frame's; near names are not roles."""
+    assert split_role("px") == ("px", "") and split_role("level") == ("level", "")
+    assert split_role("px1") == ("px", "1") and split_role("angle_upper") == ("angle", "upper")
+    assert split_role("py_2b") == ("py", "2b")
+    for name in ("sizes", "pxl", "level1", "px_", "theta1", "Px1"):
+        assert split_role(name) is None, name
+    obs = ["theta", "px1", "py1", "angle1", "px_tip", "py_tip", "level", "brightness"]
+    assert objects_of(obs) == {"1": {"px": 1, "py": 2, "angle": 3}, "tip": {"px": 4, "py": 5}, "": {"brightness": 7}}
+    assert roles_of(obs) == {"brightness": 7, "level": 6}  # the declared renderer draws the unsuffixed object alone
+    assert near_misses(obs) == {}
+
+
+def test_an_angle_alone_draws_nothing_and_says_so():
+    with pytest.raises(RoleError, match="declares only `angle`"):
+        declared_geometry(32, ["angle"], "m")
 
 
 def test_half_a_position_is_drawn_on_the_centre_line():

@@ -51,7 +51,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from anmc.synthetic.roles import roles_of
+from anmc.synthetic.roles import RoleError, roles_of
 
 RENDERERS = ("declared", "pendulum", "spring", "falling", "double_pendulum", "coupled_masses", "dot")
 
@@ -163,6 +163,11 @@ def declared_geometry(size: int, observations: Sequence[str], model: str = "the 
     roles = roles_of(observations, model, required=True)
     s = float(size)
     disc = any(r in roles for r in ("px", "py", "size", "brightness"))
+    if not disc and "level" not in roles:
+        raise RoleError(
+            f"{model} declares only `angle`, which turns an object but draws none: declare where the object is "
+            "(`observe px = ..., py = ...`) or its brightness or size."
+        )
     moving = "px" in roles or "py" in roles
     return {
         "renderer": "declared", "size": int(size), "observations": list(observations), "roles": roles,

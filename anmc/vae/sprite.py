@@ -53,14 +53,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from anmc.errors import UserError
-from anmc.synthetic.roles import CAMERA_ROLES
+from anmc.synthetic.roles import CAMERA_ROLES, OBJECT_ROLES, objects_of
 
-# The camera roles (anmc.synthetic.roles, the one table) the sprite decoder reads: the object's centre and
-# radius in pixels of the stored video, its brightness in [0, 1], a fill level. Half a position is enough:
-# an object moving along one axis declares only that coordinate (a constant one is not an observation),
-# and the decoder learns the other.
-SPRITE_ROLES = tuple(role for role in CAMERA_ROLES if role in ("px", "py", "size", "brightness", "level"))
-OBJECT_ROLES = ("px", "py", "size", "brightness")  # any of them: a sprite is drawn
+# The camera roles (anmc.synthetic.roles, the one table) the sprite decoder reads: an object's centre and
+# radius in pixels of the stored video, its brightness in [0, 1], its turn, a fill level. Half a position
+# is enough: an object moving along one axis declares only that coordinate (a constant one is not an
+# observation), and the decoder learns the other. Several objects: the object roles with a suffix
+# (px1, py1, angle1, px2, ...; anmc.synthetic.roles.objects_of), each object a sprite of its own.
+SPRITE_ROLES = tuple(CAMERA_ROLES)
 
 BLOB_STD = 0.35  # the initial alpha blob's std, in units of the sprite's half-extent
 DEFAULT_EXTENT = 0.25  # the sprite's half-extent without a declared `size`, as a fraction of the frame's side
@@ -90,15 +90,18 @@ class SpriteDecoder(nn.Module):
     def __init__(self, observations: Sequence[str], channels: int, size: int, patch: int = 32, camera: dict | None = None):
         super().__init__()
         observations = tuple(observations)
-        self.index = {role: observations.index(role) for role in SPRITE_ROLES if role in observations}
-        if not self.index:
+        self.objects = {key: roles for key, roles in objects_of(observations).items() if set(roles) - {"angle"}}
+        self.index = dict(self.objects.get("", {}))  # the unsuffixed object's roles and the level
+        if "level" in observations:
+            self.index["level"] = observations.index("level")
+        if not self.index and not self.objects:
             raise UserError(
                 f"--decoder sprite draws what the prior's camera declares, but the prior observes "
                 f"{', '.join(observations) or 'nothing'} and declares no camera role ({', '.join(SPRITE_ROLES)}): add e.g. "
                 "'observe px = cx + scale * x' (pixels of the video; docs/method.md, 'Physical units: the sprite decoder') "
                 "or use --decoder deconv."
             )
-        self.draws_object = any(role in self.index for role in OBJECT_ROLES)
+        self.draws_object = bool(self.objects)
         self.size, self.channels = size, channels
         camera = camera or {"scale": 1.0, "left": 0.0, "top": 0.0, "height": float(size), "width": float(size)}
         self.register_buffer("camera", torch.tensor([float(camera[k]) for k in self.CAMERA]))
@@ -106,14 +109,20 @@ class SpriteDecoder(nn.Module):
         self.background = nn.Parameter(torch.full((channels, size, size), -3.0 / GAIN))  # dark
         if "level" in self.index:
             self.fill = nn.Parameter(torch.full((channels, size, size), 3.0 / GAIN))  # light
-        if self.draws_object:
-            c = torch.linspace(-1 + 1 / patch, 1 - 1 / patch, patch)  # the patch's pixel centres in sprite coordinates
-            r2 = c[None, :] ** 2 + c[:, None] ** 2
-            blob = 0.95 * torch.exp(-0.5 * r2 / BLOB_STD**2) + 1e-3
-            self.alpha = nn.Parameter(torch.log(blob / (1 - blob))[None] / GAIN)  # (1, P, P)
-            self.colour = nn.Parameter(torch.full((channels, patch, patch), 3.0 / GAIN))  # white-ish
-            if "px" not in self.index or "py" not in self.index:
-                self.centre = nn.Parameter(torch.full((2,), size / 2.0 / GAIN))
+        c = torch.linspace(-1 + 1 / patch, 1 - 1 / patch, patch)  # the patch's pixel centres in sprite coordinates
+        r2 = c[None, :] ** 2 + c[:, None] ** 2
+        blob = 0.95 * torch.exp(-0.5 * r2 / BLOB_STD**2) + 1e-3
+        for key, roles in self.objects.items():  # each object's sprite: alpha, colour (and centre) + its suffix
+            self.register_parameter(self._name("alpha", key), nn.Parameter(torch.log(blob / (1 - blob))[None] / GAIN))  # (1, P, P)
+            self.register_parameter(self._name("colour", key), nn.Parameter(torch.full((channels, patch, patch), 3.0 / GAIN)))  # white-ish
+            if "px" not in roles or "py" not in roles:
+                self.register_parameter(self._name("centre", key), nn.Parameter(torch.full((2,), size / 2.0 / GAIN)))
+
+    @staticmethod
+    def _name(what: str, key: str) -> str:
+        """The parameter `what` of object `key`: alpha, colour, centre for the unsuffixed object (the names
+        of a one-object decoder), alpha_1 ... for object 1."""
+        return f"{what}_{key}" if key else what
 
     @torch.no_grad()
     def start_from(self, frames: torch.Tensor) -> None:
@@ -139,17 +148,21 @@ class SpriteDecoder(nn.Module):
         else:
             self.background.copy_(logit(frames.median(0).values))
 
-    def placement(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Centre (px, py) and half-extent e, each (N,), in pixels of the training frame, from raw
-        observations y (N, m) in pixels of the stored video."""
+    def placement(self, y: torch.Tensor, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Centre (px, py) and half-extent e, each (N,), in pixels of the training frame, of object `key`
+        (the first declared when None) from raw observations y (N, m) in pixels of the stored video."""
+        key = next(iter(self.objects)) if key is None else key
+        index = self.objects[key]
         n = y.shape[0]
         k, left, top = self.camera[0].to(y), self.camera[1].to(y), self.camera[2].to(y)
-        px = (y[:, self.index["px"]] - left) * k if "px" in self.index else GAIN * self.centre[0].expand(n)
-        py = (y[:, self.index["py"]] - top) * k if "py" in self.index else GAIN * self.centre[1].expand(n)
-        if "size" in self.index:
-            e = SIZE_EXTENT * (y[:, self.index["size"]].abs() * k).clamp_min(0.5)
+        if "px" not in index or "py" not in index:
+            centre = getattr(self, self._name("centre", key))
+        px = (y[:, index["px"]] - left) * k if "px" in index else GAIN * centre[0].expand(n)
+        py = (y[:, index["py"]] - top) * k if "py" in index else GAIN * centre[1].expand(n)
+        if "size" in index:
+            e = SIZE_EXTENT * (y[:, index["size"]].abs() * k).clamp_min(0.5)
         else:
-            extent = DEFAULT_EXTENT if ("px" in self.index or "py" in self.index) else CENTRED_EXTENT
+            extent = DEFAULT_EXTENT if ("px" in index or "py" in index) else CENTRED_EXTENT
             e = torch.full_like(px, extent * self.size)
         return px, py, e
 
@@ -159,14 +172,20 @@ class SpriteDecoder(nn.Module):
         k, top, height = self.camera[0].to(y), self.camera[2].to(y), self.camera[3].to(y)
         return (height * (1 - y[:, self.index["level"]].clamp(0.0, 1.0)) - top) * k
 
-    def sprite(self) -> torch.Tensor:
-        """The sprite (C + 1, P, P), colour channels then alpha in [0, 1]: point-symmetric about the patch's
-        centre (the mean of the learned patch and its 180-degree rotation), so that the centre of what it
-        draws is the declared (px, py) exactly; with `brightness` declared, the colour divided by the mean
-        colour x alpha over the object's body (drawn over black, the body's mean is the brightness)."""
-        patch = torch.sigmoid(GAIN * torch.cat([self.colour, self.alpha]))
-        patch = 0.5 * (patch + patch.flip(-1, -2))
-        if "brightness" in self.index:
+    def sprite(self, key: str | None = None) -> torch.Tensor:
+        """The sprite of object `key` (the first declared when None), (C + 1, P, P), colour channels then
+        alpha in [0, 1]: point-symmetric about the patch's centre (the mean of the learned patch and its
+        180-degree rotation), so that the centre of what it draws is the declared (px, py) exactly, unless
+        the object declares its `angle` (then the sprite turns with the state and any point of it is a
+        point of the rigid body: a pendulum's rod drawn from its pivot); with `brightness` declared, the
+        colour divided by the mean colour x alpha over the object's body (drawn over black, the body's
+        mean is the brightness)."""
+        key = next(iter(self.objects)) if key is None else key
+        index = self.objects[key]
+        patch = torch.sigmoid(GAIN * torch.cat([getattr(self, self._name("colour", key)), getattr(self, self._name("alpha", key))]))
+        if "angle" not in index:
+            patch = 0.5 * (patch + patch.flip(-1, -2))
+        if "brightness" in index:
             # `brightness` is the object's intensity over its body (the patch pixels whose colour x alpha is at
             # least half the brightest's): the colour is divided by the body's mean colour x alpha, so that a
             # dim or half-transparent sprite cannot absorb a latent drawn too bright (a peak normalisation
@@ -178,7 +197,7 @@ class SpriteDecoder(nn.Module):
         return patch
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """y (N, m) raw observations (pixels; brightness, level in [0, 1]) -> logits (N, C, S, S)."""
+        """y (N, m) raw observations (pixels; brightness, level in [0, 1]; angles in radians) -> logits (N, C, S, S)."""
         y = y.float()
         n, s = y.shape[0], self.size
         p = torch.sigmoid(GAIN * self.background)[None].expand(n, -1, -1, -1)
@@ -186,19 +205,26 @@ class SpriteDecoder(nn.Module):
             rows = torch.arange(s, dtype=y.dtype, device=y.device)
             w = (rows[None, :] + 1 - self.level_line(y)[:, None]).clamp(0.0, 1.0)  # (N, S): row i spans [i, i + 1)
             p = p + (torch.sigmoid(GAIN * self.fill)[None] - p) * w[:, None, :, None]
-        if self.draws_object:
-            px, py, e = self.placement(y)
+        for key, index in self.objects.items():  # back to front, in the order the prior declares them
+            px, py, e = self.placement(y, key)
             # affine_grid maps the output's normalised coordinates v (pixel u = (v + 1) S / 2) to the sprite's:
-            # (u - p) / e = v S / (2 e) + (S / 2 - p) / e
+            # w = (u - p) / e = v S / (2 e) + (S / 2 - p) / e, turned back by the object's angle a (the sprite's
+            # down axis (0, 1) drawn along (sin a, cos a)): s = R(a)^T w, R(a) = [[cos a, sin a], [-sin a, cos a]]
             k = s / (2 * e)
-            zero = torch.zeros_like(k)
-            theta = torch.stack([torch.stack([k, zero, (s / 2 - px) / e], -1), torch.stack([zero, k, (s / 2 - py) / e], -1)], -2)
-            grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
-            patch = self.sprite()[None].expand(n, -1, -1, -1)
+            bx, by = (s / 2 - px) / e, (s / 2 - py) / e
+            if "angle" in index:
+                a = y[:, index["angle"]]
+                cos, sin = torch.cos(a), torch.sin(a)
+                rows = [torch.stack([cos * k, -sin * k, cos * bx - sin * by], -1), torch.stack([sin * k, cos * k, sin * bx + cos * by], -1)]
+            else:
+                zero = torch.zeros_like(k)
+                rows = [torch.stack([k, zero, bx], -1), torch.stack([zero, k, by], -1)]
+            grid = F.affine_grid(torch.stack(rows, -2), (n, 1, s, s), align_corners=False)
+            patch = self.sprite(key)[None].expand(n, -1, -1, -1)
             drawn = F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             colour, a = drawn[:, :-1], drawn[:, -1:]
-            if "brightness" in self.index:
-                colour = colour * y[:, self.index["brightness"]].clamp(0.0, 1.0)[:, None, None, None]
+            if "brightness" in index:
+                colour = colour * y[:, index["brightness"]].clamp(0.0, 1.0)[:, None, None, None]
             p = p * (1 - a) + colour * a
         p = p.clamp(1e-6, 1 - 1e-6)
         return torch.log(p) - torch.log1p(-p)
