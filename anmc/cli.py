@@ -311,6 +311,7 @@ def _train_options(f):
         click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(DECODERS), help="sprite: a learned sprite drawn at the prior's declared camera position (observe px = ..., py = ...): latents in the prior's units (docs/method.md)."),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),
         click.option("--learn-params-after", default=d.learn_params_after, show_default=True, type=click.IntRange(min=0), help="Epochs before learnable params and noise start to train."),
+        click.option("--sprite-shape-after", default=d.sprite_shape_after, show_default=True, type=click.IntRange(min=0), help="Epochs the sprite decoder's sprites keep their initial blob while the encoder finds the objects."),
         click.option("--time-limit", default=None, type=float, help="Minutes; stop after the epoch that crosses it."),
         click.option("--restarts", default=d.restarts, show_default=True, type=click.IntRange(min=1), help="Train this many starts (seeds SEED, SEED+1, ...) for --restart-epochs each and finish the one with the lowest validation loss (RUN/starts.json)."),
         click.option("--restart-epochs", default=d.restart_epochs, show_default=True, type=click.IntRange(min=1), help="Epochs each start trains before the choice."),

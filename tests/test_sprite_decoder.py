@@ -27,7 +27,7 @@ from anmc.vae.config import TrainConfig
 from anmc.vae.nets import VideoVAE, build_vae
 from anmc.synthetic.roles import CAMERA_ROLES
 from anmc.vae.sprite import GAIN, SPRITE_ROLES, SpriteDecoder
-from anmc.vae.run import load_run
+from anmc.vae.run import load_checkpoint, load_run
 from anmc.vae.train import train
 
 SPRING = "priors/spring.anm"
@@ -348,6 +348,24 @@ def test_tiny_training_with_the_sprite_decoder(spring_data, tmp_path):
     val = [m["val_loss"] for m in result.metrics]  # the same held-out windows each epoch (the training ones vary)
     assert all(np.isfinite(losses)) and val[-1] < val[0]
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_sprites_keep_their_blob_for_the_first_epochs(spring_data, tmp_path, after):
+    """sprite_shape_after = 1: after one epoch the sprite's alpha and colour are still the initial blob
+    while the background and the encoder trained; 0: they train from the first step."""
+    config = TrainConfig(decoder="sprite", size=16, batch=2, seq_len=4, steps_per_epoch=4, epochs=1, learn_params_after=1,
+                         val_fraction=0.34, warmup=4, sprite_shape_after=after)  # fmt: skip
+    prior = spring_camera(16)
+    fresh = SpriteDecoder(("px",), 1, 16)
+    train(prior, [str(spring_data)], tmp_path / "run", config)
+    weights = load_checkpoint(tmp_path / "run")["vae"]  # (a hand-built prior: load_run would rebuild spring.anm's)
+    for name in ("alpha", "colour"):
+        assert torch.equal(weights[f"decoder.{name}"], getattr(fresh, name).detach()) == (after == 1), name
+    assert not torch.equal(weights["decoder.background"], fresh.background.detach())
+    assert [p.name for p in dataclasses.fields(TrainConfig) if p.name == "sprite_shape_after"] and TrainConfig().sprite_shape_after == 1
+    with pytest.raises(UserError, match="--sprite-shape-after -1"):
+        TrainConfig(sprite_shape_after=-1)
 
 
 def test_background_and_fill_start_from_the_data():

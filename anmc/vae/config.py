@@ -70,6 +70,10 @@ class TrainConfig:
     decoder: str = "deconv"
     size: int | None = 32  # frames are resized to size x size (64x64 videos train at 32x32 by default)
     learn_params_after: int = 3  # epochs with physical params frozen (the warm-up is 2)
+    # epochs the sprite decoder's sprites keep their initial soft blob (their alpha and colour frozen) while
+    # the encoder learns where the objects are; learning both from the first step let the sprites become a
+    # smear of every pose around a fixed place, with latents that hardly moved (docs/results.md §1d)
+    sprite_shape_after: int = 1
     steps_per_epoch: int | None = 150  # None: one pass over every training sequence
     val_fraction: float = 0.1
     grad_clip: float = 100.0
@@ -118,6 +122,8 @@ class TrainConfig:
             raise UserError(f"--workers {self.workers}: give 0 (read in the training process) or more.")
         if self.restarts < 1 or (self.restarts > 1 and not 1 <= self.restart_epochs < self.epochs):
             raise UserError(f"--restarts {self.restarts} --restart-epochs {self.restart_epochs}: give restarts >= 1 and 1 <= restart-epochs < epochs ({self.epochs}).")
+        if self.sprite_shape_after < 0:
+            raise UserError(f"--sprite-shape-after {self.sprite_shape_after}: give 0 (learn the sprites' shape from the first step) or more epochs.")
         if self.window < 1 or self.seq_len < 2 or self.batch < 1 or self.epochs < 1:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
 

@@ -118,6 +118,10 @@ class SpriteDecoder(nn.Module):
             if "px" not in roles or "py" not in roles:
                 self.register_parameter(self._name("centre", key), nn.Parameter(torch.full((2,), size / 2.0 / GAIN)))
 
+    def shape_parameters(self) -> list[nn.Parameter]:
+        """The sprites' alpha and colour patches (what an object looks like, not where it is)."""
+        return [getattr(self, self._name(what, key)) for key in self.objects for what in ("alpha", "colour")]
+
     @staticmethod
     def _name(what: str, key: str) -> str:
         """The parameter `what` of object `key`: alpha, colour, centre for the unsuffixed object (the names

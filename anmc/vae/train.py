@@ -8,7 +8,8 @@ is `anmc.vae.loss.sequence_loss` (docs/method.md §5-6), every choice is a field
 
 Learnable `param`s and `noise ... learn` stay frozen for the first `learn_params_after` epochs, then
 train with their own learning rate: a prototype saw a length L run away while the latents were
-still collapsed (docs/method.md §6).
+still collapsed (docs/method.md §6). The sprite decoder's sprites keep their initial blob for the first
+`sprite_shape_after` epochs, so that the encoder finds the objects before the sprites learn their look.
 
 CPU, one GPU (`device="cuda"`), or several processes and machines through `torchrun`: the loss module
 in DistributedDataParallel, each rank reading its share of every global batch, rank 0 alone writing
@@ -196,9 +197,13 @@ def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, starte
     started = time.monotonic() if started is None else started
     for epoch in range(s.start_epoch, s.config.epochs):
         learn_physics = epoch >= s.config.learn_params_after
-        if s.model is None or any(p.requires_grad != learn_physics for p in s.physical):
+        shape = list(getattr(s.vae.decoder, "shape_parameters", lambda: [])())
+        learn_shape = epoch >= s.config.sprite_shape_after
+        if s.model is None or any(p.requires_grad != learn_physics for p in s.physical) or any(p.requires_grad != learn_shape for p in shape):
             for p in s.physical:
                 p.requires_grad_(learn_physics)
+            for p in shape:
+                p.requires_grad_(learn_shape)
             # DDP averages the parameters that require grad when it is built: wrap again when they change
             s.model = distributed.wrap(_LossModule(s.vae, s.config), s.ctx, find_unused=s.config.kl == "standard")
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
