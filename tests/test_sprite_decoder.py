@@ -242,6 +242,13 @@ def sharp_disc_of(decoder: SpriteDecoder, key: str, radius: float) -> None:
         getattr(decoder, f"colour_{key}").fill_(30.0 / GAIN)
 
 
+def test_an_angle_without_a_place_is_a_user_error():
+    with pytest.raises(UserError, match=r"angle2 turns an object that the prior does not place"):
+        SpriteDecoder(("px1", "py1", "angle1", "angle2"), 1, 32)
+    with pytest.raises(UserError, match=r"angle_tip turns"):
+        SpriteDecoder(("px", "angle_tip"), 1, 32)
+
+
 def test_gradient_reaches_the_angle_and_pulls_the_sprite_toward_the_drawn_turn():
     """A bar drawn at 0.5 rad, the sprite at 0.3 rad: the loss falls as the angle grows."""
     dec = SpriteDecoder(("px", "py", "angle"), 1, 64)

@@ -90,7 +90,12 @@ class SpriteDecoder(nn.Module):
     def __init__(self, observations: Sequence[str], channels: int, size: int, patch: int = 32, camera: dict | None = None):
         super().__init__()
         observations = tuple(observations)
-        self.objects = {key: roles for key, roles in objects_of(observations).items() if set(roles) - {"angle"}}
+        self.objects = objects_of(observations)
+        if turned_only := [observations[roles["angle"]] for roles in self.objects.values() if set(roles) == {"angle"}]:
+            raise UserError(
+                f"{', '.join(turned_only)} turns an object that the prior does not place: declare where it is "
+                "(px, py with the same suffix; docs/method.md, 'Physical units: the sprite decoder')."
+            )
         self.index = dict(self.objects.get("", {}))  # the unsuffixed object's roles and the level
         if "level" in observations:
             self.index["level"] = observations.index("level")
