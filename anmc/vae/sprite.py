@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anmc.errors import UserError
-from anmc.synthetic.roles import CAMERA_ROLES, OBJECT_ROLES, objects_of
+from anmc.synthetic.roles import CAMERA_ROLES, objects_of
 
 # The camera roles (anmc.synthetic.roles, the one table) the sprite decoder reads: an object's centre and
 # radius in pixels of the stored video, its brightness in [0, 1], its turn, a fill level. Half a position
