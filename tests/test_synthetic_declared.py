@@ -311,3 +311,11 @@ def test_the_parameter_can_be_read_back_from_the_pixels(name, intervention, read
     t = np.arange(frames) * prior.module().dt
     got = [read(measure_declared(read_video(tmp_path / f"clip_{c:03d}.mp4"), syn.geometry), t) for c in range(4)]
     assert np.mean(got) == pytest.approx(true, rel=0.03)  # one clip is within ~5%: the process noise
+
+
+def test_several_objects_are_not_drawn_by_the_declared_renderer_and_the_note_says_what_to_do():
+    syn = synthesize((PRIORS / "double_pendulum_camera.anm").read_text(), None, clips=1, frames=3, size=16)
+    assert syn.renderer == "dot"
+    assert any("px1, py1, angle1, px2, py2, angle2 place several objects" in n and "--renderer" in n for n in syn.notes)
+    assert synthesize((PRIORS / "double_pendulum_camera.anm").read_text(), None, clips=1, frames=3, size=16,
+                      renderer="double_pendulum").renderer == "double_pendulum"  # fmt: skip

@@ -39,7 +39,7 @@ from anmc.data.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_truth,
 from anmc.synthetic.render import (
     RENDERERS, KEY_STATE, geometry, measure_frames, object_position_px, pulse_profile, render_frames, renderer_for,
 )
-from anmc.synthetic.roles import CAMERA_ROLES, RoleError, declared_roles, near_misses
+from anmc.synthetic.roles import CAMERA_ROLES, RoleError, declared_roles, near_misses, split_role
 
 __all__ = [
     "Synthetic", "synthesize", "write_synthetic", "pick_renderer", "render_frames", "object_position_px",
@@ -134,7 +134,12 @@ def synthesize(
                     observations=module.observations)
     states = simulate(compiled, frames, seed=seed, runs=clips, noise=True).numpy()
     notes: list[str] = []
-    if kind == "dot":
+    suffixed = [name for name in module.observations if (split_role(name) or ("", ""))[1]]
+    if kind == "dot" and suffixed:
+        notes.append(f"{', '.join(suffixed)} place several objects, which the sprite decoder draws and the declared renderer "
+                     f"does not: a dot shows the first two states ({', '.join(names[:2])}); draw the system with its own "
+                     f"renderer instead (--renderer {' or '.join(r for r in RENDERERS if r not in ('declared', 'dot'))})")  # fmt: skip
+    elif kind == "dot":
         notes.append(f"no renderer for '{model}' and no camera role among its observations: a dot shows its first two "
                      f"states ({', '.join(names[:2])}); name observations px, py (or size, brightness, level) to choose what is drawn")  # fmt: skip
     for name, role in near_misses(module.observations).items():
