@@ -148,7 +148,7 @@ def test_level_fills_the_frame_from_the_bottom_and_pulls_toward_the_drawn_level(
     """`level` alone: rows below height (1 - level) take the fill, the rest the background (the declared
     renderer's fill, at any training size); the loss's gradient moves a wrong level toward the drawn one."""
     dec = SpriteDecoder(("level",), 1, 16, camera=resize_transform((32, 32), 16))
-    assert not dec.draws_object and not hasattr(dec, "alpha")
+    assert not dec.objects and not hasattr(dec, "alpha")
     with torch.no_grad():
         dec.fill.fill_(30.0 / GAIN)
         dec.background.fill_(-30.0 / GAIN)

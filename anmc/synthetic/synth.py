@@ -134,7 +134,7 @@ def synthesize(
                     observations=module.observations)
     states = simulate(compiled, frames, seed=seed, runs=clips, noise=True).numpy()
     notes: list[str] = []
-    suffixed = [name for name in module.observations if (split_role(name) or ("", ""))[1]]
+    suffixed = [name for name in module.observations if (role := split_role(name)) and role[1]]  # px1, py_tip, ...
     if kind == "dot" and suffixed:
         notes.append(f"{', '.join(suffixed)} place several objects, which the sprite decoder draws and the declared renderer "
                      f"does not: a dot shows the first two states ({', '.join(names[:2])}); draw the system with its own "

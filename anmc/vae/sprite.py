@@ -96,23 +96,20 @@ class SpriteDecoder(nn.Module):
                 f"{', '.join(turned_only)} turns an object that the prior does not place: declare where it is "
                 "(px, py with the same suffix; docs/method.md, 'Physical units: the sprite decoder')."
             )
-        self.index = dict(self.objects.get("", {}))  # the unsuffixed object's roles and the level
-        if "level" in observations:
-            self.index["level"] = observations.index("level")
-        if not self.index and not self.objects:
+        self.level = observations.index("level") if "level" in observations else None  # the frame's fill line
+        if not self.objects and self.level is None:
             raise UserError(
                 f"--decoder sprite draws what the prior's camera declares, but the prior observes "
                 f"{', '.join(observations) or 'nothing'} and declares no camera role ({', '.join(SPRITE_ROLES)}): add e.g. "
                 "'observe px = cx + scale * x' (pixels of the video; docs/method.md, 'Physical units: the sprite decoder') "
                 "or use --decoder deconv."
             )
-        self.draws_object = bool(self.objects)
         self.size, self.channels = size, channels
         camera = camera or {"scale": 1.0, "left": 0.0, "top": 0.0, "height": float(size), "width": float(size)}
         self.register_buffer("camera", torch.tensor([float(camera[k]) for k in self.CAMERA]))
         # only the layers the roles draw have parameters (DistributedDataParallel wants every one used)
         self.background = nn.Parameter(torch.full((channels, size, size), -3.0 / GAIN))  # dark
-        if "level" in self.index:
+        if self.level is not None:
             self.fill = nn.Parameter(torch.full((channels, size, size), 3.0 / GAIN))  # light
         c = torch.linspace(-1 + 1 / patch, 1 - 1 / patch, patch)  # the patch's pixel centres in sprite coordinates
         r2 = c[None, :] ** 2 + c[:, None] ** 2
@@ -148,7 +145,7 @@ class SpriteDecoder(nn.Module):
         if frames.shape[1:] != self.background.shape:
             raise ValueError(f"frames of shape {tuple(frames.shape[1:])} for a decoder of {tuple(self.background.shape)}")
         logit = lambda p: torch.logit(p.clamp(0.02, 0.98)) / GAIN  # noqa: E731
-        if "level" in self.index:
+        if self.level is not None:
             band = max(1, self.size // 8)
             top = frames[:, :, :band].mean((0, 2), keepdim=True)[0]  # (C, 1, S)
             bottom = frames[:, :, -band:].mean((0, 2), keepdim=True)[0]
@@ -179,7 +176,7 @@ class SpriteDecoder(nn.Module):
         """The level's line (N,), in rows of the training frame from its top: the stored frame's
         height (1 - level), mapped by the camera."""
         k, top, height = self.camera[0].to(y), self.camera[2].to(y), self.camera[3].to(y)
-        return (height * (1 - y[:, self.index["level"]].clamp(0.0, 1.0)) - top) * k
+        return (height * (1 - y[:, self.level].clamp(0.0, 1.0)) - top) * k
 
     def sprite(self, key: str | None = None) -> torch.Tensor:
         """The sprite of object `key` (the first declared when None), (C + 1, P, P), colour channels then
@@ -210,7 +207,7 @@ class SpriteDecoder(nn.Module):
         y = y.float()
         n, s = y.shape[0], self.size
         p = torch.sigmoid(GAIN * self.background)[None].expand(n, -1, -1, -1)
-        if "level" in self.index:
+        if self.level is not None:
             rows = torch.arange(s, dtype=y.dtype, device=y.device)
             w = (rows[None, :] + 1 - self.level_line(y)[:, None]).clamp(0.0, 1.0)  # (N, S): row i spans [i, i + 1)
             p = p + (torch.sigmoid(GAIN * self.fill)[None] - p) * w[:, None, :, None]

@@ -197,13 +197,12 @@ def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, starte
     started = time.monotonic() if started is None else started
     for epoch in range(s.start_epoch, s.config.epochs):
         learn_physics = epoch >= s.config.learn_params_after
-        shape = list(getattr(s.vae.decoder, "shape_parameters", lambda: [])())
-        learn_shape = epoch >= s.config.sprite_shape_after
-        if s.model is None or any(p.requires_grad != learn_physics for p in s.physical) or any(p.requires_grad != learn_shape for p in shape):
-            for p in s.physical:
-                p.requires_grad_(learn_physics)
-            for p in shape:
-                p.requires_grad_(learn_shape)
+        shape = getattr(s.vae.decoder, "shape_parameters", list)()  # the sprite decoder's sprites, if any
+        schedule = ((s.physical, learn_physics), (shape, epoch >= s.config.sprite_shape_after))
+        if s.model is None or any(p.requires_grad != on for params, on in schedule for p in params):
+            for params, on in schedule:
+                for p in params:
+                    p.requires_grad_(on)
             # DDP averages the parameters that require grad when it is built: wrap again when they change
             s.model = distributed.wrap(_LossModule(s.vae, s.config), s.ctx, find_unused=s.config.kl == "standard")
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
