@@ -288,7 +288,7 @@ def check_interventions(run_dirs, system, save_dir, json_path, strict):
 
 def _train_options(f):
     """The training flags, shared by `train` and `quickstart`."""
-    from anmc.vae.config import BACKGROUNDS, DECODERS, KL_READINGS, POSTERIORS, RECONSTRUCTIONS, TrainConfig
+    from anmc.vae.config import BACKGROUNDS, DECODERS, KL_READINGS, POSTERIORS, RECONSTRUCTIONS, START_PRIORS, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -305,10 +305,11 @@ def _train_options(f):
         click.option("--window", default=None, type=click.IntRange(min=1), help="Frames the encoder sees per latent [default: 1 with the smoother posterior, 2 with the factorized]."),
         click.option("--context", default=d.context, show_default=True, type=click.IntRange(min=0, max=16), help="Frames on either side a temporal convolution of the encoder also sees (0: off; docs/results.md)."),
         click.option("--posterior", default=None, type=click.Choice(POSTERIORS), help="smoother: the encoder reads the observed states and the prior's dynamics infer the rest over the sequence; factorized: every state read from the window [default: smoother with --kl elbo, factorized with the other readings] (docs/method.md)."),
+        click.option("--start-prior", default=d.start_prior, show_default=True, type=click.Choice(START_PRIORS), help="Prior of a training window's first frame: initial (the declared initial distribution) or rollout (the prior's marginal as many frames into the clip as the window starts: for systems that drift from where they start; docs/method.md §6)."),
         click.option("--recon", default=d.recon, show_default=True, type=click.Choice(RECONSTRUCTIONS), help="Pixel likelihood: bernoulli (a coin per pixel), gaussian (std --recon-std), calibrated (a Gaussian whose std is the batch's own RMS error) (docs/data.md, The background matters)."),
         click.option("--background", default=d.background, show_default=True, type=click.Choice(BACKGROUNDS), help="remove: subtract each clip's static background (per pixel the most common of its median and 10th/90th percentiles) and stretch what moves to the full range before training; keep: the frames as they are; auto: remove unless the clips' background is dark (mean level at most 26 of 255) (docs/data.md, The background matters)."),
         click.option("--recon-std", default=d.recon_std, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Pixel std of --recon gaussian."),
-        click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(DECODERS), help="sprite: a learned sprite drawn at the prior's declared camera position (observe px = ..., py = ...): latents in the prior's units (docs/method.md)."),
+        click.option("--decoder", default=d.decoder, show_default=True, type=click.Choice(("auto", *DECODERS)), help="sprite: a learned sprite drawn where the prior's camera roles say (observe px = ..., py = ...): latents in the prior's units (docs/method.md); auto: sprite when the prior declares camera roles, else deconv."),
         click.option("--size", default=d.size, show_default=True, type=click.IntRange(min=8), help="Frames are resized to SIZE x SIZE."),
         click.option("--learn-params-after", default=d.learn_params_after, show_default=True, type=click.IntRange(min=0), help="Epochs before learnable params and noise start to train."),
         click.option("--sprite-shape-after", default=d.sprite_shape_after, show_default=True, type=click.IntRange(min=0), help="Epochs the sprite decoder's sprites keep their initial blob while the encoder finds the objects."),
@@ -444,14 +445,16 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
             log.close()
     if result.rank != 0:  # under torchrun, rank 0 reports
         return result
-    if config is not None and config.background == "auto":
-        import json
+    import json
 
+    if config is not None and config.background == "auto":
         from anmc.data.background import DARK
 
         chosen = json.loads((Path(run_dir) / "config.json").read_text())["background"]
         why = "their mean level is above" if chosen == "remove" else "it is dark: mean level at most"
         out.print(f"background (auto): {chosen} -- the clips' background, {why} {DARK} of 255; eval and intervene do the same", highlight=False)
+    if config is not None and config.decoder == "auto" and json.loads((Path(run_dir) / "config.json").read_text())["decoder"] == "sprite":
+        out.print("decoder (auto): sprite -- the prior declares camera roles (docs/method.md, Physical units)", highlight=False)
     if result.starts:
         losses = ", ".join(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items())
         out.print(f"starts (validation loss after {result.starts['restart_epochs']} epochs): {losses}; finished seed {result.starts['chosen']}")

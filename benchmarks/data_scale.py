@@ -68,8 +68,8 @@ def measure(data: str, cache: str | None, steps: int, workers: int) -> dict:
     session = train_mod._Session(Path("."), config, None, vae, optimizer, [], train_data, None, DistContext(), videos=[], model=model)
     times = []
     t = time.perf_counter()
-    for frames in train_mod._epoch_batches(session, 0):
-        out = model(frames, 1.0, None)
+    for frames, starts in train_mod._epoch_batches(session, 0):
+        out = model(frames, 1.0, None, starts)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()

@@ -200,7 +200,7 @@ def run_one(system: str, seed: int, args, workdir: Path) -> dict:
     clips, frames = (args.clips, args.frames) if args.quick else DATA[system]
     make_dataset(system, data, seed, clips, frames, n=args.side)
     prior = prior_for(system, data.parent / f"{system}.anm")
-    config = TrainConfig(seed=seed, epochs=args.epochs, decoder=args.decoder, recon=args.recon, **args.tiny)
+    config = TrainConfig(**{**dict(seed=seed, epochs=args.epochs, decoder=args.decoder, recon=args.recon, **args.tiny), **args.overrides})
     started = time.monotonic()
     result = train(prior, [str(data)], data.parent / "run", config)
     minutes = (time.monotonic() - started) / 60
@@ -244,7 +244,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned; minutes depend on it)")
     ap.add_argument("--quick", action="store_true", help="smoke test: one system, tiny clips, a few steps")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other TrainConfig field, e.g. --set size=64 (the same for every system and seed)")
     args = ap.parse_args()
+    from anmc.errors import UserError
+    from anmc.vae.config import parse_overrides
+
+    try:
+        args.overrides = parse_overrides(args.sets)
+    except UserError as e:
+        ap.error(str(e))
     import torch
 
     torch.set_num_threads(args.threads)

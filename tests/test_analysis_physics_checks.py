@@ -242,15 +242,17 @@ def test_checker_bad_inputs(tiny_run, tmp_path):
         check_interventions(loaded)
 
 
-@pytest.mark.parametrize("system", ["led", "torricelli", "incline"])
+@pytest.mark.parametrize("system", ["led", "torricelli", "incline", "looming"])
 @pytest.mark.parametrize("size", [64, 32])
 def test_declared_systems_checks_pass_on_clean_renders(system, size):
     """The declared renderer's systems: roles read back from the pixels (64x64, or area-resized to 32)
-    and inverted through h give the intervened physics within 1%."""
+    and inverted through h give the intervened physics within 1% (the looming object's within 5%: on the
+    Moon it comes 0.8 m nearer in a second, a radius change of 7 to 12 px, and the fit of its distance read
+    back from the radius lands 1-4% off depending on the start)."""
     rows = self_check(system, size=size)
     assert len(rows) == sum(len(c.quantities) for c in CHECKS[system])
     for r in rows:
-        assert r.passed and r.passed_encoder and r.rel_error < 0.01, r
+        assert r.passed and r.passed_encoder and r.rel_error < (0.05 if system == "looming" else 0.01), r
 
 
 def test_declared_tracking_tells_the_factual_from_the_counterfactual():

@@ -8,6 +8,7 @@ tests/test_camera_priors.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from anmc.errors import UserError
 from anmc.synthetic.render import geometry, object_position_px, render_frames
 from anmc.synthetic.synth import synthesize
 from anmc.vae.config import TrainConfig
-from anmc.vae.nets import VideoVAE, build_vae
+from anmc.vae.nets import VideoVAE, build_vae, chosen_decoder
 from anmc.synthetic.roles import CAMERA_ROLES
 from anmc.vae.sprite import GAIN, SPRITE_ROLES, SpriteDecoder
 from anmc.vae.run import load_checkpoint, load_run
@@ -98,6 +99,21 @@ def test_size_scales_the_sprite_and_brightness_its_intensity(px, radius, brightn
     assert float(img.max().detach()) == pytest.approx(brightness, abs=1e-3)
     area = float(img.sum().detach()) / brightness
     assert area == pytest.approx(np.pi * radius**2, rel=0.2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(radius=st.floats(3.0, 7.0), content=st.floats(0.25, 0.85))
+def test_a_declared_size_is_drawn_whatever_scale_the_sprite_learns(radius, content):
+    """A sprite whose disc fills a quarter or most of its patch draws the same disc: radius `size`
+    pixels (the size cannot trade with the sprite's own scale: the looming object's latents did)."""
+    areas = []
+    for r in (content, 0.5):
+        dec = SpriteDecoder(("size",), 1, 48)
+        sharp_disc(dec, radius=r)
+        areas.append(float(torch.sigmoid(dec(torch.tensor([[radius]])))[0, 0].detach().sum()))
+        assert float(dec.body_radius()) == pytest.approx(r / 2**0.5, rel=0.08)
+    assert areas[0] == pytest.approx(areas[1], rel=0.1)  # without the scaling: (content / 0.5)^2 times
+    assert areas[0] == pytest.approx(np.pi * radius**2, rel=0.2)
 
 
 def test_sprite_reads_every_camera_role():
@@ -328,18 +344,57 @@ def test_cli_sprite_decoder_without_camera_exits_2(spring_data, tmp_path):
     assert "declares no camera role" in res.output and "observe px =" in res.output
 
 
+@pytest.mark.parametrize(
+    "prior, chosen",
+    [("priors/pendulum.anm", "deconv"), ("priors/spring.anm", "deconv"), ("priors/spring_camera.anm", "sprite"),
+     ("priors/pulsar.anm", "sprite"), ("priors/led.anm", "sprite"), ("priors/torricelli.anm", "sprite"),
+     ("priors/double_pendulum.anm", "deconv"), ("priors/double_pendulum_camera.anm", "sprite")],
+)  # fmt: skip
+def test_the_default_decoder_is_the_sprite_where_the_prior_declares_its_camera(prior, chosen):
+    module = compile_prior(prior).module()
+    assert TrainConfig().decoder == "auto"
+    assert chosen_decoder("auto", module) == chosen
+    assert chosen_decoder("broadcast", module) == "broadcast"  # a decoder named is the one used
+    assert type(build_vae(compile_prior(prior), (1, 16, 16), TrainConfig()).decoder).__name__ == {"sprite": "SpriteDecoder", "deconv": "DeconvDecoder"}[chosen]
+
+
+def test_auto_trains_what_sprite_trains_step_for_step(spring_data, tmp_path):
+    """The default decoder on a prior with a camera role is `--decoder sprite`: the same weights after
+    the same steps, and the run records "sprite"."""
+    prior = tmp_path / "spring_camera.anm"
+    prior.write_text(open("priors/spring_camera.anm").read().replace("const S = 64", "const S = 16"))
+    weights = {}
+    for decoder in ("auto", "sprite"):
+        config = TrainConfig(decoder=decoder, size=16, batch=2, seq_len=4, steps_per_epoch=3, epochs=1, val_fraction=0.34, warmup=2)
+        train(str(prior), [str(spring_data)], tmp_path / decoder, config)
+        weights[decoder] = load_checkpoint(tmp_path / decoder)["vae"]
+        assert json.loads((tmp_path / decoder / "config.json").read_text())["decoder"] == "sprite"
+    assert weights["auto"].keys() == weights["sprite"].keys()
+    assert all(torch.equal(weights["auto"][k], weights["sprite"][k]) for k in weights["auto"])
+
+
+def test_a_config_from_before_auto_keeps_its_deconv_decoder():
+    saved = dataclasses.asdict(TrainConfig())
+    del saved["decoder"]
+    assert TrainConfig.from_dict(saved).decoder == "deconv"
+    with pytest.raises(UserError, match="use one of auto, deconv"):
+        TrainConfig(decoder="sprites")
+
+
 def test_cli_train_and_eval_with_the_sprite_decoder(tmp_path):
-    """`anmc train --decoder sprite --size 16` on a 32x32 video with priors/spring_camera.anm written for it
-    (S = 32: pixels of the stored video), then `anmc eval` rebuilds the sprite decoder, camera included,
-    from the checkpoint."""
+    """`anmc train --size 16` (the default decoder, auto) on a 32x32 video with priors/spring_camera.anm
+    written for it (S = 32: pixels of the stored video) trains the sprite decoder and records it, then
+    `anmc eval` rebuilds the sprite decoder, camera included, from the checkpoint."""
     data = tmp_path / "spring32"
     synthesize(SPRING, out_dir=data, clips=3, frames=16, size=32, seed=1, fmt="npz")
     prior = tmp_path / "spring_camera.anm"
     prior.write_text(open("priors/spring_camera.anm").read().replace("const S = 64", "const S = 32"))
     run = tmp_path / "run"
-    res = CliRunner().invoke(main, ["train", str(prior), str(data), "-o", str(run), "--decoder", "sprite", "--size", "16",
+    res = CliRunner().invoke(main, ["train", str(prior), str(data), "-o", str(run), "--size", "16",
                                     "--epochs", "1", "--steps-per-epoch", "3", "--batch", "2", "--seq-len", "4"])  # fmt: skip
     assert res.exit_code == 0, res.output
+    assert json.loads((run / "config.json").read_text())["decoder"] == "sprite"
+    assert "decoder (auto): sprite -- the prior declares camera roles" in res.output
     assert load_run(run).vae.decoder.camera.tolist() == [0.5, 0.0, 0.0, 32.0, 32.0]
     res = CliRunner().invoke(main, ["eval", str(run)])
     assert res.exit_code == 0, res.output
@@ -376,8 +431,9 @@ def test_sprites_keep_their_blob_for_the_first_epochs(spring_data, tmp_path, aft
 
 
 def test_background_and_fill_start_from_the_data():
-    """Without a level the background starts as the per-pixel median (a moving dot disappears from it);
-    with one, the background starts as the top rows' colour and the fill as the bottom rows' (dark water
+    """Without a level the background starts as the per-pixel median (a moving dot disappears from it),
+    or behind a light that glows in place the median of the darkest 5% of the frames (the scene with the
+    light off, not learned); with a level, the background starts as the top rows' colour and the fill as the bottom rows' (dark water
     under a light wall: the opposite of the defaults)."""
     g = torch.Generator().manual_seed(0)
     scene = torch.rand(3, 16, 16, generator=g) * 0.5 + 0.25
@@ -396,6 +452,18 @@ def test_background_and_fill_start_from_the_data():
     decoder.start_from(tank)
     torch.testing.assert_close(torch.sigmoid(GAIN * decoder.background.detach()), wall[:, None, None].expand(3, 16, 16), atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.sigmoid(GAIN * decoder.fill.detach()), water[:, None, None].expand(3, 16, 16), atol=1e-5, rtol=0)
+    room = torch.rand(1, 16, 16, generator=g) * 0.3 + 0.1  # an LED in the middle of a dim room, on half the time
+    glow = torch.zeros(1, 16, 16)
+    glow[:, 6:10, 6:10] = 0.6
+    lit = room.repeat(50, 1, 1, 1) + glow * (torch.arange(50) % 2 == 0).float()[:, None, None, None]
+    led = SpriteDecoder(("brightness",), 1, 16)
+    led.start_from(lit)
+    torch.testing.assert_close(torch.sigmoid(GAIN * led.background.detach()), room, atol=1e-5, rtol=0)  # the light off
+    assert led.glowing and not led.background.requires_grad  # and it stays the scene with the light off
+    moving = SpriteDecoder(("px", "brightness"), 1, 16)  # a light that moves: the median, as for any moving object
+    moving.start_from(lit)
+    torch.testing.assert_close(torch.sigmoid(GAIN * moving.background.detach()), lit.median(0).values, atol=1e-5, rtol=0)
+    assert not moving.glowing and moving.background.requires_grad
     black = SpriteDecoder(("px",), 1, 16)
     black.start_from(torch.zeros(4, 1, 16, 16))
     assert float(torch.sigmoid(GAIN * black.background).min()) == pytest.approx(0.02)  # kept where the sigmoid has gradient

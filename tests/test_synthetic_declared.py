@@ -233,7 +233,7 @@ def test_clips_end_before_an_object_reaches_the_camera_and_out_of_range_roles_ar
     assert 2 < n < 200 and any("clips cut to" in note for note in syn.notes)
     assert (syn.observations[..., 0] <= 32).all() and (syn.observations[..., 0] > 0).all()
     d = syn.states[..., 0]
-    assert ((32 / d[:, n - 1]) <= 32).all()
+    assert ((64 / d[:, n - 1]) <= 32).all()  # size = s0 / d, s0 = 64: within the 32 px frame
     bright = re.sub(r"observe brightness = b .*", "observe brightness = 4 * b", (PRIORS / "led.anm").read_text())
     syn = synthesize(bright, None, clips=4, frames=4, size=16)
     assert any(note.startswith("brightness is outside [0, 1]") and "clipped" in note for note in syn.notes)
@@ -289,7 +289,7 @@ def _torricelli_k(m, t):
 
 
 def _looming_g(m, t):
-    return -2.0 * np.polyfit(t, 32.0 / m["size"], 2)[0]  # d = s0 / size = d0 + v0 t - g t^2 / 2
+    return -2.0 * np.polyfit(t, 64.0 / m["size"], 2)[0]  # d = s0 / size = d0 + v0 t - g t^2 / 2 (s0 = 64)
 
 
 def _incline_mu(m, t):

@@ -222,6 +222,21 @@ def test_context_encoder_sees_neighbouring_frames_and_reloads(data, tmp_path):
     assert load_run(run).vae.encoder.context == 2
 
 
+def test_log_variances_past_their_bounds_keep_a_gradient():
+    """The encoder's log-variances are clamped to LOG_VAR_RANGE with a leak: inside, unchanged; outside,
+    held near the bound but with a gradient, so a reading the encoder gave up on can be trusted again
+    (a hard clamp passes none: the looming object's readings stayed at the bound for a whole run)."""
+    from anmc.vae.nets import LEAK, LOG_VAR_RANGE, leaky_clamp
+
+    low, high = LOG_VAR_RANGE
+    x = torch.tensor([low - 50.0, low + 1.0, 0.0, high - 1.0, high + 10.0], requires_grad=True)
+    y = leaky_clamp(x, low, high)
+    torch.testing.assert_close(y[1:4], x[1:4])
+    torch.testing.assert_close(y[[0, 4]], torch.tensor([low - 50 * LEAK, high + 10 * LEAK]))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([LEAK, 1.0, 1.0, 1.0, LEAK]))
+
+
 def test_smoother_posterior_trains_resumes_and_evaluates(data, tmp_path):
     """--posterior smoother: the encoder reads theta only; omega comes from the dynamics over the sequence
     (a later frame changes an earlier frame's smoothed state but not its causal, filtered one)."""

@@ -96,6 +96,22 @@ def test_latent_scale_drift_is_found_and_collapse_takes_precedence():
     assert diag.latent_diagnostics(module, torch.randn(500, 2) * s0, 2.0, 0.9, [0]) == []
 
 
+def test_latent_scale_is_judged_against_the_priors_own_clips():
+    """A drifting system: the looming object's v runs from 0 to -10 m/s over a 128-frame clip, 35x its
+    initial std of 0.3. Latents that spread like the prior's own clips are in its units (no finding,
+    given the clips' length); judged against the initial std alone, v was flagged; a latent spread a
+    tenth of the clips' is still found."""
+    from anmc.prior.marginals import simulated_clips
+
+    module = compile_prior("priors/looming.anm").module()
+    clips = simulated_clips(module, 128, samples=64, seed=5).float().reshape(-1, 2)
+    assert diag.latent_diagnostics(module, clips, 2.0, 0.9, [0], frames=128) == []
+    assert [f["evidence"]["state"] for f in diag.latent_diagnostics(module, clips, 2.0, 0.9, [0])] == ["v"]
+    shrunk = clips * torch.tensor([1.0, 0.1])
+    (f,) = diag.latent_diagnostics(module, shrunk, 2.0, 0.9, [0], frames=128)
+    assert f["code"] == "latent_scale" and f["evidence"]["state"] == "v" and "narrower" in f["message"]
+
+
 def test_train_warns_of_a_param_started_on_its_bound_and_prints_plain_epoch_lines(data, tmp_path):
     prior = tmp_path / "stuck.anm"
     prior.write_text(open(PRIOR).read().replace("param L = 1.0 in [0.05, 20]", "param L = 19.995 in [0.05, 20]"))

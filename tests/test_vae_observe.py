@@ -100,17 +100,18 @@ def test_a_vae_with_a_nonlinear_h_and_a_param_inside_it_trains():
 
 
 def test_a_compiled_camera_observation_trains_through_build_vae():
-    """A .anm that declares where the bob appears in pixels (`observe px = ..., py = ...`, L learnable):
-    build_vae reads and decodes the two pixel coordinates, and a training step reaches L through h."""
+    """A .anm that declares where the bob appears in pixels (`observe px = ..., py = ...`, L learnable),
+    with the deconv decoder named (auto would draw a sprite there): build_vae reads and decodes the two
+    pixel coordinates, and a training step reaches L through h."""
     source = (PRIORS / "pendulum.anm").read_text().replace(
         "observe theta ", "const scale = 6\nobserve px = 8 + scale * L * sin(theta), py = 2 + scale * L * cos(theta) "
     )
     prior = anmc.compile_prior(source)
-    vae = build_vae(prior, (1, SIZE, SIZE), TrainConfig(size=SIZE, batch=2, seq_len=4))
+    vae = build_vae(prior, (1, SIZE, SIZE), TrainConfig(size=SIZE, batch=2, seq_len=4, decoder="deconv"))
     assert vae.prior.observations == ("px", "py") and vae.decoder.fc[0].in_features == 2
     assert vae.encoder.head[-1].out_features == 4  # a reading and its log-variance for each of px, py
     torch.manual_seed(0)
-    out = sequence_loss(vae, frames(2, 4), TrainConfig(size=SIZE, batch=2, seq_len=4))
+    out = sequence_loss(vae, frames(2, 4), TrainConfig(size=SIZE, batch=2, seq_len=4, decoder="deconv"))
     out["loss"].backward()
     raw = dict(vae.prior.named_parameters())["_raw_L"]
     assert torch.isfinite(out["loss"]) and raw.grad is not None and raw.grad.abs() > 0

@@ -276,7 +276,7 @@ def _above_floor_count(y: np.ndarray) -> np.ndarray:
 
 
 # systems drawn by the declared renderer (their camera roles): the drawn state, read back from the roles
-DECLARED_KEY = {"led": "b", "torricelli": "h", "incline": "x", "spring_camera": "x", "falling_camera": "y"}
+DECLARED_KEY = {"led": "b", "torricelli": "h", "incline": "x", "spring_camera": "x", "falling_camera": "y", "looming": "d"}
 
 
 def _fit_window(y: np.ndarray, floor: float) -> np.ndarray:
@@ -314,6 +314,16 @@ def _slope_acceleration(t, x) -> float:
 def _pick_lowest(state):
     def pick(sim_f, sim_cf, names, dt):
         return -sim_cf[:, 0, names.index(state)]
+
+    return pick
+
+
+def _pick_nearest(state, closest: float):
+    """The start that comes nearest (the largest apparent size) without passing `closest` in either video."""
+
+    def pick(sim_f, sim_cf, names, dt):
+        d, d_cf = sim_f[..., names.index(state)], sim_cf[..., names.index(state)]
+        return np.where((d.min(1) > closest) & (d_cf.min(1) > closest), -d.min(1), -np.inf)
 
     return pick
 
@@ -379,6 +389,18 @@ CHECKS: dict[str, tuple[Check, ...]] = {
             "torricelli", "hole area x2", "wider_hole", ("k = 0.4",), 90,
             (_quantity_of("outflow coefficient k", 0.10, "h", drain_coefficient),),
             _pick_largest("h"), "wider_hole",
+        ),
+    ),
+    "looming": (
+        Check(
+            "looming", "Moon gravity", "moon", ("g = 1.62",), 120,
+            (_quantity_of("acceleration (m/s^2)", 0.10, "d", fall_acceleration),),
+            _pick_nearest("d", 3.0), "moon",
+        ),
+        Check(
+            "looming", "Jupiter gravity", "jupiter", ("g = 24.8",), 60,
+            (_quantity_of("acceleration (m/s^2)", 0.10, "d", fall_acceleration),),
+            _pick_nearest("d", 3.0), "jupiter",
         ),
     ),
     "incline": (
@@ -598,7 +620,7 @@ def self_check(system: str, size: int = 64, priors_dir: str | Path | None = None
     priors_dir = Path(priors_dir) if priors_dir else Path(__file__).resolve().parents[2] / "priors"
     model = load_model(priors_dir / f"{system}.anm")
     default_z0 = {"pendulum": [0.8, 0.0], "spring": [0.6, 0.0], "falling": [3.0, 0.0], "led": [0.9], "torricelli": [0.9],
-                  "incline": [0.5, 0.4], "spring_camera": [0.6, 0.0], "falling_camera": [3.0, 0.0]}  # fmt: skip
+                  "incline": [0.5, 0.4], "spring_camera": [0.6, 0.0], "falling_camera": [3.0, 0.0], "looming": [9.0, -3.0]}  # fmt: skip
     z0 = np.asarray(default_z0[system] if z0 is None else z0, np.float64)
     rows = []
     for check in CHECKS[system]:

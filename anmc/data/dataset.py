@@ -68,7 +68,7 @@ def split_clips(
                 start = i
             elif not inside and start is not None:
                 a, b = int(bounds[start]), int(bounds[i])
-                out.append(Clip(name=f"{clip.name}[{a}:{b}]", path=clip.path, frames=clip.frames[a:b]))
+                out.append(Clip(name=f"{clip.name}[{a}:{b}]", path=clip.path, frames=clip.frames[a:b], first=clip.first + a))
                 start = None
         return out
 
@@ -131,6 +131,7 @@ class FrameSequences(Dataset):
         self._starts = torch.as_tensor(np.concatenate(starts), dtype=torch.long)
         self._clip = np.concatenate(owner)
         self._local = np.concatenate(local)
+        self._recorded = torch.as_tensor(self._local + np.array([c.first for c in clips])[self._clip], dtype=torch.long)
         self.on_disk = isinstance(clips[0].frames, DiskFrames)
         if self.on_disk:
             shape = clips[0].frames.frame_shape
@@ -177,6 +178,11 @@ class FrameSequences(Dataset):
     def start_of(self, i: int) -> int:
         """Frame index, within its clip, of window i's first frame."""
         return int(self._local[i])
+
+    def recorded_starts(self, idx) -> torch.Tensor:
+        """(B,) long, on the CPU: for windows `idx`, the index of each first frame in its recorded clip
+        (`start_of` counts within the clip as split; a part held out in time starts later)."""
+        return self._recorded[torch.as_tensor(idx, dtype=torch.long).reshape(-1).cpu()]
 
 
 def frame_datasets(

@@ -47,11 +47,13 @@ class VideoError(UserError):
 
 @dataclass
 class Clip:
-    """One continuous clip: `frames` is uint8 `(T, H, W)` (gray) or `(T, H, W, 3)` (RGB)."""
+    """One continuous clip: `frames` is uint8 `(T, H, W)` (gray) or `(T, H, W, 3)` (RGB); `first` is the
+    index of frames[0] in the recorded clip (a part held out in time starts later than 0)."""
 
     name: str
     path: Path
     frames: np.ndarray
+    first: int = 0
 
     @property
     def n_frames(self) -> int:

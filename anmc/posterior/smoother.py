@@ -136,7 +136,7 @@ def _points(module, readings: "_Readings", unroll: int) -> Tensor:
     With f and h both affine the model is linear-Gaussian: linearizing anywhere is exact, so the initial
     mean serves for every frame and no scan is spent finding points."""
     if module.transition_affine and module.observation_affine:
-        return readings.m0.expand(*readings.y.shape[:2], -1)
+        return readings.m0.unsqueeze(-2).expand(*readings.y.shape[:2], -1)
     # to 1e-7 only: each differentiable pass below squares the remaining error (1e-7 -> ~1e-14)
     lin = _filter_fixed_point(module, readings, tol=1e-7 if unroll else 1e-10)
     for _ in range(unroll):
@@ -152,7 +152,7 @@ def _smoothed_points(module, readings: "_Readings", unroll: int, tol: float = 1e
     differentiable passes. A filter's own means cannot serve here: before a many-to-one h has shown a
     distinctive reading (a pulse), the causal mean sits at the prior's, far from where the later frames
     put the state, and h linearized there (H ≈ 0 between pulses) holds it there (docs/method.md §6)."""
-    scale = module.initial_std.to(readings.y)
+    scale = _scale(module, readings)
     with torch.no_grad():
         lin = _best_rollout(module, readings)
         for _ in range(passes):
@@ -180,7 +180,8 @@ class _Readings:
     smoother call and shared by every pass: the readings y (B, T, m) and R_t = diag r_t² (B, T, m, m),
     the noise variances q2 = diag Q (d,), the initial prior's mean m0 and variances p0 (d,), and each
     frame's prior covariance before its reading given the previous state, prior_cov (T, d, d): diag P0
-    on frame 1, Q after."""
+    on frame 1, Q after. A module whose first-frame prior is one per sequence (`anmc.prior.marginals.
+    StartedPrior`: initial_mean and initial_std (B, d)) gives m0, p0 (B, d) and prior_cov (B, T, d, d)."""
 
     y: Tensor
     r_cov: Tensor
@@ -194,8 +195,14 @@ class _Readings:
         dev, t_len = y.device, y.shape[1]
         as64 = lambda x: x.to(device=dev, dtype=torch.float64)  # noqa: E731
         q2, p0 = as64(module.noise_std).square(), as64(module.initial_std).square()
-        var = torch.cat([p0[None], q2.expand(t_len - 1, -1)], 0)
+        var = torch.cat([p0.unsqueeze(-2), q2.expand(*p0.shape[:-1], t_len - 1, -1)], -2)
         return cls(y, torch.diag_embed(r2), q2, as64(module.initial_mean), p0, torch.diag_embed(var))
+
+
+def _scale(module, readings: _Readings) -> Tensor:
+    """The initial-state stds that convergence is measured in, (d,) or (B, 1, d) for a prior per sequence."""
+    scale = module.initial_std.to(readings.y)
+    return scale.unsqueeze(-2) if scale.dim() > 1 else scale
 
 
 def _update(module, readings: _Readings, lin: Tensor, prior_mean: Tensor, prior_cov: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -236,9 +243,9 @@ def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: 
     brightness that cannot tell φ from −φ) the iteration may never settle: past the T scans a linear h
     needs, it stops once the change has not reached a new low for `stall` scans, and after T + 32 at most."""
     b, t_len, _ = readings.y.shape
-    scale = module.initial_std.to(readings.y)
-    start = readings.m0.expand(b, t_len, -1)
-    lin = _update(module, readings, start, start, readings.prior_cov[0])[0]
+    scale = _scale(module, readings)
+    start = readings.m0.unsqueeze(-2).expand(b, t_len, -1)
+    lin = _update(module, readings, start, start, readings.prior_cov[..., :1, :, :])[0]
     before = lowest = math.inf
     since_lowest = 0
     for scan in range(t_len + 32):
@@ -275,15 +282,25 @@ def _best_rollout(module, readings: _Readings, candidates: int | None = None, se
     match y_t (least Σ_t ‖(y_t − h(z_t)) / r_t‖²), (B, T, d). An iterated EKF only refines: from the initial mean it follows whichever
     mode a many-to-one h leads it to (a pulse profile read at the uniform prior's centre has H ≈ 0 and
     leaves the phase where it is), while a global search over whole trajectories uses every frame to
-    pick the basin (docs/method.md §6). T calls of f on `candidates` states, O(B·candidates·T·m) to score."""
+    pick the basin (docs/method.md §6). T calls of f on `candidates` states, O(B·candidates·T·m) to score.
+    With a first-frame prior per sequence (m0 (B, d)), each sequence draws its own candidates from its
+    N(m0, diag p0) (B times the rollouts)."""
     gen = torch.Generator(device=module.initial_a.device).manual_seed(seed)
-    candidates = candidates or rollout_candidates(readings.y.shape[1])
-    z0 = module.sample_initial(candidates, gen).to(readings.y)
-    paths = module.rollout(z0, readings.y.shape[1]).double()  # (K, T, d)
-    seen = module.observe(paths).double()  # (K, T, m)
+    b, t_len = readings.y.shape[:2]
+    candidates = candidates or rollout_candidates(t_len)
+    if readings.m0.dim() > 1:
+        eps = torch.randn((b, candidates, readings.m0.shape[-1]), generator=gen, dtype=torch.float64, device=gen.device)
+        z0 = readings.m0[:, None] + readings.p0.sqrt()[:, None] * eps.to(readings.y)
+        paths = module.rollout(z0.flatten(0, 1), t_len).double().unflatten(0, (b, candidates))  # (B, K, T, d)
+        seen = module.observe(paths).double()  # (B, K, T, m)
+    else:
+        z0 = module.sample_initial(candidates, gen).to(readings.y)
+        paths = module.rollout(z0, t_len).double()  # (K, T, d)
+        seen = module.observe(paths).double()[None]  # (1, K, T, m)
     var = torch.diagonal(readings.r_cov, dim1=-2, dim2=-1)  # (B, T, m)
-    misfit = ((readings.y[:, None] - seen[None]).square() / var[:, None]).sum((-2, -1))  # (B, K)
-    return paths[misfit.argmin(1)]
+    misfit = ((readings.y[:, None] - seen).square() / var[:, None]).sum((-2, -1))  # (B, K)
+    best = misfit.argmin(1)
+    return paths[torch.arange(b, device=best.device), best] if paths.dim() == 4 else paths[best]
 
 
 def _iterate_updates(module, readings: _Readings, mean: Tensor, cov: Tensor, offset: Tensor, jm: Tensor, steps: int, tol: Tensor) -> Tensor:
@@ -292,8 +309,9 @@ def _iterate_updates(module, readings: _Readings, mean: Tensor, cov: Tensor, off
     frame 1, N(J_t m_{t−1} + u_t, J_t P_{t−1} J_tᵀ + Q) after; at most `steps` times, until no point
     moves by more than `tol` (d,). Returns the points (B, T, d)."""
     b, t_len, d = mean.shape
-    prior_mean = torch.cat([readings.m0.expand(b, 1, d), (jm @ mean[:, :-1, :, None])[..., 0] + offset], 1)
-    prior_cov = torch.cat([readings.prior_cov[:1].expand(b, 1, d, d), jm @ cov[:, :-1] @ jm.mT + readings.prior_cov[1:]], 1)
+    prior_mean = torch.cat([readings.m0.unsqueeze(-2).expand(b, 1, d), (jm @ mean[:, :-1, :, None])[..., 0] + offset], 1)
+    first, after = readings.prior_cov[..., :1, :, :], readings.prior_cov[..., 1:, :, :]
+    prior_cov = torch.cat([first.expand(b, 1, d, d), jm @ cov[:, :-1] @ jm.mT + after], 1)
     lin = mean
     for _ in range(steps):
         new = _update(module, readings, lin, prior_mean, prior_cov)[0]
@@ -333,7 +351,7 @@ def _filter(module, readings: _Readings, lin: Tensor, linearized: tuple[Tensor, 
     caller has it."""
     offset, jm = _linearize(module, lin) if linearized is None else linearized
     b, t_len, d = lin.shape
-    prior_mean = torch.cat([readings.m0.expand(b, 1, d), offset], 1)  # m0, then u_t
+    prior_mean = torch.cat([readings.m0.unsqueeze(-2).expand(b, 1, d), offset], 1)  # m0, then u_t
     mean, cov, g, v = _update(module, readings, lin, prior_mean, readings.prior_cov)
     gj = g[:, 1:] @ jm  # L⁻¹ H J (B, T−1, m, d)
     gq = g[:, 1:] * readings.q2  # L⁻¹ H Q
@@ -448,7 +466,7 @@ def markov_kl(module, post: SmoothedPosterior) -> Tensor:
     s0 = module.initial_std.to(mu)
     cross_entropy = initial_cross_entropy(module, mu[:, 0], torch.diagonal(cov[:, 0], dim1=-2, dim2=-1)) + 0.5 * torch.log(
         2 * math.pi * s0.square()
-    ).sum()
+    ).sum(-1)
     if t_len > 1:
         f, jm = module.f_and_jacobian(mu[:, :-1].reshape(-1, d))
         f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)

@@ -4,6 +4,7 @@
     KL_READINGS       the transition-KL readings (`--kl`): `anmc.prior.TRANSITION_KL`'s names plus "standard"
     RECONSTRUCTIONS   the pixel likelihoods (`--recon`)
     BACKGROUNDS       what happens to a clip's static background (`--background`)
+    START_PRIORS      the prior of a training window's first frame (`--start-prior`)
     POSTERIORS, DECODERS   the names `anmc.vae.nets` implements (`--posterior`, `--decoder`)
     parse_overrides(["recon=gaussian", "batch=16"])   KEY=VALUE strings (the scripts' `--set`) as TrainConfig fields
 
@@ -24,8 +25,9 @@ from anmc.errors import UserError
 KL_READINGS = ("elbo", "elbo_mc", "mixture", "pairwise", "pooled", "standard")
 RECONSTRUCTIONS = ("bernoulli", "gaussian", "calibrated")
 POSTERIORS = ("factorized", "smoother")
-DECODERS = ("deconv", "broadcast", "sprite")
+DECODERS = ("deconv", "broadcast", "sprite")  # anmc.vae.nets.DECODERS; `--decoder` also takes "auto"
 PRECISIONS = ("fp32", "bf16")
+START_PRIORS = ("initial", "rollout")
 BACKGROUNDS = ("keep", "remove", "auto")  # anmc.data.background.CHOICES (this module imports no numpy)
 
 
@@ -50,6 +52,12 @@ class TrainConfig:
     warmup_temper: bool = False
     warmup_ramp: bool = False
     anchor: float = 0.0  # weight of KL(q_t || initial-state prior) on frames t > 1 kept after the warm-up
+    # the prior of a training window's first frame: "initial", the declared initial distribution for every
+    # window; "rollout", for a window that starts k frames into its clip, the prior's own marginal at frame
+    # k (the initial distribution propagated through the linearized dynamics: anmc.prior.marginals), for
+    # systems that drift away from where they start (docs/method.md §6). It reads a clip's first frame as
+    # drawn from the initial distribution.
+    start_prior: str = "initial"
     kl: str = "elbo"
     samples: int = 8
     window: int | None = None  # frames per encoder window; None: 1 for the smoother posterior, 2 for the factorized
@@ -67,7 +75,10 @@ class TrainConfig:
     # (anmc.data.background; docs/data.md, The background matters); "auto": "remove" unless the clips'
     # background is dark, and the run records which (config.json says "keep" or "remove")
     background: str = "keep"
-    decoder: str = "deconv"
+    # "auto": "sprite" when the prior declares what a frame shows (an observation named after a camera role:
+    # px, py, size, brightness, angle, level; anmc.synthetic.roles), else "deconv"; the run records which
+    # (config.json says "sprite" or "deconv"). The sprite puts the latents in the prior's units (docs/method.md)
+    decoder: str = "auto"
     size: int | None = 32  # frames are resized to size x size (64x64 videos train at 32x32 by default)
     learn_params_after: int = 3  # epochs with physical params frozen (the warm-up is 2)
     # epochs the sprite decoder's sprites keep their initial soft blob (their alpha and colour frozen) while
@@ -101,10 +112,12 @@ class TrainConfig:
             raise UserError(f"--kl {self.kl!r} is not a reading anmc knows; use one of {', '.join(KL_READINGS)}.")
         if self.recon not in RECONSTRUCTIONS:
             raise UserError(f"--recon {self.recon!r}: use one of {', '.join(RECONSTRUCTIONS)}.")
+        if self.start_prior not in START_PRIORS:
+            raise UserError(f"--start-prior {self.start_prior!r}: use one of {', '.join(START_PRIORS)}.")
         if self.background not in BACKGROUNDS:
             raise UserError(f"--background {self.background!r}: use one of {', '.join(BACKGROUNDS)}.")
-        if self.decoder not in DECODERS:
-            raise UserError(f"--decoder {self.decoder!r}: use one of {', '.join(DECODERS)}.")
+        if self.decoder not in ("auto", *DECODERS):
+            raise UserError(f"--decoder {self.decoder!r}: use one of auto, {', '.join(DECODERS)}.")
         if self.posterior is None:
             self.posterior = "smoother" if self.kl == "elbo" else "factorized"
         if self.window is None:
@@ -131,7 +144,8 @@ class TrainConfig:
     def from_dict(cls, data: dict, source: str = "the checkpoint") -> "TrainConfig":
         """The config saved in a checkpoint; a UserError naming the first field of the wrong type."""
         # runs from before the smoother were factorized, and from before background removal kept it
-        data = {"posterior": "factorized", "background": "keep"} | _typed_fields(data, cls, source)
+        # and from before the decoder was chosen from the prior trained the deconv decoder
+        data = {"posterior": "factorized", "background": "keep", "decoder": "deconv"} | _typed_fields(data, cls, source)
         return cls(**data)
 
 

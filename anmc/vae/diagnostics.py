@@ -9,7 +9,8 @@ metrics.jsonl and `anmc eval --json`'s `"diagnostics"`). The checks (docs/cli.md
 - `posterior_collapse`: at least two of three signs (docs/method.md §6: the KL term can win over a
   likelihood that gives the latents little to explain):
   KL per frame below `KL_NEAR_ZERO` nats; the observed latents' spread over frames, std_t(mu_t) / s0
-  (s0 the prior's initial std), below `CONSTANT_SPREAD`; the reconstruction explains less than
+  (s0 the prior's spread: that of its own simulated clips as long as the data's, `prior_spread`, or
+  its initial std), below `CONSTANT_SPREAD`; the reconstruction explains less than
   `MEAN_IMAGE_LEVEL` of what separates the mean image from a perfect one,
 
       explained = (L_mean_image - L_recon) / (L_mean_image - L_floor),
@@ -30,6 +31,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from anmc.prior.marginals import simulated_clips
 
 KL_NEAR_ZERO = 0.02  # nats per frame (a collapsed run in issue 19 had 3e-6; trained pendulums have several)
 CONSTANT_SPREAD = 0.05  # std over frames of a latent mean, in units of the prior's initial std
@@ -84,8 +87,8 @@ def scale_findings(spread: dict[str, float]) -> list[dict]:
             way = "narrower" if ratio < 1 else "wider"
             out.append(finding(
                 "latent_scale",
-                f"latent {name} spreads {ratio:.3g}x the prior's initial std over the frames ({way} than the prior's "
-                f"scale); the latents are not in the prior's units, so learned params (and slopes) mean little.",
+                f"latent {name} spreads {ratio:.3g}x as wide as the prior's own clips over the frames ({way} than the "
+                f"prior's scale); the latents are not in the prior's units, so learned params (and slopes) mean little.",
                 "check the prior's initial distribution and dt against the recording (--fps, docs/data.md); if the "
                 f"true {name} really moves that little, narrow its `state {name} ~ ...` line; otherwise --recon gaussian "
                 "or more epochs.",
@@ -134,9 +137,24 @@ def param_findings(module) -> list[dict]:
     return [f for f in out if f is not None]
 
 
-def spread_ratios(module, mu: torch.Tensor, states=None) -> dict[str, float]:
-    """std over frames of each latent mean, mu (N, d) flattened over clips and frames, over the prior's initial std."""
-    s0 = module.initial_std.detach().to(mu)
+def prior_spread(module, frames: int | None = None) -> torch.Tensor:
+    """The scale a latent's spread over frames is judged against, (d,): with `frames`, the spread of the
+    prior's own clips of that many frames (anmc.prior.marginals.simulated_clips; robust: the interquartile
+    range / 1.349 over every frame of every clip), since a system that drifts (an object falling toward the
+    camera: v from 0 to -10 m/s) spreads far wider over a clip than its initial distribution; without, the
+    initial std s0."""
+    s0 = module.initial_std.detach()
+    if not frames or frames < 2:
+        return s0
+    flat = simulated_clips(module, int(frames), samples=256).reshape(-1, s0.shape[0])
+    q = torch.quantile(flat, torch.tensor([0.25, 0.75], dtype=flat.dtype), dim=0)
+    return torch.maximum((q[1] - q[0]) / 1.349, 1e-3 * s0.to(flat)).to(s0)
+
+
+def spread_ratios(module, mu: torch.Tensor, states=None, frames: int | None = None) -> dict[str, float]:
+    """std over frames of each latent mean, mu (N, d) flattened over clips and frames, over the prior's
+    spread (`prior_spread`: over clips of `frames` frames, or the initial std)."""
+    s0 = prior_spread(module, frames).to(mu)
     std = mu.detach().reshape(-1, mu.shape[-1]).std(0)
     names = module.state_names
     index = range(len(names)) if states is None else states
@@ -149,13 +167,16 @@ def explained_fraction(recon: float, baseline: float, floor: float = 0.0) -> flo
     return None if not gap > 1e-12 else float((baseline - recon) / gap)
 
 
-def latent_diagnostics(module, mu: torch.Tensor, kl_per_frame: float | None, explained: float | None, observed) -> list[dict]:
-    """Every finding from a run's latent means mu (N, d), its KL per frame and its reconstruction's explained fraction."""
-    observed_spread = spread_ratios(module, mu, observed)
+def latent_diagnostics(
+    module, mu: torch.Tensor, kl_per_frame: float | None, explained: float | None, observed, frames: int | None = None
+) -> list[dict]:
+    """Every finding from a run's latent means mu (N, d), its KL per frame and its reconstruction's explained
+    fraction; `frames`, the clips' length, sets the scale the spreads are judged against (`prior_spread`)."""
+    observed_spread = spread_ratios(module, mu, observed, frames)
     findings = [collapse_finding(kl_per_frame, observed_spread, explained)]
     findings = [f for f in findings if f is not None]
     if not findings:
-        findings += scale_findings(spread_ratios(module, mu))
+        findings += scale_findings(spread_ratios(module, mu, frames=frames))
     return findings + param_findings(module)
 
 
@@ -206,7 +227,8 @@ def epoch_diagnostics(vae, data, config, row: dict, device, sequences: int = 8) 
     vae.train(was_training)
     kl = row.get("val_kl", row.get("kl"))
     kl = None if kl is None or not math.isfinite(kl) else float(kl)
-    return latent_diagnostics(vae.prior, mu, kl, explained_fraction(recon, baseline, floor), vae.observed)
+    clip = max(c.n_frames for c in data.clips)
+    return latent_diagnostics(vae.prior, mu, kl, explained_fraction(recon, baseline, floor), vae.observed, clip)
 
 
 NOT_RECOVERED = 0.5  # |r| below this against the truth: the state was not learned
@@ -251,4 +273,4 @@ def run_diagnostics(run, mus, recon_mse: float, moments, frames: int) -> list[di
     last = run.payload.get("metrics") or {}
     kl = last.get("val_kl", last.get("kl"))
     kl = None if kl is None or not math.isfinite(kl) else float(kl)
-    return latent_diagnostics(run.module, mu, kl, explained, run.vae.observed)
+    return latent_diagnostics(run.module, mu, kl, explained, run.vae.observed, max(len(m) for m in mus))

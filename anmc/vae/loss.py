@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from anmc.data.dataset import FrameSequences
 from anmc.posterior.smoother import initial_cross_entropy, markov_kl
 from anmc.prior import gaussian_kl, initial_kl, transition_kl
+from anmc.prior.marginals import StartedPrior, window_priors
 from anmc.vae.config import TrainConfig
 from anmc.vae.nets import VideoVAE
 
@@ -28,7 +29,9 @@ def physical_parameters(vae: VideoVAE) -> list[torch.nn.Parameter]:
     return list(vae.prior.parameters())
 
 
-def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm: float = 1.0, noise=None) -> dict[str, torch.Tensor]:
+def sequence_loss(
+    vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm: float = 1.0, noise=None, starts: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """-ELBO per latent frame for a batch of sequences frames (B, T + k - 1, C, H, W) uint8.
 
     `warm` in [0, 1] is the warm-up's progress: frames t > 1 get the prior
@@ -44,9 +47,18 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     of ranks). Under autocast (`--precision bf16`) the networks run in bfloat16 and everything from the
     encoder's outputs to the KL in float32 / float64 (autocast off).
 
+    `starts` (B,): each sequence's first frame's index in its recorded clip (`FrameSequences.
+    recorded_starts`); with `config.start_prior == "rollout"` the first latent frame's prior is the
+    prior's marginal that many frames after the clip's start, and the anchor holds frame t to the
+    marginal at its own frame (anmc.prior.marginals), not to the initial distribution.
+
     Returns loss, recon and kl (scalars, per frame) and `mu` (B, T, d).
     """
     tempered = TemperedPrior(vae.prior, warm) if warm < 1.0 and config.warmup_temper else vae.prior
+    anchor_prior = vae.prior
+    if config.start_prior == "rollout" and starts is not None:
+        latent_starts = starts.to(vae.prior.initial_mean.device) + (vae.window - 1)
+        tempered, anchor_prior = window_priors(tempered, latent_starts, frames.shape[1] - vae.window + 1)
     if vae.posterior == "smoother":
         post = vae.smoothed(frames, tempered)
         mu, std = post.mean, post.std
@@ -58,7 +70,7 @@ def sequence_loss(vae: VideoVAE, frames: torch.Tensor, config: TrainConfig, warm
     recon = pixel_nll(out, target, config).flatten(2).sum(-1)  # (B, T)
     b, t, d = mu.shape
     with torch.autocast(mu.device.type, enabled=False):
-        kl = _kl(vae, config, tempered, post if vae.posterior == "smoother" else None, mu, std, warm)
+        kl = _kl(vae, config, tempered, anchor_prior, post if vae.posterior == "smoother" else None, mu, std, warm)
     recon_per_frame = recon.float().sum(1).mean() / t
     kl_per_frame = kl.mean() / t
     return {
@@ -88,8 +100,10 @@ def pixel_nll(logits: torch.Tensor, target: torch.Tensor, config: TrainConfig) -
     return 0.5 * err2 / var + 0.5 * torch.log(2 * math.pi * var)
 
 
-def _kl(vae: VideoVAE, config: TrainConfig, tempered, post, mu: torch.Tensor, std: torch.Tensor, warm: float) -> torch.Tensor:
-    """The bracket of the loss for each sequence, `-> (B,)` (see `sequence_loss`)."""
+def _kl(vae: VideoVAE, config: TrainConfig, tempered, anchor_prior, post, mu: torch.Tensor, std: torch.Tensor, warm: float) -> torch.Tensor:
+    """The bracket of the loss for each sequence, `-> (B,)` (see `sequence_loss`): `tempered` the prior
+    the KL is taken under (its first-frame prior one per sequence with the rollout start prior), the
+    anchor's prior `anchor_prior` (the initial distribution, or each frame's marginal (B, T, d))."""
     b, t, d = mu.shape
     weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)  # of the anchor on frames t > 1
     if config.kl == "standard":
@@ -97,9 +111,9 @@ def _kl(vae: VideoVAE, config: TrainConfig, tempered, post, mu: torch.Tensor, st
     elif vae.posterior == "smoother":  # the whole sequence's KL, initial frame included
         kl = (warm if config.warmup_ramp else 1.0) * markov_kl(tempered, post)
         if weight > 0.0:  # the anchor as a cross-entropy: no entropy bonus for wide marginals (see docstring)
-            kl = kl + weight * initial_cross_entropy(vae.prior, mu[:, 1:], std[:, 1:].square()).sum(1)
+            kl = kl + weight * initial_cross_entropy(_later(anchor_prior), mu[:, 1:], std[:, 1:].square()).sum(1)
     else:
-        kl0 = initial_kl(vae.prior, mu[:, 0], std[:, 0])
+        kl0 = initial_kl(tempered, mu[:, 0], std[:, 0])
         klt = transition_kl(
             config.kl,
             tempered,
@@ -111,9 +125,19 @@ def _kl(vae: VideoVAE, config: TrainConfig, tempered, post, mu: torch.Tensor, st
         )
         kl = kl0 + (warm if config.warmup_ramp else 1.0) * klt.reshape(b, t - 1).sum(1)
         if weight > 0.0:
-            static = initial_kl(vae.prior, mu[:, 1:].reshape(-1, d), std[:, 1:].reshape(-1, d))
+            later = _later(anchor_prior)
+            if later.initial_mean.dim() > 1:  # one marginal per frame: rows as the frames'
+                later = StartedPrior(later.module, later.initial_mean.reshape(-1, d), later.initial_std.reshape(-1, d))
+            static = initial_kl(later, mu[:, 1:].reshape(-1, d), std[:, 1:].reshape(-1, d))
             kl = kl + weight * static.reshape(b, t - 1).sum(1)
     return kl
+
+
+def _later(anchor_prior):
+    """The anchor's prior for frames t > 1: the module itself, or its per-frame marginals without frame 1's."""
+    if isinstance(anchor_prior, StartedPrior):
+        return StartedPrior(anchor_prior.module, anchor_prior.initial_mean[:, 1:], anchor_prior.initial_std[:, 1:])
+    return anchor_prior
 
 
 class TemperedPrior:
@@ -145,7 +169,7 @@ def validation_loss(vae: VideoVAE, data: FrameSequences, config: TrainConfig, de
     idx = torch.linspace(0, len(data) - 1, n).long()
     sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
     for chunk in idx.split(config.batch):
-        out = sequence_loss(vae, data.batch(chunk).to(device), config)
+        out = sequence_loss(vae, data.batch(chunk).to(device), config, starts=data.recorded_starts(chunk))
         for k in sums:
             sums[k] += float(out[k]) * len(chunk)
     torch.set_rng_state(state)

@@ -20,6 +20,7 @@ from torch import nn
 
 from anmc.errors import UserError
 from anmc.vae.config import POSTERIORS
+from anmc.synthetic.roles import split_role
 from anmc.vae.sprite import SpriteDecoder
 from anmc.posterior.smoother import SmoothedPosterior, kalman_filter, kalman_smoother, marginal_std
 
@@ -82,7 +83,23 @@ class Encoder(nn.Module):
             h = h + self.temporal(h.transpose(1, 2)).transpose(1, 2)
         windows = h.unfold(1, self.window, 1).transpose(-1, -2).flatten(-2)  # (B, T-k+1, k*features), oldest first
         mu, log_var = self.head(windows).chunk(2, dim=-1)
-        return mu, log_var.clamp(-18.0, 8.0)
+        return mu, leaky_clamp(log_var, *LOG_VAR_RANGE)
+
+
+# The encoder's log-variances are held to this range (a reading's std from e^-9 to e^4 of its scale)
+# by `leaky_clamp`, which keeps a small slope outside it: a hard clamp passes no gradient once a
+# log-variance is past its bound, so an encoder that had given up on a reading (while the physical
+# params were frozen far from the truth, following the readings cost more KL than it saved in
+# reconstruction) could never trust it again (the looming object's readings sat at std e^4 s0 for
+# the whole run; docs/results.md §1b).
+LOG_VAR_RANGE = (-18.0, 8.0)
+LEAK = 0.01
+
+
+def leaky_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """x inside [low, high]; outside, the bound plus LEAK times the excess (gradient LEAK, never 0)."""
+    inside = x.clamp(low, high)
+    return inside + LEAK * (x - inside)
 
 
 class DeconvDecoder(nn.Module):
@@ -275,5 +292,15 @@ def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig", camera
     channels, height, width = frame_shape
     if height != width:
         raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
-    return VideoVAE(prior.module(), channels, height, window=config.window, decoder=config.decoder, context=config.context,
+    module = prior.module()
+    return VideoVAE(module, channels, height, window=config.window, decoder=chosen_decoder(config.decoder, module), context=config.context,
                     posterior=config.posterior, decode_latents=config.kl == "standard", camera=camera)  # fmt: skip
+
+
+def chosen_decoder(decoder: str, module) -> str:
+    """The decoder `--decoder` names; for "auto", "sprite" when the compiled `module` declares camera roles
+    (an observation named px, py, size, brightness, angle or level, with or without an object's suffix),
+    else "deconv"."""
+    if decoder != "auto":
+        return decoder
+    return "sprite" if any(split_role(name) is not None for name in module.observations) else "deconv"

@@ -26,7 +26,11 @@ falling object: a free sprite sat 0.5-0.9 px off, the latent height 0.06-0.12 m 
 recentring by alpha or by contrast left faint halos to shift it). A symmetric object (a ball, a block, a
 disc, an LED) is drawn exactly; an asymmetric one by its symmetric part. The image position, size,
 brightness and fill line are thus fixed by the declared camera, and the latents are in the prior's units
-by construction: the decoder cannot rescale or shift them. A brightness would trade against the
+by construction: the decoder cannot rescale or shift them. A size would trade against the sprite's own
+scale (a sprite that paints its disc over its whole patch, half-extent 2 radii, draws at a latent radius
+half the true one the same frame as a disc of half the patch at the true radius), so with `size`
+declared the sprite is drawn at a half-extent divided by its body's RMS radius (`body_radius`): the body
+is drawn with the RMS radius of a disc of the declared size, whatever scale the sprite learns. A brightness would trade against the
 sprite's own colour and opacity (a sprite drawn at 0.8 and a latent 1.25x too large draw the same
 frame: measured on the LED, slope 1.49), so with `brightness` declared the sprite's colour is divided
 by the mean of colour x alpha over the object's body (the pixels at least half as bright as its
@@ -65,7 +69,10 @@ SPRITE_ROLES = tuple(CAMERA_ROLES)
 BLOB_STD = 0.35  # the initial alpha blob's std, in units of the sprite's half-extent
 DEFAULT_EXTENT = 0.25  # the sprite's half-extent without a declared `size`, as a fraction of the frame's side
 CENTRED_EXTENT = 0.5  # the same for a centred object (neither px nor py declared: an LED, a pulsar's disc)
-SIZE_EXTENT = 2.0  # the sprite's half-extent with a declared `size`, in radii
+SIZE_EXTENT = 2.0  # the sprite's half-extent with a declared `size`, in radii (before `body_radius`'s scaling)
+DISC_RMS = 0.5 / 2**0.5  # the RMS radius of a disc of radius `size` drawn at that half-extent (0.5 in sprite coordinates)
+GLOWING_BACKGROUND = 0.05  # the share of the frames, the darkest, a glowing object's background is the median of
+
 # The sprite's, the background's and the centre's numbers are stored divided by GAIN: Adam moves a parameter
 # by about lr per step whatever its scale, and at the networks' lr (1e-3) a logit stored as itself would need
 # thousands of steps to go from a blob to a sharp sprite; stored /20 it moves ~0.02 per step.
@@ -108,7 +115,12 @@ class SpriteDecoder(nn.Module):
         camera = camera or {"scale": 1.0, "left": 0.0, "top": 0.0, "height": float(size), "width": float(size)}
         self.register_buffer("camera", torch.tensor([float(camera[k]) for k in self.CAMERA]))
         # only the layers the roles draw have parameters (DistributedDataParallel wants every one used)
-        self.background = nn.Parameter(torch.full((channels, size, size), -3.0 / GAIN))  # dark
+        # An object that glows in place (`brightness` without px, py: an LED) is drawn over a background that
+        # is the scene with the light at its dimmest (`start_from`) and is not learned: a learned one trades
+        # with a brightness offset (the LED's latents came out 0.974 b - 0.011 over a background risen to 0.05
+        # behind a 79% opaque sprite, and an offset below zero makes a decay look 5-7% faster; docs/results.md §1b)
+        self.glowing = any("brightness" in roles and not {"px", "py"} & set(roles) for roles in self.objects.values())
+        self.background = nn.Parameter(torch.full((channels, size, size), -3.0 / GAIN), requires_grad=not self.glowing)  # dark
         if self.level is not None:
             self.fill = nn.Parameter(torch.full((channels, size, size), 3.0 / GAIN))  # light
         c = torch.linspace(-1 + 1 / patch, 1 - 1 / patch, patch)  # the patch's pixel centres in sprite coordinates
@@ -138,7 +150,9 @@ class SpriteDecoder(nn.Module):
         mean image, the level left the frame and lost its gradient; docs/results.md §1c).
 
         Without `level`: the background is the per-pixel median over the frames, the scene with the
-        moving object mostly gone. With `level`: each column's mean over the top eighth of the rows (the
+        moving object mostly gone; behind an object that glows in place (`brightness` without `px`, `py`:
+        `glowing`) the per-pixel median of the darkest 5% of the frames, the scene with the light at its
+        dimmest, and it stays there (not learned; see `glowing`). With `level`: each column's mean over the top eighth of the rows (the
         air above the fill) for the background and over the bottom eighth (the filled part) for the fill,
         spread over the column's rows. Clamped to [0.02, 0.98], where the sigmoid still passes gradient."""
         frames = frames.to(self.background).clamp(0.0, 1.0)
@@ -151,6 +165,9 @@ class SpriteDecoder(nn.Module):
             bottom = frames[:, :, -band:].mean((0, 2), keepdim=True)[0]
             self.background.copy_(logit(top.expand_as(self.background)))
             self.fill.copy_(logit(bottom.expand_as(self.fill)))
+        elif self.glowing:
+            darkest = frames.flatten(1).mean(1).argsort()[: max(1, round(GLOWING_BACKGROUND * frames.shape[0]))]
+            self.background.copy_(logit(frames[darkest].median(0).values))
         else:
             self.background.copy_(logit(frames.median(0).values))
 
@@ -166,11 +183,24 @@ class SpriteDecoder(nn.Module):
         px = (y[:, index["px"]] - left) * k if "px" in index else GAIN * centre[0].expand(n)
         py = (y[:, index["py"]] - top) * k if "py" in index else GAIN * centre[1].expand(n)
         if "size" in index:
-            e = SIZE_EXTENT * (y[:, index["size"]].abs() * k).clamp_min(0.5)
+            e = SIZE_EXTENT * (y[:, index["size"]].abs() * k).clamp_min(0.5) * (DISC_RMS / self.body_radius(key))
         else:
             extent = DEFAULT_EXTENT if ("px" in index or "py" in index) else CENTRED_EXTENT
             e = torch.full_like(px, extent * self.size)
         return px, py, e
+
+    def body_radius(self, key: str | None = None) -> torch.Tensor:
+        """The root-mean-square radius of object `key`'s body in sprite coordinates (a scalar): over the
+        patch, weighted by how far its alpha rises above a quarter of its peak (a faint halo weighs
+        nothing). A declared `size` draws the sprite at a half-extent scaled by DISC_RMS / this, so the
+        body is drawn with the RMS radius of a disc of radius `size` whatever scale the sprite learns."""
+        key = next(iter(self.objects)) if key is None else key
+        alpha = self.sprite(key)[-1]
+        p = alpha.shape[-1]
+        c = torch.linspace(-1 + 1 / p, 1 - 1 / p, p, dtype=alpha.dtype, device=alpha.device)
+        r2 = c[None, :] ** 2 + c[:, None] ** 2
+        w = (alpha - 0.25 * alpha.detach().amax()).clamp_min(0.0)
+        return ((w * r2).sum() / w.sum().clamp_min(1e-6)).clamp_min(1e-4).sqrt()
 
     def level_line(self, y: torch.Tensor) -> torch.Tensor:
         """The level's line (N,), in rows of the training frame from its top: the stored frame's

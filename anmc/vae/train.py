@@ -39,7 +39,7 @@ from anmc.vae.diagnostics import epoch_diagnostics
 from anmc.vae.distributed import DistContext, RankBatches
 from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
-from anmc.vae.nets import VideoVAE, build_vae
+from anmc.vae.nets import VideoVAE, build_vae, chosen_decoder
 from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, read_metrics, save_checkpoint, truncate_metrics
 from anmc.vae.run_lock import run_lock
 
@@ -179,8 +179,9 @@ def _epochs_done(run_dir: Path, config: TrainConfig, compiled: CompiledPrior) ->
     """Epochs a start of --restarts has finished in `run_dir`: 0 unless it trained with this very config and prior."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
-        if config.background == "auto":  # the start recorded what auto chose
-            saved["background"] = "auto"
+        for key in ("background", "decoder"):  # the start recorded what auto chose
+            if getattr(config, key) == "auto":
+                saved[key] = "auto"
         same = saved == asdict(config) and (run_dir / "prior.anm").read_text() == compiled.model.source
     except (OSError, ValueError):
         return 0
@@ -207,8 +208,8 @@ def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, starte
             s.model = distributed.wrap(_LossModule(s.vae, s.config), s.ctx, find_unused=s.config.kl == "standard")
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         s.vae.train()
-        for i, frames in enumerate(_epoch_batches(s, epoch)):
-            out = _step(s, frames, epoch, i, last_good=result.epochs)
+        for i, (frames, starts) in enumerate(_epoch_batches(s, epoch)):
+            out = _step(s, frames, starts, epoch, i, last_good=result.epochs)
             for k in sums:
                 sums[k] += float(out[k].detach())
             if progress is not None and s.rank == 0:
@@ -240,8 +241,8 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.vae, self.config = vae, config
 
-    def forward(self, frames: torch.Tensor, warm: float, noise) -> dict[str, torch.Tensor]:
-        return sequence_loss(self.vae, frames, self.config, warm=warm, noise=noise)
+    def forward(self, frames: torch.Tensor, warm: float, noise, starts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return sequence_loss(self.vae, frames, self.config, warm=warm, noise=noise, starts=starts)
 
 
 _DEFAULTS = TrainConfig()
@@ -266,6 +267,8 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     train_data, val_data = _datasets(videos, config, ctx)
     if config.background == "auto":  # the run records what auto did, so that eval and intervene do the same
         config = replace(config, background=train_data.background)
+    if config.decoder == "auto":  # likewise: sprite for a prior that declares its camera roles, else deconv
+        config = replace(config, decoder=chosen_decoder(config.decoder, compiled.module()))
     # the sprite decoder's camera: the prior's pixels are the stored video's, the frames are resized to --size
     camera = None
     if config.decoder == "sprite" and not _given_clips(videos):
@@ -361,20 +364,21 @@ def _restore(s: _Session, payload: dict) -> None:
 
 
 def _epoch_batches(s: _Session, epoch: int):
-    """The epoch's batches of frames (B / world, T + k − 1, C, H, W) uint8 on the training device: this
-    rank's share of each global batch, in the order `RankBatches` gives. Frames held in memory are
-    gathered here; frames on disk (`--cache`) are read by a DataLoader's `workers` processes."""
+    """The epoch's batches: frames (B / world, T + k − 1, C, H, W) uint8 on the training device, this
+    rank's share of each global batch in the order `RankBatches` gives, with each window's first frame's
+    index in its recorded clip (B / world,). Frames held in memory are gathered here; frames on disk
+    (`--cache`) are read by a DataLoader's `workers` processes."""
     sampler = RankBatches(len(s.train_data), s.config.batch, s.steps_per_epoch, s.config.seed, epoch, s.ctx)
     if not s.train_data.on_disk:
         for idx in sampler:
-            yield s.train_data.batch(idx).to(s.device, non_blocking=True)
+            yield s.train_data.batch(idx).to(s.device, non_blocking=True), s.train_data.recorded_starts(idx)
         return
     loader = torch.utils.data.DataLoader(
         s.train_data, batch_sampler=sampler, num_workers=s.config.workers, pin_memory=s.device.type == "cuda",
         generator=torch.Generator().manual_seed(s.config.seed),  # its workers' seeds, not drawn from the global RNG
     )  # fmt: skip
-    for frames in loader:
-        yield frames.to(s.device, non_blocking=True)
+    for idx, frames in zip(sampler, loader):  # the sampler gives the loader's batches again, in its order
+        yield frames.to(s.device, non_blocking=True), s.train_data.recorded_starts(idx)
 
 
 def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
@@ -383,7 +387,7 @@ def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _step(s: _Session, frames: torch.Tensor, epoch: int, i: int, last_good: int) -> dict[str, torch.Tensor]:
+def _step(s: _Session, frames: torch.Tensor, starts: torch.Tensor, epoch: int, i: int, last_good: int) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's share of a batch; raises TrainingDiverged on a non-finite loss."""
     config = s.config
     warm = min(1.0, s.step / config.warmup) if config.warmup else 1.0
@@ -391,7 +395,7 @@ def _step(s: _Session, frames: torch.Tensor, epoch: int, i: int, last_good: int)
     where = (epoch + 1, i + 1, s.run_dir, last_good)
     noise = lambda shape: distributed.batch_noise(shape, config.batch, s.ctx, s.device)  # noqa: E731
     with guard(*where), torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-        out = s.model(frames, warm, noise)  # guard: the smoother's solves on a blown-up covariance
+        out = s.model(frames, warm, noise, starts)  # guard: the smoother's solves on a blown-up covariance
     loss = out["loss"]
     check_finite("the loss", loss, *where)
     s.optimizer.zero_grad(set_to_none=True)
