@@ -447,13 +447,14 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
         return result
     import json
 
+    saved = json.loads((Path(run_dir) / "config.json").read_text())  # what each "auto" chose
     if config is not None and config.background == "auto":
         from anmc.data.background import DARK
 
-        chosen = json.loads((Path(run_dir) / "config.json").read_text())["background"]
+        chosen = saved["background"]
         why = "their mean level is above" if chosen == "remove" else "it is dark: mean level at most"
         out.print(f"background (auto): {chosen} -- the clips' background, {why} {DARK} of 255; eval and intervene do the same", highlight=False)
-    if config is not None and config.decoder == "auto" and json.loads((Path(run_dir) / "config.json").read_text())["decoder"] == "sprite":
+    if config is not None and config.decoder == "auto" and saved["decoder"] == "sprite":
         out.print("decoder (auto): sprite -- the prior declares camera roles (docs/method.md, Physical units)", highlight=False)
     if result.starts:
         losses = ", ".join(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items())

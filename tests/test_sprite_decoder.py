@@ -353,8 +353,8 @@ def test_cli_sprite_decoder_without_camera_exits_2(spring_data, tmp_path):
 def test_the_default_decoder_is_the_sprite_where_the_prior_declares_its_camera(prior, chosen):
     module = compile_prior(prior).module()
     assert TrainConfig().decoder == "auto"
-    assert chosen_decoder("auto", module) == chosen
-    assert chosen_decoder("broadcast", module) == "broadcast"  # a decoder named is the one used
+    assert chosen_decoder("auto", module.observations) == chosen
+    assert chosen_decoder("broadcast", module.observations) == "broadcast"  # a decoder named is the one used
     assert type(build_vae(compile_prior(prior), (1, 16, 16), TrainConfig()).decoder).__name__ == {"sprite": "SpriteDecoder", "deconv": "DeconvDecoder"}[chosen]
 
 

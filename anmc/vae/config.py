@@ -54,7 +54,7 @@ class TrainConfig:
     anchor: float = 0.0  # weight of KL(q_t || initial-state prior) on frames t > 1 kept after the warm-up
     # the prior of a training window's first frame: "initial", the declared initial distribution for every
     # window; "rollout", for a window that starts k frames into its clip, the prior's own marginal at frame
-    # k (the initial distribution propagated through the linearized dynamics: anmc.prior.marginals), for
+    # k (the moments of clips simulated from the initial distribution: anmc.prior.marginals), for
     # systems that drift away from where they start (docs/method.md §6). It reads a clip's first frame as
     # drawn from the initial distribution.
     start_prior: str = "initial"

@@ -55,10 +55,11 @@ def sequence_loss(
     Returns loss, recon and kl (scalars, per frame) and `mu` (B, T, d).
     """
     tempered = TemperedPrior(vae.prior, warm) if warm < 1.0 and config.warmup_temper else vae.prior
-    anchor_prior = vae.prior
+    anchor_prior = vae.prior  # what the warm-up's anchor holds frames t > 1 to
     if config.start_prior == "rollout" and starts is not None:
         latent_starts = starts.to(vae.prior.initial_mean.device) + (vae.window - 1)
-        tempered, anchor_prior = window_priors(tempered, latent_starts, frames.shape[1] - vae.window + 1)
+        tempered, every = window_priors(tempered, latent_starts, frames.shape[1] - vae.window + 1)
+        anchor_prior = StartedPrior(every.module, every.initial_mean[:, 1:], every.initial_std[:, 1:])
     if vae.posterior == "smoother":
         post = vae.smoothed(frames, tempered)
         mu, std = post.mean, post.std
@@ -103,7 +104,8 @@ def pixel_nll(logits: torch.Tensor, target: torch.Tensor, config: TrainConfig) -
 def _kl(vae: VideoVAE, config: TrainConfig, tempered, anchor_prior, post, mu: torch.Tensor, std: torch.Tensor, warm: float) -> torch.Tensor:
     """The bracket of the loss for each sequence, `-> (B,)` (see `sequence_loss`): `tempered` the prior
     the KL is taken under (its first-frame prior one per sequence with the rollout start prior), the
-    anchor's prior `anchor_prior` (the initial distribution, or each frame's marginal (B, T, d))."""
+    anchor's prior for frames t > 1 `anchor_prior` (the initial distribution, or each frame's marginal
+    (B, T - 1, d))."""
     b, t, d = mu.shape
     weight = max(1.0 - warm if config.warmup_anchor else 0.0, config.anchor)  # of the anchor on frames t > 1
     if config.kl == "standard":
@@ -111,7 +113,7 @@ def _kl(vae: VideoVAE, config: TrainConfig, tempered, anchor_prior, post, mu: to
     elif vae.posterior == "smoother":  # the whole sequence's KL, initial frame included
         kl = (warm if config.warmup_ramp else 1.0) * markov_kl(tempered, post)
         if weight > 0.0:  # the anchor as a cross-entropy: no entropy bonus for wide marginals (see docstring)
-            kl = kl + weight * initial_cross_entropy(_later(anchor_prior), mu[:, 1:], std[:, 1:].square()).sum(1)
+            kl = kl + weight * initial_cross_entropy(anchor_prior, mu[:, 1:], std[:, 1:].square()).sum(1)
     else:
         kl0 = initial_kl(tempered, mu[:, 0], std[:, 0])
         klt = transition_kl(
@@ -125,19 +127,12 @@ def _kl(vae: VideoVAE, config: TrainConfig, tempered, anchor_prior, post, mu: to
         )
         kl = kl0 + (warm if config.warmup_ramp else 1.0) * klt.reshape(b, t - 1).sum(1)
         if weight > 0.0:
-            later = _later(anchor_prior)
+            later = anchor_prior
             if later.initial_mean.dim() > 1:  # one marginal per frame: rows as the frames'
                 later = StartedPrior(later.module, later.initial_mean.reshape(-1, d), later.initial_std.reshape(-1, d))
             static = initial_kl(later, mu[:, 1:].reshape(-1, d), std[:, 1:].reshape(-1, d))
             kl = kl + weight * static.reshape(b, t - 1).sum(1)
     return kl
-
-
-def _later(anchor_prior):
-    """The anchor's prior for frames t > 1: the module itself, or its per-frame marginals without frame 1's."""
-    if isinstance(anchor_prior, StartedPrior):
-        return StartedPrior(anchor_prior.module, anchor_prior.initial_mean[:, 1:], anchor_prior.initial_std[:, 1:])
-    return anchor_prior
 
 
 class TemperedPrior:

@@ -293,14 +293,13 @@ def build_vae(prior: "CompiledPrior", frame_shape, config: "TrainConfig", camera
     if height != width:
         raise UserError(f"frames are {height}x{width}; anmc trains on square frames: pass --size 64 (or crop).")
     module = prior.module()
-    return VideoVAE(module, channels, height, window=config.window, decoder=chosen_decoder(config.decoder, module), context=config.context,
+    return VideoVAE(module, channels, height, window=config.window, decoder=chosen_decoder(config.decoder, module.observations), context=config.context,
                     posterior=config.posterior, decode_latents=config.kl == "standard", camera=camera)  # fmt: skip
 
 
-def chosen_decoder(decoder: str, module) -> str:
-    """The decoder `--decoder` names; for "auto", "sprite" when the compiled `module` declares camera roles
-    (an observation named px, py, size, brightness, angle or level, with or without an object's suffix),
-    else "deconv"."""
+def chosen_decoder(decoder: str, observations) -> str:
+    """The decoder `--decoder` names; for "auto", "sprite" when the prior's `observations` (names) declare
+    camera roles (px, py, size, brightness, angle or level, with or without an object's suffix), else "deconv"."""
     if decoder != "auto":
         return decoder
-    return "sprite" if any(split_role(name) is not None for name in module.observations) else "deconv"
+    return "sprite" if any(split_role(name) is not None for name in observations) else "deconv"

@@ -268,7 +268,7 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     if config.background == "auto":  # the run records what auto did, so that eval and intervene do the same
         config = replace(config, background=train_data.background)
     if config.decoder == "auto":  # likewise: sprite for a prior that declares its camera roles, else deconv
-        config = replace(config, decoder=chosen_decoder(config.decoder, compiled.module()))
+        config = replace(config, decoder=chosen_decoder(config.decoder, compiled.observations))
     # the sprite decoder's camera: the prior's pixels are the stored video's, the frames are resized to --size
     camera = None
     if config.decoder == "sprite" and not _given_clips(videos):
