@@ -102,13 +102,15 @@ def test_size_scales_the_sprite_and_brightness_its_intensity(px, radius, brightn
 
 
 @settings(max_examples=30, deadline=None)
-@given(radius=st.floats(3.0, 7.0), content=st.floats(0.25, 0.85))
+@given(radius=st.floats(6.0, 14.0), content=st.floats(0.25, 0.85))
 def test_a_declared_size_is_drawn_whatever_scale_the_sprite_learns(radius, content):
     """A sprite whose disc fills a quarter or most of its patch draws the same disc: radius `size`
-    pixels (the size cannot trade with the sprite's own scale: the looming object's latents did)."""
+    pixels (the size cannot trade with the sprite's own scale). Drawn in a 96 px frame at radii of 6-14 px:
+    a disc of 3 px sampled at pixel centres varies by itself by up to ~10% in area with where its edge
+    falls (measured over a grid: 17% between two contents at 3-3.5 px in a 48 px frame, 3.3% here)."""
     areas = []
     for r in (content, 0.5):
-        dec = SpriteDecoder(("size",), 1, 48)
+        dec = SpriteDecoder(("size",), 1, 96)
         sharp_disc(dec, radius=r)
         areas.append(float(torch.sigmoid(dec(torch.tensor([[radius]])))[0, 0].detach().sum()))
         assert float(dec.body_radius()) == pytest.approx(r / 2**0.5, rel=0.08)
