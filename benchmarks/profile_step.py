@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rows", type=int, default=20)
     ap.add_argument("--readings", default="smoother,standard", help="models of benchmarks/train_step.py to profile")
+    ap.add_argument("--chain", type=int, default=0, help="profile a generated chain of N coupled oscillators instead (d = 2N)")
+    ap.add_argument("--pendulums", action="store_true", help="with --chain: coupled pendulums (sin restoring forces)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one step (a smoke test)")
     args = ap.parse_args()
     if args.quick:
@@ -52,10 +54,11 @@ def main() -> None:
     device = torch.device(args.device)
     frames = torch.randint(0, 256, (args.batch, args.seq_len + 1, 1, args.size, args.size), dtype=torch.uint8, device=device)
     opts = types.SimpleNamespace(size=args.size, batch=args.batch, seq_len=args.seq_len, samples=8, compile_prior=False)
+    prior = train_step.chain_prior(args.chain, args.pendulums) if args.chain else train_step.PRIOR
     sort = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for name in args.readings.split(","):
         kl, posterior, window = train_step.READINGS[name]
-        step = train_step.make_step(kl, posterior, window, frames, opts, device, train_step.PRIOR)
+        step = train_step.make_step(kl, posterior, window, frames, opts, device, prior)
         for _ in range(2):
             step()
         prof = profile_step(step, device, args.steps)

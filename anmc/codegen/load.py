@@ -37,7 +37,7 @@ _ALLOWED_NODES = (
 )  # fmt: skip
 _ALLOWED_TYPES = frozenset(_ALLOWED_NODES)
 _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
-_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_J", "_gF", "_gJ", "_zero"}
+_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_S", "_gS", "_z", "_gF", "_zero"}
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
     "model_name", "state_names", "observed_states", "observation_names", "observation_affine", "transition_affine", "param_names", "learnable_param_names", "param_bounds",

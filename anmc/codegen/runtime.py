@@ -6,15 +6,16 @@ A generated class (see `anmc compile`) adds its model's numbers and four methods
                                             factors (`-g/L`), once per call: the scalars c
     rhs(z, *c)                              the right-hand sides F (z' for continuous dynamics, the
                                             next values for discrete ones) at the points z (d, B)
-    rhs_and_tangents(z, J, *c)              F and its tangents: given the rows J_l = d z_l / d z0
-                                            (d, d, B) of the points' Jacobian with respect to the
-                                            frame's input z0, the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l
-    rhs_and_tangents_vjp(z, J, gF, gJ, *c)  the backward pass of rhs_and_tangents (docs/method.md §8)
+    rhs_and_tangents(S, *c)                 F and its tangents at packed points S (1 + d, d, B): S[0] = z,
+                                            S[1 + l] = J_l = d z_l / d z0, the rows of the points'
+                                            Jacobian with respect to the frame's input z0; returns F and
+                                            the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l packed the same way
+    rhs_and_tangents_vjp(S, gS, *c)         the backward pass of rhs_and_tangents (docs/method.md §8)
 
-States are stacked, (d, B) over the flattened batch, tangent rows (d, d, B). This base runs the
-integrator over them. `f_and_jacobian` starts from J = I and carries the rows through every stage of
-every substep (forward-mode differentiation written out), so J is the exact derivative of the same
-discrete map `forward` computes. Where autograd would record it (a learnable param or the input
+States are stacked, (d, B) over the flattened batch, and packed with their tangent rows (1 + d, d, B).
+This base runs the integrator over them. `f_and_jacobian` starts from J = I and carries the rows through
+every stage of every substep (forward-mode differentiation written out), so J is the exact derivative
+of the same discrete map `forward` computes. Where autograd would record it (a learnable param or the input
 requires grad), the whole frame is one autograd node whose backward pass runs the stages in reverse
 through `rhs_and_tangents_vjp`. Inputs and outputs keep the public layout z (..., d) -> f (..., d),
 J (..., d, d). Q = diag(noise_std**2), noise_std (d,).
@@ -72,12 +73,36 @@ def _plain(z: torch.Tensor) -> bool:
 def _batch_major(x: torch.Tensor) -> torch.Tensor:
     """(d, B) -> (B, d) or (d, d, B) -> (B, d, d), contiguous. For a few leading entries, writing through
     a permuted view of the result is several times faster on CPU than .contiguous() of a permuted view
-    of x; torch.func's wrapped tensors cannot be written into that way, and take .contiguous()."""
-    if x.numel() <= 16 * x.shape[-1] and _plain(x):
+    of x; for more, a transpose of x flattened to 2-D is (d = 32, B = 4096: 4.5 ms against 22-29 ms for
+    the 3-D permute), and its backward pass is one too, so the cotangent reaches the integrator's backward
+    pass contiguous (a permuted one made every operation of it several times slower). torch.func's
+    wrapped tensors and torch.compile's traces take .contiguous() of a permuted view."""
+    if not _plain(x):
+        return x.movedim(-1, 0).contiguous()
+    if x.numel() <= 16 * x.shape[-1]:
         out = x.new_empty((x.shape[-1], *x.shape[:-1]))
         out.movedim(0, -1).copy_(x)
         return out
-    return x.movedim(-1, 0).contiguous()
+    return _Transpose.apply(x)
+
+
+def _flat_transpose(x: torch.Tensor, to_front: bool) -> torch.Tensor:
+    """x (..., B) -> (B, ...) (to_front) or x (B, ...) -> (..., B), contiguous, through a 2-D transpose."""
+    if to_front:
+        return x.reshape(-1, x.shape[-1]).t().contiguous().view(x.shape[-1], *x.shape[:-1])
+    return x.reshape(x.shape[0], -1).t().contiguous().view(*x.shape[1:], x.shape[0])
+
+
+class _Transpose(torch.autograd.Function):
+    """`_flat_transpose` moving the last dimension to the front, with the reverse as its backward pass."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _flat_transpose(x, True)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _flat_transpose(g, False)
 
 
 _CACHE: dict = {}
@@ -96,100 +121,110 @@ def constant_tensor(key, make):
 
 
 class _Core:
-    """The integrator over stacked states: z (d, B), tangent rows T (d, d, B) with T[i] = d z_i / d z0.
+    """The integrator over stacked states: the points z (d, B) alone, or (`packed`) z with its tangent rows
+    in one tensor S (1 + d, d, B), S[0] = z and S[1 + i] = d z_i / d z0, so that each of the integrator's
+    linear combinations moves both in one operation.
 
-    Each evaluation of the right-hand sides at a point y with tangent rows t gives k = F(y) and
-    dk = A(y) t (the generated `rhs_and_tangents`). With a `tape`, each evaluation's (y, t) is kept, and
-    `substep_backward` runs the stages in reverse: the generated `rhs_and_tangents_vjp` turns the
-    cotangents (gk, gdk) of a stage's (k, dk) into those of its (y, t) and of the learnable scalars, and
-    the integrator's linear combinations are transposed here (docs/method.md, "The compiled prior").
+    Each evaluation of the right-hand sides at a packed point (y, t) gives (k, dk) = (F(y), A(y) t)
+    packed the same way (the generated `rhs_and_tangents`). With a `tape`, each evaluation's point is
+    kept, and `substep_backward` runs the stages in reverse: the generated `rhs_and_tangents_vjp` turns
+    the cotangent of a stage's (k, dk) into that of its (y, t) and of the learnable scalars, and the
+    integrator's linear combinations are transposed here (docs/method.md, "The compiled prior").
     """
 
-    def __init__(self, module: "AnmModule", scalars: tuple):
+    def __init__(self, module: "AnmModule", scalars: tuple, packed: bool):
         self.m = module
         self.scalars = scalars
+        self.packed = packed
 
-    def evaluate(self, y, t, tape):
-        """k = F(y) and, with tangent rows t, dk = A(y) t; (y, t) is recorded on `tape` when given."""
-        if t is None:
-            return self.m.rhs(y, *self.scalars), None
+    def evaluate(self, x, tape):
+        """F at the points x, or F and its tangents at packed points (recorded on `tape` when given)."""
+        if not self.packed:
+            return self.m.rhs(x, *self.scalars)
         if tape is not None:
-            tape.append((y, t))
-        return self.m.rhs_and_tangents(y, t, *self.scalars)
+            tape.append(x)
+        return self.m.rhs_and_tangents(x, *self.scalars)
 
-    def vjp(self, stage, gk, gdk, acc: list):
-        """The cotangents of a stage's point and tangent rows from those of its k and dk; the scalars'
-        pointwise gradients are summed into `acc`."""
-        y, t = stage
-        gy, gt, gs = self.m.rhs_and_tangents_vjp(y, t, gk, gdk, *self.scalars)
-        if acc:
-            acc[:] = [a + b for a, b in zip(acc, gs)]
-        else:
-            acc.extend(gs)
-        return gy, gt
+    def vjp(self, x, g, acc: list):
+        """The cotangent of a stage's packed point from that of its packed (k, dk); the scalars' pointwise
+        gradients are appended to `acc` (summed once, at the end of the backward pass)."""
+        gx, gs = self.m.rhs_and_tangents_vjp(x, g, *self.scalars)
+        acc.append(gs)
+        return gx
+
+    def _rows_of_state(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Where state i lives in packed points flattened to ((1 + d) d, B): its value, then its tangent row."""
+        d = self.m.d
+        return constant_tensor(("state rows", i, d, x.device), lambda: torch.tensor([i, *range((1 + i) * d, (2 + i) * d)], device=x.device))
 
     # ---------------------------------------------------------------- integrators, forward
-    def substep(self, z, T, tape):
-        """One substep of z (d, B) (and of its tangent rows T (d, d, B) when given)."""
+    def substep(self, x, tape):
+        """One substep of the points x (d, B), or of packed points and their tangent rows (1 + d, d, B)."""
         m = self.m
         if m.integrator == "discrete":
-            return self.evaluate(z, T, tape)
+            return self.evaluate(x, tape)
         if m.integrator == "semi_implicit_euler":
             h = m.dt / m.substeps
             for i in range(m.d):  # x_i <- x_i + h F_i(x_1', ..., x_{i-1}', x_i, ...)
-                k, dk = self.evaluate(z, T, tape)
-                index = constant_tensor(("index", i, z.device), lambda: torch.tensor([i], device=z.device))
-                z = torch.index_add(z, 0, index, k.narrow(0, i, 1), alpha=h)
-                if T is not None:
-                    T = torch.index_add(T, 0, index, dk.narrow(0, i, 1), alpha=h)
-            return z, T
-        ks, dks = [], []
-        out_z, out_T = z, T
+                k = self.evaluate(x, tape)
+                if self.packed:  # the value z_i and its tangent row together
+                    rows = self._rows_of_state(i, x)
+                    x = torch.index_add(x.flatten(0, 1), 0, rows, k.flatten(0, 1).index_select(0, rows), alpha=h).view(x.shape)
+                else:
+                    index = constant_tensor(("index", i, x.device), lambda: torch.tensor([i], device=x.device))
+                    x = torch.index_add(x, 0, index, k.narrow(0, i, 1), alpha=h)
+            return x
+        ks = []
+        out = x
+        # the sums are accumulated in place once they are tensors of their own (twice as fast as a fresh
+        # tensor per term at d = 32: no allocation, no write-allocate); not under torch.func or torch.compile
+        own = _plain(x)
         for inputs, weight in _plan(m.integrator, m.dt / m.substeps):
-            y, t = z, T
-            for j, alpha in inputs:  # the stage's point: z + h sum_j a_sj k_j
-                y = torch.add(y, ks[j], alpha=alpha)
-                if T is not None:
-                    t = torch.add(t, dks[j], alpha=alpha)
-            k, dk = self.evaluate(y, t, tape)
+            y = x
+            for j, alpha in inputs:  # the stage's point: x + h sum_j a_sj k_j
+                y = _accumulate(y, ks[j], alpha, own and y is not x)
+            k = self.evaluate(y, tape)
             ks.append(k)
-            dks.append(dk)
-            if weight:  # the substep's sum: z + h sum_s b_s k_s
-                out_z = torch.add(out_z, k, alpha=weight)
-                if T is not None:
-                    out_T = torch.add(out_T, dk, alpha=weight)
-        return out_z, out_T
+            if weight:  # the substep's sum: x + h sum_s b_s k_s
+                out = _accumulate(out, k, weight, own and out is not x)
+        return out
 
     # ---------------------------------------------------------------- integrators, backward
-    def substep_backward(self, tape, gz, gT, acc):
-        """The adjoint of `substep` from its stages (`tape`: an iterator over the recorded stages, last first)."""
+    def substep_backward(self, tape, g, acc):
+        """The adjoint of `substep` (packed) from its stages (`tape`: an iterator over the recorded stages, last first)."""
         m = self.m
         if m.integrator == "discrete":
-            return self.vjp(next(tape), gz, gT, acc)
+            return self.vjp(next(tape), g, acc)
         if m.integrator == "semi_implicit_euler":
             h = m.dt / m.substeps
             for i in reversed(range(m.d)):
-                e = constant_tensor(("onehot", i, m.d, gz.dtype, gz.device), lambda: torch.eye(m.d, dtype=gz.dtype, device=gz.device)[i] * 1.0)
-                gk = gz * (h * e).unsqueeze(-1)
-                gdk = gT * (h * e).view(-1, 1, 1)
-                gy, gt = self.vjp(next(tape), gk, gdk, acc)
-                gz, gT = gz + gy, gT + gt
-            return gz, gT
+                mask = constant_tensor(("state mask", i, m.d, h, g.dtype, g.device), lambda: _state_mask(i, m.d, h, g))
+                gx = self.vjp(next(tape), g * mask, acc)
+                g = g + gx
+            return g
         plan = _plan(m.integrator, m.dt / m.substeps)
         acc_k: list = [None] * len(plan)  # sum_{r>s} a_rs gy_r, accumulated in place (fresh tensors we own)
-        acc_dk: list = [None] * len(plan)
-        gz_in = gT_in = None
+        g_in = None
         for s in reversed(range(len(plan))):
-            weight = plan[s][1]  # the stage's cotangents: b_s times the substep's, plus what later stages add
-            gk = _axpy(acc_k[s], gz, weight)
-            gdk = _axpy(acc_dk[s], gT, weight)
-            gy, gt = self.vjp(next(tape), gk, gdk, acc)
-            gz_in = gz + gy if gz_in is None else gz_in.add_(gy)
-            gT_in = gT + gt if gT_in is None else gT_in.add_(gt)
-            for j, alpha in plan[s][0]:  # y_s = z + h sum_j a_sj k_j
+            weight = plan[s][1]  # the stage's cotangent: b_s times the substep's, plus what later stages add
+            gy = self.vjp(next(tape), _axpy(acc_k[s], g, weight), acc)
+            g_in = g + gy if g_in is None else g_in.add_(gy)
+            for j, alpha in plan[s][0]:  # y_s = x + h sum_j a_sj k_j
                 acc_k[j] = gy * alpha if acc_k[j] is None else acc_k[j].add_(gy, alpha=alpha)
-                acc_dk[j] = gt * alpha if acc_dk[j] is None else acc_dk[j].add_(gt, alpha=alpha)
-        return gz_in, gT_in
+        return g_in
+
+
+def _state_mask(i: int, d: int, h: float, like: torch.Tensor) -> torch.Tensor:
+    """h at state i's value and tangent row of packed points, 0 elsewhere: (1 + d, d, 1)."""
+    mask = torch.zeros(1 + d, d, 1, dtype=like.dtype, device=like.device)
+    mask[0, i] = h
+    mask[1 + i] = h
+    return mask
+
+
+def _accumulate(acc, x, alpha, in_place: bool):
+    """acc + alpha * x, written into acc when it is a tensor of the integrator's own (`in_place`)."""
+    return acc.add_(x, alpha=alpha) if in_place else torch.add(acc, x, alpha=alpha)
 
 
 def _axpy(acc, x, weight):
@@ -205,15 +240,15 @@ class _FrameAndJacobian(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, module, steps, zt, *scalars):
-        core = _Core(module, scalars)
+        core = _Core(module, scalars, packed=True)
         tape: list = []
-        z, T = zt, module._identity(zt)
+        x = module._packed_identity(zt)
         for _ in range(steps):
-            z, T = core.substep(z, T, tape)
+            x = core.substep(x, tape)
         ctx.core, ctx.tape, ctx.steps = core, tape, steps
         ctx.grads = ctx.needs_input_grad[3:]
         ctx.save_for_backward(*(s for s in scalars if isinstance(s, torch.Tensor)))  # (checks they stay unchanged)
-        return z, T
+        return x[0], x[1:]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -221,13 +256,14 @@ class _FrameAndJacobian(torch.autograd.Function):
         core, tape = ctx.core, reversed(ctx.tape)
         ctx.saved_tensors  # noqa: B018 - raises if a param was changed in place since the forward pass
         acc: list = []
+        g = torch.cat((gz.unsqueeze(0), gT))
         for _ in range(ctx.steps):
-            gz, gT = core.substep_backward(tape, gz, gT, acc)
+            g = core.substep_backward(tape, g, acc)
         scalars = [None] * len(core.scalars)
-        for index, g in zip(core.m.scalar_grads, acc):
+        for index, grads in zip(core.m.scalar_grads, zip(*acc)):  # the scalar's pointwise gradient at each stage
             if ctx.grads[index]:
-                scalars[index] = g.sum().reshape(core.scalars[index].shape)
-        return None, None, gz, *scalars
+                scalars[index] = torch.stack(grads).sum().reshape(core.scalars[index].shape)
+        return None, None, g[0], *scalars
 
 
 class AnmModule(nn.Module):
@@ -266,10 +302,10 @@ class AnmModule(nn.Module):
     def rhs(self, z, *scalars) -> torch.Tensor:  # pragma: no cover - generated
         raise NotImplementedError
 
-    def rhs_and_tangents(self, z, J, *scalars) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+    def rhs_and_tangents(self, S, *scalars) -> torch.Tensor:  # pragma: no cover - generated
         raise NotImplementedError
 
-    def rhs_and_tangents_vjp(self, z, J, gF, gJ, *scalars) -> tuple:  # pragma: no cover - generated
+    def rhs_and_tangents_vjp(self, S, gS, *scalars) -> tuple:  # pragma: no cover - generated
         raise NotImplementedError
 
     # ---------------------------------------------------------------- the map
@@ -337,17 +373,17 @@ class AnmModule(nn.Module):
             torch._dynamo.decorators.mark_unbacked(zt, 1)  # one graph for every batch size (compile_core)
         return zt
 
-    def _identity(self, zt: torch.Tensor) -> torch.Tensor:
-        """J = I as tangent rows (d, d, B): a broadcast view of one cached (d, d, 1) tensor."""
+    def _packed_identity(self, zt: torch.Tensor) -> torch.Tensor:
+        """The points zt (d, B) packed with J = I as their tangent rows: (1 + d, d, B)."""
         d = self.d
         eye = constant_tensor(("eye", d, zt.dtype, zt.device), lambda: torch.eye(d, dtype=zt.dtype, device=zt.device).unsqueeze(-1))
-        return eye.expand(d, d, zt.shape[-1])
+        return torch.cat((zt.unsqueeze(0), eye.expand(d, d, zt.shape[-1])))
 
     def _frame(self, zt: torch.Tensor, steps: int) -> torch.Tensor:
         """`steps` substeps of (d, B) states -> (d, B)."""
-        core = _Core(self, self.constants(zt))
+        core = _Core(self, self.constants(zt), packed=False)
         for _ in range(steps):
-            zt, _ = core.substep(zt, None, None)
+            zt = core.substep(zt, None)
         return zt
 
     def _frame_and_jacobian(self, zt: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,11 +394,11 @@ class AnmModule(nn.Module):
         written = self.written_backward if self.written_backward is not None else self.d <= 2
         if written and torch.is_grad_enabled() and _plain(zt) and any(isinstance(x, torch.Tensor) and x.requires_grad for x in wanted):
             return _FrameAndJacobian.apply(self, steps, zt, *scalars)
-        core = _Core(self, scalars)
-        T = self._identity(zt)
+        core = _Core(self, scalars, packed=True)
+        x = self._packed_identity(zt)
         for _ in range(steps):
-            zt, T = core.substep(zt, T, None)
-        return zt, T
+            x = core.substep(x, None)
+        return x[0], x[1:]
 
     def rollout(self, z0: torch.Tensor, frames: int, noise: bool = False, generator=None) -> torch.Tensor:
         """z_0 .. z_{frames-1} from z0 (..., d): shape (..., frames, d); with `noise`, z_t = f(z_{t-1}) + eps."""

@@ -3,7 +3,8 @@
     source = emit_torch(model)
 
 The generated class holds the model's numbers and four small methods over stacked tensors (states
-z (d, B), tangent rows J (d, d, B)): `constants` (the params cast to the input's dtype and device, and
+z (d, B); with their tangent rows J (d, d, B), the two packed as S (1 + d, d, B), S[0] = z and
+S[1 + l] = J_l, so that the integrator moves both in one operation): `constants` (the params cast to the input's dtype and device, and
 the param-only factors of the equations and their derivatives), `rhs` (the right-hand sides, cse'd),
 `rhs_and_tangents` (the same, plus the derivative of each right-hand side along the rows of the
 running Jacobian: the sparse symbolic dF/dz written out row by row, so each term is one tensor
@@ -431,8 +432,8 @@ class _RhsEmitter:
             out.append(f"{indent}# {where}: {comment_safe(m.rhs_text[s])}")
         return out
 
-    def _signature(self, name: str, extra: tuple[str, ...] = ()) -> str:
-        args = ", ".join(["self", "z", *extra, *(str(s) for s in self.scalars())])
+    def _signature(self, name: str, extra: tuple[str, ...] = (), points: str = "z") -> str:
+        args = ", ".join(["self", points, *extra, *(str(s) for s in self.scalars())])
         return f"    def {name}({args}):"
 
     def _tuple(self, items: list[str]) -> str:
@@ -540,13 +541,14 @@ class _RhsEmitter:
         pr.like = m.states[0]
         d, names = m.d, list(m.states)
         lines = [
-            self._signature("rhs_and_tangents", ("_J",)),
-            '        """F at the points z (d, B) and its tangents: row J_l (d, B) of _J holds d z_l / d z0, the derivative of',
-            "        the point's state l with respect to the frame's input z0; the rows returned are",
-            '        dF_i / d z0 = sum_l (dF_i/dz_l) J_l (the chain rule), (d, d, B)."""',
+            self._signature("rhs_and_tangents", points="_S"),
+            '        """F and its tangents at the points packed in _S (1 + d, d, B): _S[0] holds the points z (d, B), row',
+            "        J_l = _S[1 + l] (d, B) the derivative d z_l / d z0 of the point's state l with respect to the frame's",
+            "        input z0. Returned packed the same way: F (d, B), then the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l",
+            '        (the chain rule)."""',
             *self._equation_comments("        "),
-            self._unpack(names, "z"),
-            self._unpack([f"J_{i}" for i in range(d)], "_J"),
+            self._unpack(["_z", *(f"J_{i}" for i in range(d))], "_S"),
+            self._unpack(names, "_z"),
             *self._const_lines([*self.F_h, *self.A.values()], "        "),
         ]
         body, reduced, batch = self._cse_lines([*self.F_h, *self.A.values()])
@@ -554,7 +556,7 @@ class _RhsEmitter:
         F = self._vector(reduced[:d], names[0], batch)
         coef = self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
         rows = self._rows(coef, "J", names, "d{}'/dz0", lines)
-        lines.append(f"        return torch.stack({self._tuple(F)}), torch.stack({self._tuple(rows)})")
+        lines.append(f"        return torch.stack((torch.stack({self._tuple(F)}), {', '.join(rows)}))")
         return lines
 
     def rhs_and_tangents_vjp(self) -> list[str]:
@@ -563,16 +565,16 @@ class _RhsEmitter:
         d, names = m.d, list(m.states)
         gz, gs = self.vjp
         lines = [
-            self._signature("rhs_and_tangents_vjp", ("_J", "_gF", "_gJ")),
-            '        """The backward pass of `rhs_and_tangents` at the points z (d, B) with tangent rows _J (d, d, B): given the',
-            "        cotangents _gF (d, B) of F and _gJ (d, d, B) of its tangent rows, the cotangents of _J (sum_i (dF_i/dz_l) _gJ_i,",
-            "        (d, d, B)) and the gradient of phi = sum_i _gF_i F_i + sum_e P_e A_e with respect to z (d, B), with",
-            "        P_(i,l) = <_gJ_i, J_l> over the columns; and phi's pointwise derivatives (B,) with respect to the scalars in",
-            '        `scalar_grads`."""',
-            self._unpack(names, "z"),
-            self._unpack([f"J_{i}" for i in range(d)], "_J"),
+            self._signature("rhs_and_tangents_vjp", ("_gS",), points="_S"),
+            '        """The backward pass of `rhs_and_tangents` at _S (the points z and their tangent rows J_l, packed): given',
+            "        the cotangents _gS of its result (_gF (d, B) of F, then _gJ_i (d, B) of each tangent row), returns packed the",
+            "        same way the gradient of phi = sum_i _gF_i F_i + sum_e P_e A_e with respect to z (d, B), P_(i,l) =",
+            "        <_gJ_i, J_l> over the columns, and the cotangents of the rows J_l (sum_i (dF_i/dz_l) _gJ_i); and phi's",
+            '        pointwise derivatives (B,) with respect to the scalars in `scalar_grads`."""',
+            self._unpack(["_z", *(f"J_{i}" for i in range(d))], "_S"),
+            self._unpack(names, "_z"),
+            self._unpack(["_gF", *(f"_gJ_{i}" for i in range(d))], "_gS"),
             self._unpack([str(g) for g in self.gF], "_gF"),
-            self._unpack([f"_gJ_{i}" for i in range(d)], "_gJ"),
         ]
         for (i, j), p in self.P.items():
             lines.append(f"        {p} = (_gJ_{i}*J_{j}).sum(0)  # <dphi/d(d{names[i]}'/dz0), d{names[j]}/dz0>")
@@ -586,7 +588,7 @@ class _RhsEmitter:
         grad_J = self._rows(transposed, "_gJ", names, "dphi/d(d{}/dz0)", lines)
         grad_z = self._vector(reduced[n : n + d], str(self.gF[0]), batch)
         grad_s = self._vector(reduced[n + d :], str(self.gF[0]), batch)
-        lines.append(f"        return torch.stack({self._tuple(grad_z)}), torch.stack({self._tuple(grad_J)}), {self._tuple(grad_s)}")
+        lines.append(f"        return torch.stack((torch.stack({self._tuple(grad_z)}), {', '.join(grad_J)})), {self._tuple(grad_s)}")
         return lines
 
 

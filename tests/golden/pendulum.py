@@ -67,32 +67,33 @@ class Pendulum(AnmModule):
         theta, omega = z.unbind(0)
         return torch.stack((omega, _t0*torch.sin(theta) - c*omega))
 
-    def rhs_and_tangents(self, z, _J, c, _t0):
-        """F at the points z (d, B) and its tangents: row J_l (d, B) of _J holds d z_l / d z0, the derivative of
-        the point's state l with respect to the frame's input z0; the rows returned are
-        dF_i / d z0 = sum_l (dF_i/dz_l) J_l (the chain rule), (d, d, B)."""
+    def rhs_and_tangents(self, _S, c, _t0):
+        """F and its tangents at the points packed in _S (1 + d, d, B): _S[0] holds the points z (d, B), row
+        J_l = _S[1 + l] (d, B) the derivative d z_l / d z0 of the point's state l with respect to the frame's
+        input z0. Returned packed the same way: F (d, B), then the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l
+        (the chain rule)."""
         # line 12: theta' = omega
         # line 13: omega' = -(g / L) * sin(theta) - c * omega
-        theta, omega = z.unbind(0)
-        J_0, J_1 = _J.unbind(0)
+        _z, J_0, J_1 = _S.unbind(0)
+        theta, omega = _z.unbind(0)
         _t1 = _t0*torch.cos(theta)  # domega'/dtheta
         _t2 = _t1*J_0 - c*J_1  # domega'/dz0
-        return torch.stack((omega, _t0*torch.sin(theta) - c*omega)), torch.stack((J_1, _t2))
+        return torch.stack((torch.stack((omega, _t0*torch.sin(theta) - c*omega)), J_1, _t2))
 
-    def rhs_and_tangents_vjp(self, z, _J, _gF, _gJ, c, _t0):
-        """The backward pass of `rhs_and_tangents` at the points z (d, B) with tangent rows _J (d, d, B): given the
-        cotangents _gF (d, B) of F and _gJ (d, d, B) of its tangent rows, the cotangents of _J (sum_i (dF_i/dz_l) _gJ_i,
-        (d, d, B)) and the gradient of phi = sum_i _gF_i F_i + sum_e P_e A_e with respect to z (d, B), with
-        P_(i,l) = <_gJ_i, J_l> over the columns; and phi's pointwise derivatives (B,) with respect to the scalars in
-        `scalar_grads`."""
-        theta, omega = z.unbind(0)
-        J_0, J_1 = _J.unbind(0)
+    def rhs_and_tangents_vjp(self, _S, _gS, c, _t0):
+        """The backward pass of `rhs_and_tangents` at _S (the points z and their tangent rows J_l, packed): given
+        the cotangents _gS of its result (_gF (d, B) of F, then _gJ_i (d, B) of each tangent row), returns packed the
+        same way the gradient of phi = sum_i _gF_i F_i + sum_e P_e A_e with respect to z (d, B), P_(i,l) =
+        <_gJ_i, J_l> over the columns, and the cotangents of the rows J_l (sum_i (dF_i/dz_l) _gJ_i); and phi's
+        pointwise derivatives (B,) with respect to the scalars in `scalar_grads`."""
+        _z, J_0, J_1 = _S.unbind(0)
+        theta, omega = _z.unbind(0)
+        _gF, _gJ_0, _gJ_1 = _gS.unbind(0)
         _gF_0, _gF_1 = _gF.unbind(0)
-        _gJ_0, _gJ_1 = _gJ.unbind(0)
         _P_1_0 = (_gJ_1*J_0).sum(0)  # <dphi/d(domega'/dz0), dtheta/dz0>
         _t3 = torch.cos(theta)
         _t4 = torch.sin(theta)
         _t5 = _t0*_t3  # domega'/dtheta
         _t6 = _t5*_gJ_1  # dphi/d(dtheta/dz0)
         _t7 = _gJ_0 - c*_gJ_1  # dphi/d(domega/dz0)
-        return torch.stack((_gF_1*_t0*_t3 - _P_1_0*_t0*_t4, _gF_0 - _gF_1*c)), torch.stack((_t6, _t7)), (_P_1_0*_t3 + _gF_1*_t4,)
+        return torch.stack((torch.stack((_gF_1*_t0*_t3 - _P_1_0*_t0*_t4, _gF_0 - _gF_1*c)), _t6, _t7)), (_P_1_0*_t3 + _gF_1*_t4,)
