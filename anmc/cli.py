@@ -387,9 +387,11 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
     `tensorboard` a TensorBoard log in RUN_DIR/tensorboard; returns the TrainResult."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from anmc.vae.allocator import tune_allocator
     from anmc.vae.threads import apply_thread_default
     from anmc.vae.train import train
 
+    _, allocator_note = tune_allocator()  # measured: docs/results.md §4, The C allocator
     saved = _saved_threads(run_dir) if resume else None
     if saved:  # the run's own count: an exact resume needs it (TrainConfig.threads)
         threads_note = f"torch threads: {saved} (the run's own, for an exact resume)"
@@ -408,7 +410,7 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
     def progress(epoch, step, steps, metrics):
         nonlocal task, threads_note
         if threads_note:  # on the first step, so that an error while loading the data is the only thing printed
-            err.print(threads_note, soft_wrap=True, highlight=False, markup=False)
+            err.print(f"{threads_note}; {allocator_note}", soft_wrap=True, highlight=False, markup=False)
             threads_note = None
         if not err.is_terminal:
             return

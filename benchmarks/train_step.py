@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --chain 8 --readings smoother     # d = 16: a chain of 8 coupled oscillators
     python benchmarks/train_step.py --chain 8 --pendulums             # the same chain of pendulums (f not affine)
     python benchmarks/train_step.py --device cuda --size 64 --batch 32   # on a GPU (wall-clock)
+    python benchmarks/train_step.py --malloc default                  # glibc's thresholds left as found (anmc.vae.allocator)
 
 Every model is built in the same run, on the same frames, with the same encoder and decoder networks;
 they differ in the posterior and the KL term: the default (`--posterior smoother`: a few batched
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 from anmc.codegen.compile import compile_prior
+from anmc.vae.allocator import tune_allocator
 from anmc.vae.config import TrainConfig
 from anmc.vae.loss import sequence_loss
 from anmc.vae.nets import build_vae
@@ -139,11 +141,14 @@ def main() -> None:
     ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time of this process or wall-clock")
     ap.add_argument("--compile-prior", action="store_true", help="torch.compile the prior module (m.compile_core())")
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                    help="glibc's thresholds as `anmc train` sets them (anmc.vae.allocator) or as found")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a few repeats (a smoke test)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.batch, args.seq_len, args.repeats, args.warmup = 16, 4, 4, 2, 1
     torch.set_num_threads(args.threads)
+    allocator = tune_allocator()[1] if args.malloc == "tuned" else "allocator: as found"
     device = torch.device(args.device)
     prior = chain_prior(args.chain, args.pendulums) if args.chain else args.prior
     kind = "pendulums" if args.pendulums else "oscillators"
@@ -167,7 +172,7 @@ def main() -> None:
     clock = "wall-clock" if args.clock == "wall" or device.type == "cuda" else "CPU time"
     threads = "" if device.type == "cuda" else f", {torch.get_num_threads()} thread(s)"
     print(f"train step, {name}, {args.size}x{args.size}, batch {args.batch} x {args.seq_len} frames, {device}{threads}, "
-          f"torch {torch.__version__}, {clock}, {args.repeats} interleaved rounds")  # fmt: skip
+          f"torch {torch.__version__}, {clock}, {args.repeats} interleaved rounds; {allocator}")  # fmt: skip
     print(f"{'prior / --kl':<28} {'window':>6} {'ms/step':>9} {'x N(0,I)':>9} {'frames/s':>9} {mem:>16}")
     for (kl, post, w), ts in times.items():
         label = "N(0, I) (standard)" if kl == "standard" else f"ANM ({kl}, {post or 'factorized'})"

@@ -156,7 +156,7 @@ def test_quickstart_prints_a_plain_line_per_epoch(tmp_path):
     assert res.exit_code == 0, res.output
     lines = [line for line in res.stderr.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
-    assert "ETA" in lines[0] and "L=" in lines[0] and "torch threads:" in res.stderr
+    assert "ETA" in lines[0] and "L=" in lines[0] and "torch threads:" in res.stderr and "allocator:" in res.stderr
     assert "\x1b[" not in res.stderr  # no bar, no escape codes
 
 
