@@ -442,6 +442,16 @@ class _RhsEmitter:
     def _unpack(self, names: list[str], tensor: str) -> str:
         return f"        {', '.join(names)}{',' if len(names) == 1 else ''} = {tensor}.unbind(0)"
 
+    def _unpack_packed(self, first: str, rows: str, firsts: list[str], packed: str) -> list[str]:
+        """The lines that take a packed (1 + d, d, B) tensor apart: its first entry `first` (d, B) and its
+        rows `rows`_0 ... (d, B), then `first` into the names `firsts` (B,)."""
+        d = self.model.d
+        return [self._unpack([first, *(f"{rows}_{i}" for i in range(d))], packed), self._unpack(firsts, first)]
+
+    def _packed(self, firsts: list[str], rows: list[str]) -> str:
+        """The return value packed (1 + d, d, B): `firsts` (B,) stacked as the first entry, then `rows` (d, B)."""
+        return f"torch.stack((torch.stack({self._tuple(firsts)}), {', '.join(rows)}))"
+
     def _vector(self, exprs: list[sp.Expr], like: str, batch: set) -> list[str]:
         """Each expression printed, with the shape of the batch vector `like` if it has none of its own
         (`batch`: the symbols, states and cse temporaries, that are vectors over the batch)."""
@@ -547,8 +557,7 @@ class _RhsEmitter:
             "        input z0. Returned packed the same way: F (d, B), then the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l",
             '        (the chain rule)."""',
             *self._equation_comments("        "),
-            self._unpack(["_z", *(f"J_{i}" for i in range(d))], "_S"),
-            self._unpack(names, "_z"),
+            *self._unpack_packed("_z", "J", names, "_S"),
             *self._const_lines([*self.F_h, *self.A.values()], "        "),
         ]
         body, reduced, batch = self._cse_lines([*self.F_h, *self.A.values()])
@@ -556,7 +565,7 @@ class _RhsEmitter:
         F = self._vector(reduced[:d], names[0], batch)
         coef = self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
         rows = self._rows(coef, "J", names, "d{}'/dz0", lines)
-        lines.append(f"        return torch.stack((torch.stack({self._tuple(F)}), {', '.join(rows)}))")
+        lines.append(f"        return {self._packed(F, rows)}")
         return lines
 
     def rhs_and_tangents_vjp(self) -> list[str]:
@@ -571,10 +580,8 @@ class _RhsEmitter:
             "        same way the gradient of phi = sum_i _gF_i F_i + sum_e P_e A_e with respect to z (d, B), P_(i,l) =",
             "        <_gJ_i, J_l> over the columns, and the cotangents of the rows J_l (sum_i (dF_i/dz_l) _gJ_i); and phi's",
             '        pointwise derivatives (B,) with respect to the scalars in `scalar_grads`."""',
-            self._unpack(["_z", *(f"J_{i}" for i in range(d))], "_S"),
-            self._unpack(names, "_z"),
-            self._unpack(["_gF", *(f"_gJ_{i}" for i in range(d))], "_gS"),
-            self._unpack([str(g) for g in self.gF], "_gF"),
+            *self._unpack_packed("_z", "J", names, "_S"),
+            *self._unpack_packed("_gF", "_gJ", [str(g) for g in self.gF], "_gS"),
         ]
         for (i, j), p in self.P.items():
             lines.append(f"        {p} = (_gJ_{i}*J_{j}).sum(0)  # <dphi/d(d{names[i]}'/dz0), d{names[j]}/dz0>")
@@ -588,7 +595,7 @@ class _RhsEmitter:
         grad_J = self._rows(transposed, "_gJ", names, "dphi/d(d{}/dz0)", lines)
         grad_z = self._vector(reduced[n : n + d], str(self.gF[0]), batch)
         grad_s = self._vector(reduced[n + d :], str(self.gF[0]), batch)
-        lines.append(f"        return torch.stack((torch.stack({self._tuple(grad_z)}), {', '.join(grad_J)})), {self._tuple(grad_s)}")
+        lines.append(f"        return {self._packed(grad_z, grad_J)}, {self._tuple(grad_s)}")
         return lines
 
 

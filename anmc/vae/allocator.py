@@ -7,8 +7,8 @@ chunk above its mmap threshold (128 KiB at first, raised as such chunks are free
 and the free top of its heap above its trim threshold back to the system, and the next allocation
 is faulted in again a page at a time: the README's quick start spent 154 of its 856 CPU-seconds in
 the kernel, on 72 million page faults. With the thresholds at 32 MiB (mmap, the most glibc allows)
-and 1 GiB (trim) freed memory is reused instead; a default training step took 0.70-0.73x the time
-(docs/results.md §4, *The C allocator*). The price: up to 1 GiB of freed memory stays with the
+and 1 GiB (trim) freed memory is reused instead; a default training step took 0.73-0.80x the time
+set here, 0.70-0.73x set through glibc's environment at start-up (docs/results.md §4, *The C allocator*). The price: up to 1 GiB of freed memory stays with the
 process until it exits instead of going back to the system. A library does not change its caller's
 allocator: only the CLI calls this; a notebook can call it too.
 """
