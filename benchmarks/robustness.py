@@ -332,9 +332,11 @@ def main() -> None:
         conditions = [replace(CONDITIONS[c], source=32) for c in ("black", "grey")]
         seeds, args.epochs, args.clips, args.frames = [0], 1, 3, 24
         args.overrides = overrides | {"size": 16, "batch": 2, "seq_len": 4, "steps_per_epoch": 2}
+    from anmc.vae.allocator import tune_allocator
     from anmc.vae.threads import apply_thread_default
 
-    print("torch threads: %d (%s)" % apply_thread_default(), flush=True)
+    _, allocator = tune_allocator()  # as `anmc train` does
+    print("torch threads: %d (%s); allocator: %s" % (*apply_thread_default(), allocator), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         rows = []

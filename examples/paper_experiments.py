@@ -26,6 +26,7 @@ from anmc.symbolic.model import apply_edits
 from anmc.codegen.compile import compile_model
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig, parse_overrides
+from anmc.vae.allocator import tune_allocator
 from anmc.vae.threads import apply_thread_default
 from anmc.vae.train import train
 from anmc.synthetic.synth import synthesize
@@ -76,8 +77,9 @@ def main() -> None:
         overrides["epochs"] = args.epochs
     if args.minutes:
         overrides["time_limit"] = args.minutes
+    _, allocator = tune_allocator()  # as `anmc train` does (docs/results.md §4, The C allocator)
     threads, why = apply_thread_default()  # as `anmc train` does: ANMC_THREADS, else the cores the load leaves free
-    print(f"torch threads: {threads} ({why})")
+    print(f"torch threads: {threads} ({why}); allocator: {allocator}")
     rows = []
     print(f"{'system':<9} {'--kl':<9} {'seed':>4} {'min':>5}  state: |r| slope knn_r2   params learned (true)")
     for system in args.systems:

@@ -514,3 +514,60 @@ def test_restarts_with_auto_background_reuse_their_finished_starts(data, tmp_pat
     train(PRIOR, [str(data)], tmp_path / "run", config)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert load_run(tmp_path / "run").config.background == json.loads((tmp_path / "run" / "starts" / "seed0" / "config.json").read_text())["background"]
+
+
+def _factor(step, total, final=0.1):
+    import math
+
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+
+def test_networks_and_physical_params_follow_one_cosine(data, tmp_path):
+    """Both rates fall to lr_final of their start along the same cosine: a length whose rate stayed at
+    --param-lr wandered ±10% from epoch to epoch at the end of a run (docs/results.md §6, twelfth session)."""
+    train(PRIOR, [str(data)], tmp_path / "run", TrainConfig(**TINY))
+    groups = load_checkpoint(tmp_path / "run")["optimizer"]["param_groups"]
+    last = TINY["epochs"] * TINY["steps_per_epoch"] - 1  # the rates the last step used
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * _factor(last, last + 1), 1e-2 * _factor(last, last + 1)])
+
+
+def test_a_time_limit_ends_the_cosine_when_the_time_does(data, tmp_path, monkeypatch):
+    """Each epoch takes 20 s of a fake clock and the limit is 1 minute: after epoch 1 the two epochs still
+    to come fit, so the cosine ends at step 18 of 30, where the time limit stops the run; the plan is in
+    the checkpoint, and a resume keeps it."""
+    import types
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+
+    def twenty_seconds(vae, row):
+        clock["t"] += 20.0
+
+    config = TrainConfig(**{**TINY, "epochs": 5, "time_limit": 1.0})
+    result = train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=twenty_seconds)
+    assert result.epochs == 3 and "time limit" in result.stopped_early
+    payload = load_checkpoint(tmp_path / "run")
+    assert payload["schedule_steps"] == 18 and payload["step"] == 18
+    assert [g["lr"] for g in payload["optimizer"]["param_groups"]] == pytest.approx([1e-3 * _factor(17, 18), 1e-2 * _factor(17, 18)])
+    # resumed (the limit counts anew): the rates stay at the floor the plan reached, they do not climb back
+    clock["t"] = 0.0
+    train(PRIOR, [str(data)], tmp_path / "run", None, resume=True, on_epoch=twenty_seconds)
+    payload = load_checkpoint(tmp_path / "run")
+    assert payload["schedule_steps"] == 18
+    assert [g["lr"] for g in payload["optimizer"]["param_groups"]] == pytest.approx([1e-4, 1e-3])
+
+
+def test_the_starts_of_restarts_keep_the_full_schedule(data, tmp_path, monkeypatch):
+    """The starts are compared after the same steps at the same rates: the time limit fits only the finish."""
+    import types
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+
+    def twenty_seconds(vae, row):
+        clock["t"] += 20.0
+
+    config = TrainConfig(**{**TINY, "epochs": 4, "restarts": 2, "restart_epochs": 2, "time_limit": 10.0})
+    train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=twenty_seconds)
+    for seed in (0, 1):
+        assert load_checkpoint(tmp_path / "run" / "starts" / f"seed{seed}")["schedule_steps"] is None

@@ -39,8 +39,11 @@ class TrainConfig:
     batch: int = 8
     seq_len: int = 32  # latent frames per training sequence (a sequence reads seq_len + window - 1 frames)
     lr: float = 1e-3
-    lr_final: float = 0.1  # the networks' learning rate falls to lr * lr_final along a cosine over the run
-    param_lr: float = 1e-2  # learning rate of the physical params and learnable noise
+    # the learning rates fall along a cosine to lr_final times their start over the run (over the part of it
+    # that fits a --time-limit: anmc.vae.train._fit_schedule), the networks' from lr and the physical params'
+    # and learnable noise's from param_lr
+    lr_final: float = 0.1
+    param_lr: float = 1e-2
     beta: float = 1.0
     # Warm-up (docs/method.md §6): for `warmup` steps frames t > 1 also get (1 - w) KL(q_t || initial-state
     # prior), w = step / warmup, which holds the latents where the states live while the dynamics take
@@ -88,7 +91,7 @@ class TrainConfig:
     steps_per_epoch: int | None = 150  # None: one pass over every training sequence
     val_fraction: float = 0.1
     grad_clip: float = 100.0
-    time_limit: float | None = None  # minutes; training stops after the epoch that crosses it
+    time_limit: float | None = None  # minutes; training stops after the epoch that crosses it, the rates' cosine ends near it
     # Several starts (seeds seed, seed + 1, ...) trained `restart_epochs` epochs each; the one with the lowest
     # validation loss is trained to the end (anmc.vae.train; docs/results.md §6: the same clips recovered or
     # not by the start alone, and the validation loss told them apart). The starts' time comes on top.

@@ -79,6 +79,9 @@ class _Session:
     start_epoch: int = 0
     step: int = 0
     model: torch.nn.Module | None = None  # the loss module, in DistributedDataParallel under torchrun
+    # the step the learning rates' cosine ends at once a --time-limit shows that fewer than epochs x steps
+    # per epoch fit (`_fit_schedule`; None: all of them); saved in the checkpoint
+    schedule_steps: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -196,7 +199,10 @@ def _compiled(prior) -> CompiledPrior:
 def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, started: float | None = None) -> TrainResult:
     result = TrainResult(s.run_dir, s.start_epoch, rank=s.rank)
     started = time.monotonic() if started is None else started
+    loop_started, loop_start_epoch = time.monotonic(), s.start_epoch
     for epoch in range(s.start_epoch, s.config.epochs):
+        if stop_after is None and epoch > loop_start_epoch:  # a start of --restarts keeps the full schedule: the starts compare alike
+            _fit_schedule(s, epoch - loop_start_epoch, time.monotonic() - loop_started, time.monotonic() - started)
         learn_physics = epoch >= s.config.learn_params_after
         shape = getattr(s.vae.decoder, "shape_parameters", list)()  # the sprite decoder's sprites, if any
         schedule = ((s.physical, learn_physics), (shape, epoch >= s.config.sprite_shape_after))
@@ -360,6 +366,7 @@ def _restore(s: _Session, payload: dict) -> None:
     s.optimizer.load_state_dict(payload["optimizer"])
     distributed.set_rng_state(payload["rng"])
     s.start_epoch, s.step = int(payload["epoch"]), int(payload["step"])
+    s.schedule_steps = payload.get("schedule_steps")  # None in checkpoints from before the fitted schedule
     truncate_metrics(s.run_dir, s.start_epoch, payload.get("metrics"))
 
 
@@ -381,17 +388,33 @@ def _epoch_batches(s: _Session, epoch: int):
         yield frames.to(s.device, non_blocking=True), s.train_data.recorded_starts(idx)
 
 
-def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
-    """The networks' rate: cosine from lr to lr * lr_final over the run."""
+def _rate_factor(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rates' factor at `step`: a cosine from 1 to lr_final over `total` steps, then lr_final.
+    The networks train at lr times it, the physical params and learnable noise at param_lr times it."""
     progress = min(1.0, step / max(1, total))
-    return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _fit_schedule(s: _Session, epochs_run: int, loop_seconds: float, limit_seconds: float) -> None:
+    """With a --time-limit, end the learning rates' cosine when the time does: after each epoch, the
+    epochs still to come are the time left over the mean epoch so far (this loop's), and the cosine's end
+    moves to them if that is sooner than `epochs` (never later: the rates only fall). The seconds are
+    averaged over the ranks, so every rank of a distributed run keeps the same schedule."""
+    if s.config.time_limit is None:
+        return  # the cosine spans `epochs` (and stretches with `--resume --epochs N`)
+    full = s.config.epochs * s.steps_per_epoch
+    t = distributed.all_mean({"loop": loop_seconds, "limit": limit_seconds}, s.ctx)
+    left = max(0.0, 60 * s.config.time_limit - t["limit"]) / max(1e-9, t["loop"] / epochs_run)
+    s.schedule_steps = min(s.schedule_steps or full, full, s.step + int(left * s.steps_per_epoch))
 
 
 def _step(s: _Session, frames: torch.Tensor, starts: torch.Tensor, epoch: int, i: int, last_good: int) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's share of a batch; raises TrainingDiverged on a non-finite loss."""
     config = s.config
     warm = min(1.0, s.step / config.warmup) if config.warmup else 1.0
-    s.optimizer.param_groups[0]["lr"] = _learning_rate(config, s.step, config.epochs * s.steps_per_epoch)
+    factor = _rate_factor(config, s.step, s.schedule_steps or config.epochs * s.steps_per_epoch)
+    for group, rate in zip(s.optimizer.param_groups, (config.lr, config.param_lr)):  # networks, then physical (if any)
+        group["lr"] = rate * factor
     where = (epoch + 1, i + 1, s.run_dir, last_good)
     noise = lambda shape: distributed.batch_noise(shape, config.batch, s.ctx, s.device)  # noqa: E731
     with guard(*where), torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
@@ -437,6 +460,7 @@ def _checkpoint(s: _Session, epochs_done: int, row: dict) -> None:
             "frame_shape": list(s.train_data.frame_shape),
             "videos": s.videos,
             "metrics": row,
+            "schedule_steps": s.schedule_steps,
         },
     )
 
