@@ -336,7 +336,7 @@ def main() -> None:
     from anmc.vae.threads import apply_thread_default
 
     _, allocator = tune_allocator()  # as `anmc train` does
-    print("torch threads: %d (%s); allocator: %s" % (*apply_thread_default(), allocator), flush=True)
+    print("torch threads: %d (%s); %s" % (*apply_thread_default(), allocator), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         rows = []

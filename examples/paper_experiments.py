@@ -79,7 +79,7 @@ def main() -> None:
         overrides["time_limit"] = args.minutes
     _, allocator = tune_allocator()  # as `anmc train` does (docs/results.md §4, The C allocator)
     threads, why = apply_thread_default()  # as `anmc train` does: ANMC_THREADS, else the cores the load leaves free
-    print(f"torch threads: {threads} ({why}); allocator: {allocator}")
+    print(f"torch threads: {threads} ({why}); {allocator}")
     rows = []
     print(f"{'system':<9} {'--kl':<9} {'seed':>4} {'min':>5}  state: |r| slope knn_r2   params learned (true)")
     for system in args.systems:
