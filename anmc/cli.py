@@ -314,7 +314,7 @@ def _train_options(f):
         click.option("--learn-params-after", default=d.learn_params_after, show_default=True, type=click.IntRange(min=0), help="Epochs before learnable params and noise start to train."),
         click.option("--sprite-shape-after", default=d.sprite_shape_after, show_default=True, type=click.IntRange(min=0), help="Epochs the sprite decoder's sprites keep their initial blob while the encoder finds the objects."),
         click.option("--time-limit", default=None, type=float, help="Minutes; stop after the epoch that crosses it."),
-        click.option("--restarts", default=d.restarts, show_default=True, type=click.IntRange(min=1), help="Train this many starts (seeds SEED, SEED+1, ...) for --restart-epochs each and finish the one with the lowest validation loss (RUN/starts.json)."),
+        click.option("--restarts", default=d.restarts, type=click.IntRange(min=1), help="Train this many starts (seeds SEED, SEED+1, ...) for --restart-epochs each and finish the one with the lowest validation loss (RUN/starts.json). Default: 3 when --epochs is at least 6 x --restart-epochs (the losing starts at most a third of the run) and the run is one process, else 1."),
         click.option("--restart-epochs", default=d.restart_epochs, show_default=True, type=click.IntRange(min=1), help="Epochs each start trains before the choice."),
         click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--seed", default=d.seed, show_default=True, type=int),
@@ -431,7 +431,7 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
 
     try:
         epochs = config.epochs if config else None
-        restarts = config is not None and config.restarts > 1
+        restarts = config is not None and config.starts() > 1
         reporter = _EpochReporter(epochs, plain=not err.is_terminal, restart_epochs=config.restart_epochs if restarts else None)
 
         def epoch_end(vae, row):  # the line and warnings, then the TensorBoard log (of RUN's own epochs)

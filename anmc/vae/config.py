@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ DECODERS = ("deconv", "broadcast", "sprite")  # anmc.vae.nets.DECODERS; `--decod
 PRECISIONS = ("fp32", "bf16")
 START_PRIORS = ("initial", "rollout")
 BACKGROUNDS = ("keep", "remove", "auto")  # anmc.data.background.CHOICES (this module imports no numpy)
+AUTO_RESTARTS = 3  # the starts a long enough run trains by default (TrainConfig.starts)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class TrainConfig:
     # percentiles over the clip) is subtracted and what moves is stretched to the full range before training
     # (anmc.data.background; docs/data.md, The background matters); "auto": "remove" unless the clips'
     # background is dark, and the run records which (config.json says "keep" or "remove")
-    background: str = "keep"
+    background: str = "auto"
     # "auto": "sprite" when the prior declares what a frame shows (an observation named after a camera role:
     # px, py, size, brightness, angle, level; anmc.synthetic.roles), else "deconv"; the run records which
     # (config.json says "sprite" or "deconv"). The sprite puts the latents in the prior's units (docs/method.md)
@@ -95,7 +97,8 @@ class TrainConfig:
     # Several starts (seeds seed, seed + 1, ...) trained `restart_epochs` epochs each; the one with the lowest
     # validation loss is trained to the end (anmc.vae.train; docs/results.md §6: the same clips recovered or
     # not by the start alone, and the validation loss told them apart). The starts' time comes on top.
-    restarts: int = 1
+    # None: AUTO_RESTARTS where the run is long enough for them (`starts()`), else one
+    restarts: int | None = None
     restart_epochs: int = 4
     seed: int = 0
     device: str = "auto"
@@ -109,6 +112,15 @@ class TrainConfig:
     compile: bool = False
     cache: str | None = None
     workers: int = 2
+
+    def starts(self, world: int | None = None) -> int:
+        """How many starts the run trains: `restarts` when given; by default AUTO_RESTARTS when the losing
+        starts' epochs are at most a third of the run's (epochs >= 6 x restart_epochs: 24 of the default 30)
+        and the run is one process (`world`, default the WORLD_SIZE torchrun sets), else one."""
+        if self.restarts is not None:
+            return self.restarts
+        world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
+        return AUTO_RESTARTS if world == 1 and self.epochs >= 3 * (AUTO_RESTARTS - 1) * self.restart_epochs else 1
 
     def __post_init__(self):
         if self.kl not in KL_READINGS:
@@ -136,7 +148,7 @@ class TrainConfig:
             raise UserError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
         if self.workers < 0:
             raise UserError(f"--workers {self.workers}: give 0 (read in the training process) or more.")
-        if self.restarts < 1 or (self.restarts > 1 and not 1 <= self.restart_epochs < self.epochs):
+        if self.restarts is not None and (self.restarts < 1 or (self.restarts > 1 and not 1 <= self.restart_epochs < self.epochs)):
             raise UserError(f"--restarts {self.restarts} --restart-epochs {self.restart_epochs}: give restarts >= 1 and 1 <= restart-epochs < epochs ({self.epochs}).")
         if self.sprite_shape_after < 0:
             raise UserError(f"--sprite-shape-after {self.sprite_shape_after}: give 0 (learn the sprites' shape from the first step) or more epochs.")

@@ -109,14 +109,14 @@ def train(
 
     `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar);
     `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics); with
-    `config.restarts` > 1 also after each start's epochs, the row then carrying `"start": seed`.
+    `config.starts()` > 1 (three starts by default in a long run: TrainConfig.starts) also after each start's epochs, the row then carrying `"start": seed`.
 
     The process that writes the run (rank 0) holds its lock throughout (`anmc.vae.run_lock`: a second
     writer gets RunLocked); a loss, gradient or smoother that becomes non-finite stops the run with
     TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept.
     """
     run_dir = Path(run_dir)
-    if config is not None and config.restarts > 1 and not (resume and (run_dir / "checkpoint.pt").exists()):
+    if config is not None and config.starts() > 1 and not (resume and (run_dir / "checkpoint.pt").exists()):
         return _train_best_start(prior, videos, run_dir, config, progress, on_epoch)
     return _train_locked(prior, videos, run_dir, config, resume, progress, on_epoch)
 
@@ -138,7 +138,7 @@ def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoc
 
 
 def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progress, on_epoch) -> TrainResult:
-    """`config.restarts` starts, seeds seed, seed + 1, ..., each trained `restart_epochs` epochs in
+    """`config.starts()` starts, seeds seed, seed + 1, ..., each trained `restart_epochs` epochs in
     RUN/starts/seedN; the one with the lowest validation loss then is copied to RUN and trained to the end
     (its seed becomes the run's). RUN/starts.json has each start's loss and the choice. A choice that was
     interrupted goes on where it stopped: finished starts are not trained again. The time limit counts the
@@ -148,7 +148,7 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
         raise UserError("--restarts runs its starts in one process; train with --restarts 1 under torchrun.")
     compiled = _compiled(prior)
     losses, failed = {}, {}
-    for seed in range(config.seed, config.seed + config.restarts):
+    for seed in range(config.seed, config.seed + config.starts()):
         start_dir, start = run_dir / "starts" / f"seed{seed}", replace(config, seed=seed)
         done = _epochs_done(start_dir, start, compiled)
         try:
@@ -164,7 +164,7 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
         loss = row.get("val_loss", row["loss"])
         losses[seed] = loss if math.isfinite(loss) else math.inf
     if not losses:
-        raise UserError(f"every one of the {config.restarts} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
+        raise UserError(f"every one of the {config.starts()} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
     best = min(losses, key=losses.get)
     choice = {"restart_epochs": config.restart_epochs, "loss": {str(k): v for k, v in losses.items()}, "diverged": failed, "chosen": best}
     with run_lock(run_dir):  # RUN's writer; its temporary files named as save_checkpoint's, which the lock clears after a kill
