@@ -29,7 +29,7 @@ class Pendulum(AnmModule):
     param_names = ('L', 'c')
     learnable_param_names = ('L',)
     param_bounds = {'L': (0.05, 20.0)}
-    noise_learnable = (True, True)
+    noise_learnable = (False, False)
     initial_kinds = ('Normal', 'Normal')
     dt = 0.03333333333333333  # 1/30
     substeps = 2
@@ -44,9 +44,9 @@ class Pendulum(AnmModule):
         self._raw_L = nn.Parameter(torch.tensor(-2.995732273553991))
         # line 6: param c = 0.0 in [0, 10]
         self.register_buffer("_fixed_c", torch.tensor(0.0))
-        # line 15: noise theta = 0.01 learn, omega = 0.05 learn  (per-frame std; learnable ones as log-std)
-        self._log_sigma_theta = nn.Parameter(torch.tensor(-4.605170185988091))
-        self._log_sigma_omega = nn.Parameter(torch.tensor(-2.995732273553991))
+        # line 15: noise theta = 0.01, omega = 0.05  (per-frame std; learnable ones as log-std)
+        self.register_buffer("_sigma_theta", torch.tensor(0.01))
+        self.register_buffer("_sigma_omega", torch.tensor(0.05))
         # initial-frame prior: theta ~ Normal(0, 0.8), omega ~ Normal(0, 1.5)
         self.register_buffer("initial_a", torch.tensor([0.0, 0.0]))
         self.register_buffer("initial_b", torch.tensor([0.8, 1.5]))
