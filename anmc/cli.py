@@ -665,7 +665,8 @@ def quickstart(out_dir, quick, clips, frames, **kwargs):
         from anmc.vae.config import TrainConfig
 
         full = TrainConfig()
-        longer = full.epochs * full.steps_per_epoch / (config.epochs * (config.steps_per_epoch or full.steps_per_epoch))
+        full_epochs = full.epochs + (full.starts(world=1) - 1) * full.restart_epochs  # with the losing starts' epochs
+        longer = full_epochs * full.steps_per_epoch / (config.epochs * (config.steps_per_epoch or full.steps_per_epoch))
         out.print(
             f"[bold]a first look[/]: {clips} clips x {frames} frames, {config.epochs} epochs of {config.steps_per_epoch} steps "
             f"(the full quick start trains {longer:.0f}x longer and recovers more)", soft_wrap=True,

@@ -571,3 +571,16 @@ def test_the_starts_of_restarts_keep_the_full_schedule(data, tmp_path, monkeypat
     train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=twenty_seconds)
     for seed in (0, 1):
         assert load_checkpoint(tmp_path / "run" / "starts" / f"seed{seed}")["schedule_steps"] is None
+
+
+def test_a_long_run_trains_three_starts_by_default_a_short_or_distributed_one_one():
+    """Three starts where the two losing ones cost at most a third of the run (docs/results.md §6: one start
+    in three went wrong on the same clips); one under torchrun, where the starts cannot run."""
+    assert TrainConfig().starts(world=1) == 3
+    assert TrainConfig(epochs=23).starts(world=1) == 1 and TrainConfig(epochs=24).starts(world=1) == 3
+    assert TrainConfig(epochs=48, restart_epochs=8).starts(world=1) == 3 and TrainConfig(epochs=47, restart_epochs=8).starts(world=1) == 1
+    assert TrainConfig().starts(world=2) == 1
+    assert TrainConfig(restarts=1).starts(world=1) == 1 and TrainConfig(restarts=5).starts(world=1) == 5
+    with pytest.raises(UserError, match="restart-epochs"):
+        TrainConfig(restarts=2, epochs=4)  # a start as long as the run: refused when asked for
+    assert TrainConfig(epochs=4).starts(world=1) == 1  # and never chosen by default
