@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=128)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field, e.g. --set seq_len=16 --set batch=16 (repeatable)")
+    ap.add_argument("--prior", type=Path, help="train this .anm instead of priors/SYSTEM.anm (a variant of it, e.g. its noise learnable); the videos are still drawn from priors/SYSTEM.anm")
     ap.add_argument("--camera", action="store_true",
                     help="train priors/SYSTEM_camera.anm (the camera declared) with --decoder sprite on the videos drawn from SYSTEM.anm")
     ap.add_argument("--tiny", action="store_true", help="16x16 frames, a few steps: checks the script runs")
@@ -84,9 +85,9 @@ def main() -> None:
     print(f"{'system':<9} {'--kl':<9} {'seed':>4} {'min':>5}  state: |r| slope knn_r2   params learned (true)")
     for system in args.systems:
         truth_prior = anmc.compile_prior(PRIORS / f"{system}.anm")
-        trained = PRIORS / (f"{system}_camera.anm" if args.camera else f"{system}.anm")
+        trained = args.prior or PRIORS / (f"{system}_camera.anm" if args.camera else f"{system}.anm")
         if not trained.exists():
-            ap.error(f"--camera: there is no {trained.relative_to(PRIORS.parent)} declaring {system}'s camera")
+            ap.error(f"--prior: there is no {trained}" if args.prior else f"--camera: there is no {trained.relative_to(PRIORS.parent)} declaring {system}'s camera")
         train_prior = prior_started_off(trained, 1 + args.start_off)
         for reading in args.readings:
             for seed in args.seeds:
