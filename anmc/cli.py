@@ -387,6 +387,7 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
     `tensorboard` a TensorBoard log in RUN_DIR/tensorboard; returns the TrainResult."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from anmc.vae import distributed
     from anmc.vae.allocator import tune_allocator
     from anmc.vae.threads import apply_thread_default
     from anmc.vae.train import train
@@ -431,7 +432,7 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
 
     try:
         epochs = config.epochs if config else None
-        restarts = config is not None and config.starts() > 1
+        restarts = config is not None and config.starts(distributed.launched_world()) > 1
         reporter = _EpochReporter(epochs, plain=not err.is_terminal, restart_epochs=config.restart_epochs if restarts else None)
 
         def epoch_end(vae, row):  # the line and warnings, then the TensorBoard log (of RUN's own epochs)

@@ -531,44 +531,39 @@ def test_networks_and_physical_params_follow_one_cosine(data, tmp_path):
     assert [g["lr"] for g in groups] == pytest.approx([1e-3 * _factor(last, last + 1), 1e-2 * _factor(last, last + 1)])
 
 
-def test_a_time_limit_ends_the_cosine_when_the_time_does(data, tmp_path, monkeypatch):
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The trainer's clock, frozen but for 20 s added after each epoch by `clock.epoch` (an on_epoch)."""
+    import types
+
+    clock = types.SimpleNamespace(t=0.0)
+    clock.epoch = lambda vae, row: setattr(clock, "t", clock.t + 20.0)
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(monotonic=lambda: clock.t))
+    return clock
+
+
+def test_a_time_limit_ends_the_cosine_when_the_time_does(data, tmp_path, fake_clock):
     """Each epoch takes 20 s of a fake clock and the limit is 1 minute: after epoch 1 the two epochs still
     to come fit, so the cosine ends at step 18 of 30, where the time limit stops the run; the plan is in
     the checkpoint, and a resume keeps it."""
-    import types
-
-    clock = {"t": 0.0}
-    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
-
-    def twenty_seconds(vae, row):
-        clock["t"] += 20.0
-
     config = TrainConfig(**{**TINY, "epochs": 5, "time_limit": 1.0})
-    result = train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=twenty_seconds)
+    result = train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=fake_clock.epoch)
     assert result.epochs == 3 and "time limit" in result.stopped_early
     payload = load_checkpoint(tmp_path / "run")
     assert payload["schedule_steps"] == 18 and payload["step"] == 18
     assert [g["lr"] for g in payload["optimizer"]["param_groups"]] == pytest.approx([1e-3 * _factor(17, 18), 1e-2 * _factor(17, 18)])
     # resumed (the limit counts anew): the rates stay at the floor the plan reached, they do not climb back
-    clock["t"] = 0.0
-    train(PRIOR, [str(data)], tmp_path / "run", None, resume=True, on_epoch=twenty_seconds)
+    fake_clock.t = 0.0
+    train(PRIOR, [str(data)], tmp_path / "run", None, resume=True, on_epoch=fake_clock.epoch)
     payload = load_checkpoint(tmp_path / "run")
     assert payload["schedule_steps"] == 18
     assert [g["lr"] for g in payload["optimizer"]["param_groups"]] == pytest.approx([1e-4, 1e-3])
 
 
-def test_the_starts_of_restarts_keep_the_full_schedule(data, tmp_path, monkeypatch):
+def test_the_starts_of_restarts_keep_the_full_schedule(data, tmp_path, fake_clock):
     """The starts are compared after the same steps at the same rates: the time limit fits only the finish."""
-    import types
-
-    clock = {"t": 0.0}
-    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
-
-    def twenty_seconds(vae, row):
-        clock["t"] += 20.0
-
     config = TrainConfig(**{**TINY, "epochs": 4, "restarts": 2, "restart_epochs": 2, "time_limit": 10.0})
-    train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=twenty_seconds)
+    train(PRIOR, [str(data)], tmp_path / "run", config, on_epoch=fake_clock.epoch)
     for seed in (0, 1):
         assert load_checkpoint(tmp_path / "run" / "starts" / f"seed{seed}")["schedule_steps"] is None
 

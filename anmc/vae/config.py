@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass
@@ -97,7 +96,7 @@ class TrainConfig:
     # Several starts (seeds seed, seed + 1, ...) trained `restart_epochs` epochs each; the one with the lowest
     # validation loss is trained to the end (anmc.vae.train; docs/results.md §6: the same clips recovered or
     # not by the start alone, and the validation loss told them apart). The starts' time comes on top.
-    # None: AUTO_RESTARTS where the run is long enough for them (`starts()`), else one
+    # None: AUTO_RESTARTS where the run is long enough for them (`starts(world)`), else one
     restarts: int | None = None
     restart_epochs: int = 4
     seed: int = 0
@@ -113,13 +112,12 @@ class TrainConfig:
     cache: str | None = None
     workers: int = 2
 
-    def starts(self, world: int | None = None) -> int:
+    def starts(self, world: int) -> int:
         """How many starts the run trains: `restarts` when given; by default AUTO_RESTARTS when the losing
         starts' epochs are at most a third of the run's (epochs >= 6 x restart_epochs: 24 of the default 30)
-        and the run is one process (`world`, default the WORLD_SIZE torchrun sets), else one."""
+        and the run is one process (`world`: anmc.vae.distributed.launched_world()), else one."""
         if self.restarts is not None:
             return self.restarts
-        world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
         return AUTO_RESTARTS if world == 1 and self.epochs >= 3 * (AUTO_RESTARTS - 1) * self.restart_epochs else 1
 
     def __post_init__(self):

@@ -42,12 +42,17 @@ class DistContext:
         return self.rank == 0
 
 
+def launched_world() -> int:
+    """How many processes torchrun started (WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: torch.device | str) -> DistContext:
     """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT),
     or a single-process context without one. On CUDA each rank takes GPU LOCAL_RANK and the backend is
     NCCL; on the CPU, gloo."""
     device = torch.device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world()
     if world <= 1:
         return DistContext(device=device)
     import torch.distributed as dist

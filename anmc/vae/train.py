@@ -84,6 +84,11 @@ class _Session:
     schedule_steps: int | None = None
 
     @property
+    def schedule_end(self) -> int:
+        """The step the learning rates' cosine ends at: `schedule_steps`, else epochs x steps per epoch."""
+        return self.schedule_steps or self.config.epochs * self.steps_per_epoch
+
+    @property
     def device(self) -> torch.device:
         return self.ctx.device
 
@@ -109,14 +114,14 @@ def train(
 
     `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar);
     `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics); with
-    `config.starts()` > 1 (three starts by default in a long run: TrainConfig.starts) also after each start's epochs, the row then carrying `"start": seed`.
+    `config.starts(world)` > 1 (three starts by default in a long run: TrainConfig.starts) also after each start's epochs, the row then carrying `"start": seed`.
 
     The process that writes the run (rank 0) holds its lock throughout (`anmc.vae.run_lock`: a second
     writer gets RunLocked); a loss, gradient or smoother that becomes non-finite stops the run with
     TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept.
     """
     run_dir = Path(run_dir)
-    if config is not None and config.starts() > 1 and not (resume and (run_dir / "checkpoint.pt").exists()):
+    if config is not None and config.starts(distributed.launched_world()) > 1 and not (resume and (run_dir / "checkpoint.pt").exists()):
         return _train_best_start(prior, videos, run_dir, config, progress, on_epoch)
     return _train_locked(prior, videos, run_dir, config, resume, progress, on_epoch)
 
@@ -138,17 +143,18 @@ def _train(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoc
 
 
 def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progress, on_epoch) -> TrainResult:
-    """`config.starts()` starts, seeds seed, seed + 1, ..., each trained `restart_epochs` epochs in
+    """`config.starts(world)` starts, seeds seed, seed + 1, ..., each trained `restart_epochs` epochs in
     RUN/starts/seedN; the one with the lowest validation loss then is copied to RUN and trained to the end
     (its seed becomes the run's). RUN/starts.json has each start's loss and the choice. A choice that was
     interrupted goes on where it stopped: finished starts are not trained again. The time limit counts the
     starts too."""
     started = time.monotonic()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    world = distributed.launched_world()
+    if world > 1:
         raise UserError("--restarts runs its starts in one process; train with --restarts 1 under torchrun.")
     compiled = _compiled(prior)
     losses, failed = {}, {}
-    for seed in range(config.seed, config.seed + config.starts()):
+    for seed in range(config.seed, config.seed + config.starts(world)):
         start_dir, start = run_dir / "starts" / f"seed{seed}", replace(config, seed=seed)
         done = _epochs_done(start_dir, start, compiled)
         try:
@@ -164,7 +170,7 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
         loss = row.get("val_loss", row["loss"])
         losses[seed] = loss if math.isfinite(loss) else math.inf
     if not losses:
-        raise UserError(f"every one of the {config.starts()} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
+        raise UserError(f"every one of the {config.starts(world)} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
     best = min(losses, key=losses.get)
     choice = {"restart_epochs": config.restart_epochs, "loss": {str(k): v for k, v in losses.items()}, "diverged": failed, "chosen": best}
     with run_lock(run_dir):  # RUN's writer; its temporary files named as save_checkpoint's, which the lock clears after a kill
@@ -202,7 +208,8 @@ def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, starte
     loop_started, loop_start_epoch = time.monotonic(), s.start_epoch
     for epoch in range(s.start_epoch, s.config.epochs):
         if stop_after is None and epoch > loop_start_epoch:  # a start of --restarts keeps the full schedule: the starts compare alike
-            _fit_schedule(s, epoch - loop_start_epoch, time.monotonic() - loop_started, time.monotonic() - started)
+            now = time.monotonic()
+            _fit_schedule(s, epoch - loop_start_epoch, now - loop_started, now - started)
         learn_physics = epoch >= s.config.learn_params_after
         shape = getattr(s.vae.decoder, "shape_parameters", list)()  # the sprite decoder's sprites, if any
         schedule = ((s.physical, learn_physics), (shape, epoch >= s.config.sprite_shape_after))
@@ -402,17 +409,16 @@ def _fit_schedule(s: _Session, epochs_run: int, loop_seconds: float, limit_secon
     averaged over the ranks, so every rank of a distributed run keeps the same schedule."""
     if s.config.time_limit is None:
         return  # the cosine spans `epochs` (and stretches with `--resume --epochs N`)
-    full = s.config.epochs * s.steps_per_epoch
     t = distributed.all_mean({"loop": loop_seconds, "limit": limit_seconds}, s.ctx)
     left = max(0.0, 60 * s.config.time_limit - t["limit"]) / max(1e-9, t["loop"] / epochs_run)
-    s.schedule_steps = min(s.schedule_steps or full, full, s.step + int(left * s.steps_per_epoch))
+    s.schedule_steps = min(s.schedule_end, s.step + int(left * s.steps_per_epoch))
 
 
 def _step(s: _Session, frames: torch.Tensor, starts: torch.Tensor, epoch: int, i: int, last_good: int) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's share of a batch; raises TrainingDiverged on a non-finite loss."""
     config = s.config
     warm = min(1.0, s.step / config.warmup) if config.warmup else 1.0
-    factor = _rate_factor(config, s.step, s.schedule_steps or config.epochs * s.steps_per_epoch)
+    factor = _rate_factor(config, s.step, s.schedule_end)
     for group, rate in zip(s.optimizer.param_groups, (config.lr, config.param_lr)):  # networks, then physical (if any)
         group["lr"] = rate * factor
     where = (epoch + 1, i + 1, s.run_dir, last_good)
