@@ -42,6 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PRIOR = ROOT / "priors" / "pendulum.anm"
+CAMERA_PRIOR = ROOT / "priors" / "pendulum_camera.anm"
 G, L_TRUE, PRIOR_FPS = 9.81, 0.6, 30.0
 PIVOT, ROD, BOB = (0.5, 0.2), 0.42, 0.07  # fractions of the frame side S
 
@@ -259,6 +260,18 @@ def prior_for(data_dir: Path, out: Path, source: Path = PRIOR) -> tuple[Path, st
     return out, note
 
 
+def camera_for(source: Path, size: int) -> str:
+    """The text of `source` (priors/pendulum_camera.anm) with this generator's camera at a video side of
+    `size` pixels: the pivot at (0.5 S, 0.2 S), the bob's centre 0.42 S from it (what a user who measured
+    one frame would write)."""
+    text = source.read_text()
+    for name, value in (("S", f"{size}"), ("cx", f"{PIVOT[0]} * S"), ("cy", f"{PIVOT[1]} * S"), ("R", f"{ROD} * S")):
+        text, found = re.subn(rf"^const {name} = [^#\n]*?(\s*#)", rf"const {name} = {value}\1", text, count=1, flags=re.M)
+        if not found:
+            raise SystemExit(f"{source}: no `const {name} = ...` line to set the camera")
+    return text
+
+
 def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     from anmc.analysis.evaluate import evaluate
     from anmc.vae.config import TrainConfig
@@ -267,7 +280,11 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
 
     data = workdir / f"{cond.name}_s{seed}" / "data"
     make_dataset(cond, data, seed, args.clips, args.frames)
-    prior, note = prior_for(data, data.parent / "pendulum.anm", args.prior)
+    source = args.prior
+    if args.camera:  # the camera declared: a sprite for the rod and one for the bob (docs/method.md, "Physical units")
+        source = data.parent / "pendulum_camera.anm"
+        source.write_text(camera_for(args.prior, cond.source))
+    prior, note = prior_for(data, data.parent / "pendulum.anm", source)
     # `--set seed=N` trains with seed N on the data drawn with `seed` (to tell the data from the training start)
     config = TrainConfig(**({"seed": seed, "epochs": args.epochs, "time_limit": args.time_limit} | args.overrides))
     started = time.monotonic()
@@ -283,6 +300,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         "omega_r": abs(s["omega"]["pearson"]), "omega_slope": abs(s["omega"]["slope"]),
         "L": learned, "L_err": learned / L_TRUE - 1, "minutes": minutes,
         "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note, "set": args.sets, "prior": str(args.prior),
+        "camera": bool(args.camera),
     }  # fmt: skip
 
 
@@ -311,9 +329,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two conditions, one seed, tiny clips, one short epoch")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="change a TrainConfig field for every run, e.g. --set recon=gaussian (repeatable)")
-    ap.add_argument("--prior", type=Path, default=PRIOR,
-                    help="the pendulum prior every run starts from (default priors/pendulum.anm); L is started 50%% off")
+    ap.add_argument("--prior", type=Path, help="the pendulum prior every run starts from (default priors/pendulum.anm, "
+                    "or priors/pendulum_camera.anm with --camera); L is started 50%% off")
+    ap.add_argument("--camera", action="store_true", help="train priors/pendulum_camera.anm (or --prior, its const lines "
+                    "S, cx, cy, R) with this generator's camera written in: the sprite decoder, theta in radians by construction")
     args = ap.parse_args()
+    args.prior = args.prior or (CAMERA_PRIOR if args.camera else PRIOR)
     from anmc.errors import UserError
     from anmc.vae.config import parse_overrides
 
@@ -348,7 +369,7 @@ def main() -> None:
     if args.sets:
         print("every run with --set " + " --set ".join(args.sets))
     if args.prior != PRIOR:
-        print(f"every run from {args.prior}")
+        print(f"every run from {args.prior}" + (" with this generator's camera written in" if args.camera else ""))
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
