@@ -13,7 +13,7 @@ import torch
 
 from anmc.codegen.compile import compile_prior
 from anmc.data.io import _resize
-from anmc.synthetic.render import double_pendulum_points, geometry, object_position_px, render_float
+from anmc.synthetic.render import disc_coverage, double_pendulum_points, geometry, object_position_px, render_float
 
 CAMERAS = {"spring_camera": ("spring", "px"), "falling_camera": ("falling", "py")}
 
@@ -82,6 +82,37 @@ def test_double_pendulum_camera_puts_each_link_where_the_renderer_draws_it():
     # the link's direction is (sin angle, cos angle), the sprite's down axis (anmc.synthetic.roles)
     np.testing.assert_allclose(joint - pivot, geom["px_per_m"] * np.stack([np.sin(y[:, 2]), np.cos(y[:, 2])], 1), atol=1e-9)
     plain = compile_prior("priors/double_pendulum.anm").module().double()
+    f, J = module.f_and_jacobian(states)
+    f0, J0 = plain.f_and_jacobian(states)
+    assert torch.equal(f, f0) and torch.equal(J, J0)
+
+
+def test_pendulum_camera_puts_the_rod_and_bob_where_the_renderer_draws_them():
+    """priors/pendulum_camera.anm: object 1 at the rod's middle, object 2 at the bob's centre, both turned
+    by theta, as anmc synth's pendulum renderer draws them at 64 pixels (and at 32, S = 32, on the
+    area-resized video: the bob's centroid); its physics is pendulum.anm's (the same f and J)."""
+    module = compile_prior("priors/pendulum_camera.anm").module().double()
+    assert module.observations == ("px1", "py1", "angle1", "px2", "py2", "angle2")
+    states = module.sample_initial(50, torch.Generator().manual_seed(0))
+    geom = geometry("pendulum", 64, module.state_names)
+    bob = object_position_px("pendulum", states.numpy(), geom, module.state_names)
+    pivot = np.array(geom["pivot"])
+    y = module.observe(states).numpy()
+    np.testing.assert_allclose(y[:, 3:5], bob, atol=1e-9)
+    np.testing.assert_allclose(y[:, 0:2], (pivot + bob) / 2, atol=1e-9)
+    np.testing.assert_allclose(y[:, [2, 5]], states[:, [0, 0]].numpy(), atol=0)
+    np.testing.assert_allclose(bob - pivot, geom["rod_px"] * np.stack([np.sin(y[:, 2]), np.cos(y[:, 2])], 1), atol=1e-9)
+    # the bob drawn alone, as the renderer draws it: its centroid is the declared place, at 64 and resized to 32
+    frames = disc_coverage(bob[:, 0], bob[:, 1], geom["bob_radius_px"], 64).astype(np.float64)
+    c = np.arange(64) + 0.5
+    centroid = np.stack([frames.sum(1) @ c, frames.sum(2) @ c], 1) / frames.sum((1, 2))[:, None]
+    np.testing.assert_allclose(centroid, bob, atol=0.02)
+    small = compile_prior("priors/pendulum_camera.anm", edits=["S = 32"]).module().double().observe(states).numpy()
+    resized = _resize(frames[..., None], 32, 32)[..., 0]
+    c = np.arange(32) + 0.5
+    centroid = np.stack([resized.sum(1) @ c, resized.sum(2) @ c], 1) / resized.sum((1, 2))[:, None]
+    np.testing.assert_allclose(centroid, small[:, 3:5], atol=0.05)
+    plain = compile_prior("priors/pendulum.anm").module().double()
     f, J = module.f_and_jacobian(states)
     f0, J0 = plain.f_and_jacobian(states)
     assert torch.equal(f, f0) and torch.equal(J, J0)
