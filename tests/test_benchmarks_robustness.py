@@ -159,11 +159,14 @@ def test_set_reaches_every_runs_config(tmp_path, monkeypatch):
 
     def fake_train(prior, videos, run_dir, config):
         seen.append(config)
+        priors.append(Path(prior).read_text())
         raise Stop
+
+    priors = []
 
     monkeypatch.setattr(anmc.vae.train, "train", fake_train)
     args = argparse.Namespace(clips=2, frames=8, epochs=3, time_limit=1.0, sets=["recon=gaussian"], prior=rb.PRIOR,
-                              overrides=parse_overrides(["recon=gaussian", "batch=2"]))  # fmt: skip
+                              camera=False, overrides=parse_overrides(["recon=gaussian", "batch=2"]))  # fmt: skip
     with pytest.raises(Stop):
         rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
     assert seen[0].recon == "gaussian" and seen[0].batch == 2 and seen[0].epochs == 3 and seen[0].seed == 0
@@ -172,6 +175,12 @@ def test_set_reaches_every_runs_config(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
     assert seen[1].seed == 7 and seen[1].restarts == 3
+    # `--camera`: the camera prior with this source's camera written in, L started 50% off
+    args.camera, args.prior = True, rb.CAMERA_PRIOR
+    with pytest.raises(Stop):
+        rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
+    assert "model pendulum_camera" in priors[2] and f"const S = {N} " in priors[2] and "param L = 0.9 " in priors[2]
+    assert "model pendulum\n" in priors[0] and "const S" not in priors[0]
 
 
 def test_prior_variant_keeps_its_text_and_starts_L_off(tmp_path):
@@ -188,3 +197,26 @@ def test_prior_variant_keeps_its_text_and_starts_L_off(tmp_path):
     no_length.write_text((rb.ROOT / "priors" / "spring.anm").read_text())
     with pytest.raises(SystemExit, match="param L"):
         rb.prior_for(tmp_path / "d", tmp_path / "q.anm", no_length)
+
+
+@pytest.mark.parametrize("size", [48, 96, 256])
+def test_camera_written_in_is_where_the_generator_draws_the_rod_and_bob(tmp_path, size):
+    """`--camera`: priors/pendulum_camera.anm with the generator's camera at the source's side; the bob's
+    centroid in the generator's frames (bob only, black) is the declared px2, py2, the rod's middle px1, py1."""
+    import torch
+
+    from anmc.codegen.compile import compile_prior
+
+    path = tmp_path / "camera.anm"
+    path.write_text(rb.camera_for(rb.CAMERA_PRIOR, size))
+    module = compile_prior(path).module().double()
+    theta = np.linspace(-1.2, 1.2, 7)
+    declared = module.observe(torch.tensor(np.stack([theta, 0 * theta], 1))).numpy()
+    frames = luma(rb.render_clip(replace(rb.CONDITIONS["bob_only"], source=size), theta, np.random.default_rng(0)))
+    c = np.arange(size) + 0.5
+    centroid = np.stack([frames.sum(1) @ c, frames.sum(2) @ c], 1) / frames.sum((1, 2))[:, None]
+    np.testing.assert_allclose(centroid, declared[:, 3:5], atol=0.02 * size / 32)
+    pivot = np.array([rb.PIVOT[0] * size, rb.PIVOT[1] * size])
+    np.testing.assert_allclose(declared[:, 0:2], (pivot + declared[:, 3:5]) / 2, atol=1e-9)
+    with pytest.raises(SystemExit, match="no `const S = ...` line"):
+        rb.camera_for(rb.PRIOR, size)
