@@ -2,7 +2,7 @@
 
     python benchmarks/robustness.py [--conditions black,grey,...] [--seeds 0,1,2] [--epochs 30]
                                     [--time-limit 15] [--clips 20] [--frames 100] [--workdir DIR] [--json OUT] [--quick]
-                                    [--set KEY=VALUE ...] [--prior PATH] [--camera [--camera-error DX,DY,FRACTION]]
+                                    [--set KEY=VALUE ...] [--prior PATH] [--camera [--camera-error DX,DY,FRACTION] [--camera-learn]]
 
 The videos come from this file's own generator, independent of `anmc.synthetic` (no shared drawing
 code, no shared simulation): a pendulum of true length L = 0.6 m under g = 9.81 m/s^2, simulated here
@@ -26,7 +26,7 @@ seed=N` trains the data of `--seeds` from another start; with `--set restarts=K`
 each start's validation loss. `--camera`: train `priors/pendulum_camera.anm` instead, the pendulum with
 its camera declared (the rod and the bob drawn by the sprite decoder where theta puts them), with this
 generator's camera written in for each condition's source size, as a user who measured one frame
-would; `--camera-error` writes it measured badly. `--quick`: two conditions, one seed, tiny
+would; `--camera-error` writes it measured badly, `--camera-learn` makes it learnable params. `--quick`: two conditions, one seed, tiny
 clips and one short epoch (a smoke test; its numbers mean nothing).
 """
 
@@ -263,18 +263,22 @@ def prior_for(data_dir: Path, out: Path, source: Path = PRIOR) -> tuple[Path, st
     return out, note
 
 
-def camera_for(source: Path, size: int, error: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> str:
+def camera_for(source: Path, size: int, error: tuple[float, float, float] = (0.0, 0.0, 0.0), learn: bool = False) -> str:
     """The text of `source` (priors/pendulum_camera.anm) with this generator's camera at a video side of
     `size` pixels: the pivot at (0.5 S, 0.2 S), the bob's centre 0.42 S from it (what a user who measured
     one frame would write). `error` (dx, dy, fraction): the camera as measured badly, the pivot off by
-    (dx, dy) pixels and the bob's distance by that fraction of it."""
+    (dx, dy) pixels and the bob's distance by that fraction of it. `learn`: cx, cy and R become learnable
+    params started there (`param cx = ... in [0, S] learn`)."""
     dx, dy, frac = error
-    values = {"S": f"{size}", "cx": f"{PIVOT[0]} * S", "cy": f"{PIVOT[1]} * S", "R": f"{ROD} * S"}
+    values = {"cx": f"{PIVOT[0]} * S", "cy": f"{PIVOT[1]} * S", "R": f"{ROD} * S"}
     if any(error):
-        values |= {"cx": f"{PIVOT[0]} * S + {dx:g}", "cy": f"{PIVOT[1]} * S + {dy:g}", "R": f"{ROD * (1 + frac):g} * S"}
+        off = lambda v: f" {'-' if v < 0 else '+'} {abs(v):g}"  # noqa: E731
+        values = {"cx": f"{PIVOT[0]} * S{off(dx)}", "cy": f"{PIVOT[1]} * S{off(dy)}", "R": f"{ROD * (1 + frac):g} * S"}
+    ranges = {"cx": "[0, S]", "cy": "[0, S]", "R": "[0.05 * S, S]"}
     text = source.read_text()
-    for name, value in values.items():
-        text, found = re.subn(rf"^const {name} = [^#\n]*?(\s*#)", rf"const {name} = {value}\1", text, count=1, flags=re.M)
+    for name, value in {"S": f"{size}", **values}.items():
+        line = f"param {name} = {value} in {ranges[name]} learn" if learn and name != "S" else f"const {name} = {value}"
+        text, found = re.subn(rf"^const {name} = [^#\n]*?(\s*#)", rf"{line}\1", text, count=1, flags=re.M)
         if not found:
             raise SystemExit(f"{source}: no `const {name} = ...` line to set the camera")
     return text
@@ -291,7 +295,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     source = args.prior
     if args.camera:  # the camera declared: a sprite for the rod and one for the bob (docs/method.md, "Physical units")
         source = data.parent / "pendulum_camera.anm"
-        source.write_text(camera_for(args.prior, cond.source, args.camera_error))
+        source.write_text(camera_for(args.prior, cond.source, args.camera_error, args.camera_learn))
     prior, note = prior_for(data, data.parent / "pendulum.anm", source)
     # `--set seed=N` trains with seed N on the data drawn with `seed` (to tell the data from the training start)
     config = TrainConfig(**({"seed": seed, "epochs": args.epochs, "time_limit": args.time_limit} | args.overrides))
@@ -309,7 +313,13 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         "L": learned, "L_err": learned / L_TRUE - 1, "minutes": minutes,
         "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note, "set": args.sets, "prior": str(args.prior),
         "camera": bool(args.camera), "camera_error": list(args.camera_error) if args.camera else None,
+        "camera_learn": bool(args.camera and args.camera_learn), "camera_learned": _camera_learned(run) if args.camera_learn else None,
     }  # fmt: skip
+
+
+def _camera_learned(run) -> dict:
+    """The learned camera of a `--camera-learn` run: cx, cy, R in pixels of the video as stored."""
+    return {k: float(v) for k, v in run.module.param_values().items() if k in ("cx", "cy", "R")}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -344,6 +354,8 @@ def main() -> None:
     ap.add_argument("--camera-error", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.0, 0.0, 0.0),
                     metavar="DX,DY,FRACTION", help="with --camera: write the camera as measured badly, the pivot off by "
                     "(DX, DY) pixels and the bob's distance R off by FRACTION (e.g. 2,-2,0.1)")
+    ap.add_argument("--camera-learn", action="store_true", help="with --camera: the pivot (cx, cy) and R learnable params "
+                    "started at the written camera (with --camera-error: from the bad measurement)")
     args = ap.parse_args()
     if len(args.camera_error) != 3:
         ap.error("--camera-error takes three numbers: DX,DY,FRACTION")

@@ -166,7 +166,7 @@ def test_set_reaches_every_runs_config(tmp_path, monkeypatch):
 
     monkeypatch.setattr(anmc.vae.train, "train", fake_train)
     args = argparse.Namespace(clips=2, frames=8, epochs=3, time_limit=1.0, sets=["recon=gaussian"], prior=rb.PRIOR,
-                              camera=False, camera_error=(0.0, 0.0, 0.0), overrides=parse_overrides(["recon=gaussian", "batch=2"]))  # fmt: skip
+                              camera=False, camera_error=(0.0, 0.0, 0.0), camera_learn=False, overrides=parse_overrides(["recon=gaussian", "batch=2"]))  # fmt: skip
     with pytest.raises(Stop):
         rb.run_one(replace(rb.CONDITIONS["grey"], source=N), 0, args, tmp_path)
     assert seen[0].recon == "gaussian" and seen[0].batch == 2 and seen[0].epochs == 3 and seen[0].seed == 0
@@ -224,3 +224,8 @@ def test_camera_written_in_is_where_the_generator_draws_the_rod_and_bob(tmp_path
     path.write_text(rb.camera_for(rb.CAMERA_PRIOR, size, (2.0, -3.0, 0.1)))
     bad = compile_prior(path).module().double().observe(torch.tensor([[0.0, 0.0]], dtype=torch.float64)).numpy()[0]
     np.testing.assert_allclose(bad[3:5], [pivot[0] + 2.0, pivot[1] - 3.0 + 1.1 * rb.ROD * size], atol=1e-9)
+    # `--camera-learn`: the same camera as learnable params started there
+    path.write_text(rb.camera_for(rb.CAMERA_PRIOR, size, (2.0, -3.0, 0.1), learn=True))
+    learn = compile_prior(path).module().double()
+    assert {"cx", "cy", "R"} <= set(learn.learnable_param_names)
+    np.testing.assert_allclose(learn.observe(torch.tensor([[0.0, 0.0]], dtype=torch.float64)).detach().numpy()[0], bad, atol=1e-6)
