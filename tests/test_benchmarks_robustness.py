@@ -229,3 +229,22 @@ def test_camera_written_in_is_where_the_generator_draws_the_rod_and_bob(tmp_path
     learn = compile_prior(path).module().double()
     assert {"cx", "cy", "R"} <= set(learn.learnable_param_names)
     np.testing.assert_allclose(learn.observe(torch.tensor([[0.0, 0.0]], dtype=torch.float64)).detach().numpy()[0], bad, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_camera_run_trains_the_sprite_decoder_and_reports_the_learned_camera(tmp_path):
+    """`--quick --camera --camera-learn`: each run trains priors/pendulum_camera.anm with the sprite decoder
+    (the default for a prior with camera roles) and the JSON carries the camera it learned."""
+    import json
+    import subprocess
+
+    out = tmp_path / "rows.json"
+    run = subprocess.run([sys.executable, str(rb.ROOT / "benchmarks" / "robustness.py"), "--quick", "--camera", "--camera-learn",
+                          "--workdir", str(tmp_path), "--json", str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["condition"] for r in rows] == ["black", "grey"] and all(r["camera"] and r["camera_learn"] for r in rows)
+    assert all(set(r["camera_learned"]) == {"cx", "cy", "R"} for r in rows)
+    config = json.loads((tmp_path / "black_s0" / "run" / "config.json").read_text())
+    assert config["decoder"] == "sprite"
+    assert "param R = 0.42 * S in [0.05 * S, S] learn" in (tmp_path / "black_s0" / "pendulum.anm").read_text()
