@@ -270,10 +270,8 @@ def camera_for(source: Path, size: int, error: tuple[float, float, float] = (0.0
     (dx, dy) pixels and the bob's distance by that fraction of it. `learn`: cx, cy and R become learnable
     params started there (`param cx = ... in [0, S] learn`)."""
     dx, dy, frac = error
-    values = {"cx": f"{PIVOT[0]} * S", "cy": f"{PIVOT[1]} * S", "R": f"{ROD} * S"}
-    if any(error):
-        off = lambda v: f" {'-' if v < 0 else '+'} {abs(v):g}"  # noqa: E731
-        values = {"cx": f"{PIVOT[0]} * S{off(dx)}", "cy": f"{PIVOT[1]} * S{off(dy)}", "R": f"{ROD * (1 + frac):g} * S"}
+    off = lambda v: f" {'-' if v < 0 else '+'} {abs(v):g}" if v else ""  # noqa: E731
+    values = {"cx": f"{PIVOT[0]} * S{off(dx)}", "cy": f"{PIVOT[1]} * S{off(dy)}", "R": f"{ROD * (1 + frac):g} * S"}
     ranges = {"cx": "[0, S]", "cy": "[0, S]", "R": "[0.05 * S, S]"}
     text = source.read_text()
     for name, value in {"S": f"{size}", **values}.items():
@@ -292,10 +290,10 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
 
     data = workdir / f"{cond.name}_s{seed}" / "data"
     make_dataset(cond, data, seed, args.clips, args.frames)
-    source = args.prior
+    source, learn = args.prior, args.camera and args.camera_learn
     if args.camera:  # the camera declared: a sprite for the rod and one for the bob (docs/method.md, "Physical units")
         source = data.parent / "pendulum_camera.anm"
-        source.write_text(camera_for(args.prior, cond.source, args.camera_error, args.camera_learn))
+        source.write_text(camera_for(args.prior, cond.source, args.camera_error, learn))
     prior, note = prior_for(data, data.parent / "pendulum.anm", source)
     # `--set seed=N` trains with seed N on the data drawn with `seed` (to tell the data from the training start)
     config = TrainConfig(**({"seed": seed, "epochs": args.epochs, "time_limit": args.time_limit} | args.overrides))
@@ -313,7 +311,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         "L": learned, "L_err": learned / L_TRUE - 1, "minutes": minutes,
         "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note, "set": args.sets, "prior": str(args.prior),
         "camera": bool(args.camera), "camera_error": list(args.camera_error) if args.camera else None,
-        "camera_learn": bool(args.camera and args.camera_learn), "camera_learned": _camera_learned(run) if args.camera_learn else None,
+        "camera_learn": learn, "camera_learned": _camera_learned(run) if learn else None,
     }  # fmt: skip
 
 

@@ -104,15 +104,16 @@ def test_pendulum_camera_puts_the_rod_and_bob_where_the_renderer_draws_them():
     np.testing.assert_allclose(bob - pivot, geom["rod_px"] * np.stack([np.sin(y[:, 2]), np.cos(y[:, 2])], 1), atol=1e-9)
     # the bob drawn alone, as the renderer draws it: its centroid is the declared place, at 64 and resized to 32
     frames = disc_coverage(bob[:, 0], bob[:, 1], geom["bob_radius_px"], 64).astype(np.float64)
-    c = np.arange(64) + 0.5
-    centroid = np.stack([frames.sum(1) @ c, frames.sum(2) @ c], 1) / frames.sum((1, 2))[:, None]
-    np.testing.assert_allclose(centroid, bob, atol=0.02)
+    np.testing.assert_allclose(_centroid(frames), bob, atol=0.02)
     small = compile_prior("priors/pendulum_camera.anm", edits=["S = 32"]).module().double().observe(states).numpy()
-    resized = _resize(frames[..., None], 32, 32)[..., 0]
-    c = np.arange(32) + 0.5
-    centroid = np.stack([resized.sum(1) @ c, resized.sum(2) @ c], 1) / resized.sum((1, 2))[:, None]
-    np.testing.assert_allclose(centroid, small[:, 3:5], atol=0.05)
+    np.testing.assert_allclose(_centroid(_resize(frames[..., None], 32, 32)[..., 0]), small[:, 3:5], atol=0.05)
     plain = compile_prior("priors/pendulum.anm").module().double()
     f, J = module.f_and_jacobian(states)
     f0, J0 = plain.f_and_jacobian(states)
     assert torch.equal(f, f0) and torch.equal(J, J0)
+
+
+def _centroid(frames: np.ndarray) -> np.ndarray:
+    """(T, 2): each frame's brightness-weighted centre (x, y) in pixels, pixel i's centre at i + 0.5."""
+    c = np.arange(frames.shape[-1]) + 0.5
+    return np.stack([frames.sum(1) @ c, frames.sum(2) @ c], 1) / frames.sum((1, 2))[:, None]

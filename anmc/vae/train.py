@@ -152,9 +152,10 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
     world = distributed.launched_world()
     if world > 1:
         raise UserError("--restarts runs its starts in one process; train with --restarts 1 under torchrun.")
+    starts = config.starts(world)
     compiled = _compiled(prior)
     losses, failed = {}, {}
-    for seed in range(config.seed, config.seed + config.starts(world)):
+    for seed in range(config.seed, config.seed + starts):
         start_dir, start = run_dir / "starts" / f"seed{seed}", replace(config, seed=seed)
         done = _epochs_done(start_dir, start, compiled)
         try:
@@ -170,7 +171,7 @@ def _train_best_start(prior, videos, run_dir: Path, config: TrainConfig, progres
         loss = row.get("val_loss", row["loss"])
         losses[seed] = loss if math.isfinite(loss) else math.inf
     if not losses:
-        raise UserError(f"every one of the {config.starts(world)} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
+        raise UserError(f"every one of the {starts} starts diverged (first: {next(iter(failed.values()))}); see docs/cli.md, Diagnostics.")
     best = min(losses, key=losses.get)
     choice = {"restart_epochs": config.restart_epochs, "loss": {str(k): v for k, v in losses.items()}, "diverged": failed, "chosen": best}
     with run_lock(run_dir):  # RUN's writer; its temporary files named as save_checkpoint's, which the lock clears after a kill
