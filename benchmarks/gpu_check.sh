@@ -11,7 +11,7 @@
 # evaluated; the CUDA tests; a 1-GPU DistributedDataParallel run through torchrun; and a queue of
 # benchmarks/robustness.py runs (ROBUST_JOBS lines "condition seed", ROBUST_SETS for every run),
 # ROBUST_P at a time, each with a time limit so that it finishes and is evaluated (opt-in, below).
-# Phase 2 (the GPU alone): benchmarks/train_step.py at 64x64, batch 32, eager; benchmarks/profile_step.py;
+# Phase 2 (the GPU alone): benchmarks/train_step.py at 64x64, batch 32 and 128, eager; benchmarks/profile_step.py;
 # then train_step.py with the compiled prior in the time left.
 set -u
 OUT=${OUT:?set OUT}
@@ -94,6 +94,10 @@ for f in "$W"/robust/*.json; do [ -f "$f" ] && python3 -c "import json,sys; [pri
 echo "== [$(since) s] phase 2: training step, GPU alone"
 if [ "$DRY" = 1 ]; then STEP="--quick --device cpu"; else STEP="--device cuda --size 64 --batch 32 --repeats 20"; fi
 timeout 70 python3 benchmarks/train_step.py $STEP --readings standard,smoother
+# a step bound by launching kernels costs about the same at 4x the sequences: frames/s should grow with the batch
+if [ "$DRY" = 1 ]; then BIG="--quick --device cpu --batch 4"; else BIG="--device cuda --size 64 --batch 128 --repeats 10"; fi
+echo "== [$(since) s] the same at batch 128"
+timeout 60 python3 benchmarks/train_step.py $BIG --readings standard,smoother
 echo "== [$(since) s] where the smoother's step goes"
 if [ "$DRY" = 1 ]; then PROF="--device cpu --steps 1 --rows 5"; else PROF="--device cuda --size 64 --batch 32 --rows 25"; fi
 timeout 60 python3 benchmarks/profile_step.py $PROF --readings smoother
