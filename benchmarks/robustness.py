@@ -317,7 +317,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
 
 def _camera_learned(run) -> dict:
     """The learned camera of a `--camera-learn` run: cx, cy, R in pixels of the video as stored."""
-    return {k: float(v) for k, v in run.module.param_values().items() if k in ("cx", "cy", "R")}
+    return {k: float(v.detach()) for k, v in run.module.param_values().items() if k in ("cx", "cy", "R")}
 
 
 def print_table(rows: list[dict]) -> None:

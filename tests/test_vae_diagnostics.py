@@ -172,3 +172,15 @@ def test_truth_findings_say_when_a_state_was_not_learned_or_not_in_units():
     found = {(f["code"], f["evidence"]["state"]) for f in diag.truth_findings(states)}
     assert found == {("state_not_recovered", "omega"), ("not_in_units", "x")}
     assert diag.truth_findings({"b": {"pearson": float("nan"), "slope": float("nan")}})[0]["code"] == "state_not_recovered"
+
+
+def test_not_in_units_with_a_declared_camera_points_at_the_camera():
+    """With the sprite decoder the declared camera sets the units, so a latent at twice the truth (a pivot
+    written 29 px off on 96-px clips: slopes 2.02, docs/results.md §6) is a camera that does not fit the
+    video, and the advice says to measure it, not to declare one."""
+    states = {"theta": {"pearson": 0.989, "slope": 2.02}}
+    (plain,) = diag.truth_findings(states)
+    (camera,) = diag.truth_findings(states, camera=True)
+    assert plain["code"] == camera["code"] == "not_in_units"
+    assert "declare the camera" in plain["advice"] and "declared camera" not in plain["advice"]
+    assert "check the declared camera" in camera["advice"] and "Declare the camera" in camera["advice"]

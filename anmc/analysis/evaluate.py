@@ -209,5 +209,6 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
                 lat[ok, li], col[ok], lat[ok], (fit[ok], ~fit[ok]), circular=name in circular
             )
     report["prediction"] = prediction_errors(run, clips)
-    report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen) + truth_findings(report["states"])
+    camera = getattr(run.vae.decoder, "reads_raw_observations", False)  # the sprite decoder draws the declared camera
+    report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen) + truth_findings(report["states"], camera)
     return report

@@ -235,11 +235,23 @@ NOT_RECOVERED = 0.5  # |r| below this against the truth: the state was not learn
 UNITS = 1.5  # a slope outside [1/UNITS, UNITS] against the truth: not in the prior's units
 
 
-def truth_findings(states: dict[str, dict]) -> list[dict]:
+def truth_findings(states: dict[str, dict], camera: bool = False) -> list[dict]:
     """Findings that need the truth (`anmc eval` of a run on `anmc synth` data or a truth.csv): for each
     state of `evaluate`'s report, `state_not_recovered` when the latent follows the truth at |r| below
     NOT_RECOVERED, else `not_in_units` when its slope is outside [1/UNITS, UNITS] (a state found, in
-    other units: learned params then hold in those units only)."""
+    other units: learned params then hold in those units only). `camera`: the run's decoder draws the
+    prior's declared camera (the sprite decoder), so a scale off the truth points at that camera."""
+    if camera:  # the sprite decoder fixes the units, so a wrong scale is a camera that does not fit the video
+        units_advice = (
+            "check the declared camera against a frame of this video (its side S, where the objects are, "
+            "e.g. a pendulum's pivot and R: docs/data.md, 'Declare the camera'); a camera a few pixels off can be "
+            "made learnable params started there, but learning refines a measurement, it does not find one from far off."
+        )
+    else:
+        units_advice = (
+            "declare the camera (observe px = ..., --decoder sprite: docs/method.md, 'Physical units'); an initial "
+            "distribution that covers the states a clip passes through (every window's first frame gets it as its prior)."
+        )
     out = []
     for name, m in states.items():
         r, slope = abs(m["pearson"]), m.get("slope")
@@ -256,8 +268,7 @@ def truth_findings(states: dict[str, dict]) -> list[dict]:
                 "not_in_units",
                 f"latent {name} is {slope:+.3g}x the true {name} (|r| {r:.3f}): found, but not in the prior's units, so "
                 "learned params hold in the latents' units only.",
-                "declare the camera (observe px = ..., --decoder sprite: docs/method.md, 'Physical units'); an initial "
-                f"distribution that covers the states a clip passes through (every window's first frame gets it as its prior).",
+                units_advice,
                 state=name, slope=slope, r=r,
             ))  # fmt: skip
     return out
