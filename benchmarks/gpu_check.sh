@@ -9,7 +9,9 @@
 # Phase 1 (until QUEUE_END s): in parallel, each process with one torch thread -- the paper's pendulum
 # (docs/results.md section 1: seed 0, defaults, L started 50% off) trained with --device cuda and
 # evaluated; the CUDA tests; a 1-GPU DistributedDataParallel run through torchrun; and a queue of
-# benchmarks/robustness.py runs (ROBUST_JOBS lines "condition seed", ROBUST_SETS for every run),
+# benchmarks/robustness.py runs (ROBUST_JOBS lines "condition seed", ROBUST_SETS for every run, e.g. "--camera";
+# ROBUST_DEVICE=cpu trains them on the machine's CPU cores, one torch thread each, e.g. ROBUST_P=12 QUEUE_END=560
+# ROBUST_MIN=8 PHASE2=0 for a call spent on them),
 # ROBUST_P at a time, each with a time limit so that it finishes and is evaluated (opt-in, below).
 # Phase 2 (the GPU alone): benchmarks/train_step.py at 64x64, batch 32 and 128, eager; benchmarks/profile_step.py;
 # then train_step.py with the compiled prior in the time left.
@@ -33,7 +35,8 @@ DRY=${DRY:-0}
 QUEUE_END=${QUEUE_END:-300}
 ROBUST_P=${ROBUST_P:-2}
 ROBUST_MIN=${ROBUST_MIN:-5.3}
-ROBUST_SETS=${ROBUST_SETS:---set background=remove --set restarts=3}
+ROBUST_SETS=${ROBUST_SETS:-}  # the defaults already remove the background when it is not dark and take three starts
+ROBUST_DEVICE=${ROBUST_DEVICE:-}
 DEV=cuda
 if [ "$DRY" = 1 ]; then DEV=cpu; QUEUE_END=${QUEUE_END_DRY:-150}; fi
 echo "== $(date -u) start; nvidia-smi:"
@@ -67,12 +70,12 @@ if [ "$DRY" = 1 ]; then JOBS="black 0"; ROBUST_SETS="--set background=remove"; f
 robust_one() {  # condition seed
   local extra=""
   if [ "$DRY" = 1 ]; then extra="--quick"; fi
-  python3 benchmarks/robustness.py --conditions "$1" --seeds "$2" --time-limit "$ROBUST_MIN" $ROBUST_SETS --set device=$DEV \
+  python3 benchmarks/robustness.py --conditions "$1" --seeds "$2" --time-limit "$ROBUST_MIN" $ROBUST_SETS --set device=${ROBUST_DEVICE:-$DEV} \
     --workdir "$W/robust/$1_s$2" --json "$W/robust/$1_s$2.json" $extra > "$W/logs/robust_$1_s$2.log" 2>&1
   local rc=$?
   echo "[$(since) s] robustness $1 seed $2 done (rc $rc)"
 }
-export -f robust_one since; export T0 W DEV DRY ROBUST_MIN ROBUST_SETS
+export -f robust_one since; export T0 W DEV DRY ROBUST_MIN ROBUST_SETS ROBUST_DEVICE
 if [ -n "$JOBS" ]; then
   echo "$JOBS" | xargs -P "$ROBUST_P" -L 1 bash -c 'robust_one $0 $1' &
   QUEUE=$!
@@ -91,6 +94,7 @@ sleep 1  # (no `wait`: it would wait for the tee of the log too)
 for f in "$W"/logs/paper.log "$W"/logs/pytest_cuda.log "$W"/logs/torchrun.log; do echo "--- $f (tail)"; tail -n 25 "$f"; done
 for f in "$W"/robust/*.json; do [ -f "$f" ] && python3 -c "import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]" "$f"; done
 
+if [ "${PHASE2:-1}" = 1 ]; then  # PHASE2=0: phase 1 alone (e.g. a call spent on CPU robustness runs)
 echo "== [$(since) s] phase 2: training step, GPU alone"
 if [ "$DRY" = 1 ]; then STEP="--quick --device cpu"; else STEP="--device cuda --size 64 --batch 32 --repeats 20"; fi
 timeout 70 python3 benchmarks/train_step.py $STEP --readings standard,smoother
@@ -104,6 +108,7 @@ timeout 60 python3 benchmarks/profile_step.py $PROF --readings smoother
 echo "== [$(since) s] with the compiled prior"
 LEFT=$(( ${DEADLINE:-560} - $(since) ))
 if [ "$LEFT" -gt 20 ]; then timeout "$LEFT" python3 benchmarks/train_step.py $STEP --readings standard,smoother --compile-prior; fi
+fi
 echo "== [$(since) s] packing"
 tar -czf "$OUT/logs.tar.gz" --exclude='*.npz' --exclude='*.mp4' --exclude='*.pt' --exclude='*.png' --exclude='*.gif' --exclude='*.u8' -C "$W" logs robust paper/results.jsonl ddp_run/metrics.jsonl 2>/dev/null
 ls -la "$OUT"
