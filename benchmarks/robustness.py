@@ -3,6 +3,7 @@
     python benchmarks/robustness.py [--conditions black,grey,...] [--seeds 0,1,2] [--epochs 30]
                                     [--time-limit 15] [--clips 20] [--frames 100] [--workdir DIR] [--json OUT] [--quick]
                                     [--set KEY=VALUE ...] [--prior PATH] [--camera [--camera-error DX,DY,FRACTION] [--camera-learn]]
+    python benchmarks/robustness.py --summarize A.json B.json ...      # runs made one at a time, as one table
 
 The videos come from this file's own generator, independent of `anmc.synthetic` (no shared drawing
 code, no shared simulation): a pendulum of true length L = 0.6 m under g = 9.81 m/s^2, simulated here
@@ -27,7 +28,9 @@ each start's validation loss. `--camera`: train `priors/pendulum_camera.anm` ins
 its camera declared (the rod and the bob drawn by the sprite decoder where theta puts them), with this
 generator's camera written in for each condition's source size, as a user who measured one frame
 would; `--camera-error` writes it measured badly, `--camera-learn` makes it learnable params. `--quick`: two conditions, one seed, tiny
-clips and one short epoch (a smoke test; its numbers mean nothing).
+clips and one short epoch (a smoke test; its numbers mean nothing). `--summarize`: train nothing, join the
+`--json` files of runs made a condition and a seed at a time into one table per way of training, and say
+which conditions met the targets in every seed and which (condition, seed) runs the full table lacks.
 """
 
 from __future__ import annotations
@@ -328,12 +331,45 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['condition']:<12} {r['seed']:>4} {r['epochs']:>3} {r['theta_r']:>7.3f} {r['theta_slope']:>8.3f} {r['omega_r']:>7.3f} "
               f"{r['omega_slope']:>8.3f} {r['L']:>6.3f} {r['L_err']:>+7.1%} {r['minutes']:>6.1f}  {','.join(r['diagnostics']) or '-'}"
               + (f"  ({r['note']})" if r["note"] else ""))  # fmt: skip
-    met = [r for r in rows if r["theta_r"] >= 0.95 and r["omega_r"] >= 0.95 and abs(r["L_err"]) <= 0.10]
-    print(f"targets (|r| >= 0.95 for theta and omega, L within 10%) met in {len(met)} of {len(rows)} runs")
+    print(f"targets (|r| >= 0.95 for theta and omega, L within 10%) met in {sum(map(met, rows))} of {len(rows)} runs")
+
+
+def met(row: dict) -> bool:
+    """The issue's targets for one run: |r| >= 0.95 for theta and omega, L within 10%."""
+    return abs(row["theta_r"]) >= 0.95 and abs(row["omega_r"]) >= 0.95 and abs(row["L_err"]) <= 0.10
+
+
+def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
+    """Rows of several `--json` files (runs made a condition and a seed at a time) as one table, grouped by
+    how each was trained (the prior, the camera, --set), then per group: the conditions whose every seed
+    of `seeds` met the targets, those with a run that did not, and the (condition, seed) runs still missing
+    for the full table. Returns the rows."""
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        how = Path(r.get("prior") or PRIOR).name
+        if r.get("camera"):
+            error = r.get("camera_error") or [0, 0, 0]
+            how += " camera" + (f" error {','.join(f'{v:g}' for v in error)}" if any(error) else "") + (" learned" if r.get("camera_learn") else "")
+        how += "".join(f" --set {s}" for s in r.get("set") or [])
+        groups.setdefault(how, []).append(r)
+    for how, group in groups.items():
+        print(f"\n== {how}: {len(group)} runs")
+        print_table(sorted(group, key=lambda r: (list(CONDITIONS).index(r["condition"]) if r["condition"] in CONDITIONS else 99, r["seed"])))
+        done = {(r["condition"], r["seed"]): met(r) for r in group}
+        full = [c for c in CONDITIONS if all(done.get((c, s)) for s in seeds)]
+        failed = sorted({c for (c, s), ok in done.items() if not ok})
+        missing = [f"{c} {s}" for c in CONDITIONS for s in seeds if (c, s) not in done]
+        print(f"met in every seed of {', '.join(map(str, seeds))}: {len(full)} of {len(CONDITIONS)} conditions" + (f" ({', '.join(full)})" if full else ""))
+        print(f"a run that did not meet them: {', '.join(failed) or 'none'}")
+        print(f"not run for the full table: {len(missing)} of {len(CONDITIONS) * len(seeds)}" + (f" ({', '.join(missing)})" if missing else ""))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--summarize", nargs="+", type=Path, metavar="JSON",
+                    help="train nothing: the rows of these --json files as one table, per way of training, with what the full table still lacks")
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated names: " + ", ".join(CONDITIONS))
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated; each seed is a new draw of the data and of the training")
     ap.add_argument("--epochs", type=int, default=30, help="training epochs (the default TrainConfig's)")
@@ -355,6 +391,9 @@ def main() -> None:
     ap.add_argument("--camera-learn", action="store_true", help="with --camera: the pivot (cx, cy) and R learnable params "
                     "started at the written camera (with --camera-error: from the bad measurement)")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
     if len(args.camera_error) != 3:
         ap.error("--camera-error takes three numbers: DX,DY,FRACTION")
     args.prior = args.prior or (CAMERA_PRIOR if args.camera else PRIOR)

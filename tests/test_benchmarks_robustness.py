@@ -248,3 +248,28 @@ def test_quick_camera_run_trains_the_sprite_decoder_and_reports_the_learned_came
     config = json.loads((tmp_path / "black_s0" / "run" / "config.json").read_text())
     assert config["decoder"] == "sprite"
     assert "param R = 0.42 * S in [0.05 * S, S] learn" in (tmp_path / "black_s0" / "pendulum.anm").read_text()
+
+
+def _row(condition, seed, r=1.0, l_err=0.002, **extra):
+    return {"condition": condition, "seed": seed, "epochs": 15, "theta_r": r, "theta_slope": 1.0, "omega_r": r,
+            "omega_slope": 1.0, "L": 0.6 * (1 + l_err), "L_err": l_err, "minutes": 10.0, "diagnostics": [], "note": "",
+            "set": [], "prior": "priors/pendulum_camera.anm", "camera": True, "camera_error": [0.0, 0.0, 0.0],
+            "camera_learn": False, **extra}  # fmt: skip
+
+
+def test_summarize_joins_runs_made_one_at_a_time_and_says_what_the_full_table_lacks(tmp_path, capsys):
+    """`--summarize` reads the --json files of runs made a condition and a seed at a time: one table per way
+    of training (a bad camera is its own group), the conditions met in every seed, the runs that missed the
+    targets, and the (condition, seed) runs the full 19 x 3 table still lacks."""
+    import json
+
+    (tmp_path / "a.json").write_text(json.dumps([_row("grey", s) for s in (0, 1, 2)]))
+    (tmp_path / "b.json").write_text(json.dumps([_row("black", 0, l_err=-0.2), _row("black", 1, camera_error=[3.0, -3.0, 0.1])]))
+    rows = rb.summarize([tmp_path / "a.json", tmp_path / "b.json"])
+    out = capsys.readouterr().out
+    assert len(rows) == 5
+    assert "== pendulum_camera.anm camera: 4 runs" in out and "== pendulum_camera.anm camera error 3,-3,0.1: 1 runs" in out
+    assert "met in every seed of 0, 1, 2: 1 of 19 conditions (grey)" in out
+    assert "a run that did not meet them: black" in out  # L 20% short
+    assert f"not run for the full table: {19 * 3 - 4} of 57" in out and "black 1" in out.split("camera: 4 runs")[1].split("==")[0]
+    assert not rb.met(_row("grey", 0, r=0.9)) and rb.met(_row("grey", 0, l_err=-0.099))
