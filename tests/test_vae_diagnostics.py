@@ -184,3 +184,28 @@ def test_not_in_units_with_a_declared_camera_points_at_the_camera():
     assert plain["code"] == camera["code"] == "not_in_units"
     assert "declare the camera" in plain["advice"] and "declared camera" not in plain["advice"]
     assert "check the declared camera" in camera["advice"] and "Declare the camera" in camera["advice"]
+
+
+@pytest.mark.parametrize("stored", [64, 48])
+def test_a_camera_measured_on_another_video_puts_the_object_off_the_frame(stored):
+    """priors/pendulum_camera.anm declares anmc's renderer at 64 px (pivot (32, 32), R = 23 px). On 64-px clips
+    every object stays inside the frame; on 48-px clips the bob (object 2) is below the frame whenever
+    |theta| < 0.80 (68% of Normal(0, 0.8)) and right of it whenever theta > 0.77 (17%), 85% in all, and
+    `camera_off_frame` says so; the rod's middle stays inside."""
+    from anmc.data.io import resize_transform
+
+    prior = compile_prior("priors/pendulum_camera.anm")
+    vae = build_vae(prior, (1, 32, 32), TrainConfig(decoder="sprite", size=32), camera=resize_transform((stored, stored), 32))
+    found = diag.camera_findings(vae)
+    if stored == 64:
+        assert found == []
+    else:
+        (f,) = found
+        assert f["code"] == "camera_off_frame" and f["evidence"]["object"] == "2"
+        assert 0.8 < f["evidence"]["share"] < 0.9 and "48x48 video" in f["message"] and "Declare the camera" in f["advice"]
+
+
+def test_camera_findings_need_a_placed_object():
+    """No camera roles (the deconv decoder) or no px/py (a glowing LED): nothing to judge."""
+    vae = build_vae(compile_prior(PRIOR), (1, 16, 16), TrainConfig())
+    assert diag.camera_findings(vae) == []

@@ -22,6 +22,10 @@ metrics.jsonl and `anmc eval --json`'s `"diagnostics"`). The checks (docs/cli.md
   the same for a learnable noise std declared `in [lo, hi]`, s = log(v / lo) / log(hi / lo).
 - `latent_scale`: a latent whose spread std_t(mu_t) / s0 is outside [1 / SCALE_DRIFT, SCALE_DRIFT]
   (and not collapsed): the latents are not in the prior's units, so learned params mean little.
+- `camera_off_frame` (the sprite decoder): an object whose declared place (its `px`, `py` observations,
+  pixels of the stored video) falls outside the frames the model trains on in more than `OFF_FRAME` of
+  the prior's initial states: a camera measured on another video (its side S) or an initial
+  distribution far wider than the clips.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ KL_NEAR_ZERO = 0.02  # nats per frame (a collapsed run in issue 19 had 3e-6; tra
 CONSTANT_SPREAD = 0.05  # std over frames of a latent mean, in units of the prior's initial std
 MEAN_IMAGE_LEVEL = 0.05  # fraction of the mean-image-to-perfect gap the reconstruction closes
 AT_BOUND = 0.005  # position in a param's range, s or 1 - s
+OFF_FRAME = 0.25  # share of the prior's initial states that put a declared object outside the frame
 SCALE_DRIFT = 5.0  # spread ratio outside [1/5, 5]
 CHECK_AFTER_FREEZE = 1  # collapse and scale are judged from this many epochs after the params' freeze ends (and at
 # the last epoch); bounds every epoch
@@ -137,6 +142,43 @@ def param_findings(module) -> list[dict]:
     return [f for f in out if f is not None]
 
 
+@torch.no_grad()
+def camera_findings(vae, n: int = 4096) -> list[dict]:
+    """`camera_off_frame` for each object the sprite decoder places (`px` and/or `py` declared) whose place,
+    over n draws of the prior's initial states (a fixed seed) through h and the decoder's camera (the
+    stored video's pixels -> the training frame's), is outside the frame more than OFF_FRAME of the time.
+    Cheap (one h of n states), so it is judged every epoch: a learnable camera can walk off, too."""
+    decoder, module = vae.decoder, vae.prior
+    objects = {k: r for k, r in getattr(decoder, "objects", {}).items() if {"px", "py"} & set(r)}
+    if not objects:
+        return []
+    generator = torch.Generator(device=module.initial_a.device).manual_seed(0)
+    h = module.observe(module.sample_initial(n, generator)).float()
+    scale, left, top, height, width = decoder.camera.tolist()
+    size = decoder.size
+    out = []
+    for key, roles in objects.items():
+        outside = torch.zeros(n, dtype=torch.bool, device=h.device)
+        where = []
+        for role, offset in (("px", left), ("py", top)):
+            if role in roles:
+                u = (h[:, roles[role]] - offset) * scale  # pixels of the training frame
+                outside |= (u < 0) | (u > size)
+                where.append(f"{module.observations[roles[role]]} {float(h[:, roles[role]].mean()):.3g}")
+        share = float(outside.float().mean())
+        if share > OFF_FRAME:
+            name = f"object {key}" if key else "the object"
+            out.append(finding(
+                "camera_off_frame",
+                f"the prior's camera puts {name} outside the {width:g}x{height:g} video in {share:.0%} of its initial "
+                f"states (on average at {', '.join(where)} px): a camera measured on another video?",
+                "measure the camera on a frame of these videos (their side S, where the objects are: docs/data.md, "
+                "'Declare the camera'); or narrow the initial distribution to the states the clips show.",
+                object=key, share=share,
+            ))  # fmt: skip
+    return out
+
+
 def prior_spread(module, frames: int | None = None) -> torch.Tensor:
     """The scale a latent's spread over frames is judged against, (d,): with `frames`, the spread of the
     prior's own clips of that many frames (anmc.prior.marginals.simulated_clips; robust: the interquartile
@@ -216,7 +258,7 @@ def epoch_diagnostics(vae, data, config, row: dict, device, sequences: int = 8) 
     had KL near 0 from epoch 5)."""
     epoch = row["epoch"]
     if epoch < min(config.learn_params_after + CHECK_AFTER_FREEZE, config.epochs):
-        return param_findings(vae.prior)
+        return param_findings(vae.prior) + camera_findings(vae)
     was_training = vae.training
     vae.eval()
     state = torch.get_rng_state()
@@ -228,7 +270,7 @@ def epoch_diagnostics(vae, data, config, row: dict, device, sequences: int = 8) 
     kl = row.get("val_kl", row.get("kl"))
     kl = None if kl is None or not math.isfinite(kl) else float(kl)
     clip = max(c.n_frames for c in data.clips)
-    return latent_diagnostics(vae.prior, mu, kl, explained_fraction(recon, baseline, floor), vae.observed, clip)
+    return latent_diagnostics(vae.prior, mu, kl, explained_fraction(recon, baseline, floor), vae.observed, clip) + camera_findings(vae)
 
 
 NOT_RECOVERED = 0.5  # |r| below this against the truth: the state was not learned
@@ -284,4 +326,4 @@ def run_diagnostics(run, mus, recon_mse: float, moments, frames: int) -> list[di
     last = run.payload.get("metrics") or {}
     kl = last.get("val_kl", last.get("kl"))
     kl = None if kl is None or not math.isfinite(kl) else float(kl)
-    return latent_diagnostics(run.module, mu, kl, explained, run.vae.observed, max(len(m) for m in mus))
+    return latent_diagnostics(run.module, mu, kl, explained, run.vae.observed, max(len(m) for m in mus)) + camera_findings(run.vae)
