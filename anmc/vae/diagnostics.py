@@ -1,4 +1,4 @@
-"""Failures that announce themselves: a collapsed posterior, a param stuck on its bound, latents off the prior's scale.
+"""Failures that announce themselves: a collapsed posterior, a param stuck on its bound, latents off the prior's scale, a camera off the frame.
 
     findings = epoch_diagnostics(vae, data, config, row, device)   # the training loop, at each epoch's end
     findings = latent_diagnostics(module, mu, kl_per_frame, recon, baseline, floor)   # evaluate, from its own numbers
