@@ -358,17 +358,19 @@ class _EpochReporter:
     def __call__(self, vae, row):
         from anmc.vae.diagnostics import describe
 
-        if "start" in row:
+        if "start" in row:  # a start of --restarts: its line, and its findings (a wrong camera shows from its first epoch)
             err.print(f"start seed {row['start']}, " + epoch_line(row, self.restart_epochs, 0), soft_wrap=True, highlight=False, markup=False)
-            return
-        self.first = row["epoch"] - 1 if self.first is None else self.first
-        if self.plain:
-            click.echo(epoch_line(row, self.epochs, self.first), err=True)
+        else:
+            self.first = row["epoch"] - 1 if self.first is None else self.first
+            if self.plain:
+                click.echo(epoch_line(row, self.epochs, self.first), err=True)
         for f in row.get("diagnostics", ()):
-            key = (f["code"], f["evidence"].get("param") or f["evidence"].get("state"))
+            evidence = f["evidence"]
+            key = (f["code"], evidence.get("param") or evidence.get("state") or evidence.get("object"))
             if key not in self.seen:
                 self.seen.add(key)
-                err.print(f"[bold yellow]warning[/] (epoch {row['epoch']}): {escape(describe(f))}", soft_wrap=True)
+                where = f"start seed {row['start']}, epoch {row['epoch']}" if "start" in row else f"epoch {row['epoch']}"
+                err.print(f"[bold yellow]warning[/] ({where}): {escape(describe(f))}", soft_wrap=True)
 
 
 def _saved_threads(run_dir) -> int | None:

@@ -209,3 +209,19 @@ def test_camera_findings_need_a_placed_object():
     """No camera roles (the deconv decoder) or no px/py (a glowing LED): nothing to judge."""
     vae = build_vae(compile_prior(PRIOR), (1, 16, 16), TrainConfig())
     assert diag.camera_findings(vae) == []
+
+
+def test_anm_train_warns_about_a_camera_measured_on_another_video_from_a_start(tmp_path):
+    """`anmc train` of priors/pendulum_camera.anm (a camera for 64-px clips) on 48-px clips warns
+    `camera_off_frame` once, at the first epoch of the first of its --restarts starts (the camera does not
+    change with training, so the warning need not wait for the chosen start), and records it."""
+    data = tmp_path / "pend48"
+    synthesize("priors/pendulum_camera.anm", out_dir=data, clips=2, frames=12, size=48, seed=3, renderer="pendulum", fmt="npz")
+    res = CliRunner().invoke(main, ["train", "priors/pendulum_camera.anm", str(data), "-o", str(tmp_path / "run"), *TINY,
+                                    "--epochs", "2", "--restarts", "2", "--restart-epochs", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    said = res.output  # stdout and stderr, as a terminal shows them
+    assert said.count("outside the 48x48 video") == 1
+    assert "warning (start seed 0, epoch 1)" in said and "camera measured on another video" in said
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "camera_off_frame" in [f["code"] for f in rows[-1]["diagnostics"]]
