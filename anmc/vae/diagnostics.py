@@ -154,17 +154,15 @@ def camera_findings(vae, n: int = 4096) -> list[dict]:
         return []
     generator = torch.Generator(device=module.initial_a.device).manual_seed(0)
     h = module.observe(module.sample_initial(n, generator)).float()
-    scale, left, top, height, width = decoder.camera.tolist()
-    size = decoder.size
+    height, width = decoder.camera[3:].tolist()  # the stored video's
     out = []
     for key, roles in objects.items():
+        px, py, _ = decoder.placement(h, key)  # pixels of the training frame, as the decoder draws it
+        declared = [role for role in ("px", "py") if role in roles]  # an undeclared coordinate is the learned centre
         outside = torch.zeros(n, dtype=torch.bool, device=h.device)
-        where = []
-        for role, offset in (("px", left), ("py", top)):
-            if role in roles:
-                u = (h[:, roles[role]] - offset) * scale  # pixels of the training frame
-                outside |= (u < 0) | (u > size)
-                where.append(f"{module.observations[roles[role]]} {float(h[:, roles[role]].mean()):.3g}")
+        for u in (px if role == "px" else py for role in declared):
+            outside |= (u < 0) | (u > decoder.size)
+        where = [f"{module.observations[roles[role]]} {float(h[:, roles[role]].mean()):.3g}" for role in declared]
         share = float(outside.float().mean())
         if share > OFF_FRAME:
             name = f"object {key}" if key else "the object"
