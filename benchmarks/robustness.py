@@ -29,7 +29,8 @@ its camera declared (the rod and the bob drawn by the sprite decoder where theta
 generator's camera written in for each condition's source size, as a user who measured one frame
 would; `--camera-error` writes it measured badly, `--camera-learn` makes it learnable params. `--quick`: two conditions, one seed, tiny
 clips and one short epoch (a smoke test; its numbers mean nothing). `--summarize`: train nothing, join the
-`--json` files of runs made a condition and a seed at a time into one table per way of training, and say
+`--json` files of runs made a condition and a seed at a time into one table per way of training and one
+line per condition over its seeds (worst |r|, the slopes' and L error's ranges, seeds met), and say
 which conditions met the targets in every seed and which (condition, seed) runs the full table lacks.
 """
 
@@ -339,6 +340,21 @@ def met(row: dict) -> bool:
     return abs(row["theta_r"]) >= 0.95 and abs(row["omega_r"]) >= 0.95 and abs(row["L_err"]) <= 0.10
 
 
+def print_by_condition(rows: list[dict]) -> None:
+    """One line per condition over its seeds: which seeds ran, the lower |r| of theta and omega, the range of
+    the two slopes and of L's error, and in how many of the seeds the targets were met."""
+    head = f"{'condition':<12} {'seeds':<7} {'min |r|':>7} {'slopes':>13} {'L error':>15}  met"
+    print("\nper condition:")
+    print(head)
+    print("-" * len(head))
+    for name in [c for c in CONDITIONS if any(r["condition"] == c for r in rows)] + sorted({r["condition"] for r in rows} - set(CONDITIONS)):
+        runs = sorted((r for r in rows if r["condition"] == name), key=lambda r: r["seed"])
+        slopes = [r[k] for r in runs for k in ("theta_slope", "omega_slope")]
+        errors = [r["L_err"] for r in runs]
+        print(f"{name:<12} {','.join(str(r['seed']) for r in runs):<7} {min(min(r['theta_r'], r['omega_r']) for r in runs):>7.3f} "
+              f"{min(slopes):>6.3f}-{max(slopes):<6.3f} {min(errors):>+7.1%}..{max(errors):<+6.1%}  {sum(map(met, runs))}/{len(runs)}")  # fmt: skip
+
+
 def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
     """Rows of several `--json` files (runs made a condition and a seed at a time) as one table, grouped by
     how each was trained (the prior, the camera, --set), then per group: the conditions whose every seed
@@ -360,6 +376,7 @@ def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
         full = [c for c in CONDITIONS if all(done.get((c, s)) for s in seeds)]
         failed = sorted({c for (c, s), ok in done.items() if not ok})
         missing = [f"{c} {s}" for c in CONDITIONS for s in seeds if (c, s) not in done]
+        print_by_condition(group)
         print(f"met in every seed of {', '.join(map(str, seeds))}: {len(full)} of {len(CONDITIONS)} conditions" + (f" ({', '.join(full)})" if full else ""))
         print(f"a run that did not meet them: {', '.join(failed) or 'none'}")
         print(f"not run for the full table: {len(missing)} of {len(CONDITIONS) * len(seeds)}" + (f" ({', '.join(missing)})" if missing else ""))

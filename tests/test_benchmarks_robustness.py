@@ -272,4 +272,7 @@ def test_summarize_joins_runs_made_one_at_a_time_and_says_what_the_full_table_la
     assert "met in every seed of 0, 1, 2: 1 of 19 conditions (grey)" in out
     assert "a run that did not meet them: black" in out  # L 20% short
     assert f"not run for the full table: {19 * 3 - 4} of 57" in out and "black 1" in out.split("camera: 4 runs")[1].split("==")[0]
+    per_condition = out.split("camera: 4 runs")[1].split("per condition:")[1].split("met in every seed")[0]
+    lines = [" ".join(line.split()) for line in per_condition.splitlines()]
+    assert "grey 0,1,2 1.000 1.000-1.000 +0.2%..+0.2% 3/3" in lines and "black 0 1.000 1.000-1.000 -20.0%..-20.0% 0/1" in lines
     assert not rb.met(_row("grey", 0, r=0.9)) and rb.met(_row("grey", 0, l_err=-0.099))
