@@ -8,6 +8,7 @@ clear message and exit with code 2, never a traceback.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 
@@ -216,6 +217,45 @@ def synth(file, out_dir, clips, frames, size, seed, noise, clutter, fmt, rendere
         f"and truth.csv, truth.json to {out_dir}",
         soft_wrap=True,
     )
+
+@main.command()
+@click.argument("videos", nargs=-1, required=True, type=click.Path())
+@click.option("--prior", type=click.Path(dir_okay=False), help="Write the camera into this prior's const S, cx, cy, R lines (e.g. priors/pendulum_camera.anm).")
+@click.option("--learn", is_flag=True, help="With --prior: cx, cy and R as learnable params started at the measurement (training refines them).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where the prior with the camera goes (default: print it).")
+@report_user_errors
+def swing(videos, prior, learn, output):
+    """Measure the camera of an object swinging about a fixed point in VIDEOS: the pivot (cx, cy) and the
+    distance R to the object's centre, in pixels of the video as stored, from the top left.
+
+    \b
+    anmc swing videos/
+    anmc swing videos/ --prior priors/pendulum_camera.anm --learn -o mine.anm
+    """
+    from anmc.data.io import load_clips
+    from anmc.data.swing import measure_swing, with_camera
+
+    clips = load_clips(list(videos), gray=False)
+    s = measure_swing([c.frames for c in clips])
+    out.print(
+        f"pivot cx = {s.cx:.1f}, cy = {s.cy:.1f} (±{s.pivot_se:.2f}); R = {s.radius:.1f} (±{s.radius_se:.2f}) (pixels of the {s.width}x{s.height} frames, from the top left); "
+        f"the track: {s.residual:.2f} px rms off its circle, {math.degrees(s.arc):.0f} degrees of arc, {s.frames} of {s.seen} frames used",
+        soft_wrap=True,
+    )
+    for warning in s.warnings():
+        err.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
+    if s.width != s.height:
+        err.print(f"[yellow]note[/]: the frames are {s.width}x{s.height}; a prior's S is one side: S = {s.width} (the width) is written.", soft_wrap=True)
+    if prior:
+        text = with_camera(Path(prior).read_text(), s, learn=learn)
+        if output:
+            Path(output).write_text(text)
+            err.print(f"wrote {escape(output)}")
+        else:
+            click.echo(text, nl=False)
+    else:
+        out.print(f"const S = {s.width}\nconst cx = {s.cx:.1f}\nconst cy = {s.cy:.1f}\nconst R = {s.radius:.1f}", soft_wrap=True)
+
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))

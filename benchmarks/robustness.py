@@ -27,7 +27,8 @@ seed=N` trains the data of `--seeds` from another start; with `--set restarts=K`
 each start's validation loss. `--camera`: train `priors/pendulum_camera.anm` instead, the pendulum with
 its camera declared (the rod and the bob drawn by the sprite decoder where theta puts them), with this
 generator's camera written in for each condition's source size, as a user who measured one frame
-would; `--camera-error` writes it measured badly, `--camera-learn` makes it learnable params. `--quick`: two conditions, one seed, tiny
+would; `--camera-error` writes it measured badly, `--camera-measured` as `anmc swing` measures it off the
+clips (no truth used), `--camera-learn` makes it learnable params. `--quick`: two conditions, one seed, tiny
 clips and one short epoch (a smoke test; its numbers mean nothing). `--summarize`: train nothing, join the
 `--json` files of runs made a condition and a seed at a time into one table per way of training and one
 line per condition over its seeds (worst |r|, the slopes' and L error's ranges, seeds met), and say
@@ -295,7 +296,19 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     data = workdir / f"{cond.name}_s{seed}" / "data"
     make_dataset(cond, data, seed, args.clips, args.frames)
     source, learn = args.prior, args.camera and args.camera_learn
-    if args.camera:  # the camera declared: a sprite for the rod and one for the bob (docs/method.md, "Physical units")
+    measured = None
+    if args.camera and args.camera_measured:  # the camera as `anmc swing` measures it off these clips, nothing known
+        from anmc.data.io import load_clips
+        from anmc.data.swing import measure_swing, with_camera
+
+        swing = measure_swing([c.frames for c in load_clips(data, gray=False)])
+        n = cond.source
+        measured = {"cx": swing.cx, "cy": swing.cy, "R": swing.radius, "residual": swing.residual, "arc": swing.arc,
+                    "frames": swing.frames, "seen": swing.seen, "reliable": swing.reliable,
+                    "pivot_error_px": math.hypot(swing.cx - PIVOT[0] * n, swing.cy - PIVOT[1] * n), "R_error": swing.radius / (ROD * n) - 1}  # fmt: skip
+        source = data.parent / "pendulum_camera.anm"
+        source.write_text(with_camera(args.prior.read_text(), swing, learn))
+    elif args.camera:  # the camera declared: a sprite for the rod and one for the bob (docs/method.md, "Physical units")
         source = data.parent / "pendulum_camera.anm"
         source.write_text(camera_for(args.prior, cond.source, args.camera_error, learn))
     prior, note = prior_for(data, data.parent / "pendulum.anm", source)
@@ -315,7 +328,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         "L": learned, "L_err": learned / L_TRUE - 1, "minutes": minutes,
         "diagnostics": [f["code"] for f in report["diagnostics"]], "note": note, "set": args.sets, "prior": str(args.prior),
         "camera": bool(args.camera), "camera_error": list(args.camera_error) if args.camera else None,
-        "camera_learn": learn, "camera_learned": _camera_learned(run) if learn else None,
+        "camera_learn": learn, "camera_learned": _camera_learned(run) if learn else None, "camera_measured": measured,
     }  # fmt: skip
 
 
@@ -331,8 +344,12 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['condition']:<12} {r['seed']:>4} {r['epochs']:>3} {r['theta_r']:>7.3f} {r['theta_slope']:>8.3f} {r['omega_r']:>7.3f} "
               f"{r['omega_slope']:>8.3f} {r['L']:>6.3f} {r['L_err']:>+7.1%} {r['minutes']:>6.1f}  {','.join(r['diagnostics']) or '-'}"
-              + (f"  ({r['note']})" if r["note"] else ""))  # fmt: skip
+              + (f"  ({r['note']})" if r["note"] else "") + _measured_text(r.get("camera_measured")))  # fmt: skip
     print(f"targets (|r| >= 0.95 for theta and omega, L within 10%) met in {sum(map(met, rows))} of {len(rows)} runs")
+
+
+def _measured_text(m: dict | None) -> str:
+    return f"  (camera measured: pivot {m['pivot_error_px']:.2f} px off, R {m['R_error']:+.1%})" if m else ""
 
 
 def met(row: dict) -> bool:
@@ -366,7 +383,8 @@ def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
         how = Path(r.get("prior") or PRIOR).name
         if r.get("camera"):
             error = r.get("camera_error") or [0, 0, 0]
-            how += " camera" + (f" error {','.join(f'{v:g}' for v in error)}" if any(error) else "") + (" learned" if r.get("camera_learn") else "")
+            how += " camera" + (" measured by anmc swing" if r.get("camera_measured") else "")
+            how += (f" error {','.join(f'{v:g}' for v in error)}" if any(error) else "") + (" learned" if r.get("camera_learn") else "")
         how += "".join(f" --set {s}" for s in r.get("set") or [])
         groups.setdefault(how, []).append(r)
     for how, group in groups.items():
@@ -405,12 +423,16 @@ def main() -> None:
     ap.add_argument("--camera-error", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.0, 0.0, 0.0),
                     metavar="DX,DY,FRACTION", help="with --camera: write the camera as measured badly, the pivot off by "
                     "(DX, DY) pixels and the bob's distance R off by FRACTION (e.g. 2,-2,0.1)")
+    ap.add_argument("--camera-measured", action="store_true", help="with --camera: the camera measured off each data set by "
+                    "`anmc swing` (anmc.data.swing), not this generator's; the row records the measurement and its error")
     ap.add_argument("--camera-learn", action="store_true", help="with --camera: the pivot (cx, cy) and R learnable params "
                     "started at the written camera (with --camera-error: from the bad measurement)")
     args = ap.parse_args()
     if args.summarize:
         summarize(args.summarize)
         return
+    if args.camera_measured and (not args.camera or any(args.camera_error)):
+        ap.error("--camera-measured goes with --camera and without --camera-error")
     if len(args.camera_error) != 3:
         ap.error("--camera-error takes three numbers: DX,DY,FRACTION")
     args.prior = args.prior or (CAMERA_PRIOR if args.camera else PRIOR)
