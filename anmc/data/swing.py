@@ -57,7 +57,7 @@ SAMPLES = 300  # candidate circles, each through three frames' centroids
 RIVAL = 0.5  # a second moving region with this share of the largest one's foreground counts as another object
 MANY = 0.25  # of the frames: more with another object makes the measurement unreliable
 MAX_FRAMES = 400  # per clip: the track is measured on at most this many evenly spaced frames
-WHOLE = 0.9  # of the median foreground of a frame: frames with less are left out of the first circle
+WHOLE = 0.9  # of the median count of a frame's moving pixels (of its far end's, when refining): fewer is a partly hidden object
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def measure_swing(clips: Sequence[np.ndarray]) -> Swing:
         raise UserError(f"only {len(points)} frame(s) show something moving against the background; a swing needs at least 3: give clips in which the object moves.")
     # the first circle from the frames that show the object whole: one partly hidden (behind an occluder,
     # off the frame's edge) has its centroid elsewhere and less foreground than usual
-    totals = np.asarray([w.sum() for _, _, w in frames_fg])
+    totals = np.asarray([len(w) for _, _, w in frames_fg])  # pixels, not their sum: a change of gain is no occlusion
     whole = totals >= WHOLE * np.median(totals)
     cx, cy, _, keep_whole = _fit_track(np.asarray(points)[whole], factor)
     keep = np.zeros(len(points), bool)
@@ -159,7 +159,7 @@ def measure_swing(clips: Sequence[np.ndarray]) -> Swing:
         for xs, ys, w in frames_fg:
             sel = np.abs(np.hypot(xs - cx, ys - cy) - radius) <= WINDOW * radius
             ws = w[sel]
-            near.append((xs[sel] @ ws / ws.sum(), ys[sel] @ ws / ws.sum(), ws.sum()) if ws.sum() > 0 else (np.nan, np.nan, 0.0))
+            near.append((xs[sel] @ ws / ws.sum(), ys[sel] @ ws / ws.sum(), sel.sum()) if ws.sum() > 0 else (np.nan, np.nan, 0.0))
         pts = np.asarray(near)
         ok = pts[:, 2] >= WHOLE * np.median(pts[pts[:, 2] > 0, 2])  # the far end whole, not cut by an occluder or the edge
         pts = pts[:, :2]
