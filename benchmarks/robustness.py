@@ -28,7 +28,8 @@ each start's validation loss. `--camera`: train `priors/pendulum_camera.anm` ins
 its camera declared (the rod and the bob drawn by the sprite decoder where theta puts them), with this
 generator's camera written in for each condition's source size, as a user who measured one frame
 would; `--camera-error` writes it measured badly, `--camera-measured` as `anmc swing` measures it off the
-clips (no truth used), `--camera-learn` makes it learnable params. `--quick`: two conditions, one seed, tiny
+clips (no truth used), `--camera-learn` makes it learnable params. `--measure-cameras`: train nothing,
+measure every data set's camera with `anmc swing` and print its error against the generator's. `--quick`: two conditions, one seed, tiny
 clips and one short epoch (a smoke test; its numbers mean nothing). `--summarize`: train nothing, join the
 `--json` files of runs made a condition and a seed at a time into one table per way of training and one
 line per condition over its seeds (worst |r|, the slopes' and L error's ranges, seeds met), and say
@@ -401,6 +402,35 @@ def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
     return rows
 
 
+def measure_cameras(conditions, seeds, args, workdir: Path) -> list[dict]:
+    """Train nothing: draw each (condition, seed) data set as the training runs do (mp4 clips), measure its
+    camera with `anmc swing` (anmc.data.swing.measure_swing) and compare it with the generator's."""
+    from anmc.data.io import load_clips
+    from anmc.data.swing import measure_swing
+
+    rows = []
+    print(f"{'condition':<12} {'seed':>4} {'S':>4} {'pivot err px':>12} {'R err':>7} {'rms px':>7} {'s.e. px':>7} {'arc deg':>7} {'frames':>11}  warnings")
+    for cond in conditions:
+        for seed in seeds:
+            data = workdir / f"{cond.name}_s{seed}" / "data"
+            make_dataset(cond, data, seed, args.clips, args.frames)
+            started = time.monotonic()
+            s = measure_swing([c.frames for c in load_clips(data, gray=False)])
+            n = cond.source
+            row = {"condition": cond.name, "seed": seed, "size": n, "cx": s.cx, "cy": s.cy, "R": s.radius,
+                   "pivot_error_px": math.hypot(s.cx - PIVOT[0] * n, s.cy - PIVOT[1] * n), "R_error": s.radius / (ROD * n) - 1,
+                   "residual": s.residual, "pivot_se": s.pivot_se, "arc": s.arc, "frames": s.frames, "seen": s.seen,
+                   "warnings": s.warnings(), "seconds": time.monotonic() - started}  # fmt: skip
+            rows.append(row)
+            print(f"{cond.name:<12} {seed:>4} {n:>4} {row['pivot_error_px']:>12.2f} {row['R_error']:>+7.1%} {s.residual:>7.2f} {s.pivot_se:>7.2f} "
+                  f"{math.degrees(s.arc):>7.0f} {s.frames:>5}/{s.seen:<5}  {len(row['warnings']) or '-'}", flush=True)  # fmt: skip
+    worst = max(rows, key=lambda r: r["pivot_error_px"])
+    print(f"pivot within {worst['pivot_error_px']:.2f} px ({worst['condition']} seed {worst['seed']}), R error "
+          f"{min(r['R_error'] for r in rows):+.1%} to {max(r['R_error'] for r in rows):+.1%}, "
+          f"{sum(bool(r['warnings']) for r in rows)} of {len(rows)} data sets with a warning")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--summarize", nargs="+", type=Path, metavar="JSON",
@@ -425,6 +455,8 @@ def main() -> None:
                     "(DX, DY) pixels and the bob's distance R off by FRACTION (e.g. 2,-2,0.1)")
     ap.add_argument("--camera-measured", action="store_true", help="with --camera: the camera measured off each data set by "
                     "`anmc swing` (anmc.data.swing), not this generator's; the row records the measurement and its error")
+    ap.add_argument("--measure-cameras", action="store_true", help="train nothing: measure each data set's camera with "
+                    "`anmc swing` and print its error against the generator's (seconds a data set)")
     ap.add_argument("--camera-learn", action="store_true", help="with --camera: the pivot (cx, cy) and R learnable params "
                     "started at the written camera (with --camera-error: from the bad measurement)")
     args = ap.parse_args()
@@ -461,6 +493,11 @@ def main() -> None:
     print("torch threads: %d (%s); %s" % (*apply_thread_default(), allocator), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
+        if args.measure_cameras:
+            rows = measure_cameras(conditions, seeds, args, workdir)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=2) + "\n")
+            return
         rows = []
         for cond in conditions:
             for seed in seeds:

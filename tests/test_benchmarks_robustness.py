@@ -266,6 +266,21 @@ def test_anmc_swing_measures_the_generators_camera(name):
     assert (s.pivot_se > 0.2) == (name == "jitter")  # the shake is what makes the track scatter
 
 
+def test_measure_cameras_draws_each_data_set_and_reports_the_error(tmp_path, capsys):
+    """`--measure-cameras`: each (condition, seed) drawn as mp4 clips as the training runs read them, measured
+    by `anmc swing`, one row each with the error against the generator's camera, and a summary line."""
+    import argparse
+
+    args = argparse.Namespace(clips=2, frames=40)
+    conds = [replace(rb.CONDITIONS[c], source=48) for c in ("black", "occluder")]
+    rows = rb.measure_cameras(conds, [0], args, tmp_path)
+    out = capsys.readouterr().out
+    assert [r["condition"] for r in rows] == ["black", "occluder"] and (tmp_path / "occluder_s0" / "data" / "clip_000.mp4").exists()
+    assert all(r["pivot_error_px"] < 0.5 and abs(r["R_error"]) < 0.03 for r in rows), rows
+    assert rows[1]["frames"] < rows[1]["seen"]  # the occluded frames left out
+    assert "pivot within" in out and "of 2 data sets with a warning" in out
+
+
 @pytest.mark.slow
 def test_quick_run_with_the_camera_measured_records_the_measurement(tmp_path):
     """`--quick --camera --camera-measured`: the prior each run trains carries the camera `anmc swing` measured
