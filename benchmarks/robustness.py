@@ -298,7 +298,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     make_dataset(cond, data, seed, args.clips, args.frames)
     source, learn = args.prior, args.camera and args.camera_learn
     measured = None
-    if args.camera and args.camera_measured:  # the camera as `anmc swing` measures it off these clips, nothing known
+    if args.camera and getattr(args, "camera_measured", False):  # the camera as `anmc swing` measures it off these clips, nothing known
         from anmc.data.io import load_clips
         from anmc.data.swing import measure_swing, with_camera
 
