@@ -232,11 +232,9 @@ def swing(videos, prior, learn, output):
     anmc swing videos/
     anmc swing videos/ --prior priors/pendulum_camera.anm --learn -o mine.anm
     """
-    from anmc.data.io import load_clips
-    from anmc.data.swing import measure_swing, with_camera
+    from anmc.data.swing import measure_swing_in, with_camera
 
-    clips = load_clips(list(videos), gray=False)
-    s = measure_swing([c.frames for c in clips])
+    s = measure_swing_in(list(videos))
     out.print(
         f"pivot cx = {s.cx:.1f}, cy = {s.cy:.1f} (±{s.pivot_se:.2f}); R = {s.radius:.1f} (±{s.radius_se:.2f}) (pixels of the {s.width}x{s.height} frames, from the top left); "
         f"the track: {s.residual:.2f} px rms off its circle, {math.degrees(s.arc):.0f} degrees of arc, {s.frames} of {s.seen} frames used",

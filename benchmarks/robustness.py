@@ -299,10 +299,9 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     source, learn = args.prior, args.camera and args.camera_learn
     measured = None
     if args.camera and getattr(args, "camera_measured", False):  # the camera as `anmc swing` measures it off these clips, nothing known
-        from anmc.data.io import load_clips
-        from anmc.data.swing import measure_swing, with_camera
+        from anmc.data.swing import measure_swing_in, with_camera
 
-        swing = measure_swing([c.frames for c in load_clips(data, gray=False)])
+        swing = measure_swing_in(data)
         n = cond.source
         measured = {"cx": swing.cx, "cy": swing.cy, "R": swing.radius, "residual": swing.residual, "arc": swing.arc,
                     "frames": swing.frames, "seen": swing.seen, "reliable": swing.reliable,
@@ -405,8 +404,7 @@ def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
 def measure_cameras(conditions, seeds, args, workdir: Path) -> list[dict]:
     """Train nothing: draw each (condition, seed) data set as the training runs do (mp4 clips), measure its
     camera with `anmc swing` (anmc.data.swing.measure_swing) and compare it with the generator's."""
-    from anmc.data.io import load_clips
-    from anmc.data.swing import measure_swing
+    from anmc.data.swing import measure_swing_in
 
     rows = []
     print(f"{'condition':<12} {'seed':>4} {'S':>4} {'pivot err px':>12} {'R err':>7} {'rms px':>7} {'s.e. px':>7} {'arc deg':>7} {'frames':>11}  warnings")
@@ -415,7 +413,7 @@ def measure_cameras(conditions, seeds, args, workdir: Path) -> list[dict]:
             data = workdir / f"{cond.name}_s{seed}" / "data"
             make_dataset(cond, data, seed, args.clips, args.frames)
             started = time.monotonic()
-            s = measure_swing([c.frames for c in load_clips(data, gray=False)])
+            s = measure_swing_in(data)  # as `anmc swing` reads them
             n = cond.source
             row = {"condition": cond.name, "seed": seed, "size": n, "cx": s.cx, "cy": s.cy, "R": s.radius,
                    "pivot_error_px": math.hypot(s.cx - PIVOT[0] * n, s.cy - PIVOT[1] * n), "R_error": s.radius / (ROD * n) - 1,

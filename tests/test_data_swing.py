@@ -106,6 +106,24 @@ def test_with_camera_writes_the_measurement_into_the_prior():
         with_camera("model m\nstate x ~ Normal(0, 1)\n", swing)
 
 
+def test_a_large_non_square_video_is_measured_in_its_own_pixels(tmp_path):
+    """`measure_swing_in` decodes each clip at most MAX_SIDE px a side with its aspect kept (an HD recording
+    never sits in memory whole) and maps the result back to the stored pixels of a 400 x 240 video."""
+    from anmc.data.swing import MAX_SIDE, measure_swing_in
+
+    h, w, pivot, radius = 240, 400, (210.0, 40.0), 150.0
+    y, x = np.mgrid[:h, :w] + 0.5
+    for c, (amp, phase) in enumerate([(0.9, 0.0), (0.6, 2.0)]):
+        video = np.zeros((60, h, w), np.uint8)
+        for t in range(60):
+            th = amp * math.sin(0.15 * t + phase)
+            video[t][np.hypot(x - pivot[0] - radius * math.sin(th), y - pivot[1] - radius * math.cos(th)) <= 16] = 220
+        write_video(tmp_path / f"clip_{c}.npz", video)
+    s = measure_swing_in(tmp_path)
+    assert (s.width, s.height) == (w, h) and max(w, h) > MAX_SIDE
+    assert abs(s.cx - pivot[0]) < 1.0 and abs(s.cy - pivot[1]) < 1.0 and abs(s.radius / radius - 1) < 0.02, s
+
+
 def test_anmc_swing_cli(tmp_path):
     for i, clip in enumerate(pendulum_clips(clips=3, frames=50)):
         write_video(tmp_path / "videos" / f"clip_{i}.npz", clip)

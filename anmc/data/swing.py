@@ -1,6 +1,6 @@
 """Measure a swinging object's camera off the video: the pivot and the pivot-to-object distance, in pixels.
 
-    swing = measure_swing([clip.frames for clip in load_clips("videos/")])   # frames as stored
+    swing = measure_swing_in("videos/")                                      # clips as `anmc train` takes them
     print(swing.cx, swing.cy, swing.radius, swing.residual)                  # pixels from the top left
     text = with_camera(Path("priors/pendulum_camera.anm").read_text(), swing, learn=True)
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -218,6 +218,23 @@ def _circle_through(p: np.ndarray) -> tuple[float, float, float] | None:
     cx = (s1 * (y2 - y3) + s2 * (y3 - y1) + s3 * (y1 - y2)) / d
     cy = (s1 * (x3 - x2) + s2 * (x1 - x3) + s3 * (x2 - x1)) / d
     return float(cx), float(cy), float(math.hypot(x1 - cx, y1 - cy))
+
+
+def measure_swing_in(paths) -> Swing:
+    """`measure_swing` on the clips in `paths` (files or folders, as `anmc train` takes them), each decoded
+    a chunk at a time at most MAX_SIDE pixels a side with its aspect kept, so that an HD recording never
+    sits in memory whole; the result in pixels of the videos as stored."""
+    from anmc.data.io import clip_sources, read_video, source_frame_shape, videos_transform
+
+    sources = clip_sources(paths)
+    height, width = source_frame_shape(sources[0])
+    factor = max(1, math.ceil(max(height, width) / MAX_SIDE))
+    target = (max(1, height // factor), max(1, width // factor)) if factor > 1 else None
+    where = videos_transform(paths, target)  # also: VideoError when the clips are stored at different sizes
+    s = measure_swing([read_video(src, size=target, gray=False) for src in sources])
+    k = 1.0 / where["scale"]
+    return replace(s, cx=s.cx * k + where["left"], cy=s.cy * k + where["top"], radius=s.radius * k, residual=s.residual * k,
+                   pivot_se=s.pivot_se * k, radius_se=s.radius_se * k, width=width, height=height)  # fmt: skip
 
 
 def with_camera(text: str, swing: Swing, learn: bool = False) -> str:
