@@ -170,8 +170,9 @@ def camera_findings(vae, n: int = 4096) -> list[dict]:
                 "camera_off_frame",
                 f"the prior's camera puts {name} outside the {width:g}x{height:g} video in {share:.0%} of its initial "
                 f"states (on average at {', '.join(where)} px): a camera measured on another video?",
-                "measure the camera on a frame of these videos (their side S, where the objects are: docs/data.md, "
-                "'Declare the camera'); or narrow the initial distribution to the states the clips show.",
+                "measure the camera on these videos (a pendulum's: `anmc swing VIDEOS --prior PRIOR`; else their side S "
+                "and where the objects are, on a frame: docs/data.md, 'Declare the camera'); or narrow the initial "
+                "distribution to the states the clips show.",
                 object=key, share=share,
             ))  # fmt: skip
     return out
@@ -283,8 +284,8 @@ def truth_findings(states: dict[str, dict], camera: bool = False) -> list[dict]:
     prior's declared camera (the sprite decoder), so a scale off the truth points at that camera."""
     if camera:  # the sprite decoder fixes the units, so a wrong scale is a camera that does not fit the video
         units_advice = (
-            "check the declared camera against a frame of this video (its side S, where the objects are, "
-            "e.g. a pendulum's pivot and R: docs/data.md, 'Declare the camera'); a camera a few pixels off can be "
+            "check the declared camera against this video (its side S, where the objects are; a pendulum's pivot and "
+            "R as `anmc swing VIDEOS` measures them: docs/data.md, 'Declare the camera'); a camera a few pixels off can be "
             "made learnable params started there, but learning refines a measurement, it does not find one from far off."
         )
     else:
