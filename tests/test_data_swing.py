@@ -102,6 +102,11 @@ def test_with_camera_writes_the_measurement_into_the_prior():
     compile_prior(text)
     learned = {name for name, p in compile_prior(learn).model.params.items() if p.learn}
     assert learned == {"cx", "cy", "R", "L"}
+    # a pivot above the frame (its top cropped off) keeps a range that holds it
+    above = with_camera(CAMERA_PRIOR.read_text(), Swing(cx=48.0, cy=-12.0, radius=70.0, width=64, height=64, residual=0.1,
+                                                        arc=2.0, frames=10, seen=10), learn=True)  # fmt: skip
+    assert "param cy = -12.0 in [-S, 2 * S] learn" in above and "param R = 70.0 in [0.05 * S, 3 * S] learn" in above
+    compile_prior(above)
     with pytest.raises(UserError, match="no `const S"):
         with_camera("model m\nstate x ~ Normal(0, 1)\n", swing)
 

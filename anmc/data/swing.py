@@ -241,7 +241,10 @@ def with_camera(text: str, swing: Swing, learn: bool = False) -> str:
     """A prior's text with its `const S`, `cx`, `cy`, `R` lines set to the measured camera (S: the frame's
     width; `learn`: cx, cy and R as learnable params started there, `param cx = … in [0, S] learn`)."""
     values = {"S": f"{swing.width}", "cx": f"{swing.cx:.1f}", "cy": f"{swing.cy:.1f}", "R": f"{swing.radius:.1f}"}
-    ranges = {"cx": "[0, S]", "cy": "[0, S]", "R": "[0.05 * S, S]"}
+    side = swing.width  # a pivot above the frame's top edge (cy < 0) or a swing longer than the frame keeps its range
+    inside = lambda v, lo, hi: lo <= v <= hi * side  # noqa: E731
+    ranges = {"cx": "[0, S]" if inside(swing.cx, 0, 1) else "[-S, 2 * S]", "cy": "[0, S]" if inside(swing.cy, 0, 1) else "[-S, 2 * S]",
+              "R": "[0.05 * S, S]" if inside(swing.radius, 0, 1) else "[0.05 * S, 3 * S]"}  # fmt: skip
     for name, value in values.items():
         line = f"param {name} = {value} in {ranges[name]} learn" if learn and name != "S" else f"const {name} = {value}"
         pattern = rf"^(?:const|param) {name} = [^#\n]*?(\s*)(#[^\n]*)?$"
