@@ -9,7 +9,8 @@
 # Phase 1 (until QUEUE_END s): in parallel, each process with one torch thread -- the paper's pendulum
 # (docs/results.md section 1: seed 0, defaults, L started 50% off) trained with --device cuda and
 # evaluated; the CUDA tests; a 1-GPU DistributedDataParallel run through torchrun; and a queue of
-# benchmarks/robustness.py runs (ROBUST_JOBS lines "condition seed", ROBUST_SETS for every run, e.g. "--camera";
+# benchmarks/robustness.py runs (ROBUST_JOBS lines "condition seed", ROBUST_SETS for every run, e.g. "--camera --camera-measured
+# --camera-learn": the camera as `anmc swing` measures it, the way a user without the truth would train;
 # ROBUST_DEVICE=cpu trains them on the machine's CPU cores, one torch thread each, e.g. ROBUST_P=12 QUEUE_END=560
 # ROBUST_MIN=8 PHASE2=0 for a call spent on them),
 # ROBUST_P at a time, each with a time limit so that it finishes and is evaluated (opt-in, below).
