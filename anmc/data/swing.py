@@ -12,22 +12,23 @@ module gives that first measurement without a person clicking on a frame:
 1. what moves: each clip's static background (`anmc.data.background.estimate_background`) is taken
    from its frames, and a pixel is foreground where it differs from it by more than `THRESHOLD` of the
    clip's strong differences (its 99.9th percentile);
-2. the object: in each frame the connected foreground region of the largest total difference (a
-   second moving object, a speck of noise or a static occluder's edge are other regions), and its
-   centroid;
-3. the pivot: the circle through the centroids of every frame of every clip (the algebraic least
-   squares fit, then Gauss-Newton on the distances, trimming the frames more than `TRIM` robust
-   deviations off it: frames where the object passes behind something or touches another object);
-   a rigid body turning about a point keeps its centroid on a circle about it, whether or not a rod is
-   drawn;
-4. the distance R: the radius about that pivot at which the object's pixels are most often found
-   (the peak of their radial histogram over all frames): a bob is wider than its rod or string, so its
-   centre is where the most foreground lies along the ray.
+2. the object: in each frame the 8-connected foreground region of the largest total difference (a
+   second moving object, a speck of noise or a static occluder's edge are other regions);
+3. a first circle through the regions' centroids, from the frames that show the object whole (at least
+   `WHOLE` of the median count of moving pixels): the circle through three centroids that the most
+   others lie within `TOLERANCE` pixels of (RANSAC), then least squares on those within `TRIM` robust
+   deviations of it;
+4. the far end: R first where the objects' pixels are densest along the radius (the peak of their
+   radial histogram about that pivot); then `REFINE` times, each frame's pixels within `WINDOW` R of R
+   (the bob, whatever is drawn between it and the pivot: near the pivot a rod covers the same pixels in
+   most frames and joins the background, so the whole region is not rigid, its far end is), their
+   centroids, frames with fewer such pixels than `WHOLE` of the median left out (partly hidden), and
+   the circle through them as in 3: its centre is the pivot, its radius R.
 
-It fails, and says so through `residual` (the centroids' rms distance from the circle, pixels) and `arc`
-(how much of the circle the track covers), when nothing turns about a fixed point: a camera that moves
-with the object, a swing of a few degrees (an arc too short to place a centre), or a second object that
-is larger than the pendulum. `with_camera` writes the measurement into a prior's `const S`, `cx`, `cy`,
+It fails, and says so (`Swing.warnings`), when nothing turns about a fixed point or the track cannot
+place it: a track that is not a circle (a camera that moves, a second object larger than the
+pendulum), a swing of a few degrees (an arc too short to place a centre), a pivot whose standard
+error exceeds `GOOD_SE` of the frame (shake, few frames), a second large region in most frames. `with_camera` writes the measurement into a prior's `const S`, `cx`, `cy`,
 `R` lines, as learnable params started there with `learn=True` (learning then refines it).
 """
 
