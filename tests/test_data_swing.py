@@ -146,3 +146,12 @@ def test_anmc_swing_cli(tmp_path):
     compile_prior(tmp_path / "mine.anm")
     res = runner.invoke(main, ["swing", str(tmp_path / "nothing_here")])
     assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    write_video(tmp_path / "still" / "clip.npz", np.full((8, 32, 32), 90, np.uint8))
+    res = runner.invoke(main, ["swing", str(tmp_path / "still")])
+    assert res.exit_code == 2 and "show something moving" in res.output and "Traceback" not in res.output
+    write_video(tmp_path / "two" / "a.npz", pendulum_clips(clips=1, frames=10)[0])
+    write_video(tmp_path / "two" / "b.npz", pendulum_clips(size=48, pivot=(20.0, 10.0), radius=25.0, clips=1, frames=10)[0])
+    res = runner.invoke(main, ["swing", str(tmp_path / "two")])
+    assert res.exit_code == 2 and "is stored at 64x64" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["swing", str(tmp_path / "videos"), "--prior", "priors/pendulum.anm"])
+    assert res.exit_code == 2 and "no `const S" in res.output
