@@ -275,17 +275,16 @@ def camera_for(source: Path, size: int, error: tuple[float, float, float] = (0.0
     one frame would write). `error` (dx, dy, fraction): the camera as measured badly, the pivot off by
     (dx, dy) pixels and the bob's distance by that fraction of it. `learn`: cx, cy and R become learnable
     params started there (`param cx = ... in [0, S] learn`)."""
+    from anmc.data.swing import write_camera
+    from anmc.errors import UserError
+
     dx, dy, frac = error
     off = lambda v: f" {'-' if v < 0 else '+'} {abs(v):g}" if v else ""  # noqa: E731
-    values = {"cx": f"{PIVOT[0]} * S{off(dx)}", "cy": f"{PIVOT[1]} * S{off(dy)}", "R": f"{ROD * (1 + frac):g} * S"}
-    ranges = {"cx": "[0, S]", "cy": "[0, S]", "R": "[0.05 * S, S]"}
-    text = source.read_text()
-    for name, value in {"S": f"{size}", **values}.items():
-        line = f"param {name} = {value} in {ranges[name]} learn" if learn and name != "S" else f"const {name} = {value}"
-        text, found = re.subn(rf"^const {name} = [^#\n]*?(\s*#)", rf"{line}\1", text, count=1, flags=re.M)
-        if not found:
-            raise SystemExit(f"{source}: no `const {name} = ...` line to set the camera")
-    return text
+    values = {"S": f"{size}", "cx": f"{PIVOT[0]} * S{off(dx)}", "cy": f"{PIVOT[1]} * S{off(dy)}", "R": f"{ROD * (1 + frac):g} * S"}
+    try:
+        return write_camera(source.read_text(), values, {"cx": "[0, S]", "cy": "[0, S]", "R": "[0.05 * S, S]"}, learn)
+    except UserError as e:
+        raise SystemExit(f"{source}: {e}") from None
 
 
 def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
@@ -302,10 +301,8 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         from anmc.data.swing import measure_swing_in, with_camera
 
         swing = measure_swing_in(data)
-        n = cond.source
         measured = {"cx": swing.cx, "cy": swing.cy, "R": swing.radius, "residual": swing.residual, "arc": swing.arc,
-                    "frames": swing.frames, "seen": swing.seen, "reliable": swing.reliable,
-                    "pivot_error_px": math.hypot(swing.cx - PIVOT[0] * n, swing.cy - PIVOT[1] * n), "R_error": swing.radius / (ROD * n) - 1}  # fmt: skip
+                    "frames": swing.frames, "seen": swing.seen, "reliable": swing.reliable, **camera_error(swing, cond.source)}  # fmt: skip
         source = data.parent / "pendulum_camera.anm"
         source.write_text(with_camera(args.prior.read_text(), swing, learn))
     elif args.camera:  # the camera declared: a sprite for the rod and one for the bob (docs/method.md, "Physical units")
@@ -330,6 +327,12 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
         "camera": bool(args.camera), "camera_error": list(args.camera_error) if args.camera else None,
         "camera_learn": learn, "camera_learned": _camera_learned(run) if learn else None, "camera_measured": measured,
     }  # fmt: skip
+
+
+def camera_error(swing, size: int) -> dict:
+    """How far a measured camera (an `anmc.data.swing.Swing`) is from this generator's at a video side of `size`:
+    the pivot's distance in pixels and R's relative error."""
+    return {"pivot_error_px": math.hypot(swing.cx - PIVOT[0] * size, swing.cy - PIVOT[1] * size), "R_error": swing.radius / (ROD * size) - 1}
 
 
 def _camera_learned(run) -> dict:
@@ -415,8 +418,7 @@ def measure_cameras(conditions, seeds, args, workdir: Path) -> list[dict]:
             started = time.monotonic()
             s = measure_swing_in(data)  # as `anmc swing` reads them
             n = cond.source
-            row = {"condition": cond.name, "seed": seed, "size": n, "cx": s.cx, "cy": s.cy, "R": s.radius,
-                   "pivot_error_px": math.hypot(s.cx - PIVOT[0] * n, s.cy - PIVOT[1] * n), "R_error": s.radius / (ROD * n) - 1,
+            row = {"condition": cond.name, "seed": seed, "size": n, "cx": s.cx, "cy": s.cy, "R": s.radius, **camera_error(s, n),
                    "residual": s.residual, "pivot_se": s.pivot_se, "arc": s.arc, "frames": s.frames, "seen": s.seen,
                    "warnings": s.warnings(), "seconds": time.monotonic() - started}  # fmt: skip
             rows.append(row)

@@ -225,14 +225,14 @@ def measure_swing_in(paths) -> Swing:
     """`measure_swing` on the clips in `paths` (files or folders, as `anmc train` takes them), each decoded
     a chunk at a time at most MAX_SIDE pixels a side with its aspect kept, so that an HD recording never
     sits in memory whole; the result in pixels of the videos as stored."""
-    from anmc.data.io import clip_sources, read_video, source_frame_shape, videos_transform
+    from anmc.data.io import clip_sources, read_video, resize_transform, videos_transform
 
-    sources = clip_sources(paths)
-    height, width = source_frame_shape(sources[0])
+    stored = videos_transform(paths, None)  # the stored size; VideoError when the clips are stored at different sizes
+    height, width = int(stored["height"]), int(stored["width"])
     factor = max(1, math.ceil(max(height, width) / MAX_SIDE))
     target = (max(1, height // factor), max(1, width // factor)) if factor > 1 else None
-    where = videos_transform(paths, target)  # also: VideoError when the clips are stored at different sizes
-    s = measure_swing([read_video(src, size=target, gray=False) for src in sources])
+    where = resize_transform((height, width), target)
+    s = measure_swing([read_video(src, size=target, gray=False) for src in clip_sources(paths)])
     k = 1.0 / where["scale"]
     return replace(s, cx=s.cx * k + where["left"], cy=s.cy * k + where["top"], radius=s.radius * k, residual=s.residual * k,
                    pivot_se=s.pivot_se * k, radius_se=s.radius_se * k, width=width, height=height)  # fmt: skip
@@ -246,6 +246,13 @@ def with_camera(text: str, swing: Swing, learn: bool = False) -> str:
     inside = lambda v, lo, hi: lo <= v <= hi * side  # noqa: E731
     ranges = {"cx": "[0, S]" if inside(swing.cx, 0, 1) else "[-S, 2 * S]", "cy": "[0, S]" if inside(swing.cy, 0, 1) else "[-S, 2 * S]",
               "R": "[0.05 * S, S]" if inside(swing.radius, 0, 1) else "[0.05 * S, 3 * S]"}  # fmt: skip
+    return write_camera(text, values, ranges, learn)
+
+
+def write_camera(text: str, values: dict[str, str], ranges: dict[str, str], learn: bool = False) -> str:
+    """A prior's text with each `const NAME = …` (or `param NAME = …`) line of `values` (NAME -> expression)
+    replaced, its comment kept in its column; with `learn`, every name but S becomes `param NAME = … in
+    RANGE learn` with its range from `ranges`. UserError when the prior has no such line."""
     for name, value in values.items():
         line = f"param {name} = {value} in {ranges[name]} learn" if learn and name != "S" else f"const {name} = {value}"
         pattern = rf"^(?:const|param) {name} = [^#\n]*?(\s*)(#[^\n]*)?$"
