@@ -107,6 +107,14 @@ def test_with_camera_writes_the_measurement_into_the_prior():
                                                         arc=2.0, frames=10, seen=10), learn=True)  # fmt: skip
     assert "param cy = -12.0 in [-S, 2 * S] learn" in above and "param R = 70.0 in [0.05 * S, 3 * S] learn" in above
     compile_prior(above)
+    # every start strictly inside its range, whatever was measured: a bob 3 px from the pivot, a pivot on the
+    # frame's edge, one far above it (a param started at a bound would be flagged as stuck there)
+    for cx, cy, radius in [(48.0, 20.0, 3.0), (0.0, 20.0, 30.0), (48.0, -200.0, 300.0)]:
+        odd = Swing(cx=cx, cy=cy, radius=radius, width=96, height=96, residual=0.1, arc=2.0, frames=10, seen=10)
+        params = compile_prior(with_camera(CAMERA_PRIOR.read_text(), odd, learn=True)).model.params
+        for name, value in {"cx": cx, "cy": cy, "R": radius}.items():
+            lo, hi = params[name].bounds
+            assert lo < value < hi, (name, value, lo, hi)
     with pytest.raises(UserError, match="no `const S"):
         with_camera("model m\nstate x ~ Normal(0, 1)\n", swing)
 

@@ -243,10 +243,20 @@ def with_camera(text: str, swing: Swing, learn: bool = False) -> str:
     width; `learn`: cx, cy and R as learnable params started there, `param cx = … in [0, S] learn`)."""
     values = {"S": f"{swing.width}", "cx": f"{swing.cx:.1f}", "cy": f"{swing.cy:.1f}", "R": f"{swing.radius:.1f}"}
     side = swing.width  # a pivot above the frame's top edge (cy < 0) or a swing longer than the frame keeps its range
-    inside = lambda v, lo, hi: lo <= v <= hi * side  # noqa: E731
-    ranges = {"cx": "[0, S]" if inside(swing.cx, 0, 1) else "[-S, 2 * S]", "cy": "[0, S]" if inside(swing.cy, 0, 1) else "[-S, 2 * S]",
-              "R": "[0.05 * S, S]" if inside(swing.radius, 0, 1) else "[0.05 * S, 3 * S]"}  # fmt: skip
+    ranges = {"cx": _range_holding(swing.cx, side, [(0, 1), (-1, 2)], wide=side),
+              "cy": _range_holding(swing.cy, side, [(0, 1), (-1, 2)], wide=side),
+              "R": _range_holding(swing.radius, side, [(0.05, 1), (0.05, 3)], wide=swing.radius / 2)}  # fmt: skip
     return write_camera(text, values, ranges, learn)
+
+
+def _range_holding(value: float, side: int, choices: list[tuple[float, float]], wide: float) -> str:
+    """The first range `[lo * S, hi * S]` of `choices` that holds `value` strictly inside (a learnable
+    param started at a bound would be flagged as stuck there), else `value` ± `wide` in pixels."""
+    times = lambda k: {0: "0", 1: "S", -1: "-S"}.get(k, f"{k} * S")  # noqa: E731
+    for lo, hi in choices:
+        if lo * side < value < hi * side:
+            return f"[{times(lo)}, {times(hi)}]"
+    return f"[{value - wide:.1f}, {value + wide:.1f}]"
 
 
 def write_camera(text: str, values: dict[str, str], ranges: dict[str, str], learn: bool = False) -> str:
