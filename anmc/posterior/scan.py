@@ -38,11 +38,6 @@ def prefix_scan(combine: Combine, elems: Tensor, short: int = SHORT) -> Tensor:
     return _odd_even(combine, elems, max(1, short))
 
 
-def suffix_scan(combine: Combine, elems: Tensor, short: int = SHORT) -> Tensor:
-    """Inclusive scan from the end: out[:, t] = elems[:, t] ⊗ … ⊗ elems[:, T − 1] (combine(a, b): a earlier)."""
-    return prefix_scan(lambda later, earlier: combine(earlier, later), elems.flip(1), short).flip(1)
-
-
 def _doubling(combine: Combine, x: Tensor) -> Tensor:
     """Hillis-Steele: ⌈log₂ T⌉ rounds of out_t ← out_{t−k} ⊗ out_t (k = 1, 2, 4, …); O(T log T) work."""
     t_len, k = x.shape[1], 1

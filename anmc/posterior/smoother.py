@@ -23,11 +23,12 @@ There is no Python loop over frames, for any T and d. The filter's means l are t
 iterated extended Kalman update); the Kalman filter of a linearized model is a parallel prefix scan of
 affine-Gaussian elements (`_filter`, Särkkä & García-Fernández 2021), so a few scans find l (~4 in
 practice); two more under autograd give l the gradient the recursions would
-give it (to ~1e-7); one more filter scan and one Rauch-Tung-Striebel suffix scan give the posterior
-(`_smooth`). O(T·d³) time and O(T·d²) memory, about 2 log₂ T batched steps per scan; the same values and
-gradients as the filter + RTS recursions under autograd and as the dense (T·d)² precision path this
-replaced (tests/test_prior_smoother.py), at a training step 1.1-1.3x the N(0, I) step from T = 32 to 256
-(benchmarks/train_step.py, docs/scaling.md).
+give it (to ~1e-7). The posterior of the model linearized at l is then one Gaussian with a
+block-tridiagonal precision, solved by block cyclic reduction (`_smooth`, `anmc.posterior.tridiagonal`).
+O(T·d³) time and O(T·d²) memory; the same values and gradients as the filter + RTS recursions under
+autograd and as the dense (T·d)² precision path this replaced (tests/test_posterior_smoother.py), at a
+training step 1.1-1.3x the N(0, I) step from T = 32 to 256 and at d = 16 (benchmarks/train_step.py,
+docs/scaling.md).
 
 `markov_kl` is the `elbo` reading of the transition KL for a posterior that is correlated in time:
 linearized at the posterior means, with Cov(z_t, z_{t-1}) from the smoother,
@@ -51,7 +52,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from anmc.posterior.scan import doubling_below, prefix_scan, suffix_scan
+from anmc.posterior.scan import doubling_below, prefix_scan
+from anmc.posterior.tridiagonal import block_tridiagonal_gaussian
 from anmc.codegen.runtime import constant_tensor
 
 
@@ -80,10 +82,6 @@ def _sym(a: Tensor) -> Tensor:
     return 0.5 * (a + a.transpose(-1, -2))
 
 
-def _logdet_pd(a: Tensor) -> Tensor:
-    return 2.0 * torch.linalg.cholesky(_sym(a)).diagonal(dim1=-2, dim2=-1).log().sum(-1)
-
-
 def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> SmoothedPosterior:
     """Condition the prior of `module` on pseudo-observations y (B, T, m) of its observations h(z)
     (`module.observe`, m = len(module.observations)) with std y_std (B, T, m): the extended Kalman
@@ -96,13 +94,13 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
     `unroll` differentiable passes of F leaves l's value unchanged and adds one order of its gradient
     (the series of the implicit function theorem; it terminates when h is linear, since l_t then
     depends on l_{<t} only, and converges geometrically otherwise); two reproduce the recursions'
-    gradient to ~1e-7 (tests/test_posterior_smoother.py). The model
-    linearized at l is then filtered and smoothed by two more scans (`_smooth`): O(T·d³) time and
-    O(T·d²) memory, 2 log₂ T batched steps per scan. This is for an h affine in the states
+    gradient to ~1e-7 (tests/test_posterior_smoother.py). The posterior of the model linearized at l
+    is then solved from its block-tridiagonal precision by cyclic reduction (`_smooth`): O(T·d³) time and
+    O(T·d²) memory, log₂ T batched levels. This is for an h affine in the states
     (`module.observation_affine`); otherwise l is the smoother's own means, from a global start
     (`_smoothed_points`, `_best_rollout`). When f is affine as well (`module.transition_affine`: a
     spring, a decay, coupled masses) the model is linear-Gaussian, any l gives the exact smoother, and only
-    the last two scans run.
+    the cyclic reduction runs.
     """
     readings, points = _readings_and_points(module, y, y_std, unroll)
     post = _smooth(module, readings, points)
@@ -327,11 +325,24 @@ def _linearize(module, lin: Tensor) -> tuple[Tensor, Tensor]:
     b, t_len, d = lin.shape
     if t_len == 1:
         return lin.new_zeros(b, 0, d), lin.new_zeros(b, 0, d, d)
+    if module.transition_affine:  # f(z) = f(0) + J z, the same J everywhere: one point serves every frame
+        f0, jm = module.f_and_jacobian(lin.new_zeros(1, d))
+        return f0.double().expand(b, t_len - 1, d), jm.double().expand(b, t_len - 1, d, d)
     points = lin[:, :-1].reshape(-1, d)
     f, jm = module.f_and_jacobian(points)
     jm = jm.double().reshape(b, t_len - 1, d, d)
     offset = f.double().reshape(b, t_len - 1, d) - (jm @ points.reshape(b, t_len - 1, d, 1))[..., 0]
     return offset, jm
+
+
+def _f_and_jacobian(module, z: Tensor) -> tuple[Tensor, Tensor]:
+    """f and J at the points z (N, d): the module's, or for f affine in the states (`module.
+    transition_affine`) f(0) + J z from one evaluation (the generated f and J cost the same at one point
+    as at a few hundred: their time is the operations, not the points)."""
+    if module.transition_affine:
+        f0, jm = module.f_and_jacobian(z.new_zeros(1, z.shape[-1]))
+        return f0 + z @ jm[0].mT, jm.expand(z.shape[0], -1, -1)
+    return module.f_and_jacobian(z)
 
 
 def _filter(module, readings: _Readings, lin: Tensor, linearized: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
@@ -408,48 +419,36 @@ def _last_column(d: int, like: Tensor) -> Tensor:
 
 
 def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
-    """The posterior of the model linearized at lin (B, T, d): the filter (`_filter`), then the
-    Rauch-Tung-Striebel smoother as a suffix scan of the affine maps
+    """The posterior of the model linearized at lin (B, T, d), z_t = J_t z_{t−1} + u_t + ε and
+    y_t ≈ h(l_t) + H_t (z_t − l_t) + δ, from its information form: the precision Λ of z_{1:T} is
+    block-tridiagonal (docs/method.md §6),
 
-        z_t | z_{t+1}, y_{1..t}:  mean E_t z_{t+1} + g_t, covariance L_t,
-        E_t = P_t J_{t+1}ᵀ P_{t+1|t}⁻¹,  g_t = m_t − E_t (J_{t+1} m_t + u_{t+1}),  L_t = P_t − E_t J_{t+1} P_t,
+        Λ_tt = P_t⁻¹ + J_{t+1}ᵀ Q⁻¹ J_{t+1} + H_tᵀ R_t⁻¹ H_t,   Λ_{t,t+1} = −J_{t+1}ᵀ Q⁻¹,
+        η_t = P_t⁻¹ m_t − J_{t+1}ᵀ Q⁻¹ u_{t+1} + H_tᵀ R_t⁻¹ ỹ_t,
 
-    (E, g, L)_T = (0, m_T, P_T), composed (E, g, L)_t ∘ (E, g, L)_{t+1} = (E_t E_{t+1}, E_t g_{t+1} + g_t,
-    E_t L_{t+1} E_tᵀ + L_t): the scan leaves the smoothed means in g and covariances in L. Then
-    Cov(z_{t+1}, z_t) = Σ_{t+1} E_tᵀ, and the entropy H = H(z_T) + Σ_t H(z_t | z_{t+1}) with, by the
-    determinant lemma, log det Cov(z_t | z_{t+1}) = log det P_t + log det Q − log det P_{t+1|t}."""
+    (P_1, m_1 = P0, m0; P_t, m_t = Q, u_t after; the J terms absent on the last frame; ỹ_t = y_t − h(l_t)
+    + H_t l_t), and block cyclic reduction (`block_tridiagonal_gaussian`) gives the means, the marginal
+    and the cross covariances, and the entropy ½ (T d log 2πe − log det Λ) in log₂ T levels of batched
+    d × d work: O(T·d³) time, O(T·d²) memory. Q, P0 and the R_t are diagonal."""
     offset, jm = _linearize(module, lin)
-    mean, cov = _filter(module, readings, lin, (offset, jm))
-    b, t_len, d = mean.shape
-    jp = jm @ cov[:, :-1]  # J_{t+1} P_t
-    pred = jp @ jm.mT
-    pred.diagonal(dim1=-2, dim2=-1).add_(readings.q2)
-    pred_chol = torch.linalg.cholesky(_sym(pred))
-    gain = torch.cholesky_solve(jp, pred_chol).mT  # E_t = P_t Jᵀ P_{t+1|t}⁻¹, (B, T−1, d, d)
-    pred_mean = jm @ mean[:, :-1, :, None] + offset[..., None]
-    steps = torch.cat([gain, mean[:, :-1, :, None] - gain @ pred_mean, cov[:, :-1] - gain @ jp], -1)  # [E | g | L]
-    last = torch.cat([mean.new_zeros(b, 1, d, d), mean[:, -1:, :, None], cov[:, -1:]], -1)
-    out = suffix_scan(lambda o, i: _smooth_combine(o, i, d), torch.cat([steps, last], 1).flatten(2), doubling_below(d))
-    out = out.unflatten(-1, (d, 2 * d + 1))
-    s_mean, s_cov = out[..., d], _sym(out[..., d + 1 :])
-    cross = s_cov[:, 1:] @ gain.mT  # Cov(z_{t+1}, z_t)
-    entropy = 0.5 * (
-        _logdet_pd(cov).sum(1)
-        - 2.0 * pred_chol.diagonal(dim1=-2, dim2=-1).log().sum((1, 2))
-        + (t_len - 1) * readings.q2.log().sum()
-        + t_len * d * math.log(2 * math.pi * math.e)
-    )
-    return SmoothedPosterior(s_mean, s_cov, cross, entropy)
-
-
-def _smooth_combine(outer: Tensor, inner: Tensor, d: int) -> Tensor:
-    """(E, g, L)_t ∘ (E, g, L)_s for t < s, packed as [E | g | L] (…, d(2d + 1)): the map from z_{s+1} to z_t."""
-    o = outer.unflatten(-1, (d, 2 * d + 1))
-    i = inner.unflatten(-1, (d, 2 * d + 1))
-    e_o = o[..., :d]
-    eg = e_o @ i[..., : d + 1] + o[..., : d + 1] * _last_column(d, o)
-    lo = e_o @ i[..., d + 1 :] @ e_o.mT + o[..., d + 1 :]
-    return torch.cat([eg, lo], -1).flatten(-2)
+    b, t_len, d = lin.shape
+    h, hm = module.observe_and_jacobian(lin)
+    h, hm = h.double(), hm.double()
+    reading = readings.y - h + (hm @ lin[..., None])[..., 0]  # ỹ
+    hr = hm / torch.diagonal(readings.r_cov, dim1=-2, dim2=-1)[..., None]  # R⁻¹ H
+    q_inv, p0_inv = 1.0 / readings.q2, 1.0 / readings.p0
+    qj = jm * q_inv[:, None]  # Q⁻¹ J
+    jqj, jqu = (jm.mT @ torch.cat([qj, (offset * q_inv)[..., None]], -1)).split([d, 1], -1)  # Jᵀ Q⁻¹ [J | u]
+    prior_precision = torch.cat([p0_inv.expand(b, d)[:, None], q_inv.expand(b, t_len - 1, d)], 1)
+    prior_eta = torch.cat([(p0_inv * readings.m0).expand(b, d)[:, None], offset * q_inv], 1)
+    last_zero = lin.new_zeros(b, 1, d, d + 1)
+    jq = torch.cat([torch.cat([jqj, jqu], -1), last_zero], 1)  # the J terms, none on the last frame
+    jq_dd, jq_u = jq.split([d, 1], -1)
+    diag = hm.mT @ hr + torch.diag_embed(prior_precision) + jq_dd
+    eta = hr.mT @ reading[..., None] + prior_eta[..., None] - jq_u
+    mean, cov, cross, logdet = block_tridiagonal_gaussian(diag, -qj.mT, eta)
+    entropy = 0.5 * (t_len * d * math.log(2 * math.pi * math.e) - logdet)
+    return SmoothedPosterior(mean[..., 0], cov, cross, entropy)
 
 
 def initial_cross_entropy(module, mu: Tensor, var: Tensor) -> Tensor:
@@ -468,15 +467,17 @@ def markov_kl(module, post: SmoothedPosterior) -> Tensor:
         2 * math.pi * s0.square()
     ).sum(-1)
     if t_len > 1:
-        f, jm = module.f_and_jacobian(mu[:, :-1].reshape(-1, d))
+        f, jm = _f_and_jacobian(module, mu[:, :-1].reshape(-1, d))
         f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)
         q2 = module.noise_std.to(mu).square()
         c = post.cross  # Cov(z_t, z_{t-1})
-        v = cov[:, 1:] - jm @ c.transpose(-1, -2) - c @ jm.transpose(-1, -2) + jm @ cov[:, :-1] @ jm.transpose(-1, -2)
+        now, prev = cov.split([1, t_len - 1], 1)[1], cov.split([t_len - 1, 1], 1)[0]  # Σ_t, Σ_{t−1}
+        # diag V_t only (Q is diagonal): diag(J Cᵀ)_i = Σ_k J_ik C_ik, diag(J Σ Jᵀ)_i = Σ_k (J Σ)_ik J_ik
+        v_diag = torch.diagonal(now, dim1=-2, dim2=-1) - 2.0 * (jm * c).sum(-1) + ((jm @ prev) * jm).sum(-1)
         resid = mu[:, 1:] - f
         cross_entropy = cross_entropy + 0.5 * (
             (resid.square() / q2).sum((-2, -1))
-            + (torch.diagonal(v, dim1=-2, dim2=-1) / q2).sum((-2, -1))
+            + (v_diag / q2).sum((-2, -1))
             + (t_len - 1) * torch.log(2 * math.pi * q2).sum()
         )
     return cross_entropy - post.entropy

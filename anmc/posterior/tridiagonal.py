@@ -1,0 +1,117 @@
+"""A Gaussian with a block-tridiagonal precision, solved by block cyclic reduction.
+
+    mean, cov, cross, logdet = block_tridiagonal_gaussian(D, U, eta)
+
+For the information form N⁻¹(η, Λ) of a Markov chain z_1 … z_n of d-vectors, Λ has blocks D_k on its
+diagonal (B, n, d, d) and U_k = Λ_{k,k+1} above it (B, n−1, d, d); η (B, n, d, 1). This returns the
+moments of Σ = Λ⁻¹ that a chain's posterior needs — the means Σ η, the marginal covariances Σ_kk, the
+cross covariances Σ_{k+1,k} = Cov(z_{k+1}, z_k) — and log det Λ, without forming Σ: O(n·d³) time and
+O(n·d²) memory, in ⌈log₂ n⌉ levels of batched operations and no Python loop over positions.
+
+Each level eliminates the odd positions (1, 3, …; docs/method.md §6). With W = D_k⁻¹ [U_{k−1}ᵀ | U_k | η_k]
+for an odd k between its even neighbours k−1 and k+1, the even positions form a chain of their own,
+
+    D'_{k−1} = D_{k−1} − U_{k−1} D_k⁻¹ U_{k−1}ᵀ − …,   D'_{k+1} = D_{k+1} − U_kᵀ D_k⁻¹ U_k − …,
+    U'_{k−1} = −U_{k−1} D_k⁻¹ U_k,   η'_{k±1} = η_{k±1} − (the same products with η_k),
+
+whose moments (by recursion) give the odd ones back (x_k = D_k⁻¹ η_k − W_l x_{k−1} − W_r x_{k+1}):
+
+    Σ_{k,k−1} = −W_l Σ_{k−1,k−1} − W_r Σ_{k+1,k−1},   Σ_{k,k+1} = −W_l Σ_{k−1,k+1} − W_r Σ_{k+1,k+1},
+    Σ_kk = D_k⁻¹ − W_l Σ_{k−1,k} − W_r Σ_{k+1,k},   μ_k = D_k⁻¹ η_k − W_l μ_{k−1} − W_r μ_{k+1}
+
+(W_l = D_k⁻¹ U_{k−1}ᵀ, W_r = D_k⁻¹ U_k). It is block Cholesky in an odd-even order, stable for a
+symmetric positive definite Λ, and log det Λ is the sum of the eliminated blocks' log-determinants.
+Positions are taken apart by `split` and `unbind`, not by slicing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from anmc.codegen.runtime import constant_tensor
+
+
+def block_tridiagonal_gaussian(diag: Tensor, upper: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Moments of N(Λ⁻¹ η, Λ⁻¹) for Λ block-tridiagonal with diagonal blocks `diag` (B, n, d, d), blocks
+    `upper` (B, n−1, d, d) above the diagonal (Λ_{k,k+1}; Λ_{k+1,k} is its transpose) and η `eta` (B, n, d, 1):
+    means (B, n, d, 1), covariances (B, n, d, d), Cov(z_{k+1}, z_k) (B, n−1, d, d) and log det Λ (B,).
+    Only the lower triangles of the diagonal blocks are read (Cholesky)."""
+    b, n, d, _ = diag.shape
+    if n == 1:
+        chol = torch.linalg.cholesky(diag)
+        cov = torch.cholesky_inverse(chol)
+        return cov @ eta, cov, diag.new_zeros(b, 0, d, d), _logdet(chol).sum(1)
+    if n == 2:
+        return _two(diag, upper, eta)
+    if n % 2 == 0:  # one decoupled block appended (identity, no coupling): every odd position has two neighbours
+        eye = _eye(d, diag).expand(b, 1, d, d)
+        mean, cov, cross, logdet = block_tridiagonal_gaussian(
+            torch.cat([diag, eye], 1), torch.cat([upper, upper.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1)
+        )
+        return mean.split([n, 1], 1)[0], cov.split([n, 1], 1)[0], cross.split([n - 1, 1], 1)[0], logdet
+    half = n // 2  # odd positions 1, 3, …, n − 2; even 0, 2, …, n − 1 (half + 1 of them)
+    d_even, d_odd, d_last = _even_odd(diag, half)
+    e_even, e_odd, e_last = _even_odd(eta, half)
+    u_in, u_out = upper.unflatten(1, (half, 2)).unbind(2)  # U_{k−1} (into odd k), U_k (out of it)
+    chol = torch.linalg.cholesky(d_odd)
+    w_in, w_out, w_eta, d_inv = torch.cholesky_solve(torch.cat([u_in.mT, u_out, e_odd, _eye(d, diag).expand(b, half, d, d)], -1), chol).split(
+        [d, d, 1, d], -1
+    )
+    # what eliminating k takes from its neighbours: k − 1 (before it) and k + 1 (after it)
+    before_dd, before_u, before_e = (u_in @ torch.cat([w_in, w_out, w_eta], -1)).split([d, d, 1], -1)
+    after_dd, after_e = (u_out.mT @ torch.cat([w_out, w_eta], -1)).split([d, 1], -1)
+    reduced_diag = torch.cat([d_even, d_last], 1) - _shifted(before_dd, after_dd)
+    reduced_eta = torch.cat([e_even, e_last], 1) - _shifted(before_e, after_e)
+    mean_r, cov_r, cross_r, logdet = block_tridiagonal_gaussian(reduced_diag, -before_u, reduced_eta)
+    # the odd positions from their neighbours' moments: one product for both cross covariances and the mean
+    c_before, c_after = cov_r.split([half, 1], 1)[0], cov_r.split([1, half], 1)[1]
+    m_before, m_after = mean_r.split([half, 1], 1)[0], mean_r.split([1, half], 1)[1]
+    neighbours = torch.cat([torch.cat([c_before, cross_r.mT, m_before], -1), torch.cat([cross_r, c_after, m_after], -1)], -2)
+    w = torch.cat([w_in, w_out], -1)
+    minus_before, minus_after, w_mean = (w @ neighbours).split([d, d, 1], -1)  # −Σ_{k,k−1}, −Σ_{k,k+1}, W [μ_{k−1}; μ_{k+1}]
+    cov_odd = d_inv + w @ torch.cat([minus_before.mT, minus_after.mT], -2)
+    cov_odd = 0.5 * (cov_odd + cov_odd.mT)
+    mean = _interleave(mean_r, w_eta - w_mean, half)
+    cov = _interleave(cov_r, cov_odd, half)
+    cross = torch.stack([-minus_before, -minus_after.mT], 2).flatten(1, 2)  # Σ_{k,k−1}, then Σ_{k+1,k}
+    return mean, cov, cross, logdet + _logdet(chol).sum(1)
+
+
+def _two(diag: Tensor, upper: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Two positions: one dense 2d × 2d Cholesky."""
+    d = diag.shape[-1]
+    d0, d1 = diag.unbind(1)
+    u = upper.squeeze(1)
+    chol = torch.linalg.cholesky(torch.cat([torch.cat([d0, u], -1), torch.cat([u.mT, d1], -1)], -2))
+    cov = torch.cholesky_inverse(chol)
+    (c00, _), (c10, c11) = (half.split([d, d], -1) for half in cov.split([d, d], -2))
+    return (cov @ eta.flatten(1, 2)).unflatten(1, (2, d)), torch.stack([c00, c11], 1), c10.unsqueeze(1), _logdet(chol)
+
+
+def _even_odd(x: Tensor, half: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, 2·half + 1, …) -> positions 0, 2, …, 2·half − 2; 1, 3, …, 2·half − 1; and 2·half."""
+    pairs, last = x.split([2 * half, 1], 1)
+    even, odd = pairs.unflatten(1, (half, 2)).unbind(2)
+    return even, odd, last
+
+
+def _shifted(before: Tensor, after: Tensor) -> Tensor:
+    """(B, half, …) each -> (B, half + 1, …): `before` at positions 0 … half − 1 plus `after` at 1 … half."""
+    zero = before.new_zeros(before.shape[0], 1, *before.shape[2:])
+    return torch.cat([before, zero], 1) + torch.cat([zero, after], 1)
+
+
+def _interleave(even: Tensor, odd: Tensor, half: int) -> Tensor:
+    """even (B, half + 1, …), odd (B, half, …) -> (B, 2·half + 1, …) in position order."""
+    head, last = even.split([half, 1], 1)
+    return torch.cat([torch.stack([head, odd], 2).flatten(1, 2), last], 1)
+
+
+def _logdet(chol: Tensor) -> Tensor:
+    """log det of A = L Lᵀ from its Cholesky factors (…, d, d), summed over d: (…)."""
+    return 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+def _eye(d: int, like: Tensor) -> Tensor:
+    return constant_tensor(("tridiagonal eye", d, like.dtype, like.device), lambda: torch.eye(d, dtype=like.dtype, device=like.device))
