@@ -37,52 +37,57 @@ def block_tridiagonal_gaussian(diag: Tensor, upper: Tensor, eta: Tensor) -> tupl
     `upper` (B, n−1, d, d) above the diagonal (Λ_{k,k+1}; Λ_{k+1,k} is its transpose) and η `eta` (B, n, d, 1):
     means (B, n, d, 1), covariances (B, n, d, d), Cov(z_{k+1}, z_k) (B, n−1, d, d) and log det Λ (B,).
     Only the lower triangles of the diagonal blocks are read (Cholesky)."""
+    return _reduce(diag, -upper, eta)
+
+
+def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`block_tridiagonal_gaussian` with the blocks above the diagonal given as N_k = −Λ_{k,k+1} (a Markov
+    chain's precision couples neighbours negatively), which keeps every sign below positive."""
     b, n, d, _ = diag.shape
     if n == 1:
         chol = torch.linalg.cholesky(diag)
         cov = torch.cholesky_inverse(chol)
         return cov @ eta, cov, diag.new_zeros(b, 0, d, d), _logdet(chol).sum(1)
     if n == 2:
-        return _two(diag, upper, eta)
+        return _two(diag, coupling, eta)
     if n % 2 == 0:  # one decoupled block appended (identity, no coupling): every odd position has two neighbours
         eye = _eye(d, diag).expand(b, 1, d, d)
-        mean, cov, cross, logdet = block_tridiagonal_gaussian(
-            torch.cat([diag, eye], 1), torch.cat([upper, upper.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1)
+        mean, cov, cross, logdet = _reduce(
+            torch.cat([diag, eye], 1), torch.cat([coupling, coupling.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1)
         )
         return mean.split([n, 1], 1)[0], cov.split([n, 1], 1)[0], cross.split([n - 1, 1], 1)[0], logdet
     half = n // 2  # odd positions 1, 3, …, n − 2; even 0, 2, …, n − 1 (half + 1 of them)
     d_even, d_odd, d_last = _even_odd(diag, half)
     e_even, e_odd, e_last = _even_odd(eta, half)
-    u_in, u_out = upper.unflatten(1, (half, 2)).unbind(2)  # U_{k−1} (into odd k), U_k (out of it)
+    n_in, n_out = coupling.unflatten(1, (half, 2)).unbind(2)  # N_{k−1} (into odd k), N_k (out of it)
     chol = torch.linalg.cholesky(d_odd)
-    w_in, w_out, w_eta, d_inv = torch.cholesky_solve(torch.cat([u_in.mT, u_out, e_odd, _eye(d, diag).expand(b, half, d, d)], -1), chol).split(
-        [d, d, 1, d], -1
-    )
-    # what eliminating k takes from its neighbours: k − 1 (before it) and k + 1 (after it)
-    before_dd, before_u, before_e = (u_in @ torch.cat([w_in, w_out, w_eta], -1)).split([d, d, 1], -1)
-    after_dd, after_e = (u_out.mT @ torch.cat([w_out, w_eta], -1)).split([d, 1], -1)
+    d_inv = torch.cholesky_inverse(chol)  # then products: faster here than a solve with as many columns
+    v_in, v_out, v_eta = (d_inv @ torch.cat([n_in.mT, n_out, e_odd], -1)).split([d, d, 1], -1)  # V = −W, and D⁻¹ η
+    # what eliminating k takes from its neighbours k − 1 (before it) and k + 1 (after it)
+    before_dd, before_n, before_e = (n_in @ torch.cat([v_in, v_out, v_eta], -1)).split([d, d, 1], -1)
+    after_dd, after_e = (n_out.mT @ torch.cat([v_out, v_eta], -1)).split([d, 1], -1)
     reduced_diag = torch.cat([d_even, d_last], 1) - _shifted(before_dd, after_dd)
-    reduced_eta = torch.cat([e_even, e_last], 1) - _shifted(before_e, after_e)
-    mean_r, cov_r, cross_r, logdet = block_tridiagonal_gaussian(reduced_diag, -before_u, reduced_eta)
+    reduced_eta = torch.cat([e_even, e_last], 1) + _shifted(before_e, after_e)
+    mean_r, cov_r, cross_r, logdet = _reduce(reduced_diag, before_n, reduced_eta)
     # the odd positions from their neighbours' moments: one product for both cross covariances and the mean
     c_before, c_after = cov_r.split([half, 1], 1)[0], cov_r.split([1, half], 1)[1]
     m_before, m_after = mean_r.split([half, 1], 1)[0], mean_r.split([1, half], 1)[1]
     neighbours = torch.cat([torch.cat([c_before, cross_r.mT, m_before], -1), torch.cat([cross_r, c_after, m_after], -1)], -2)
-    w = torch.cat([w_in, w_out], -1)
-    minus_before, minus_after, w_mean = (w @ neighbours).split([d, d, 1], -1)  # −Σ_{k,k−1}, −Σ_{k,k+1}, W [μ_{k−1}; μ_{k+1}]
-    cov_odd = d_inv + w @ torch.cat([minus_before.mT, minus_after.mT], -2)
+    v = torch.cat([v_in, v_out], -1)
+    s_before, s_after, v_mean = (v @ neighbours).split([d, d, 1], -1)  # Σ_{k,k−1}, Σ_{k,k+1}, V [μ_{k−1}; μ_{k+1}]
+    cov_odd = d_inv + v @ torch.cat([s_before.mT, s_after.mT], -2)
     cov_odd = 0.5 * (cov_odd + cov_odd.mT)
-    mean = _interleave(mean_r, w_eta - w_mean, half)
+    mean = _interleave(mean_r, v_eta + v_mean, half)
     cov = _interleave(cov_r, cov_odd, half)
-    cross = torch.stack([-minus_before, -minus_after.mT], 2).flatten(1, 2)  # Σ_{k,k−1}, then Σ_{k+1,k}
+    cross = torch.stack([s_before, s_after.mT], 2).flatten(1, 2)  # Σ_{k,k−1}, then Σ_{k+1,k}
     return mean, cov, cross, logdet + _logdet(chol).sum(1)
 
 
-def _two(diag: Tensor, upper: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _two(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Two positions: one dense 2d × 2d Cholesky."""
     d = diag.shape[-1]
     d0, d1 = diag.unbind(1)
-    u = upper.squeeze(1)
+    u = -coupling.squeeze(1)
     chol = torch.linalg.cholesky(torch.cat([torch.cat([d0, u], -1), torch.cat([u.mT, d1], -1)], -2))
     cov = torch.cholesky_inverse(chol)
     (c00, _), (c10, c11) = (half.split([d, d], -1) for half in cov.split([d, d], -2))
