@@ -184,6 +184,9 @@ def test_linear_gaussian_shortcut_equals_the_iterated_points(spring, seed, t_len
         del spring.transition_affine
     for name in ("mean", "cov", "cross", "entropy"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-10)
+    # the shortcut's f(0) and J, evaluated once, are what markov_kl used (the KL is in the gradients)
+    assert (fast.affine is not None and fast.affine[0] is spring) == (t_len > 1) and slow.affine is None
+    torch.testing.assert_close(markov_kl(spring, fast), markov_kl(spring, slow), rtol=1e-9, atol=1e-9)
     for a, b in zip(grads_fast, grads_slow):
         assert (a - b).norm() <= 1e-8 * b.norm() + 1e-12
 

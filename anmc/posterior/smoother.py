@@ -47,7 +47,7 @@ log p(y) (tests/test_posterior_smoother.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -66,6 +66,9 @@ class SmoothedPosterior:
     cov: Tensor
     cross: Tensor
     entropy: Tensor
+    # for an f affine in the states: (module, f(0), J) as the smoother evaluated them, so that markov_kl
+    # under the same module reuses them instead of calling the generated code again
+    affine: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def std(self) -> Tensor:
@@ -104,7 +107,7 @@ def kalman_smoother(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> Smooth
     """
     readings, points = _readings_and_points(module, y, y_std, unroll)
     post = _smooth(module, readings, points)
-    return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)))
+    return SmoothedPosterior(*(x.to(y.dtype) for x in (post.mean, post.cov, post.cross, post.entropy)), affine=post.affine)
 
 
 def kalman_filter(module, y: Tensor, y_std: Tensor, unroll: int = 2) -> tuple[Tensor, Tensor]:
@@ -430,8 +433,14 @@ def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
     + H_t l_t), and block cyclic reduction (`block_tridiagonal_gaussian`) gives the means, the marginal
     and the cross covariances, and the entropy ½ (T d log 2πe − log det Λ) in log₂ T levels of batched
     d × d work: O(T·d³) time, O(T·d²) memory. Q, P0 and the R_t are diagonal."""
-    offset, jm = _linearize(module, lin)
     b, t_len, d = lin.shape
+    affine = None
+    if module.transition_affine and t_len > 1:  # one evaluation serves every frame, and markov_kl after
+        f0, j0 = module.f_and_jacobian(lin.new_zeros(1, d))
+        affine = (module, f0[0], j0[0])
+        offset, jm = f0.double().expand(b, t_len - 1, d), j0.double().expand(b, t_len - 1, d, d)
+    else:
+        offset, jm = _linearize(module, lin)
     h, hm = module.observe_and_jacobian(lin)
     h, hm = h.double(), hm.double()
     reading = readings.y - h + (hm @ lin[..., None])[..., 0]  # ỹ
@@ -448,7 +457,7 @@ def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
     eta = hr.mT @ reading[..., None] + prior_eta[..., None] - jq_u
     mean, cov, cross, logdet = block_tridiagonal_gaussian(diag, -qj.mT, eta)
     entropy = 0.5 * (t_len * d * math.log(2 * math.pi * math.e) - logdet)
-    return SmoothedPosterior(mean[..., 0], cov, cross, entropy)
+    return SmoothedPosterior(mean[..., 0], cov, cross, entropy, affine)
 
 
 def initial_cross_entropy(module, mu: Tensor, var: Tensor) -> Tensor:
@@ -467,8 +476,13 @@ def markov_kl(module, post: SmoothedPosterior) -> Tensor:
         2 * math.pi * s0.square()
     ).sum(-1)
     if t_len > 1:
-        f, jm = _f_and_jacobian(module, mu[:, :-1].reshape(-1, d))
-        f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)
+        affine = getattr(post, "affine", None)  # any object with the four moments will do
+        if affine is not None and affine[0] is module:  # the smoother's f(0) and J
+            f0, j = (x.to(mu) for x in affine[1:])
+            f, jm = f0 + mu[:, :-1] @ j.mT, j.expand(b, t_len - 1, d, d)
+        else:
+            f, jm = _f_and_jacobian(module, mu[:, :-1].reshape(-1, d))
+            f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)
         q2 = module.noise_std.to(mu).square()
         c = post.cross  # Cov(z_t, z_{t-1})
         now, prev = cov.split([1, t_len - 1], 1)[1], cov.split([t_len - 1, 1], 1)[0]  # Σ_t, Σ_{t−1}
