@@ -21,7 +21,6 @@ whose moments (by recursion) give the odd ones back (x_k = D_k⁻¹ η_k − W_l
 
 (W_l = D_k⁻¹ U_{k−1}ᵀ, W_r = D_k⁻¹ U_k). It is block Cholesky in an odd-even order, stable for a
 symmetric positive definite Λ, and log det Λ is the sum of the eliminated blocks' log-determinants.
-Positions are taken apart by `split` and `unbind`, not by slicing.
 """
 
 from __future__ import annotations
