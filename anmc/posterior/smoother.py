@@ -251,7 +251,9 @@ def _filter_fixed_point(module, readings: _Readings, tol: float = 1e-10, inner: 
     since_lowest = 0
     for scan in range(t_len + 32):
         linearized = _linearize(module, lin)
-        new = _iterate_updates(module, readings, *_filter(module, readings, lin, linearized), *linearized, inner, tol * scale)
+        filtered = _filter(module, readings, lin, linearized)
+        # an h affine in the states reads the same wherever it is linearized: the filter's means are final
+        new = filtered[0] if module.observation_affine else _iterate_updates(module, readings, *filtered, *linearized, inner, tol * scale)
         change = float(((new - lin) / scale).abs().max())
         if change <= tol * max(0.0, 1.0 - change / before):
             return new
