@@ -331,7 +331,7 @@ def _linearize(module, lin: Tensor) -> tuple[Tensor, Tensor]:
     if t_len == 1:
         return lin.new_zeros(b, 0, d), lin.new_zeros(b, 0, d, d)
     if module.transition_affine:  # f(z) = f(0) + J z, the same J everywhere: one point serves every frame
-        f0, jm = module.f_and_jacobian(lin.new_zeros(1, d))
+        f0, jm = _affine_transition(module, lin)
         return f0.double().expand(b, t_len - 1, d), jm.double().expand(b, t_len - 1, d, d)
     points = lin[:, :-1].reshape(-1, d)
     f, jm = module.f_and_jacobian(points)
@@ -342,12 +342,20 @@ def _linearize(module, lin: Tensor) -> tuple[Tensor, Tensor]:
 
 def _f_and_jacobian(module, z: Tensor) -> tuple[Tensor, Tensor]:
     """f and J at the points z (N, d): the module's, or for f affine in the states (`module.
-    transition_affine`) f(0) + J z from one evaluation (the generated f and J cost the same at one point
-    as at a few hundred: their time is the operations, not the points)."""
+    transition_affine`) f(0) + J z from one evaluation (`_affine_transition`)."""
     if module.transition_affine:
-        f0, jm = module.f_and_jacobian(z.new_zeros(1, z.shape[-1]))
-        return f0 + z @ jm[0].mT, jm.expand(z.shape[0], -1, -1)
+        f0, jm = _affine_transition(module, z)
+        return f0 + z @ jm.mT, jm.expand(z.shape[0], -1, -1)
     return module.f_and_jacobian(z)
+
+
+def _affine_transition(module, like: Tensor) -> tuple[Tensor, Tensor]:
+    """f(0) (d,) and the constant J (d, d) of an f affine in the states, in `like`'s dtype and device: the
+    generated f and J cost the same at a point as at a few hundred (their time is their operations), so
+    one evaluation serves every frame. Two points, not one: torch.compile (`compile_core`) specializes a
+    batch of one and would compile another graph for it."""
+    f0, jm = module.f_and_jacobian(like.new_zeros(2, like.shape[-1]))
+    return f0[0], jm[0]
 
 
 def _filter(module, readings: _Readings, lin: Tensor, linearized: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
@@ -438,8 +446,8 @@ def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
     b, t_len, d = lin.shape
     affine = None
     if module.transition_affine and t_len > 1:  # one evaluation serves every frame, and markov_kl after
-        f0, j0 = module.f_and_jacobian(lin.new_zeros(1, d))
-        affine = (module, f0[0], j0[0])
+        f0, j0 = _affine_transition(module, lin)
+        affine = (module, f0, j0)
         offset, jm = f0.double().expand(b, t_len - 1, d), j0.double().expand(b, t_len - 1, d, d)
     else:
         offset, jm = _linearize(module, lin)
