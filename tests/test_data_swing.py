@@ -5,6 +5,8 @@ renders, the warnings when nothing swings, and the measurement written into a pr
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +165,35 @@ def test_anmc_swing_cli(tmp_path):
     assert res.exit_code == 2 and "is stored at 64x64" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, ["swing", str(tmp_path / "videos"), "--prior", "priors/pendulum.anm"])
     assert res.exit_code == 2 and "no `const S" in res.output
+
+
+def test_a_declared_camera_far_from_the_measured_one_is_reported(tmp_path):
+    """`camera_disagreement`: a prior that declares S, cx, cy, R as `anmc swing --prior` writes them is checked
+    against the camera measured on the first clips — silent when they agree, one sentence with both cameras
+    and the command when the pivot is more than 2% of the frame or R more than 5% off, silent for a prior
+    without a camera; and `anmc train` prints it (once, before training)."""
+    from anmc.data.swing import camera_disagreement, measure_swing_in
+    from anmc.symbolic.model import load_model
+
+    for i, clip in enumerate(pendulum_clips(clips=3, frames=50)):
+        write_video(tmp_path / "videos" / f"clip_{i}.npz", clip)
+    swing = measure_swing_in([tmp_path / "videos"])
+    right = tmp_path / "right.anm"
+    right.write_text(with_camera(CAMERA_PRIOR.read_text(), swing, learn=True))
+    assert camera_disagreement(load_model(right), [tmp_path / "videos"]) is None
+    assert camera_disagreement(load_model(Path("priors/pendulum.anm")), [tmp_path / "videos"]) is None
+    off = tmp_path / "off.anm"  # the shipped prior as it is: pivot at the centre of a 64-px frame, R = 0.36 S
+    off.write_text(CAMERA_PRIOR.read_text())
+    said = camera_disagreement(load_model(off), [tmp_path / "videos"])
+    assert said is not None and "cx = 32.0, cy = 32.0, R = 23.0" in said and "anmc swing VIDEOS --prior PRIOR --learn" in said
+    measured = [float(v) for v in re.search(r"measures cx = ([\d.]+), cy = ([\d.]+), R = ([\d.]+)", said).groups()]
+    assert np.allclose(measured, [swing.cx, swing.cy, swing.radius], atol=0.11) and re.search(r"R -3\d% off", said), said
+    shifted = tmp_path / "shifted.anm"  # 1 px and 2%: within what training refines, not reported
+    shifted.write_text(with_camera(CAMERA_PRIOR.read_text(), replace(swing, cx=swing.cx + 1.0, radius=swing.radius * 1.02)))
+    assert camera_disagreement(load_model(shifted), [tmp_path / "videos"]) is None
+    assert camera_disagreement(load_model(off), [tmp_path / "nothing_here"]) is None  # training reports the path
+    args = ["train", str(off), str(tmp_path / "videos"), "-o", str(tmp_path / "run"), "--size", "16", "--batch", "2", "--seq-len", "3",
+            "--steps-per-epoch", "1", "--epochs", "1"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("the prior declares the camera") == 1 and "anmc swing VIDEOS --prior PRIOR" in res.stderr

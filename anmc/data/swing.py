@@ -238,6 +238,44 @@ def measure_swing_in(paths) -> Swing:
                    pivot_se=s.pivot_se * k, radius_se=s.radius_se * k, width=width, height=height)  # fmt: skip
 
 
+CHECK_CLIPS = 4  # clips `camera_disagreement` measures (a few seconds of decoding before a training)
+PIVOT_OFF = 0.02  # of the frame's width: a declared pivot farther than this from the measured one is reported
+R_OFF = 0.05  # relative: a declared R farther than this from the measured one is reported
+
+
+def camera_disagreement(model, paths, clips: int = CHECK_CLIPS) -> str | None:
+    """Before a training: when the prior declares a pendulum's camera the way `anmc swing --prior` writes
+    it (`S`, `cx`, `cy`, `R`, as `priors/pendulum_camera.anm` does; consts or params' starts) and `anmc
+    swing` measures the first `clips` clips reliably, one sentence saying how far the declared camera is
+    from the measured one and what to do, when the pivot is more than PIVOT_OFF of the frame or R more
+    than R_OFF off; None otherwise (another prior, an unreliable measurement, a camera that agrees)."""
+    from anmc.data.io import clip_sources
+
+    values = dict(model.consts) | {name: p.value for name, p in model.params.items()}
+    if not {"S", "cx", "cy", "R"} <= values.keys():
+        return None
+    try:
+        sources = clip_sources(paths)[:clips]
+        swing = measure_swing_in(sources)
+    except UserError:  # no such videos, nothing swings, the clips do not decode: training says what is wrong
+        return None
+    if not swing.reliable:
+        return None
+    cx, cy, radius = (float(values[k]) for k in ("cx", "cy", "R"))
+    pivot_off, r_off = math.hypot(cx - swing.cx, cy - swing.cy), radius / swing.radius - 1.0
+    if pivot_off <= PIVOT_OFF * swing.width and abs(r_off) <= R_OFF:
+        return None
+    learnable = [k for k in ("cx", "cy", "R") if k in model.params and model.params[k].learn]
+    note = f" ({', '.join(learnable)} learnable: training refines a few pixels, not this)" if learnable else ""
+    return (
+        f"the prior declares the camera cx = {cx:.1f}, cy = {cy:.1f}, R = {radius:.1f} (pixels of the video as stored), but "
+        f"`anmc swing` measures cx = {swing.cx:.1f}, cy = {swing.cy:.1f}, R = {swing.radius:.1f} on {len(sources)} of these clips: "
+        f"the pivot {pivot_off:.1f} px and R {100 * r_off:+.0f}% off{note}; with a camera this far off the latents are not in the "
+        f"prior's units (docs/results.md §6: 28.8 px off gave slopes 2.0 and L 23% short). Write the measured camera in with "
+        f"`anmc swing VIDEOS --prior PRIOR --learn -o mine.anm` and train mine.anm."
+    )
+
+
 def with_camera(text: str, swing: Swing, learn: bool = False) -> str:
     """A prior's text with its `const S`, `cx`, `cy`, `R` lines set to the measured camera (S: the frame's
     width; `learn`: cx, cy and R as learnable params started there, `param cx = … in [0, S] learn`)."""
