@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import anmc.posterior.tridiagonal as tridiagonal
 from anmc.posterior.tridiagonal import block_tridiagonal_gaussian
 
 
@@ -31,10 +32,16 @@ def _random_chain(b: int, n: int, d: int, seed: int):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 40), d=st.integers(1, 4), seed=st.integers(0, 10_000))
-def test_cyclic_reduction_equals_the_dense_inverse(n, d, seed):
+@given(n=st.integers(1, 40), d=st.integers(1, 4), seed=st.integers(0, 10_000), dense_up_to=st.sampled_from([0, 8, tridiagonal.DENSE_UP_TO]))
+def test_cyclic_reduction_equals_the_dense_inverse(n, d, seed, dense_up_to):
+    """Every length, with the recursion's dense base at two positions only (0), at a few numbers, and
+    as shipped."""
     diag, upper, eta, dense = _random_chain(2, n, d, seed)
-    mean, cov, cross, logdet = block_tridiagonal_gaussian(diag, upper, eta)
+    shipped, tridiagonal.DENSE_UP_TO = tridiagonal.DENSE_UP_TO, dense_up_to
+    try:
+        mean, cov, cross, logdet = block_tridiagonal_gaussian(diag, upper, eta)
+    finally:
+        tridiagonal.DENSE_UP_TO = shipped
     sigma = torch.linalg.inv(dense)
     blocks = sigma.unflatten(1, (n, d)).unflatten(-1, (n, d))  # (B, n, d, n, d)
     k = torch.arange(n)
@@ -45,8 +52,9 @@ def test_cyclic_reduction_equals_the_dense_inverse(n, d, seed):
     assert mean.shape == (2, n, d, 1) and cov.shape == (2, n, d, d) and cross.shape == (2, n - 1, d, d) and logdet.shape == (2,)
 
 
-def test_cyclic_reduction_gradients():
-    for n in (1, 2, 5, 6):
+def test_cyclic_reduction_gradients(monkeypatch):
+    monkeypatch.setattr(tridiagonal, "DENSE_UP_TO", 0)  # the reduction's levels, not only its dense base
+    for n in (1, 2, 5, 6, 9):
         diag, upper, eta, _ = _random_chain(1, n, 2, n)
         inputs = tuple(x.clone().requires_grad_() for x in (diag, upper, eta))
 

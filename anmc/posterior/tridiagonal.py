@@ -21,6 +21,9 @@ whose moments (by recursion) give the odd ones back (x_k = D_k⁻¹ η_k − W_l
 
 (W_l = D_k⁻¹ U_{k−1}ᵀ, W_r = D_k⁻¹ U_k). It is block Cholesky in an odd-even order, stable for a
 symmetric positive definite Λ, and log det Λ is the sum of the eliminated blocks' log-determinants.
+The recursion ends at a chain of at most DENSE_UP_TO numbers (or two positions), solved as one dense
+Cholesky: one call where the last levels would make several small ones (the pendulum's 32 frames × 2
+states are one 64 × 64 factorization).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import torch
 from torch import Tensor
 
 from anmc.codegen.runtime import constant_tensor
+
+DENSE_UP_TO = 64  # a chain of n·d at most this many numbers is solved densely (one Cholesky, not log₂ n levels)
 
 
 def block_tridiagonal_gaussian(diag: Tensor, upper: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -47,8 +52,8 @@ def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
         chol = torch.linalg.cholesky(diag)
         cov = torch.cholesky_inverse(chol)
         return cov @ eta, cov, diag.new_zeros(b, 0, d, d), _logdet(chol).sum(1)
-    if n == 2:
-        return _two(diag, coupling, eta)
+    if n == 2 or n * d <= DENSE_UP_TO:
+        return _dense(diag, coupling, eta)
     if n % 2 == 0:  # one decoupled block appended (identity, no coupling): every odd position has two neighbours
         eye = _eye(d, diag).expand(b, 1, d, d)
         mean, cov, cross, logdet = _reduce(
@@ -82,15 +87,20 @@ def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
     return mean, cov, cross, logdet + _logdet(chol).sum(1)
 
 
-def _two(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Two positions: one dense 2d × 2d Cholesky."""
-    d = diag.shape[-1]
-    d0, d1 = diag.unbind(1)
-    u = -coupling.squeeze(1)
-    chol = torch.linalg.cholesky(torch.cat([torch.cat([d0, u], -1), torch.cat([u.mT, d1], -1)], -2))
+def _dense(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A short chain (n·d ≤ DENSE_UP_TO, or two positions) as one dense (n·d)² Cholesky: one call where
+    the reduction would make several levels of small ones."""
+    b, n, d, _ = diag.shape
+    k = torch.arange(n, device=diag.device)
+    lam = diag.new_zeros(b, n, d, n, d)
+    lam[:, k, :, k, :] = diag.movedim(1, 0)
+    lam[:, k[:-1], :, k[1:], :] = -coupling.movedim(1, 0)
+    lam[:, k[1:], :, k[:-1], :] = -coupling.mT.movedim(1, 0)
+    chol = torch.linalg.cholesky(lam.reshape(b, n * d, n * d))
     cov = torch.cholesky_inverse(chol)
-    (c00, _), (c10, c11) = (half.split([d, d], -1) for half in cov.split([d, d], -2))
-    return (cov @ eta.flatten(1, 2)).unflatten(1, (2, d)), torch.stack([c00, c11], 1), c10.unsqueeze(1), _logdet(chol)
+    blocks = cov.reshape(b, n, d, n, d)
+    mean = (cov @ eta.reshape(b, n * d, 1)).reshape(b, n, d, 1)
+    return mean, blocks[:, k, :, k, :].movedim(0, 1), blocks[:, k[1:], :, k[:-1], :].movedim(0, 1), _logdet(chol)
 
 
 def _even_odd(x: Tensor, half: int) -> tuple[Tensor, Tensor, Tensor]:
