@@ -50,6 +50,7 @@ def test_cyclic_reduction_equals_the_dense_inverse(n, d, seed, dense_up_to):
     torch.testing.assert_close(cross, blocks[:, k[1:], :, k[:-1]].movedim(0, 1), rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(logdet, torch.logdet(dense), rtol=1e-10, atol=1e-10)
     assert mean.shape == (2, n, d, 1) and cov.shape == (2, n, d, d) and cross.shape == (2, n - 1, d, d) and logdet.shape == (2,)
+    assert all(x.is_contiguous() for x in (mean, cov, cross))  # a randn_like of them draws in position order
 
 
 def test_cyclic_reduction_gradients(monkeypatch):

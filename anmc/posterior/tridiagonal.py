@@ -40,8 +40,10 @@ def block_tridiagonal_gaussian(diag: Tensor, upper: Tensor, eta: Tensor) -> tupl
     """Moments of N(Λ⁻¹ η, Λ⁻¹) for Λ block-tridiagonal with diagonal blocks `diag` (B, n, d, d), blocks
     `upper` (B, n−1, d, d) above the diagonal (Λ_{k,k+1}; Λ_{k+1,k} is its transpose) and η `eta` (B, n, d, 1):
     means (B, n, d, 1), covariances (B, n, d, d), Cov(z_{k+1}, z_k) (B, n−1, d, d) and log det Λ (B,).
-    Only the lower triangles of the diagonal blocks are read (Cholesky)."""
-    return _reduce(diag, -upper, eta)
+    Only the lower triangles of the diagonal blocks are read (Cholesky). The results are contiguous: a
+    `randn_like` of a permuted layout would fill other positions than the same call on another path."""
+    mean, cov, cross, logdet = _reduce(diag, -upper, eta)
+    return mean.contiguous(), cov.contiguous(), cross.contiguous(), logdet
 
 
 def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -42,8 +42,8 @@ def sequence_loss(
     entropy term rewards marginals as wide as s0, which the smoother reaches by ignoring the encoder's
     readings (the spring's posterior collapsed that way; docs/results.md §3c).
 
-    `noise(shape)` gives the decoder draw's standard normal noise (default: torch.randn_like of the
-    std; data-parallel training passes `anmc.vae.distributed.batch_noise`, the same draws on any number
+    `noise(shape)` gives the decoder draw's standard normal noise (default: torch.randn of the std's
+    shape, in position order whatever the std's memory layout; data-parallel training passes `anmc.vae.distributed.batch_noise`, the same draws on any number
     of ranks). Under autocast (`--precision bf16`) the networks run in bfloat16 and everything from the
     encoder's outputs to the KL in float32 / float64 (autocast off).
 
@@ -65,7 +65,8 @@ def sequence_loss(
         mu, std = post.mean, post.std
     else:
         mu, std = vae.encode(frames)  # (B, T, d)
-    z = mu + std * (torch.randn_like(std) if noise is None else noise(std.shape))
+    eps = torch.randn(std.shape, dtype=std.dtype, device=std.device) if noise is None else noise(std.shape)
+    z = mu + std * eps
     out = vae.decode(z)  # (B, T, C, H, W)
     target = frames[:, vae.window - 1 :].float() / 255.0
     recon = pixel_nll(out, target, config).flatten(2).sum(-1)  # (B, T)
