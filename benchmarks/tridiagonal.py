@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from anmc.posterior.tridiagonal import block_tridiagonal_gaussian
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kl import peak_bytes  # noqa: E402  (the profiler's allocation events, replayed)
 
 
 def random_chain(b: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,25 +62,6 @@ def dense_gaussian(diag: torch.Tensor, upper: torch.Tensor, eta: torch.Tensor):
     cov = blocks[:, k, :, k, :].movedim(0, 1)
     cross = blocks[:, k[1:], :, k[:-1], :].movedim(0, 1)
     return mean, cov, cross, 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-
-
-def peak_bytes(fn) -> int:
-    """Peak of the running total of CPU bytes allocated inside fn() (torch profiler allocation events)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if node.tag == torch._C._profiler._EventType.Allocation and node.extra_fields.device.type == "cpu":
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-    total = peak = 0
-    for _, size in sorted(events):
-        total += size
-        peak = max(peak, total)
-    return peak
 
 
 def measure(b: int, n: int, d: int, rounds: int) -> dict:
