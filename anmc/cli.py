@@ -549,16 +549,15 @@ def train(prior, videos, run_dir, resume, tensorboard, fps, **kwargs):
     model = load_model(Path(prior))
     if fps is not None or not (model.kind == "discrete" and model.dt_text == "1"):  # a discrete prior may have no dt
         check_frame_rate(list(videos), model.dt, fps, prior_name=f"{prior}")
-    if not resume:
-        from anmc.data.swing import camera_disagreement
-
-        if os.environ.get("RANK", "0") == "0" and (camera := camera_disagreement(model, list(videos))) is not None:  # torchrun: once
-            err.print(f"[bold yellow]warning[/]: {escape(camera)}", soft_wrap=True)
     if resume:  # the run keeps its own config; --epochs given extends it, --device/--workers/--cache move it
         ctx = click.get_current_context()
         given = [k for k in ("epochs", "device", "workers", "cache") if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT]
         config = _config({"epochs": 1} | {k: kwargs[k] for k in given}) if given else None  # epochs: the larger is kept
     else:
+        from anmc.data.swing import camera_disagreement
+
+        if os.environ.get("RANK", "0") == "0" and (camera := camera_disagreement(model, list(videos))) is not None:  # torchrun: once
+            err.print(f"[bold yellow]warning[/]: {escape(camera)}", soft_wrap=True)
         config = _config(kwargs)
     result = _run_training(Path(prior), list(videos), run_dir, config, resume, tensorboard=tensorboard)
     if resume and not result.metrics and result.rank == 0:

@@ -10,7 +10,8 @@ conditioned Λ and η (float64, B sequences):
 - ours: `anmc.posterior.tridiagonal.block_tridiagonal_gaussian`, block cyclic reduction: ⌈log₂ T⌉
   levels of batched d × d work, O(T·d³) time and O(T·d²) memory;
 - dense: Λ assembled as a (T·d)² matrix, `torch.linalg.cholesky`, `torch.cholesky_inverse`, and the
-  blocks read off Σ: O((T·d)³) time and O((T·d)²) memory (the smoother's path before issue 16).
+  blocks read off Σ (the reduction's own base case, `_dense`, used at every T; where T·d ≤ 64 the two
+  sides are the same computation): O((T·d)³) time and O((T·d)²) memory (the smoother's path before issue 16).
 
 "fwd" is the call with the inputs requiring grad, "f+b" adds the backward pass of a sum of all four
 outputs. The two are called in alternation, one call each per round, for `--rounds` rounds after a
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from anmc.posterior.tridiagonal import block_tridiagonal_gaussian
+from anmc.posterior.tridiagonal import _dense, block_tridiagonal_gaussian
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kl import peak_bytes  # noqa: E402  (the profiler's allocation events, replayed)
@@ -47,21 +48,9 @@ def random_chain(b: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, t
 
 
 def dense_gaussian(diag: torch.Tensor, upper: torch.Tensor, eta: torch.Tensor):
-    """The same four outputs from the dense (n·d)² precision."""
-    b, n, d, _ = diag.shape
-    lam = torch.zeros(b, n, d, n, d, dtype=diag.dtype)
-    k = torch.arange(n)
-    lam[:, k, :, k, :] = diag.movedim(1, 0)
-    lam[:, k[:-1], :, k[1:], :] = upper.movedim(1, 0)
-    lam[:, k[1:], :, k[:-1], :] = upper.mT.movedim(1, 0)
-    lam = lam.reshape(b, n * d, n * d)
-    chol = torch.linalg.cholesky(lam)
-    sigma = torch.cholesky_inverse(chol)
-    blocks = sigma.reshape(b, n, d, n, d)
-    mean = (sigma @ eta.reshape(b, n * d, 1)).reshape(b, n, d, 1)
-    cov = blocks[:, k, :, k, :].movedim(0, 1)
-    cross = blocks[:, k[1:], :, k[:-1], :].movedim(0, 1)
-    return mean, cov, cross, 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    """The same four outputs from the dense (n·d)² precision: the reduction's own dense base
+    (`anmc.posterior.tridiagonal._dense`, which takes the blocks above the diagonal negated), at any n."""
+    return _dense(diag, -upper, eta)
 
 
 def measure(b: int, n: int, d: int, rounds: int) -> dict:

@@ -340,13 +340,16 @@ def _linearize(module, lin: Tensor) -> tuple[Tensor, Tensor]:
     return offset, jm
 
 
-def _f_and_jacobian(module, z: Tensor) -> tuple[Tensor, Tensor]:
+def _f_and_jacobian(module, z: Tensor, affine: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """f and J at the points z (N, d): the module's, or for f affine in the states (`module.
-    transition_affine`) f(0) + J z from one evaluation (`_affine_transition`)."""
-    if module.transition_affine:
-        f0, jm = _affine_transition(module, z)
-        return f0 + z @ jm.mT, jm.expand(z.shape[0], -1, -1)
-    return module.f_and_jacobian(z)
+    transition_affine`) f(0) + J z from one evaluation (`_affine_transition`, or `affine` = (f(0), J)
+    when the caller has it)."""
+    if affine is None and module.transition_affine:
+        affine = _affine_transition(module, z)
+    if affine is None:
+        return module.f_and_jacobian(z)
+    f0, jm = (x.to(z) for x in affine)
+    return f0 + z @ jm.mT, jm.expand(z.shape[0], -1, -1)
 
 
 def _affine_transition(module, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -444,25 +447,19 @@ def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
     and the cross covariances, and the entropy ½ (T d log 2πe − log det Λ) in log₂ T levels of batched
     d × d work: O(T·d³) time, O(T·d²) memory. Q, P0 and the R_t are diagonal."""
     b, t_len, d = lin.shape
-    affine = None
-    if module.transition_affine and t_len > 1:  # one evaluation serves every frame, and markov_kl after
-        f0, j0 = _affine_transition(module, lin)
-        affine = (module, f0, j0)
-        offset, jm = f0.double().expand(b, t_len - 1, d), j0.double().expand(b, t_len - 1, d, d)
-    else:
-        offset, jm = _linearize(module, lin)
+    offset, jm = _linearize(module, lin)
+    # an affine f's one evaluation (f(0), J: every frame's offset and Jacobian), for markov_kl after
+    affine = (module, offset[0, 0], jm[0, 0]) if module.transition_affine and t_len > 1 else None
     h, hm = module.observe_and_jacobian(lin)
     h, hm = h.double(), hm.double()
     reading = readings.y - h + (hm @ lin[..., None])[..., 0]  # ỹ
     hr = hm / torch.diagonal(readings.r_cov, dim1=-2, dim2=-1)[..., None]  # R⁻¹ H
     q_inv, p0_inv = 1.0 / readings.q2, 1.0 / readings.p0
     qj = jm * q_inv[:, None]  # Q⁻¹ J
-    jqj, jqu = (jm.mT @ torch.cat([qj, (offset * q_inv)[..., None]], -1)).split([d, 1], -1)  # Jᵀ Q⁻¹ [J | u]
+    jq = jm.mT @ torch.cat([qj, (offset * q_inv)[..., None]], -1)  # Jᵀ Q⁻¹ [J | u]
+    jq_dd, jq_u = torch.cat([jq, lin.new_zeros(b, 1, d, d + 1)], 1).split([d, 1], -1)  # none on the last frame
     prior_precision = torch.cat([p0_inv.expand(b, d)[:, None], q_inv.expand(b, t_len - 1, d)], 1)
     prior_eta = torch.cat([(p0_inv * readings.m0).expand(b, d)[:, None], offset * q_inv], 1)
-    last_zero = lin.new_zeros(b, 1, d, d + 1)
-    jq = torch.cat([torch.cat([jqj, jqu], -1), last_zero], 1)  # the J terms, none on the last frame
-    jq_dd, jq_u = jq.split([d, 1], -1)
     diag = hm.mT @ hr + torch.diag_embed(prior_precision) + jq_dd
     eta = hr.mT @ reading[..., None] + prior_eta[..., None] - jq_u
     mean, cov, cross, logdet = block_tridiagonal_gaussian(diag, -qj.mT, eta)
@@ -487,12 +484,9 @@ def markov_kl(module, post: SmoothedPosterior) -> Tensor:
     ).sum(-1)
     if t_len > 1:
         affine = getattr(post, "affine", None)  # any object with the four moments will do
-        if affine is not None and affine[0] is module:  # the smoother's f(0) and J
-            f0, j = (x.to(mu) for x in affine[1:])
-            f, jm = f0 + mu[:, :-1] @ j.mT, j.expand(b, t_len - 1, d, d)
-        else:
-            f, jm = _f_and_jacobian(module, mu[:, :-1].reshape(-1, d))
-            f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)
+        shared = affine[1:] if affine is not None and affine[0] is module else None  # the smoother's f(0) and J
+        f, jm = _f_and_jacobian(module, mu[:, :-1].reshape(-1, d), shared)
+        f, jm = f.reshape(b, t_len - 1, d), jm.reshape(b, t_len - 1, d, d)
         q2 = module.noise_std.to(mu).square()
         c = post.cross  # Cov(z_t, z_{t-1})
         now, prev = cov.split([1, t_len - 1], 1)[1], cov.split([t_len - 1, 1], 1)[0]  # Σ_t, Σ_{t−1}

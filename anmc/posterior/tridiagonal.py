@@ -50,11 +50,7 @@ def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
     """`block_tridiagonal_gaussian` with the blocks above the diagonal given as N_k = −Λ_{k,k+1} (a Markov
     chain's precision couples neighbours negatively), which keeps every sign below positive."""
     b, n, d, _ = diag.shape
-    if n == 1:
-        chol = torch.linalg.cholesky(diag)
-        cov = torch.cholesky_inverse(chol)
-        return cov @ eta, cov, diag.new_zeros(b, 0, d, d), _logdet(chol).sum(1)
-    if n == 2 or n * d <= DENSE_UP_TO:
+    if n <= 2 or n * d <= DENSE_UP_TO:
         return _dense(diag, coupling, eta)
     if n % 2 == 0:  # one decoupled block appended (identity, no coupling): every odd position has two neighbours
         eye = _eye(d, diag).expand(b, 1, d, d)
@@ -90,7 +86,7 @@ def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
 
 
 def _dense(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A short chain (n·d ≤ DENSE_UP_TO, or two positions) as one dense (n·d)² Cholesky: one call where
+    """A short chain (n·d ≤ DENSE_UP_TO, or at most two positions) as one dense (n·d)² Cholesky: one call where
     the reduction would make several levels of small ones."""
     b, n, d, _ = diag.shape
     k = torch.arange(n, device=diag.device)

@@ -43,8 +43,8 @@ def sequence_loss(
     readings (the spring's posterior collapsed that way; docs/results.md §3c).
 
     `noise(shape)` gives the decoder draw's standard normal noise (default: torch.randn of the std's
-    shape, in position order whatever the std's memory layout; data-parallel training passes `anmc.vae.distributed.batch_noise`, the same draws on any number
-    of ranks). Under autocast (`--precision bf16`) the networks run in bfloat16 and everything from the
+    shape, in position order whatever the std's memory layout; data-parallel training passes
+    `anmc.vae.distributed.batch_noise`, the same draws on any number of ranks). Under autocast (`--precision bf16`) the networks run in bfloat16 and everything from the
     encoder's outputs to the KL in float32 / float64 (autocast off).
 
     `starts` (B,): each sequence's first frame's index in its recorded clip (`FrameSequences.
