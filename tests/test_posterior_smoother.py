@@ -1,7 +1,8 @@
 """The smoother posterior (anmc/posterior/smoother.py): exact on linear dynamics against dense Gaussian
 conditioning and the Kalman log-likelihood, the same values and gradients as the dense precision path
 and the recursions it replaced (tests/_smoother_reference.py), long and wide sequences, the
-linearization points' gradient, the causal filter, the Markov KL's limits, and its gradients."""
+linearization points' gradient, the causal filter, the Markov KL's limits, and its gradients; the
+filter scan's combine against the lemma it implements, and associative."""
 
 from __future__ import annotations
 
@@ -330,3 +331,43 @@ def test_float32_inputs_give_float32_outputs(pendulum):
     post = kalman_smoother(m, y, torch.full_like(y, 0.05))
     assert post.mean.dtype == post.cov.dtype == post.entropy.dtype == torch.float32
     assert torch.isfinite(markov_kl(m, post)).all()
+
+
+def _filter_elements(gen, b, t_len, d):
+    """Random filter-scan elements [A | b | C | Λ | η] (b, t_len, d(3d + 2)): C and Λ symmetric, C positive
+    definite and Λ positive semi-definite, as the filter makes them."""
+    a = 0.7 * torch.randn(b, t_len, d, d, generator=gen, dtype=F64)
+    x, y = torch.randn(2, b, t_len, d, d, generator=gen, dtype=F64)
+    c = x @ x.mT / d + 0.1 * torch.eye(d, dtype=F64)
+    lam = y @ y.mT / d
+    bb, eta = torch.randn(2, b, t_len, d, 1, generator=gen, dtype=F64)
+    return torch.cat([a, bb, c, lam, eta], -1).flatten(2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(d=st.integers(1, 4), b=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_the_filter_combine_is_the_lemma_and_associative(d, b, seed):
+    """`_filter_combine` (batched bmm on packed elements, strided as the scan hands them over) against the
+    lemma written with plain matrices, and (e1 ⊗ e2) ⊗ e3 = e1 ⊗ (e2 ⊗ e3), which the parallel scan relies on."""
+    from anmc.posterior.smoother import _filter_combine
+
+    gen = torch.Generator().manual_seed(seed)
+    e = _filter_elements(gen, b, 6, d)
+    first, then = e[:, 0:6:2], e[:, 1:6:2]  # every other position: the strided views the halving passes
+    k = 3 * d + 2
+    i, j = first.unflatten(-1, (d, k)), then.unflatten(-1, (d, k))
+    a_i, b_i, c_i, l_i, eta_i = i.split([d, 1, d, d, 1], -1)
+    a_j, b_j, c_j, l_j, eta_j = j.split([d, 1, d, d, 1], -1)
+    m_inv = torch.linalg.inv(torch.eye(d, dtype=F64) + c_i @ l_j)
+    expected = torch.cat([
+        a_j @ m_inv @ a_i,
+        a_j @ m_inv @ (b_i + c_i @ eta_j) + b_j,
+        a_j @ m_inv @ c_i @ a_j.mT + c_j,
+        a_i.mT @ m_inv.mT @ l_j @ a_i + l_i,
+        a_i.mT @ m_inv.mT @ (eta_j - l_j @ b_i) + eta_i,
+    ], -1).flatten(2)
+    torch.testing.assert_close(_filter_combine(first, then, d), expected, rtol=1e-10, atol=1e-10)
+    e1, e2, e3 = e[:, 0:2], e[:, 2:4], e[:, 4:6]
+    left = _filter_combine(_filter_combine(e1, e2, d), e3, d)
+    right = _filter_combine(e1, _filter_combine(e2, e3, d), d)
+    torch.testing.assert_close(left, right, rtol=1e-8, atol=1e-8)
