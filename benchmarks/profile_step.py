@@ -35,6 +35,26 @@ def profile_step(step, device: torch.device, steps: int):
     return prof
 
 
+def dispatch_counts(step) -> tuple[int, int]:
+    """(calls, kernels) of one step at torch's dispatcher: every aten call once (the profiler also counts
+    the calls nested inside composite ones), and of them the ones that are not views (on a GPU, roughly
+    the kernels the step launches: a view, a reshape or a slice launches none)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    views = {"_unsafe_view", "_reshape_alias", "_local_scalar_dense"}
+    seen = Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen["calls"] += 1
+            seen["kernels"] += not (func.is_view or func.overloadpacket.__name__ in views)
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()
+    return seen["calls"], seen["kernels"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -70,6 +90,8 @@ def main() -> None:
         print(f"== {name}: {args.size}x{args.size}, batch {args.batch} x {args.seq_len} frames, {device}, torch {torch.__version__}")
         print(f"aten operations per step (nested included): {count['aten'] / args.steps:.0f}; "
               f"host reads of a tensor (.item(), float(), bool()) per step: {count['sync'] / args.steps:.0f}")
+        calls, kernels = dispatch_counts(step)
+        print(f"at the dispatcher, one step: {calls} calls, {kernels} of them not views (kernels on a GPU)")
         print(events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=50))
 
 
