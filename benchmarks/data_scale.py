@@ -62,7 +62,7 @@ def measure(data: str, cache: str | None, steps: int, workers: int) -> dict:
 
     train_data, _ = frame_datasets([data], length=config.seq_len, size=64, val_fraction=0.0, cache=cache)
     load = time.perf_counter() - t0
-    vae = train_mod.build_vae(compile_prior(ROOT / "priors" / "pendulum.anm"), train_data.frame_shape, config)
+    vae = train_mod.on_device(train_mod.build_vae(compile_prior(ROOT / "priors" / "pendulum.anm"), train_data.frame_shape, config), "cpu")
     model = train_mod._LossModule(vae, config)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
     session = train_mod._Session(Path("."), config, None, vae, optimizer, [], train_data, None, DistContext(), videos=[], model=model)

@@ -22,7 +22,7 @@ import torch
 
 from anmc.codegen.compile import compile_prior
 from anmc.vae.config import TrainConfig
-from anmc.vae.nets import build_vae
+from anmc.vae.nets import build_vae, on_device
 from train_step import adam_step  # benchmarks/ is the script's directory, first on sys.path
 
 PRIOR = Path(__file__).resolve().parent.parent / "priors" / "pendulum.anm"
@@ -42,7 +42,7 @@ def main() -> None:
         config, args.repeats = TrainConfig(size=16, batch=2, seq_len=4), 2
     torch.manual_seed(0)
     frames = (torch.rand(config.batch, config.seq_len, 1, config.size, config.size) * 255).to(torch.uint8)
-    vae = build_vae(compile_prior(PRIOR), frames.shape[2:], config)
+    vae = on_device(build_vae(compile_prior(PRIOR), frames.shape[2:], config), "cpu")  # as training places it
     step = adam_step(vae, frames, config)
 
     load_before = os.getloadavg()

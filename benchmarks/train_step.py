@@ -40,7 +40,7 @@ from anmc.codegen.compile import compile_prior
 from anmc.vae.allocator import tune_allocator
 from anmc.vae.config import TrainConfig
 from anmc.vae.loss import sequence_loss
-from anmc.vae.nets import build_vae
+from anmc.vae.nets import build_vae, on_device
 
 PRIOR = Path(__file__).resolve().parent.parent / "priors" / "pendulum.anm"
 READINGS = {
@@ -77,7 +77,7 @@ def make_step(kl: str, posterior: str | None, window: int | None, frames: torch.
     )
     frames = frames[:, 2 - config.window :]  # seq_len latent frames whatever the window (1 or 2)
     torch.manual_seed(0)
-    vae = build_vae(compile_prior(prior), frames.shape[2:], config).to(device)
+    vae = on_device(build_vae(compile_prior(prior), frames.shape[2:], config), device)  # as training places it
     if args.compile_prior and kl != "standard":
         vae.prior.compile_core()  # torch.compile of the integration (opt-in)
     return adam_step(vae, frames, config)

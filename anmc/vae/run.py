@@ -35,7 +35,7 @@ from anmc.data.background import without_background
 from anmc.data.io import Clip, load_clips
 from anmc.errors import UserError
 from anmc.vae.config import TrainConfig
-from anmc.vae.nets import VideoVAE, build_vae
+from anmc.vae.nets import VideoVAE, build_vae, on_device
 
 FORMAT = "anmc-checkpoint-1"
 CHECKPOINT = "checkpoint.pt"
@@ -219,7 +219,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
         raise CheckpointError(
             f"the weights in {run_dir} do not fit the model its prior describes; the checkpoint comes from another model or anmc version: retrain."
         ) from None
-    return Run(Path(run_dir), vae.to(device).eval(), prior, config, payload)
+    return Run(Path(run_dir), on_device(vae, device).eval(), prior, config, payload)
 
 
 def load_run_clips(run: Run, videos=None) -> list[Clip]:

@@ -39,7 +39,7 @@ from anmc.vae.diagnostics import epoch_diagnostics
 from anmc.vae.distributed import DistContext, RankBatches
 from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
-from anmc.vae.nets import VideoVAE, build_vae, chosen_decoder
+from anmc.vae.nets import VideoVAE, build_vae, chosen_decoder, on_device
 from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, read_metrics, save_checkpoint, truncate_metrics
 from anmc.vae.run_lock import run_lock
 
@@ -287,7 +287,7 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     camera = None
     if config.decoder == "sprite" and not _given_clips(videos):
         camera = videos_transform(videos, config.size)
-    vae = build_vae(compiled, train_data.frame_shape, config, camera=camera).to(ctx.device)
+    vae = on_device(build_vae(compiled, train_data.frame_shape, config, camera=camera), ctx.device)
     if config.decoder == "sprite":  # its background (and fill) start from the data; a resume loads the trained ones
         vae.decoder.start_from(_frame_sample(train_data).to(ctx.device))
     if config.compile:
