@@ -1,6 +1,6 @@
 """Block cyclic reduction (anmc/posterior/tridiagonal.py) against the dense inverse of the same
 block-tridiagonal precision: means, marginal and cross covariances, log det, for every length (odd,
-even, the two- and one-position bases) and gradients (gradcheck)."""
+even, the two- and one-position bases) and gradients (gradcheck); the means-only reduction likewise."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anmc.posterior.tridiagonal as tridiagonal
-from anmc.posterior.tridiagonal import block_tridiagonal_gaussian
+from anmc.posterior.tridiagonal import block_tridiagonal_gaussian, block_tridiagonal_mean
 
 
 def _random_chain(b: int, n: int, d: int, seed: int):
@@ -64,3 +64,30 @@ def test_cyclic_reduction_gradients(monkeypatch):
             return mean.sin().sum() + cov.square().sum() + cross.sum() + logdet.sum()
 
         assert torch.autograd.gradcheck(moments, inputs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), d=st.integers(1, 4), seed=st.integers(0, 10_000), dense_up_to=st.sampled_from([0, 8, tridiagonal.DENSE_UP_TO]))
+def test_the_means_alone_equal_the_dense_solve(n, d, seed, dense_up_to):
+    """`block_tridiagonal_mean` (the search for linearization points: no covariances) gives Λ⁻¹ η, as the
+    full reduction does, at every length and with the dense base anywhere."""
+    diag, upper, eta, dense = _random_chain(2, n, d, seed)
+    shipped, tridiagonal.DENSE_UP_TO = tridiagonal.DENSE_UP_TO, dense_up_to
+    try:
+        mean = block_tridiagonal_mean(diag, upper, eta)
+        full = block_tridiagonal_gaussian(diag, upper, eta)[0]
+    finally:
+        tridiagonal.DENSE_UP_TO = shipped
+    expected = torch.linalg.solve(dense, eta.flatten(1, 2)).unflatten(1, (n, d))
+    torch.testing.assert_close(mean, expected, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(mean, full, rtol=1e-10, atol=1e-12)
+    assert mean.shape == (2, n, d, 1) and mean.is_contiguous()
+
+
+def test_the_means_alone_gradients(monkeypatch):
+    for dense_up_to in (0, tridiagonal.DENSE_UP_TO):
+        monkeypatch.setattr(tridiagonal, "DENSE_UP_TO", dense_up_to)
+        for n in (1, 2, 5, 6, 9):
+            diag, upper, eta, _ = _random_chain(1, n, 2, n)
+            inputs = tuple(x.clone().requires_grad_() for x in (diag, upper, eta))
+            assert torch.autograd.gradcheck(lambda a, u, e: block_tridiagonal_mean(0.5 * (a + a.mT), u, e).sin().sum(), inputs)

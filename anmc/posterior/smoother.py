@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from anmc.posterior.scan import doubling_below, prefix_scan
-from anmc.posterior.tridiagonal import block_tridiagonal_gaussian
+from anmc.posterior.tridiagonal import block_tridiagonal_gaussian, block_tridiagonal_mean
 from anmc.codegen.runtime import constant_tensor
 
 
@@ -157,13 +157,13 @@ def _smoothed_points(module, readings: "_Readings", unroll: int, tol: float = 1e
     with torch.no_grad():
         lin = _best_rollout(module, readings)
         for _ in range(passes):
-            new = _smooth(module, readings, lin).mean
+            new = _smoothed_mean(module, readings, lin)
             change = float(((new - lin) / scale).abs().max())
             lin = new
             if change <= tol:
                 break
     for _ in range(unroll):
-        lin = _smooth(module, readings, lin).mean
+        lin = _smoothed_mean(module, readings, lin)
     return lin
 
 
@@ -435,16 +435,35 @@ def _negated_last(d: int, like: Tensor) -> Tensor:
 
 def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
     """The posterior of the model linearized at lin (B, T, d), z_t = J_t z_{t−1} + u_t + ε and
-    y_t ≈ h(l_t) + H_t (z_t − l_t) + δ, from its information form: the precision Λ of z_{1:T} is
+    y_t ≈ h(l_t) + H_t (z_t − l_t) + δ, from its information form (`_information`): block cyclic reduction
+    (`block_tridiagonal_gaussian`) gives the means, the marginal and the cross covariances, and the
+    entropy ½ (T d log 2πe − log det Λ) in log₂ T levels of batched d × d work: O(T·d³) time, O(T·d²)
+    memory."""
+    t_len, d = lin.shape[1:]
+    diag, upper, eta, affine = _information(module, readings, lin)
+    mean, cov, cross, logdet = block_tridiagonal_gaussian(diag, upper, eta)
+    entropy = 0.5 * (t_len * d * math.log(2 * math.pi * math.e) - logdet)
+    return SmoothedPosterior(mean[..., 0], cov, cross, entropy, affine)
+
+
+def _smoothed_mean(module, readings: _Readings, lin: Tensor) -> Tensor:
+    """`_smooth`'s means alone (B, T, d): what a pass of the search for the linearization points needs, at
+    about half the cost (`block_tridiagonal_mean`: no covariances)."""
+    diag, upper, eta, _ = _information(module, readings, lin)
+    return block_tridiagonal_mean(diag, upper, eta)[..., 0]
+
+
+def _information(module, readings: _Readings, lin: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple | None]:
+    """The information form of the model linearized at lin (B, T, d): the precision Λ of z_{1:T} is
     block-tridiagonal (docs/method.md §6),
 
         Λ_tt = P_t⁻¹ + J_{t+1}ᵀ Q⁻¹ J_{t+1} + H_tᵀ R_t⁻¹ H_t,   Λ_{t,t+1} = −J_{t+1}ᵀ Q⁻¹,
         η_t = P_t⁻¹ m_t − J_{t+1}ᵀ Q⁻¹ u_{t+1} + H_tᵀ R_t⁻¹ ỹ_t,
 
     (P_1, m_1 = P0, m0; P_t, m_t = Q, u_t after; the J terms absent on the last frame; ỹ_t = y_t − h(l_t)
-    + H_t l_t), and block cyclic reduction (`block_tridiagonal_gaussian`) gives the means, the marginal
-    and the cross covariances, and the entropy ½ (T d log 2πe − log det Λ) in log₂ T levels of batched
-    d × d work: O(T·d³) time, O(T·d²) memory. Q, P0 and the R_t are diagonal."""
+    + H_t l_t). Q, P0 and the R_t are diagonal. Returns Λ's diagonal blocks (B, T, d, d), the blocks above
+    them (B, T−1, d, d), η (B, T, d, 1), and for an affine f its one evaluation (module, f(0), J), which
+    `markov_kl` reuses."""
     b, t_len, d = lin.shape
     offset, jm = _linearize(module, lin)
     # an affine f's one evaluation (f(0), J: every frame's offset and Jacobian), for markov_kl after
@@ -461,9 +480,7 @@ def _smooth(module, readings: _Readings, lin: Tensor) -> SmoothedPosterior:
     prior_eta = torch.cat([(p0_inv * readings.m0).expand(b, d)[:, None], offset * q_inv], 1)
     diag = hm.mT @ hr + torch.diag_embed(prior_precision) + jq_dd
     eta = hr.mT @ reading[..., None] + prior_eta[..., None] - jq_u
-    mean, cov, cross, logdet = block_tridiagonal_gaussian(diag, -qj.mT, eta)
-    entropy = 0.5 * (t_len * d * math.log(2 * math.pi * math.e) - logdet)
-    return SmoothedPosterior(mean[..., 0], cov, cross, entropy, affine)
+    return diag, -qj.mT, eta, affine
 
 
 def initial_cross_entropy(module, mu: Tensor, var: Tensor) -> Tensor:

@@ -46,6 +46,14 @@ def block_tridiagonal_gaussian(diag: Tensor, upper: Tensor, eta: Tensor) -> tupl
     return mean.contiguous(), cov.contiguous(), cross.contiguous(), logdet
 
 
+def block_tridiagonal_mean(diag: Tensor, upper: Tensor, eta: Tensor) -> Tensor:
+    """The means Λ⁻¹ η (B, n, d, 1) alone, for the same arguments as `block_tridiagonal_gaussian`: the same
+    elimination, without the covariances' way back (and, for a short chain, a Cholesky solve instead of
+    the inverse). What an iteration that only moves points needs (`anmc.posterior.smoother`'s search for
+    the linearization points): about half the work."""
+    return _reduce_mean(diag, -upper, eta).contiguous()
+
+
 def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`block_tridiagonal_gaussian` with the blocks above the diagonal given as N_k = −Λ_{k,k+1} (a Markov
     chain's precision couples neighbours negatively), which keeps every sign below positive."""
@@ -58,18 +66,8 @@ def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
             torch.cat([diag, eye], 1), torch.cat([coupling, coupling.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1)
         )
         return mean.split([n, 1], 1)[0], cov.split([n, 1], 1)[0], cross.split([n - 1, 1], 1)[0], logdet
-    half = n // 2  # odd positions 1, 3, …, n − 2; even 0, 2, …, n − 1 (half + 1 of them)
-    d_even, d_odd, d_last = _even_odd(diag, half)
-    e_even, e_odd, e_last = _even_odd(eta, half)
-    n_in, n_out = coupling.unflatten(1, (half, 2)).unbind(2)  # N_{k−1} (into odd k), N_k (out of it)
-    chol = torch.linalg.cholesky(d_odd)
-    d_inv = torch.cholesky_inverse(chol)  # then products: faster here than a solve with as many columns
-    v_in, v_out, v_eta = (d_inv @ torch.cat([n_in.mT, n_out, e_odd], -1)).split([d, d, 1], -1)  # V = −W, and D⁻¹ η
-    # what eliminating k takes from its neighbours k − 1 (before it) and k + 1 (after it)
-    before_dd, before_n, before_e = (n_in @ torch.cat([v_in, v_out, v_eta], -1)).split([d, d, 1], -1)
-    after_dd, after_e = (n_out.mT @ torch.cat([v_out, v_eta], -1)).split([d, 1], -1)
-    reduced_diag = torch.cat([d_even, d_last], 1) - _shifted(before_dd, after_dd)
-    reduced_eta = torch.cat([e_even, e_last], 1) + _shifted(before_e, after_e)
+    half = n // 2
+    chol, d_inv, v_in, v_out, v_eta, reduced_diag, before_n, reduced_eta = _eliminate_odd(diag, coupling, eta)
     mean_r, cov_r, cross_r, logdet = _reduce(reduced_diag, before_n, reduced_eta)
     # the odd positions from their neighbours' moments: one product for both cross covariances and the mean
     c_before, c_after = cov_r.split([half, 1], 1)[0], cov_r.split([1, half], 1)[1]
@@ -85,20 +83,63 @@ def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
     return mean, cov, cross, logdet + _logdet(chol).sum(1)
 
 
+def _eliminate_odd(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, ...]:
+    """One level of the reduction (n odd): the odd positions' Cholesky factors, D⁻¹, V = −W (into and out of
+    each odd position) and D⁻¹ η, and the chain of the even positions that eliminating them leaves
+    (its diagonal blocks, couplings and η)."""
+    b, n, d, _ = diag.shape
+    half = n // 2  # odd positions 1, 3, …, n − 2; even 0, 2, …, n − 1 (half + 1 of them)
+    d_even, d_odd, d_last = _even_odd(diag, half)
+    e_even, e_odd, e_last = _even_odd(eta, half)
+    n_in, n_out = coupling.unflatten(1, (half, 2)).unbind(2)  # N_{k−1} (into odd k), N_k (out of it)
+    chol = torch.linalg.cholesky(d_odd)
+    d_inv = torch.cholesky_inverse(chol)  # then products: faster here than a solve with as many columns
+    v_in, v_out, v_eta = (d_inv @ torch.cat([n_in.mT, n_out, e_odd], -1)).split([d, d, 1], -1)  # V = −W, and D⁻¹ η
+    # what eliminating k takes from its neighbours k − 1 (before it) and k + 1 (after it)
+    before_dd, before_n, before_e = (n_in @ torch.cat([v_in, v_out, v_eta], -1)).split([d, d, 1], -1)
+    after_dd, after_e = (n_out.mT @ torch.cat([v_out, v_eta], -1)).split([d, 1], -1)
+    reduced_diag = torch.cat([d_even, d_last], 1) - _shifted(before_dd, after_dd)
+    reduced_eta = torch.cat([e_even, e_last], 1) + _shifted(before_e, after_e)
+    return chol, d_inv, v_in, v_out, v_eta, reduced_diag, before_n, reduced_eta
+
+
+def _reduce_mean(diag: Tensor, coupling: Tensor, eta: Tensor) -> Tensor:
+    """`_reduce`'s means alone (`block_tridiagonal_mean`)."""
+    b, n, d, _ = diag.shape
+    if n <= 2 or n * d <= DENSE_UP_TO:
+        return torch.cholesky_solve(eta.reshape(b, n * d, 1), torch.linalg.cholesky(_dense_precision(diag, coupling))).reshape(b, n, d, 1)
+    if n % 2 == 0:  # as in `_reduce`: one decoupled block appended
+        eye = _eye(d, diag).expand(b, 1, d, d)
+        mean = _reduce_mean(torch.cat([diag, eye], 1), torch.cat([coupling, coupling.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1))
+        return mean.split([n, 1], 1)[0]
+    half = n // 2
+    _, _, v_in, v_out, v_eta, reduced_diag, before_n, reduced_eta = _eliminate_odd(diag, coupling, eta)
+    mean_r = _reduce_mean(reduced_diag, before_n, reduced_eta)
+    neighbours = torch.cat([mean_r.split([half, 1], 1)[0], mean_r.split([1, half], 1)[1]], -2)
+    return _interleave(mean_r, v_eta + torch.cat([v_in, v_out], -1) @ neighbours, half)
+
+
 def _dense(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A short chain (n·d ≤ DENSE_UP_TO, or at most two positions) as one dense (n·d)² Cholesky: one call where
     the reduction would make several levels of small ones."""
+    b, n, d, _ = diag.shape
+    k = torch.arange(n, device=diag.device)
+    chol = torch.linalg.cholesky(_dense_precision(diag, coupling))
+    cov = torch.cholesky_inverse(chol)
+    blocks = cov.reshape(b, n, d, n, d)
+    mean = (cov @ eta.reshape(b, n * d, 1)).reshape(b, n, d, 1)
+    return mean, blocks[:, k, :, k, :].movedim(0, 1), blocks[:, k[1:], :, k[:-1], :].movedim(0, 1), _logdet(chol)
+
+
+def _dense_precision(diag: Tensor, coupling: Tensor) -> Tensor:
+    """The (B, n·d, n·d) matrix of the blocks: `diag` on the diagonal, −`coupling` beside it."""
     b, n, d, _ = diag.shape
     k = torch.arange(n, device=diag.device)
     lam = diag.new_zeros(b, n, d, n, d)
     lam[:, k, :, k, :] = diag.movedim(1, 0)
     lam[:, k[:-1], :, k[1:], :] = -coupling.movedim(1, 0)
     lam[:, k[1:], :, k[:-1], :] = -coupling.mT.movedim(1, 0)
-    chol = torch.linalg.cholesky(lam.reshape(b, n * d, n * d))
-    cov = torch.cholesky_inverse(chol)
-    blocks = cov.reshape(b, n, d, n, d)
-    mean = (cov @ eta.reshape(b, n * d, 1)).reshape(b, n, d, 1)
-    return mean, blocks[:, k, :, k, :].movedim(0, 1), blocks[:, k[1:], :, k[:-1], :].movedim(0, 1), _logdet(chol)
+    return lam.reshape(b, n * d, n * d)
 
 
 def _even_odd(x: Tensor, half: int) -> tuple[Tensor, Tensor, Tensor]:
