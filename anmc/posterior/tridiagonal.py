@@ -1,6 +1,7 @@
 """A Gaussian with a block-tridiagonal precision, solved by block cyclic reduction.
 
     mean, cov, cross, logdet = block_tridiagonal_gaussian(D, U, eta)
+    mean = block_tridiagonal_mean(D, U, eta)     # the means alone (about half the work)
 
 For the information form N⁻¹(η, Λ) of a Markov chain z_1 … z_n of d-vectors, Λ has blocks D_k on its
 diagonal (B, n, d, d) and U_k = Λ_{k,k+1} above it (B, n−1, d, d); η (B, n, d, 1). This returns the
@@ -57,14 +58,11 @@ def block_tridiagonal_mean(diag: Tensor, upper: Tensor, eta: Tensor) -> Tensor:
 def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`block_tridiagonal_gaussian` with the blocks above the diagonal given as N_k = −Λ_{k,k+1} (a Markov
     chain's precision couples neighbours negatively), which keeps every sign below positive."""
-    b, n, d, _ = diag.shape
+    _, n, d, _ = diag.shape
     if n <= 2 or n * d <= DENSE_UP_TO:
         return _dense(diag, coupling, eta)
-    if n % 2 == 0:  # one decoupled block appended (identity, no coupling): every odd position has two neighbours
-        eye = _eye(d, diag).expand(b, 1, d, d)
-        mean, cov, cross, logdet = _reduce(
-            torch.cat([diag, eye], 1), torch.cat([coupling, coupling.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1)
-        )
+    if n % 2 == 0:
+        mean, cov, cross, logdet = _reduce(*_made_odd(diag, coupling, eta))
         return mean.split([n, 1], 1)[0], cov.split([n, 1], 1)[0], cross.split([n - 1, 1], 1)[0], logdet
     half = n // 2
     chol, d_inv, v_in, v_out, v_eta, reduced_diag, before_n, reduced_eta = _eliminate_odd(diag, coupling, eta)
@@ -81,6 +79,15 @@ def _reduce(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor
     cov = _interleave(cov_r, cov_odd, half)
     cross = torch.stack([s_before, s_after.mT], 2).flatten(1, 2)  # Σ_{k,k−1}, then Σ_{k+1,k}
     return mean, cov, cross, logdet + _logdet(chol).sum(1)
+
+
+def _made_odd(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A chain of even length with one decoupled position appended (identity block, no coupling, η = 0):
+    then every odd position has two neighbours. Its moments are those of the chain plus an independent
+    N(0, I), cut off again by the caller."""
+    b, _, d, _ = diag.shape
+    eye = _eye(d, diag).expand(b, 1, d, d)
+    return torch.cat([diag, eye], 1), torch.cat([coupling, coupling.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1)
 
 
 def _eliminate_odd(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor, ...]:
@@ -108,10 +115,8 @@ def _reduce_mean(diag: Tensor, coupling: Tensor, eta: Tensor) -> Tensor:
     b, n, d, _ = diag.shape
     if n <= 2 or n * d <= DENSE_UP_TO:
         return torch.cholesky_solve(eta.reshape(b, n * d, 1), torch.linalg.cholesky(_dense_precision(diag, coupling))).reshape(b, n, d, 1)
-    if n % 2 == 0:  # as in `_reduce`: one decoupled block appended
-        eye = _eye(d, diag).expand(b, 1, d, d)
-        mean = _reduce_mean(torch.cat([diag, eye], 1), torch.cat([coupling, coupling.new_zeros(b, 1, d, d)], 1), torch.cat([eta, eta.new_zeros(b, 1, d, 1)], 1))
-        return mean.split([n, 1], 1)[0]
+    if n % 2 == 0:
+        return _reduce_mean(*_made_odd(diag, coupling, eta)).split([n, 1], 1)[0]
     half = n // 2
     _, _, v_in, v_out, v_eta, reduced_diag, before_n, reduced_eta = _eliminate_odd(diag, coupling, eta)
     mean_r = _reduce_mean(reduced_diag, before_n, reduced_eta)
