@@ -94,7 +94,7 @@ def _eliminate_odd(diag: Tensor, coupling: Tensor, eta: Tensor) -> tuple[Tensor,
     """One level of the reduction (n odd): the odd positions' Cholesky factors, D⁻¹, V = −W (into and out of
     each odd position) and D⁻¹ η, and the chain of the even positions that eliminating them leaves
     (its diagonal blocks, couplings and η)."""
-    b, n, d, _ = diag.shape
+    _, n, d, _ = diag.shape
     half = n // 2  # odd positions 1, 3, …, n − 2; even 0, 2, …, n − 1 (half + 1 of them)
     d_even, d_odd, d_last = _even_odd(diag, half)
     e_even, e_odd, e_last = _even_odd(eta, half)
