@@ -293,9 +293,9 @@ def trees(names):
 def random_models(draw):
     d = draw(st.integers(1, 4))
     states = draw(st.permutations(STATE_NAMES))[:d]
-    # a learnable param may appear too; the const `a` is declared but not used (consts inside function
-    # calls: see test_const_inside_a_function_call)
-    names = [*states, "b"]
+    # a learnable param may appear too, and the const `a` (a Python float in the generated code: a bare
+    # const as a Jacobian entry once reached torch.addcmul, which takes tensors only)
+    names = [*states, "a", "b"]
     equations = {s: draw(trees(names)) for s in states}
     method = draw(st.sampled_from(["euler", "semi_implicit_euler", "midpoint", "rk4", "discrete"]))
     steps = draw(st.integers(1, 3)) if method != "discrete" else 1
@@ -427,6 +427,45 @@ def test_const_inside_a_function_call():
     ).module().double()
     f, J = module.f_and_jacobian(torch.tensor([0.5], dtype=torch.float64))
     assert float(J[0, 0]) == pytest.approx(1 + 0.1 * math.sqrt(1 + 0.49))
+
+
+@pytest.mark.parametrize(
+    "equations",
+    [
+        ["x' = a*y - b*x", "y' = -k*x - a*sin(y) + b*y*x"],  # rows of two terms, a bare const among them
+        ["x' = y + w", "y' = -a*x + b*y - k*w", "w' = x"],  # a row of three
+    ],
+    ids=["two-terms", "three-terms"],
+)
+def test_a_const_as_a_jacobian_entry(equations):
+    """A const that is a whole entry of dF/dz (`b` in b*y) is a Python float in the generated code, and the
+    rows of J that hold it accumulate with torch.add(alpha=) (torch.addcmul takes tensors only; it once
+    reached addcmul and f_and_jacobian raised TypeError). J against torch.func.jacrev, the backward pass
+    (learnable k, the written pass for d = 2, autograd's for d = 3) against gradcheck."""
+    states = [eq.split("'")[0] for eq in equations]
+    source = "\n".join(
+        ["model cst", "const a = 2.5", "const b = 0.5", "param k = 1.0 in [0.1, 5] learn"]
+        + [f"state {s} ~ Normal(0, 1)" for s in states]
+        + ["dynamics continuous dt = 1/30 using rk4 steps 2"]
+        + [f"  {eq}" for eq in equations]
+        + ["noise " + ", ".join(f"{s} = 0.01" for s in states), f"observe {states[0]}"]
+    )
+    module = anmc.compile_prior(source + "\n").module().double()
+    z = torch.randn(6, len(states), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f, J = module.f_and_jacobian(z)
+    torch.testing.assert_close(J, torch.func.vmap(torch.func.jacrev(module))(z), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(f, module(z), rtol=1e-14, atol=1e-14)
+    raw = module._raw_k
+    assert torch.autograd.gradcheck(lambda zz: module.f_and_jacobian(zz), (z.clone().requires_grad_(),))
+    (gk,) = torch.autograd.grad(module.f_and_jacobian(z)[1].sum(), [raw])
+    eps = 1e-6
+    with torch.no_grad():
+        raw += eps
+        up = module.f_and_jacobian(z)[1].sum()
+        raw -= 2 * eps
+        down = module.f_and_jacobian(z)[1].sum()
+        raw += eps
+    assert float(gk) == pytest.approx(float(up - down) / (2 * eps), rel=1e-6, abs=1e-9)
 
 
 # ---------------------------------------------------------------- shapes, dtypes, parameters

@@ -498,8 +498,9 @@ class _RhsEmitter:
 
     def _rows(self, coef: dict[tuple[int, int], sp.Expr], rows: str, names: list[str], comment: str, lines: list[str]) -> list[str]:
         """sum_j coef[i, j] * rows_j for each i, printed: one expression per output row (a temporary when
-        long). Rows of three terms or more accumulate with torch.addcmul / torch.add(alpha=): one pass
-        over the (d, B) row per term instead of two (a product, then a sum)."""
+        long). Rows of two terms or more accumulate with torch.addcmul / torch.add(alpha=): one pass
+        over the (d, B) row per term instead of two (a product, then a sum). A coefficient that is a
+        number or a const (a Python float in the generated code) goes in as alpha: addcmul takes tensors."""
         pr, d = self.printer, self.model.d
         out = []
         for i in range(d):
@@ -516,20 +517,14 @@ class _RhsEmitter:
             if len(terms) == 1 and terms[0][0] == "+" and terms[0][1] == 1:
                 out.append(terms[0][2])
                 continue
-            if len(terms) < 3:
-                text = ""
-                for k, (sign, c, row) in enumerate(terms):
-                    t = row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}"
-                    text += ("-" if sign == "-" else "") + t if k == 0 else f" {sign} {t}"
-            else:
-                sign, c, row = terms[0]
-                text = ("-" if sign == "-" else "") + (row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}")
-                for sign, c, row in terms[1:]:
-                    if c.is_Number:
-                        alpha = f"-{pr.doprint(c)}" if sign == "-" else pr.doprint(c)
-                        text = f"torch.add({text}, {row}{'' if alpha == '1' else f', alpha={alpha}'})"
-                    else:
-                        text = f"torch.addcmul({text}, {pr.doprint(c)}, {row}{', value=-1' if sign == '-' else ''})"
+            sign, c, row = terms[0]
+            text = ("-" if sign == "-" else "") + (row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}")
+            for sign, c, row in terms[1:]:
+                if c.is_Number or c in self.const_values:  # a number or a const: a Python float, not a tensor
+                    alpha = f"-{pr.doprint(c)}" if sign == "-" else pr.doprint(c)
+                    text = f"torch.add({text}, {row}{'' if alpha == '1' else f', alpha={alpha}'})"
+                else:
+                    text = f"torch.addcmul({text}, {pr.doprint(c)}, {row}{', value=-1' if sign == '-' else ''})"
             s = self.fresh()
             lines.append(f"        {s} = {text}  # {comment.format(names[i])}")
             out.append(str(s))

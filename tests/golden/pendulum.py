@@ -77,7 +77,7 @@ class Pendulum(AnmModule):
         _z, J_0, J_1 = _S.unbind(0)
         theta, omega = _z.unbind(0)
         _t1 = _t0*torch.cos(theta)  # domega'/dtheta
-        _t2 = _t1*J_0 - c*J_1  # domega'/dz0
+        _t2 = torch.addcmul(_t1*J_0, c, J_1, value=-1)  # domega'/dz0
         return torch.stack((torch.stack((omega, _t0*torch.sin(theta) - c*omega)), J_1, _t2))
 
     def rhs_and_tangents_vjp(self, _S, _gS, c, _t0):
@@ -95,5 +95,5 @@ class Pendulum(AnmModule):
         _t4 = torch.sin(theta)
         _t5 = _t0*_t3  # domega'/dtheta
         _t6 = _t5*_gJ_1  # dphi/d(dtheta/dz0)
-        _t7 = _gJ_0 - c*_gJ_1  # dphi/d(domega/dz0)
+        _t7 = torch.addcmul(_gJ_0, c, _gJ_1, value=-1)  # dphi/d(domega/dz0)
         return torch.stack((torch.stack((_gF_1*_t0*_t3 - _P_1_0*_t0*_t4, _gF_0 - _gF_1*c)), _t6, _t7)), (_P_1_0*_t3 + _gF_1*_t4,)
