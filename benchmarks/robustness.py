@@ -3,7 +3,7 @@
     python benchmarks/robustness.py [--conditions black,grey,...] [--seeds 0,1,2] [--epochs 30]
                                     [--time-limit 15] [--clips 20] [--frames 100] [--workdir DIR] [--json OUT] [--quick]
                                     [--set KEY=VALUE ...] [--prior PATH] [--camera [--camera-error DX,DY,FRACTION] [--camera-learn]]
-    python benchmarks/robustness.py --summarize A.json B.json ...      # runs made one at a time, as one table
+    python benchmarks/robustness.py --summarize A.json B.json ... [--markdown]   # runs made one at a time, as one table
 
 The videos come from this file's own generator, independent of `anmc.synthetic` (no shared drawing
 code, no shared simulation): a pendulum of true length L = 0.6 m under g = 9.81 m/s^2, simulated here
@@ -375,11 +375,49 @@ def print_by_condition(rows: list[dict]) -> None:
               f"{min(slopes):>6.3f}-{max(slopes):<6.3f} {min(errors):>+7.1%}..{max(errors):<+6.1%}  {sum(map(met, runs))}/{len(runs)}")  # fmt: skip
 
 
-def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
+def _camera_learned_error(row: dict) -> str:
+    """A `--camera-learn` run's learned camera against the generator's: the pivot's distance in px, R's error."""
+    learned, size = row.get("camera_learned"), CONDITIONS[row["condition"]].source if row["condition"] in CONDITIONS else 96
+    if not learned:
+        return "-"
+    pivot = math.hypot(learned["cx"] - PIVOT[0] * size, learned["cy"] - PIVOT[1] * size)
+    return f"{pivot:.2f} px, {learned['R'] / (ROD * size) - 1:+.1%}"
+
+
+def markdown_table(rows: list[dict]) -> None:
+    """`print_table` as a Markdown table (docs/results.md §6 is made with it), with the cameras where measured or learned."""
+    measured, learned = any(r.get("camera_measured") for r in rows), any(r.get("camera_learned") for r in rows)
+    head = ["data", "seed"] + ["camera measured: pivot off, R"] * measured + ["learned camera: pivot off, R"] * learned
+    head += ["θ \\|r\\|", "θ slope", "ω \\|r\\|", "ω slope", f"L (true {L_TRUE:g})", "L error", "min (epochs)", "findings", "met"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        m = r.get("camera_measured")
+        cells = [r["condition"], str(r["seed"])]
+        cells += [f"{m['pivot_error_px']:.2f} px, {m['R_error']:+.1%}" if m else "-"] * measured + [_camera_learned_error(r)] * learned
+        cells += [f"{r['theta_r']:.3f}", f"{r['theta_slope']:.3f}", f"{r['omega_r']:.3f}", f"{r['omega_slope']:.3f}", f"{r['L']:.3f}",
+                  f"{r['L_err']:+.1%}", f"{r['minutes']:.1f} ({r['epochs']})", ", ".join(r["diagnostics"]) or "none", "yes" if met(r) else "**no**"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nTargets (\\|r\\| ≥ 0.95 for θ and ω, L within 10%) met in **{sum(map(met, rows))} of {len(rows)}** runs.")
+
+
+def markdown_by_condition(rows: list[dict], seeds) -> None:
+    """`print_by_condition` as a Markdown table, with the seeds each condition still lacks."""
+    print("\n| condition | what it changes | seeds run | lowest \\|r\\| | slopes | L error | met | not run yet |\n|---|---|---|---|---|---|---|---|")
+    for name in [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]:
+        runs = sorted((r for r in rows if r["condition"] == name), key=lambda r: r["seed"])
+        slopes = [r[k] for r in runs for k in ("theta_slope", "omega_slope")]
+        errors = [r["L_err"] for r in runs]
+        lacking = [str(s) for s in seeds if s not in {r["seed"] for r in runs}]
+        print(f"| {name} | {CONDITIONS[name].what} | {', '.join(str(r['seed']) for r in runs)} | "
+              f"{min(min(r['theta_r'], r['omega_r']) for r in runs):.3f} | {min(slopes):.3f}–{max(slopes):.3f} | "
+              f"{min(errors):+.1%} to {max(errors):+.1%} | {sum(map(met, runs))}/{len(runs)} | {', '.join(lacking) or '-'} |")  # fmt: skip
+
+
+def summarize(paths: list[Path], seeds=(0, 1, 2), markdown: bool = False) -> list[dict]:
     """Rows of several `--json` files (runs made a condition and a seed at a time) as one table, grouped by
     how each was trained (the prior, the camera, --set), then per group: the conditions whose every seed
     of `seeds` met the targets, those with a run that did not, and the (condition, seed) runs still missing
-    for the full table. Returns the rows."""
+    for the full table. `markdown`: the two tables as Markdown (what docs/results.md shows). Returns the rows."""
     rows = [r for p in paths for r in json.loads(Path(p).read_text())]
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -391,13 +429,18 @@ def summarize(paths: list[Path], seeds=(0, 1, 2)) -> list[dict]:
         how += "".join(f" --set {s}" for s in r.get("set") or [])
         groups.setdefault(how, []).append(r)
     for how, group in groups.items():
+        group = sorted(group, key=lambda r: (list(CONDITIONS).index(r["condition"]) if r["condition"] in CONDITIONS else 99, r["seed"]))
         print(f"\n== {how}: {len(group)} runs")
-        print_table(sorted(group, key=lambda r: (list(CONDITIONS).index(r["condition"]) if r["condition"] in CONDITIONS else 99, r["seed"])))
         done = {(r["condition"], r["seed"]): met(r) for r in group}
         full = [c for c in CONDITIONS if all(done.get((c, s)) for s in seeds)]
         failed = sorted({c for (c, s), ok in done.items() if not ok})
         missing = [f"{c} {s}" for c in CONDITIONS for s in seeds if (c, s) not in done]
-        print_by_condition(group)
+        if markdown:
+            markdown_table(group)
+            markdown_by_condition(group, seeds)
+        else:
+            print_table(group)
+            print_by_condition(group)
         print(f"met in every seed of {', '.join(map(str, seeds))}: {len(full)} of {len(CONDITIONS)} conditions" + (f" ({', '.join(full)})" if full else ""))
         print(f"a run that did not meet them: {', '.join(failed) or 'none'}")
         print(f"not run for the full table: {len(missing)} of {len(CONDITIONS) * len(seeds)}" + (f" ({', '.join(missing)})" if missing else ""))
@@ -435,6 +478,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--summarize", nargs="+", type=Path, metavar="JSON",
                     help="train nothing: the rows of these --json files as one table, per way of training, with what the full table still lacks")
+    ap.add_argument("--markdown", action="store_true", help="with --summarize: the tables as Markdown (docs/results.md §6)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated names: " + ", ".join(CONDITIONS))
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated; each seed is a new draw of the data and of the training")
     ap.add_argument("--epochs", type=int, default=30, help="training epochs (the default TrainConfig's)")
@@ -461,7 +505,7 @@ def main() -> None:
                     "started at the written camera (with --camera-error: from the bad measurement)")
     args = ap.parse_args()
     if args.summarize:
-        summarize(args.summarize)
+        summarize(args.summarize, markdown=args.markdown)
         return
     if args.camera_measured and (not args.camera or any(args.camera_error)):
         ap.error("--camera-measured goes with --camera and without --camera-error")

@@ -328,3 +328,23 @@ def test_summarize_joins_runs_made_one_at_a_time_and_says_what_the_full_table_la
     lines = [" ".join(line.split()) for line in per_condition.splitlines()]
     assert "grey 0,1,2 1.000 1.000-1.000 +0.2%..+0.2% 3/3" in lines and "black 0 1.000 1.000-1.000 -20.0%..-20.0% 0/1" in lines
     assert not rb.met(_row("grey", 0, r=0.9)) and rb.met(_row("grey", 0, l_err=-0.099))
+
+
+def test_summarize_as_markdown_gives_the_tables_docs_show(tmp_path, capsys):
+    """`--summarize --markdown`: the same runs as Markdown tables (docs/results.md §6 is pasted from them):
+    one row a run with the measured and the learned camera's errors against the generator's, a run that
+    missed the targets marked, and per condition the seeds still to run."""
+    import json
+
+    size = 96
+    learned = {"cx": rb.PIVOT[0] * size + 0.3, "cy": rb.PIVOT[1] * size - 0.4, "R": rb.ROD * size * 0.98}
+    measured = {"pivot_error_px": 0.12, "R_error": -0.011}
+    rows = [_row("grey", 0, camera_learned=learned, camera_measured=measured), _row("grey", 1, r=0.9, camera_measured=measured)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    rb.summarize([tmp_path / "a.json"], markdown=True)
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| grey |")]
+    assert table[0].split(" | ")[2:4] == ["0.12 px, -1.1%", "0.50 px, -2.0%"]  # hypot(0.3, 0.4); R 2% short
+    assert table[0].endswith("| yes |") and table[1].endswith("| **no** |") and table[1].split(" | ")[3] == "-"
+    assert "met in **1 of 2** runs" in out
+    assert table[2].startswith("| grey | dark bob on a string over mid-grey") and table[2].endswith("| 1/2 | 2 |")
