@@ -188,7 +188,7 @@ def test_the_priors_are_not_trivial():
 # ("pow", a, k, "^" or "**") ("call", fname, *args). Written out as .anm text with as few parentheses as
 # the grammar's precedence allows, and evaluated here with numpy.
 NUMBERS = {"0.5": 0.5, "2": 2.0, "1e-1": 0.1, "3.25": 3.25, ".75": 0.75, "1.5E0": 1.5, "1": 1.0, "pi": math.pi, "e": math.e}
-STATE_NAMES = ["x", "v", "theta", "omega", "f", "J", "y2", "rate_1"]  # f and J: also names the generated code uses
+STATE_NAMES = ["x", "v", "theta", "omega", "f", "J", "h", "H", "F", "A", "y2", "rate_1"]  # f, J, h, H, F, A: names the emitters used for their own values
 PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4, "num": 5, "var": 5, "call": 5}
 NON_SMOOTH = {"abs", "sign", "min", "max"}
 
@@ -555,3 +555,85 @@ def test_set_param_round_trips_through_the_reparameterization():
         assert float(module.param("L").detach()) == pytest.approx(value, rel=1e-9)
     module.set_param("c", 0.3)  # a fixed param
     assert float(module.param_values()["c"]) == pytest.approx(0.3)
+
+
+# ---------------------------------------------------------------- random observation functions
+
+
+@st.composite
+def random_observed_models(draw):
+    """A random model (as `random_models`) with one to three `observe NAME = EXPR` lines of random trees over
+    its states, the const `a` and the learnable param `b`."""
+    text, states, equations, method, steps, dt = draw(random_models())
+    trees_h = draw(st.lists(trees([*states, "a", "b"]), min_size=1, max_size=3))
+    assume(all(any(("var", s) in _leaves(t) for s in states) for t in trees_h))  # a reading depends on a state
+    lines = text.splitlines()
+    lines[-1] = f"observe {', '.join(f'o{i} = {render(t)}' for i, t in enumerate(trees_h))}"
+    return "\n".join(lines) + "\n", states, trees_h
+
+
+def _leaves(node) -> list:
+    if node[0] in ("num", "var"):
+        return [node]
+    return [leaf for child in node[1:] if isinstance(child, tuple) for leaf in _leaves(child)]
+
+
+@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])  # fmt: skip
+@given(random_observed_models(), st.integers(0, 2**31 - 1))
+def test_random_observations_h_and_H_against_references(spec, seed):
+    """The generated h against numpy evaluation of the trees, and its H against jacrev of the generated h,
+    for random observation expressions (consts, params, every function the language has)."""
+    text, states, trees_h = spec
+    try:
+        module = anmc.compile_prior(text).module().double()
+    except anmc.AnmError as err:  # an expression that SymPy reduces to no state is refused, with a message
+        assume("depends on no state" not in str(err))
+        raise
+    z = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(6, len(states)))
+    kinks: list = []
+    env = {s: z[:, k] for k, s in enumerate(states)} | {"a": np.full(6, 0.7), "b": np.full(6, float(module.param("b").detach()))}
+    reference = np.stack([evaluate(t, env, kinks) for t in trees_h], -1)
+    assume(np.isfinite(reference).all() and np.abs(reference).max() < 1e6)
+    h, H = module.observe_and_jacobian(torch.from_numpy(z))
+    h, H = h.detach().numpy(), H.detach().numpy()
+    scale = max(1.0, np.abs(h).max(), np.abs(H).max())
+    assert_close(h, reference, rtol=1e-12, atol=1e-13 * scale, what=f"h vs numpy evaluation of\n{text}")
+    H_ref = torch.func.vmap(torch.func.jacrev(module.observe))(torch.from_numpy(z)).detach().numpy()
+    assert_close(H, H_ref, rtol=1e-12, atol=1e-13 * scale, what=f"H vs jacrev of h of\n{text}")
+
+
+def _smooth(node) -> bool:
+    return node[0] != "call" or node[1] not in NON_SMOOTH and all(_smooth(a) for a in node[2:] if isinstance(a, tuple))
+
+
+# (smooth trees only: where min, max, abs or sign tie on a whole region, as min(J, sign(H) * J) does for
+# H > 0, the numpy emitter's Heaviside(0) = 1/2 counts a tied branch more than once; the torch module, what
+# training uses, is right there and is checked against finite differences above)
+@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])  # fmt: skip
+@given(random_observed_models(), st.integers(0, 2**31 - 1))
+def test_random_models_numpy_emission_matches_torch(spec, seed):
+    """`--emit numpy` (f_and_jacobian and observe_and_jacobian) against the torch module, for random models
+    whose states may be named as the emitters' own values once were (f, J, h, H, F, A)."""
+    text, states, trees_h = spec
+    assume(all(_smooth(t) for t in trees_h) and "min(" not in text and "max(" not in text and "abs(" not in text and "sign(" not in text)
+    try:
+        prior = anmc.compile_prior(text)
+    except anmc.AnmError as err:
+        assume("depends on no state" not in str(err))
+        raise
+    namespace: dict = {}
+    exec(compile(prior.numpy_source(), "<numpy>", "exec"), namespace)  # noqa: S102 - anmc's own output
+    module = prior.module().double()
+    params = {n: float(v.detach()) for n, v in module.param_values().items()}
+    z = torch.from_numpy(np.random.default_rng(seed).uniform(-1.0, 1.0, size=(6, len(states))))
+    with torch.no_grad():
+        outputs = [*module.f_and_jacobian(z), *module.observe_and_jacobian(z)]
+    outputs = [o.numpy() for o in outputs]
+    assume(all(np.isfinite(o).all() and np.abs(o).max() < 1e6 for o in outputs))
+    with np.errstate(all="ignore"):
+        emitted = [*namespace["f_and_jacobian"](z.numpy(), **params), *namespace["observe_and_jacobian"](z.numpy(), **params)]
+    scale = max(1.0, *(np.abs(o).max() for o in outputs))
+    for what, actual, expected in zip(("f", "J", "h", "H"), emitted, outputs):
+        assert_close(actual, expected, rtol=1e-9, atol=1e-10 * scale, what=f"numpy {what} vs torch of\n{text}")
