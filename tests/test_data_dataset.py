@@ -86,7 +86,7 @@ def test_single_clip_too_short_to_split():
 
 def test_frame_datasets_from_a_folder(tmp_path):
     for i in range(5):
-        write_video(tmp_path / f"clip_{i:03d}.npy", numbered_clip(i, 6, 16, 16).frames)
+        write_video(tmp_path / f"clip_{i:03d}.npy", numbered_clip(i, 12, 16, 16).frames)
     (tmp_path / "truth.csv").write_text("clip,frame,x\n")
     train, val = frame_datasets(tmp_path, length=3, size=8, val_fraction=0.2, seed=0)
     assert len(train.clips) == 4 and len(val.clips) == 1
@@ -108,3 +108,32 @@ def test_storage_device_defaults_to_cpu():
     from anmc.data.dataset import storage_device
 
     assert storage_device(10, None).type == "cpu" and storage_device(10, "cpu").type == "cpu"
+
+
+def test_a_still_clip_is_told_from_one_that_moves():
+    """`is_still`: no pixel ranges over more than 8 of 255 in time (a codec's noise on a still scene); a single
+    pixel leaving that range, in any frame, is motion."""
+    from anmc.data.dataset import is_still
+
+    rng = np.random.default_rng(0)
+    scene = rng.integers(10, 240, (1, 16, 16), dtype=np.uint8)
+    noisy = (scene.astype(np.int16) + rng.integers(-4, 5, (200, 16, 16))).astype(np.uint8)  # codec noise, 200 frames
+    assert is_still(noisy) and is_still(scene)
+    moved = noisy.copy()
+    moved[150, 7, 9] = scene[0, 7, 9] + 9  # one pixel, late in the clip (past the first chunk of frames)
+    assert not is_still(moved)
+    assert not is_still(numbered_clip(0, 10).frames) and is_still(numbered_clip(0, 9).frames)  # frame t is 10 i + t
+
+
+def test_frame_datasets_refuse_clips_in_which_nothing_moves(tmp_path):
+    """Every clip still: a VideoError naming them (training would run and learn nothing, and no diagnostic
+    could say so: the mean image reconstructs a still clip perfectly); one still clip among moving ones trains."""
+    still = Clip(name="s", path=Path("s.npy"), frames=np.full((12, 8, 8), 77, np.uint8))
+    with pytest.raises(VideoError, match=r"nothing moves in any of the 2 clips \(s.npy, s.npy\): no pixel changes by more than 8 of 255"):
+        frame_datasets([still, still], length=3, val_fraction=0.0)
+    train, _ = frame_datasets([still, numbered_clip(1, 12)], length=3, val_fraction=0.0)
+    assert len(train.clips) == 2
+    write_video(tmp_path / "still.npy", still.frames)  # from disk, through the cache too
+    for cache in (None, tmp_path / "cache"):
+        with pytest.raises(VideoError, match=r"nothing moves in the clip \(.*still.npy\)"):
+            frame_datasets(tmp_path / "still.npy", length=3, val_fraction=0.0, cache=cache)

@@ -177,6 +177,7 @@ def test_cli_train_and_resume(data, tmp_path):
         ("corrupt", ["eval", "{tmp}/run"], "not a readable anmc checkpoint"),
         ("corrupt", ["show", "{tmp}/run"], "not a readable anmc checkpoint"),
         (None, ["train", PRIOR, "{tmp}/missing.mp4", "-o", "{tmp}/r"], "does not exist"),
+        ("still", ["train", PRIOR, "{tmp}/still.npy", "-o", "{tmp}/r"], "no motion for the latents to follow"),
         ("trained", ["train", "priors/spring.anm", "{data}", "-o", "{run}", "--resume"], "different prior"),
         (None, ["train", PRIOR, "{data}", "-o", "{tmp}/r", "--device", "cuda:0"] if not torch.cuda.is_available() else ["eval", "{tmp}/x"], "cuda" if not torch.cuda.is_available() else "does not exist"),
     ],
@@ -188,6 +189,8 @@ def test_cli_bad_input_one_sentence_exit_2(setup, args, message, tmp_path, data,
     elif setup == "corrupt":
         run_dir.mkdir()
         (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    elif setup == "still":  # a video in which nothing moves (a still scene, the wrong file)
+        np.save(tmp_path / "still.npy", np.full((64, 32, 32), 40, np.uint8))
     fmt = {"tmp": tmp_path, "data": data, "run": trained[0]}
     res = CliRunner().invoke(main, [a.format(**fmt) for a in args])
     assert res.exit_code == 2, res.output

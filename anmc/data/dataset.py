@@ -24,6 +24,36 @@ from anmc.data.cache import DiskFrames, cached_clips
 from anmc.data.io import Clip, VideoError, load_clips
 
 
+STILL_LEVELS = 8  # of 255: a pixel of a still scene moves this little under a codec's noise; a moving object far more
+
+
+def is_still(frames, levels: int = STILL_LEVELS, chunk: int = 64) -> bool:
+    """Whether no pixel of a clip (uint8 frames, an array or the cache's DiskFrames) ranges over more than `levels`
+    of 255 in time: a clip with nothing to learn about motion. Reads `chunk` frames at a time and stops at the
+    first sign of motion."""
+    low = high = None
+    for s in range(0, len(frames), chunk):
+        part = np.asarray(frames[s : s + chunk])
+        low = part.min(0) if low is None else np.minimum(low, part.min(0))
+        high = part.max(0) if high is None else np.maximum(high, part.max(0))
+        if int((high.astype(np.int16) - low).max()) > levels:
+            return False
+    return True
+
+
+def check_motion(clips: Sequence[Clip]) -> None:
+    """Raise VideoError when every clip is still (`is_still`): training would run to the end and learn nothing,
+    and no diagnostic can tell, since the mean image is then a perfect reconstruction."""
+    if clips and all(is_still(c.frames) for c in clips):
+        where = ", ".join(str(c.path) for c in clips[:3]) + (f" and {len(clips) - 3} more" if len(clips) > 3 else "")
+        raise VideoError(
+            f"nothing moves in {'the clip' if len(clips) == 1 else f'any of the {len(clips)} clips'} ({where}): no pixel "
+            f"changes by more than {STILL_LEVELS} of 255 over the frames, so there is no motion for the latents "
+            "to follow; check that these are the recordings you meant (a folder of images is read as one clip, its "
+            "frames in name order)."
+        )
+
+
 def train_val_split(n_clips: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
     """Deterministic split of clip indices: `round(n val_fraction)` (at least 1, at most n - 1) held out.
 
@@ -203,13 +233,15 @@ def frame_datasets(
     are decoded into it once and read from disk (`cached_clips`), not held in memory. `background`
     "remove" replaces each clip by its foreground (anmc.data.background) before it is split; "auto"
     removes it unless the clips' background is dark (`auto_background`). The training set's
-    `.background` says what was done ("keep" or "remove").
+    `.background` says what was done ("keep" or "remove"). Raises VideoError when nothing moves in any clip
+    (`check_motion`).
     """
     if background not in CHOICES:
         raise ValueError(f"background must be one of {CHOICES}, got {background!r}")
     if cache is not None and (isinstance(source, (str, Path)) or (len(source) and not isinstance(source[0], Clip))):
         first = "keep" if background == "auto" else background
         clips = cached_clips(source, cache, size=size, gray=gray, min_frames=length, crop=crop, background=first)
+        check_motion(clips)  # (a removed background leaves a still clip black: still too)
         if background == "auto":  # decided on the decoded frames; a removal decodes into its own entry
             background = auto_background(clips)
             if background == "remove":
@@ -219,6 +251,7 @@ def frame_datasets(
             clips = load_clips(source, size=size, gray=gray, min_frames=length, crop=crop)
         else:
             clips = list(source)
+        check_motion(clips)
         clips, background = apply_background(clips, background)
     train, val = split_clips(clips, val_fraction, seed, min_frames=length)
     train_set = FrameSequences(train, length, device)
