@@ -582,3 +582,26 @@ def test_a_long_run_trains_three_starts_by_default_a_short_or_distributed_one_on
     with pytest.raises(UserError, match="restart-epochs"):
         TrainConfig(restarts=2, epochs=4)  # a start as long as the run: refused when asked for
     assert TrainConfig(epochs=4).starts(world=1) == 1  # and never chosen by default
+
+
+def test_a_run_finds_its_videos_from_any_folder_and_says_when_they_moved(data, tmp_path, monkeypatch):
+    """`anmc train` given a relative path records it absolute, so `anmc eval` from another folder reads the
+    same clips; when they are gone, eval, plot and intervene say which path and to pass --video (exit 2)."""
+    import shutil
+    from pathlib import Path
+
+    videos, prior = tmp_path / "project" / "clips", Path(PRIOR).resolve()
+    shutil.copytree(data, videos)
+    monkeypatch.chdir(tmp_path / "project")
+    train(prior, ["clips"], tmp_path / "project" / "run", TrainConfig(**{**TINY, "epochs": 1, "steps_per_epoch": 1}))
+    assert load_checkpoint(tmp_path / "project" / "run")["videos"] == [str(videos.resolve())]
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["eval", "project/run"])
+    assert res.exit_code == 0, res.output
+    videos.rename(tmp_path / "project" / "moved")
+    for args in (["eval", "project/run"], ["plot", "project/run", "-o", "p.png"], ["intervene", "project/run", "--set", "c = 0.5", "-o", "x.gif"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert f"project/run was trained on {videos.resolve()}, which is not there now; give its videos with --video" in res.output
+    res = CliRunner().invoke(main, ["eval", "project/run", "--video", "project/moved"])
+    assert res.exit_code == 0, res.output

@@ -228,6 +228,10 @@ def load_run_clips(run: Run, videos=None) -> list[Clip]:
     sources = videos or run.videos
     if not sources:
         raise UserError(f"{run.run_dir} records no training videos; pass --video.")
+    missing = [] if videos else [s for s in sources if not Path(s).exists()]
+    if missing:
+        where = "is not there now" if Path(missing[0]).is_absolute() else "(relative to the folder `anmc train` ran in) is not found from here"
+        raise UserError(f"{run.run_dir} was trained on {missing[0]}, which {where}; give its videos with --video (eval, plot and intervene take it).")
     c, h, w = run.payload["frame_shape"]
     clips = load_clips(sources, size=h, gray=(c == 1), min_frames=run.vae.window + 1)
     return without_background(clips) if run.config.background == "remove" else clips

@@ -295,7 +295,7 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     physical = physical_parameters(vae)
     s = _Session(
         run_dir, config, compiled, vae, _optimizer(vae, physical, config), physical, train_data, val_data, ctx,
-        videos=[str(v) for v in (videos if isinstance(videos, (list, tuple)) else [videos])],
+        videos=_recorded(videos),
     )  # fmt: skip
 
     if payload is not None:
@@ -356,6 +356,13 @@ def _optimizer(vae, physical: list, config: TrainConfig) -> torch.optim.Adam:
     if physical:
         groups.append({"params": physical, "lr": config.param_lr})
     return torch.optim.Adam(groups)
+
+
+def _recorded(videos) -> list[str]:
+    """The training videos as the checkpoint records them: absolute paths, so that `anmc eval`, `plot` and
+    `intervene` find them from any folder (a path as given was relative to where `anmc train` ran)."""
+    items = videos if isinstance(videos, (list, tuple)) else [videos]
+    return [str(Path(v).resolve()) if isinstance(v, (str, Path)) else str(v) for v in items]
 
 
 def _given_clips(videos) -> bool:
