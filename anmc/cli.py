@@ -22,8 +22,8 @@ from rich.table import Table
 from anmc.errors import UserError
 from anmc.lang.errors import AnmError, Diagnostic
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, emoji=False)  # no :x: -> emoji in paths, file contents or equations
+err = Console(stderr=True, highlight=False, emoji=False)
 
 EMITTERS = ("torch", "numpy", "latex")
 

@@ -54,6 +54,19 @@ def test_library_api_shapes_and_save(run_dir, tmp_path):
     assert read_video(tmp_path / "drag.gif", gray=False).shape[:3] == sbs.shape[:3]
 
 
+def test_a_counterfactual_that_blows_up_is_an_error_not_a_video(run_dir, tmp_path):
+    """An edit whose dynamics leave the floats (omega' = exp(omega^2)) stops at the first non-finite frame,
+    naming the frame, the states and the values before, as `anmc simulate` does; the CLI exits 2 and writes
+    nothing (the frames decoded from inf latents would be pictures of nothing)."""
+    from anmc.codegen.rollout import NonFiniteRollout
+
+    with pytest.raises(NonFiniteRollout, match=r"the counterfactual rollout blew up at frame \d+ of sample 0: .*omega.* became (inf|nan)"):
+        anmc.intervene(run_dir, edits=["omega' = exp(omega^2)"], frames=300)
+    res = invoke(run_dir, "--edit", "omega' = exp(omega^2)", "--frames", 300, "-o", tmp_path / "x.gif")
+    assert res.exit_code == 2 and "Traceback" not in res.output and "check the intervention, or roll out fewer frames" in res.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_set_changes_the_rollout_not_the_start(run):
     cf = anmc.intervene(run, edits=["c = 0.8"], frames=30)
     np.testing.assert_allclose(cf.latents[:, 0], cf.factual_latents[:, 0])

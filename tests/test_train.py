@@ -178,6 +178,9 @@ def test_cli_train_and_resume(data, tmp_path):
         ("corrupt", ["show", "{tmp}/run"], "not a readable anmc checkpoint"),
         (None, ["train", PRIOR, "{tmp}/missing.mp4", "-o", "{tmp}/r"], "does not exist"),
         ("still", ["train", PRIOR, "{tmp}/still.npy", "-o", "{tmp}/r"], "no motion for the latents to follow"),
+        ("trained", ["plot", "{run}", "-o", "{tmp}/p.txt"], "p.txt: a figure is written as .png, .pdf, .svg or another format"),
+        ("trained", ["eval", "{run}", "--circular", "nosuch"], "--circular nosuch: the run has no state of that name; its states are theta, omega."),
+        ("colons", ["eval", "{run}", "--truth", "{tmp}/t.csv"], "starts with columns root:x:0:0"),  # printed as written, no emoji for :x:
         ("trained", ["train", "priors/spring.anm", "{data}", "-o", "{run}", "--resume"], "different prior"),
         (None, ["train", PRIOR, "{data}", "-o", "{tmp}/r", "--device", "cuda:0"] if not torch.cuda.is_available() else ["eval", "{tmp}/x"], "cuda" if not torch.cuda.is_available() else "does not exist"),
     ],
@@ -189,6 +192,8 @@ def test_cli_bad_input_one_sentence_exit_2(setup, args, message, tmp_path, data,
     elif setup == "corrupt":
         run_dir.mkdir()
         (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    elif setup == "colons":
+        (tmp_path / "t.csv").write_text("root:x:0:0:root:/root:/bin/bash\n")
     elif setup == "still":  # a video in which nothing moves (a still scene, the wrong file)
         np.save(tmp_path / "still.npy", np.full((64, 32, 32), 40, np.uint8))
     fmt = {"tmp": tmp_path, "data": data, "run": trained[0]}

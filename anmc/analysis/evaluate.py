@@ -161,9 +161,12 @@ def align_with_truth(mus: list[np.ndarray], truth_data: dict, window: int, truth
 
 def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None = None) -> dict:
     """The evaluation report as a plain dict (see the module docstring for its keys)."""
+    names = run.module.state_names
+    unknown = [c for c in circular or () if c not in names]
+    if unknown:  # (checked first: it was ignored, and the state compared as a line)
+        raise UserError(f"--circular {unknown[0]}: the run has no state of that name; its states are {', '.join(names)}.")
     clips = load_run_clips(run, videos)
     truth_data = find_truth(run, videos, truth)
-    names = run.module.state_names
     if truth_data is not None and not set(truth_data["state_names"]) & set(names):
         raise UserError(
             f"{truth} has the columns {', '.join(truth_data['state_names'])} but the run's states are {', '.join(names)}; "

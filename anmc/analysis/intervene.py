@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from anmc.codegen.compile import compile_model
+from anmc.codegen.rollout import check_finite
 from anmc.data.io import WRITE_SUFFIXES, write_video
 from anmc.errors import UserError
 from anmc.analysis.evaluate import encode_frames
@@ -211,6 +212,11 @@ def rollout_counterfactual(
         z0_cf = cf_module.start(z0_cf)
         zf = factual_module.rollout(z0_factual, frames, noise=noise, generator=torch.Generator().manual_seed(seed + 1))
         zc = cf_module.rollout(z0_cf, frames, noise=noise, generator=torch.Generator().manual_seed(seed + 1))
+    names = run.module.state_names  # a rollout that left the floats would be decoded into frames of nothing
+    check_finite(zf.detach().cpu(), names, "the factual rollout (the trained model)", "sample",
+                 "the learned dynamics diverge from this start: roll out fewer frames (--frames) or start elsewhere.")  # fmt: skip
+    check_finite(zc.detach().cpu(), names, "the counterfactual rollout", "sample",
+                 "the intervened dynamics diverge from this start: check the intervention, or roll out fewer frames (--frames).")  # fmt: skip
     return Counterfactual(
         latents=zc.detach().cpu().numpy(),
         factual_latents=zf.detach().cpu().numpy(),

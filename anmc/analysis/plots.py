@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from anmc.analysis.evaluate import align_with_truth, encode_frames, find_truth  # noqa: E402
+from anmc.errors import UserError  # noqa: E402
 from anmc.vae.run import Run, load_run_clips  # noqa: E402
 from anmc.prior.linearize import ekf_predict  # noqa: E402
 from anmc.vae.run import read_metrics  # noqa: E402
@@ -212,9 +213,21 @@ def states_figure(run: Run, videos=None, truth=None, clips: int | None = None):
     return fig
 
 
+def figure_path(out: str | Path) -> Path:
+    """`out` as a Path, or a UserError when matplotlib cannot write its format (a wrong suffix failed only
+    after the figures were computed, with a traceback)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise UserError(f"{out}: a figure is written as .png, .pdf, .svg or another format matplotlib knows ({', '.join(sorted(formats))}); change the suffix.")
+    return out
+
+
 def save(fig, out: str | Path) -> Path:
     """Write a figure at its own size (no tight cropping: what was laid out is what is written)."""
-    out = Path(out)
+    out = figure_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=fig.dpi)
     plt.close(fig)
@@ -228,7 +241,7 @@ def latent_plot(run: Run, out: str | Path, **kwargs) -> Path:
 
 def write_pictures(run: Run, latent_png: str | Path, videos=None, truth=None, **latent_kwargs) -> list[Path]:
     """Figure 2 to `latent_png`, and beside it <stem>_reconstructions.png and (with truth) <stem>_states.png."""
-    latent_png = Path(latent_png)
+    latent_png = figure_path(latent_png)
     paths = [latent_plot(run, latent_png, videos=videos, **latent_kwargs)]
     paths.append(save(reconstruction_figure(run, videos), latent_png.with_name(latent_png.stem + "_reconstructions.png")))
     fig = states_figure(run, videos, truth)

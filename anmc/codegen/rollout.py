@@ -1,4 +1,5 @@
-"""Noise-driven rollouts of a prior from its initial distribution (`anmc simulate`)."""
+"""Noise-driven rollouts of a prior from its initial distribution (`anmc simulate`), and the check that a rollout
+stayed finite (also `anmc intervene`'s)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ def simulate(prior: CompiledPrior, steps: int, seed: int = 0, runs: int = 1, noi
     return z
 
 
-def check_finite(z: torch.Tensor, names) -> None:
-    """Raise NonFiniteRollout at the first frame of `z` (runs, steps, d) holding inf or nan."""
+def check_finite(
+    z: torch.Tensor,
+    names,
+    what: str = "the rollout",
+    unit: str = "run",
+    advice: str = "the dynamics diverge from this start: check the equations, lower dt or add substeps, or roll out fewer frames.",
+) -> None:
+    """Raise NonFiniteRollout at the first frame of `z` (runs, steps, d) holding inf or nan: `what` blew up at
+    frame t of `unit` r, which states, their values the frame before, then `advice`."""
     bad = ~torch.isfinite(z)
     if not bad.any():
         return
@@ -38,7 +46,6 @@ def check_finite(z: torch.Tensor, names) -> None:
     states = [n for n, b in zip(names, bad[run, t].tolist()) if b]
     before = ", ".join(f"{n} = {float(v):.4g}" for n, v in zip(names, z[run, t - 1])) if t > 0 else "its initial draw"
     raise NonFiniteRollout(
-        f"the rollout blew up at frame {t} of run {run}: {', '.join(states)} became "
-        f"{float(z[run, t, names.index(states[0])])} (the frame before: {before}); "
-        "the dynamics diverge from this start: check the equations, lower dt or add substeps, or roll out fewer frames."
+        f"{what} blew up at frame {t} of {unit} {run}: {', '.join(states)} became "
+        f"{float(z[run, t, list(names).index(states[0])])} (the frame before: {before}); {advice}"
     )
