@@ -434,13 +434,14 @@ def test_const_inside_a_function_call():
     [
         ["x' = a*y - b*x", "y' = -k*x - a*sin(y) + b*y*x"],  # rows of two terms, a bare const among them
         ["x' = y + w", "y' = -a*x + b*y - k*w", "w' = x"],  # a row of three
+        ["x' = e*y - pi*x", "y' = -k*x"],  # pi and e: numbers SymPy keeps as symbols (math.pi, math.e)
     ],
-    ids=["two-terms", "three-terms"],
+    ids=["two-terms", "three-terms", "pi-and-e"],
 )
 def test_a_const_as_a_jacobian_entry(equations):
-    """A const that is a whole entry of dF/dz (`b` in b*y) is a Python float in the generated code, and the
-    rows of J that hold it accumulate with torch.add(alpha=) (torch.addcmul takes tensors only; it once
-    reached addcmul and f_and_jacobian raised TypeError). J against torch.func.jacrev, the backward pass
+    """A const that is a whole entry of dF/dz (`b` in b*y), or pi or e, is a Python float in the generated code,
+    and the rows of J that hold it accumulate with torch.add(alpha=) (torch.addcmul takes tensors only; it
+    once reached addcmul and f_and_jacobian raised TypeError). J against torch.func.jacrev, the backward pass
     (learnable k, the written pass for d = 2, autograd's for d = 3) against gradcheck."""
     states = [eq.split("'")[0] for eq in equations]
     source = "\n".join(

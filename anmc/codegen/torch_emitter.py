@@ -520,7 +520,7 @@ class _RhsEmitter:
             sign, c, row = terms[0]
             text = ("-" if sign == "-" else "") + (row if c == 1 else f"{pr.parenthesize(c, 50)}*{row}")
             for sign, c, row in terms[1:]:
-                if c.is_Number or c in self.const_values:  # a number or a const: a Python float, not a tensor
+                if c.is_number or c in self.const_values:  # a number (pi, e too) or a const: a Python float, not a tensor
                     alpha = f"-{pr.doprint(c)}" if sign == "-" else pr.doprint(c)
                     text = f"torch.add({text}, {row}{'' if alpha == '1' else f', alpha={alpha}'})"
                 else:
