@@ -423,7 +423,7 @@ def _saved_threads(run_dir) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
+def _run_training(prior, videos, run_dir, config, resume, tensorboard=False, overwrite=False):
     """Train with a rich progress bar (a terminal) or one line per epoch (anything else), and with
     `tensorboard` a TensorBoard log in RUN_DIR/tensorboard; returns the TrainResult."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -481,7 +481,7 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False):
             if on_epoch is not None and "start" not in row:
                 on_epoch(vae, row)
 
-        result = train(prior, videos, run_dir, config, resume=resume, progress=progress, on_epoch=epoch_end)
+        result = train(prior, videos, run_dir, config, resume=resume, progress=progress, on_epoch=epoch_end, overwrite=overwrite)
     finally:
         if task is not None:
             bar.stop()
@@ -537,11 +537,12 @@ def _tensorboard_log(prior, run_dir, config, resume):
 @click.argument("videos", nargs=-1, required=True)
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint (bit for bit).")
+@click.option("--overwrite", is_flag=True, help="Train a new run in -o even if it holds one (without it, an -o with a checkpoint is refused).")
 @click.option("--tensorboard", is_flag=True, help="Also log losses, params and pictures to RUN_DIR/tensorboard (needs anmc[tensorboard]).")
 @click.option("--fps", type=float, help="The recording's frame rate (default: the videos' metadata); checked against the prior's dt.")
 @_train_options
 @report_user_errors
-def train(prior, videos, run_dir, resume, tensorboard, fps, **kwargs):
+def train(prior, videos, run_dir, resume, overwrite, tensorboard, fps, **kwargs):
     """Train a video VAE on VIDEOS whose latents follow the PRIOR (.anm)."""
     from anmc.data.rate import check_frame_rate
     from anmc.symbolic.model import load_model
@@ -559,7 +560,9 @@ def train(prior, videos, run_dir, resume, tensorboard, fps, **kwargs):
         if os.environ.get("RANK", "0") == "0" and (camera := camera_disagreement(model, list(videos))) is not None:  # torchrun: once
             err.print(f"[bold yellow]warning[/]: {escape(camera)}", soft_wrap=True)
         config = _config(kwargs)
-    result = _run_training(Path(prior), list(videos), run_dir, config, resume, tensorboard=tensorboard)
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run in -o and --overwrite replaces it: give one.")
+    result = _run_training(Path(prior), list(videos), run_dir, config, resume, tensorboard=tensorboard, overwrite=overwrite)
     if resume and not result.metrics and result.rank == 0:
         out.print(f"the run already has its {result.epochs} epoch(s); `--resume --epochs N` extends it to N.")
 
@@ -721,7 +724,7 @@ def quickstart(out_dir, quick, clips, frames, **kwargs):
     syn = synthesize(compile_prior(truth_path), root / "data", clips=clips, frames=frames, size=64, seed=config.seed + 1000)
     out.print(f"{len(syn.paths)} clips x {frames} frames of 64x64 (L = 1.0 m) in {root / 'data'}, true states in truth.csv")
     out.rule("2. train (anmc train), starting from a guess L = 1.5 m")
-    _run_training(prior_path, [str(root / "data")], root / "run", config, resume=False)
+    _run_training(prior_path, [str(root / "data")], root / "run", config, resume=False, overwrite=True)  # its own folder: a rerun starts over
     out.rule("3. evaluate (anmc eval)")
     run = load_run(root / "run")
     report = evaluate(run)

@@ -284,7 +284,9 @@ def test_a_second_writer_is_refused(run, data):
         before = checkpoint_bytes(run)
         res = invoke("train", PRIOR, data, "-o", run, "--resume", "--epochs", "3")
         assert_clean_exit_2(res, "is already being trained by this process")
-        res = invoke("train", PRIOR, data, "-o", run, *TINY, "--epochs", "1")  # a fresh run into it: the same
+        res = invoke("train", PRIOR, data, "-o", run, *TINY, "--epochs", "1")  # a fresh run into it: refused as a trained run
+        assert_clean_exit_2(res, "already holds a trained run (pendulum.anm, 2 epochs); --resume continues it, --overwrite")
+        res = invoke("train", PRIOR, data, "-o", run, *TINY, "--epochs", "1", "--overwrite")  # replacing it: the lock
         assert_clean_exit_2(res, "is already being trained")
         assert checkpoint_bytes(run) == before and [r["epoch"] for r in read_metrics(run)] == [1, 2]
     finally:

@@ -481,7 +481,7 @@ def test_restarts_finish_the_start_with_the_lowest_validation_loss(data, tmp_pat
     train(PRIOR, [str(data)], tmp_path / "run", config)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the starts were read, not trained again
     changed = TrainConfig(**{**TINY, "epochs": 3, "restarts": 3, "restart_epochs": 1, "seed": 5, "lr": 5e-4})
-    train(PRIOR, [str(data)], tmp_path / "run", changed)
+    train(PRIOR, [str(data)], tmp_path / "run", changed, overwrite=True)  # (a trained run is replaced only when asked)
     assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)  # another config: every start trained anew
     assert load_run(tmp_path / "run").config.lr == 5e-4
 

@@ -45,6 +45,10 @@ class CheckpointError(UserError):
     """A run directory or checkpoint that cannot be used; the message says why and what to do."""
 
 
+class RunExists(UserError):
+    """A new training pointed at a run directory that already holds a trained run."""
+
+
 class CheckpointWriteError(UserError):
     """The checkpoint could not be written; the previous one is intact."""
 

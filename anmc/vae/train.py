@@ -40,7 +40,7 @@ from anmc.vae.distributed import DistContext, RankBatches
 from anmc.vae.divergence import TrainingDiverged, check_finite, diverged, finite_weights, guard  # noqa: F401  (TrainingDiverged re-exported)
 from anmc.vae.loss import physical_parameters, sequence_loss, validation_loss
 from anmc.vae.nets import VideoVAE, build_vae, chosen_decoder, on_device
-from anmc.vae.run import CheckpointError, append_metrics, load_checkpoint, read_metrics, save_checkpoint, truncate_metrics
+from anmc.vae.run import CheckpointError, RunExists, append_metrics, load_checkpoint, read_metrics, save_checkpoint, truncate_metrics
 from anmc.vae.run_lock import run_lock
 
 
@@ -109,8 +109,12 @@ def train(
     resume: bool = False,
     progress=None,
     on_epoch=None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train (or resume) a run in `run_dir`; returns the per-epoch metrics.
+
+    A `run_dir` that already holds a checkpoint is continued with `resume`, replaced with `overwrite`, and
+    otherwise left alone: RunExists (a trained run is not lost to a reused -o).
 
     `progress(epoch, step, steps, metrics)` is called after every step when given (the CLI draws a bar);
     `on_epoch(vae, row)` after every epoch's checkpoint (for a notebook's own diagnostics); with
@@ -121,9 +125,20 @@ def train(
     TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept.
     """
     run_dir = Path(run_dir)
+    if not resume and not overwrite and (run_dir / "checkpoint.pt").exists():
+        raise RunExists(f"{run_dir} already holds a trained run{_described(run_dir)}; --resume continues it, --overwrite trains a new one in its place, or choose another -o.")
     if config is not None and config.starts(distributed.launched_world()) > 1 and not (resume and (run_dir / "checkpoint.pt").exists()):
         return _train_best_start(prior, videos, run_dir, config, progress, on_epoch)
     return _train_locked(prior, videos, run_dir, config, resume, progress, on_epoch)
+
+
+def _described(run_dir: Path) -> str:
+    """' (prior P, E epochs)' of the run in run_dir, or '' when its checkpoint cannot be read."""
+    try:
+        payload = load_checkpoint(run_dir)
+        return f" ({Path(payload['anm_filename']).name}, {payload['epoch']} epoch{'s' if payload['epoch'] != 1 else ''})"
+    except UserError:
+        return ""
 
 
 def _train_locked(prior, videos, run_dir: Path, config, resume: bool, progress, on_epoch, stop_after=None, started=None) -> TrainResult:
