@@ -202,7 +202,7 @@ def run_one(system: str, seed: int, args, workdir: Path) -> dict:
     prior = prior_for(system, data.parent / f"{system}.anm")
     config = TrainConfig(**{**dict(seed=seed, epochs=args.epochs, decoder=args.decoder, recon=args.recon, **args.tiny), **args.overrides})
     started = time.monotonic()
-    result = train(prior, [str(data)], data.parent / "run", config)
+    result = train(prior, [str(data)], data.parent / "run", config, overwrite=True)  # a rerun in --workdir measures anew
     minutes = (time.monotonic() - started) / 60
     report = evaluate(load_run(data.parent / "run"))
     (name, true), = TRUTH[system].items()

@@ -192,7 +192,7 @@ def run_one(look: Look, seed: int, args, workdir: Path) -> dict:
         prior, overrides = prior_for(data.parent / "double_pendulum.anm"), args.overrides
     config = TrainConfig(seed=seed, epochs=args.epochs, time_limit=args.time_limit, **overrides)
     started = time.monotonic()
-    result = train(prior, [str(data)], data.parent / "run", config)
+    result = train(prior, [str(data)], data.parent / "run", config, overwrite=True)  # a rerun in --workdir measures anew
     minutes = (time.monotonic() - started) / 60
     report = evaluate(load_run(data.parent / "run"))
     row = {"background": look.background, "seed": seed, "camera": bool(args.camera), "epochs": result.epochs, "minutes": minutes}

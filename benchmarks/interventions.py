@@ -52,7 +52,7 @@ def tiny_run(root: Path) -> Path:
     prior = ROOT / "priors" / "pendulum.anm"
     synthesize(prior, out_dir=root / "data", clips=4, frames=24, size=16, seed=3, fmt="npz")
     config = TrainConfig(size=16, batch=4, seq_len=4, steps_per_epoch=6, epochs=2, learn_params_after=1, val_fraction=0.25, device="cpu")
-    train(prior, [str(root / "data")], root / "run", config)
+    train(prior, [str(root / "data")], root / "run", config, overwrite=True)  # a rerun measures anew
     return root / "run"
 
 

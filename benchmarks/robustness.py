@@ -312,7 +312,7 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
     # `--set seed=N` trains with seed N on the data drawn with `seed` (to tell the data from the training start)
     config = TrainConfig(**({"seed": seed, "epochs": args.epochs, "time_limit": args.time_limit} | args.overrides))
     started = time.monotonic()
-    result = train(prior, [str(data)], data.parent / "run", config)
+    result = train(prior, [str(data)], data.parent / "run", config, overwrite=True)  # a rerun in --workdir measures anew
     minutes = (time.monotonic() - started) / 60
     run = load_run(data.parent / "run")
     report = evaluate(run)

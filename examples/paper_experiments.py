@@ -98,7 +98,7 @@ def main() -> None:
                 run_dir = out / f"{system}{'-camera' if args.camera else ''}-{reading}-s{seed}"
                 config = TrainConfig(kl=reading, seed=seed, **({"decoder": "sprite"} if args.camera else {}) | overrides)
                 started = time.monotonic()
-                train(train_prior, [str(data)], run_dir, config)
+                train(train_prior, [str(data)], run_dir, config, overwrite=True)  # a rerun measures anew
                 minutes = (time.monotonic() - started) / 60
                 report = evaluate(load_run(run_dir))
                 row = {"system": system, "kl": reading, "seed": seed, "minutes": round(minutes, 2), **report}
