@@ -228,6 +228,18 @@ def test_diverging_prior_stops_with_a_message(data, tmp_path, name):
     assert_clean_exit_2(res, "training diverged at epoch 1, step 1", "no checkpoint was written", "smaller dt")
 
 
+@pytest.mark.parametrize("noise, zero", [("theta = 0, omega = 0", "theta = 0, omega = 0"), ("theta = 0.01, omega = 0", "omega = 0")])
+def test_a_zero_noise_std_is_refused_before_training(data, tmp_path, noise, zero):
+    """A state with noise std 0 (valid for simulate and compile) makes the transition density degenerate:
+    training stopped at its first step as 'diverged', blaming the dynamics; now it is refused up front,
+    naming the states, with the fix."""
+    prior = tmp_path / "still.anm"
+    prior.write_text(Path(PRIOR).read_text().replace("noise theta = 0.01, omega = 0.05", f"noise {noise}", 1))
+    res = invoke("train", prior, data, "-o", tmp_path / "run", *TINY, "--epochs", "1")
+    assert_clean_exit_2(res, f"noise {zero}: training needs every state's noise std above 0", "declare a small one")
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
 @pytest.mark.parametrize("fault", ["linalg", "loss"])
 def test_divergence_later_keeps_the_last_good_checkpoint(run, data, monkeypatch, fault):
     before = checkpoint_bytes(run)

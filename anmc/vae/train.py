@@ -287,6 +287,7 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     torch.manual_seed(config.seed)
 
     compiled = _compiled(prior)
+    _check_noise(compiled)
     steps = [list(step) for step in compiled.model.overrides.steps]
     if payload is not None and (payload["anm_source"] != compiled.model.source or payload.get("anm_steps", []) != steps):
         raise CheckpointError(
@@ -323,6 +324,19 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
         (run_dir / "prior.anm").write_text(compiled.model.source)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return s
+
+
+def _check_noise(compiled: CompiledPrior) -> None:
+    """A state whose noise std is 0 makes the transition density N(f(z), Q) degenerate: the first step's
+    smoother met a singular covariance and the run stopped as 'diverged', blaming the dynamics."""
+    zero = [name for name, n in compiled.model.noise.items() if n.value == 0]
+    if zero:
+        where = compiled.model.filename
+        raise UserError(
+            f"{where}: noise {', '.join(f'{s} = 0' for s in zero)}: training needs every state's noise std above 0 (without it the "
+            f"transition density N(f(z), Q) is degenerate); declare a small one (noise {zero[0]} = 0.001) or learn it; "
+            "a zero noise is fine for anmc simulate and compile."
+        )
 
 
 def _frame_sample(data, frames: int = 256) -> torch.Tensor:
