@@ -442,3 +442,14 @@ def test_number_text_is_anmcs_own_and_total():
              sp.Pow(2, 10**10, evaluate=False): "4.36327e+3010299956", sp.nan: "nan", sp.zoo: "infinity", sp.nan * sp.I: "nan"}  # fmt: skip
     for value, text in cases.items():
         assert number_text(value) == text, value
+
+
+def test_a_path_that_is_no_anm_file_is_named_as_a_path(tmp_path):
+    """A string without a newline is a path (a model takes several lines): a folder, or a missing file whose
+    name does not end in .anm, is reported as such, not parsed as text ('unexpected /')."""
+    with pytest.raises(anmc.AnmError, match=r"is a folder; give the path of a \.anm file"):
+        anmc.compile_prior(str(tmp_path))
+    with pytest.raises(anmc.AnmError, match=r"no such file: .*prior\.txt; give the path of a \.anm file"):
+        anmc.compile_prior(str(tmp_path / "prior.txt"))
+    (tmp_path / "prior.txt").write_text((Path(__file__).parents[1] / "priors" / "pendulum.anm").read_text())
+    assert anmc.compile_prior(str(tmp_path / "prior.txt")).module().d == 2  # any name, if it is a file

@@ -18,9 +18,12 @@ def _error(message: str, path: Path):
 
 
 def read_source(path_or_text: str | Path) -> tuple[str, str]:
-    """(text, filename) from a path or from `.anm` text itself (anything with a newline is text)."""
-    if isinstance(path_or_text, Path) or ("\n" not in str(path_or_text) and str(path_or_text).endswith(".anm")):
+    """(text, filename) from a path or from `.anm` text itself: anything with a newline is text (a model
+    takes several lines), anything else a path."""
+    if isinstance(path_or_text, Path) or "\n" not in str(path_or_text):
         path = Path(path_or_text)
+        if path.is_dir():
+            raise _error(f"{path} is a folder; give the path of a .anm file", path)
         if not path.is_file():
             raise _error(f"no such file: {path}; give the path of a .anm file", path)
         try:
