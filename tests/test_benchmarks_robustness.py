@@ -157,7 +157,7 @@ def test_set_reaches_every_runs_config(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_train(prior, videos, run_dir, config):
+    def fake_train(prior, videos, run_dir, config, overwrite=False):
         seen.append(config)
         priors.append(Path(prior).read_text())
         raise Stop

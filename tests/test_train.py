@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -610,3 +611,18 @@ def test_a_run_finds_its_videos_from_any_folder_and_says_when_they_moved(data, t
         assert f"project/run was trained on {videos.resolve()}, which is not there now; give its videos with --video" in res.output
     res = CliRunner().invoke(main, ["eval", "project/run", "--video", "project/moved"])
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(
+    "field, value, need",
+    [("lr", -1.0, "a positive learning rate"), ("lr", float("nan"), "a positive learning rate"), ("beta", -0.5, "a KL weight of 0 or more"),
+     ("size", 4, "8 pixels or more"), ("samples", 0, "1 sample or more"), ("val_fraction", 1.0, "a fraction of the clips in [0, 1)"),
+     ("time_limit", -1.0, "0 minutes (stop after the first epoch) or more"), ("lr_final", 2.0, "in [0, 1]")],
+)  # fmt: skip
+def test_a_train_config_out_of_range_is_one_sentence(field, value, need, data, tmp_path):
+    """TrainConfig checks its numbers where it is made, for a notebook as for the CLI (whose --lr, --beta and
+    --time-limit are plain floats): one sentence naming the option and what to give."""
+    with pytest.raises(UserError, match=re.escape(f"--{field.replace('_', '-')} {value}: give ") + ".*" + re.escape(need)):
+        TrainConfig(**{field: value})
+    res = CliRunner().invoke(main, ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--lr", "-1"])
+    assert res.exit_code == 2 and "--lr -1.0: give a positive learning rate." in res.output and "Traceback" not in res.output

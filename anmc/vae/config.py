@@ -32,6 +32,29 @@ BACKGROUNDS = ("keep", "remove", "auto")  # anmc.data.background.CHOICES (this m
 AUTO_RESTARTS = 3  # the starts a long enough run trains by default (TrainConfig.starts)
 
 
+# the numeric fields' ranges, checked when a TrainConfig is made (None, where a field allows it, is not checked)
+_RANGES = {
+    "lr": (lambda v: 0 < v < float("inf"), "a positive learning rate"),
+    "param_lr": (lambda v: 0 <= v < float("inf"), "a learning rate of 0 (the params stay) or more"),
+    "lr_final": (lambda v: 0 <= v <= 1, "the fraction of the learning rates left at the end, in [0, 1]"),
+    "beta": (lambda v: 0 <= v < float("inf"), "a KL weight of 0 or more"),
+    "anchor": (lambda v: 0 <= v < float("inf"), "a weight of 0 or more"),
+    "warmup": (lambda v: v >= 0, "0 steps or more"),
+    "samples": (lambda v: v >= 1, "1 sample or more"),
+    "context": (lambda v: 0 <= v <= 16, "0 to 16 frames"),
+    "recon_std": (lambda v: 0 < v < float("inf"), "a positive pixel std"),
+    "recon_std_floor": (lambda v: 0 < v < float("inf"), "a positive pixel std"),
+    "size": (lambda v: v >= 8, "8 pixels or more"),
+    "learn_params_after": (lambda v: v >= 0, "0 epochs or more"),
+    "steps_per_epoch": (lambda v: v >= 1, "1 step or more (or leave it out for one pass over the data)"),
+    "val_fraction": (lambda v: 0 <= v < 1, "a fraction of the clips in [0, 1)"),
+    "grad_clip": (lambda v: 0 < v, "a positive gradient norm"),
+    "time_limit": (lambda v: 0 <= v, "0 minutes (stop after the first epoch) or more"),
+    "restart_epochs": (lambda v: v >= 1, "1 epoch or more"),
+    "threads": (lambda v: v >= 1, "1 thread or more"),
+}
+
+
 @dataclass
 class TrainConfig:
     """Every training choice; saved in the checkpoint so that a run directory alone can be resumed."""
@@ -152,6 +175,10 @@ class TrainConfig:
             raise UserError(f"--sprite-shape-after {self.sprite_shape_after}: give 0 (learn the sprites' shape from the first step) or more epochs.")
         if self.window < 1 or self.seq_len < 2 or self.batch < 1 or self.epochs < 1:
             raise UserError("window >= 1, seq-len >= 2, batch >= 1 and epochs >= 1 are needed.")
+        for name, (ok, need) in _RANGES.items():  # the numbers a notebook (or the CLI's plain floats) may get wrong
+            value = getattr(self, name)
+            if value is not None and not (value == value and ok(value)):  # (value == value: not NaN)
+                raise UserError(f"--{name.replace('_', '-')} {value}: give {need}.")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "the checkpoint") -> "TrainConfig":
