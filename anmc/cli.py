@@ -551,6 +551,7 @@ def train(prior, videos, run_dir, resume, overwrite, tensorboard, fps, **kwargs)
     if fps is not None or not (model.kind == "discrete" and model.dt_text == "1"):  # a discrete prior may have no dt
         check_frame_rate(list(videos), model.dt, fps, prior_name=f"{prior}")
     if resume:  # the run keeps its own config; --epochs given extends it, --device/--workers/--cache move it
+        _warn_other_videos(run_dir, videos)
         ctx = click.get_current_context()
         given = [k for k in ("epochs", "device", "workers", "cache") if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT]
         config = _config({"epochs": 1} | {k: kwargs[k] for k in given}) if given else None  # epochs: the larger is kept
@@ -565,6 +566,25 @@ def train(prior, videos, run_dir, resume, overwrite, tensorboard, fps, **kwargs)
     result = _run_training(Path(prior), list(videos), run_dir, config, resume, tensorboard=tensorboard, overwrite=overwrite)
     if resume and not result.metrics and result.rank == 0:
         out.print(f"the run already has its {result.epochs} epoch(s); `--resume --epochs N` extends it to N.")
+
+
+def _warn_other_videos(run_dir, videos) -> None:
+    """A resume on other videos than the run's continues on them (more data is a fair reason), but not bit
+    for bit: say so before training."""
+    from anmc.vae.run import load_checkpoint
+    from anmc.vae.train import recorded_videos
+
+    try:
+        before = load_checkpoint(run_dir).get("videos", [])
+    except UserError:
+        return  # (no checkpoint: the resume itself says so)
+    now = recorded_videos(list(videos))
+    if before and sorted(before) != sorted(now) and os.environ.get("RANK", "0") == "0":
+        err.print(
+            f"[bold yellow]warning[/]: {escape(str(run_dir))} trained on {escape(', '.join(before))}; it continues on "
+            f"{escape(', '.join(now))} (a resume on the same videos repeats the run bit for bit, on others it cannot).",
+            soft_wrap=True,
+        )
 
 
 def _print_report(report: dict) -> None:

@@ -168,6 +168,13 @@ def test_cli_train_and_resume(data, tmp_path):
     res = runner.invoke(main, ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--resume", "--epochs", "2"])
     assert res.exit_code == 0, res.output
     assert load_checkpoint(tmp_path / "r")["epoch"] == 2
+    assert "it continues on" not in res.output  # the same videos: no warning
+    import shutil
+
+    shutil.copytree(data, tmp_path / "more")  # other videos: it continues on them, and says so
+    res = runner.invoke(main, ["train", PRIOR, str(tmp_path / "more"), "-o", str(tmp_path / "r"), "--resume", "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert f"trained on {data.resolve()}; it continues on {(tmp_path / 'more').resolve()}" in " ".join(res.output.split())
 
 
 @pytest.mark.parametrize(

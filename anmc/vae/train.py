@@ -311,7 +311,7 @@ def _setup(prior, videos, run_dir: Path, config: TrainConfig | None, resume: boo
     physical = physical_parameters(vae)
     s = _Session(
         run_dir, config, compiled, vae, _optimizer(vae, physical, config), physical, train_data, val_data, ctx,
-        videos=_recorded(videos),
+        videos=recorded_videos(videos),
     )  # fmt: skip
 
     if payload is not None:
@@ -387,7 +387,7 @@ def _optimizer(vae, physical: list, config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(groups)
 
 
-def _recorded(videos) -> list[str]:
+def recorded_videos(videos) -> list[str]:
     """The training videos as the checkpoint records them: absolute paths, so that `anmc eval`, `plot` and
     `intervene` find them from any folder (a path as given was relative to where `anmc train` ran)."""
     items = videos if isinstance(videos, (list, tuple)) else [videos]
