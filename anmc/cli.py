@@ -547,6 +547,8 @@ def train(prior, videos, run_dir, resume, overwrite, tensorboard, fps, **kwargs)
     from anmc.data.rate import check_frame_rate
     from anmc.symbolic.model import load_model
 
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run in -o and --overwrite replaces it: give one.")
     model = load_model(Path(prior))
     if fps is not None or not (model.kind == "discrete" and model.dt_text == "1"):  # a discrete prior may have no dt
         check_frame_rate(list(videos), model.dt, fps, prior_name=f"{prior}")
@@ -561,8 +563,6 @@ def train(prior, videos, run_dir, resume, overwrite, tensorboard, fps, **kwargs)
         if os.environ.get("RANK", "0") == "0" and (camera := camera_disagreement(model, list(videos))) is not None:  # torchrun: once
             err.print(f"[bold yellow]warning[/]: {escape(camera)}", soft_wrap=True)
         config = _config(kwargs)
-    if resume and overwrite:
-        raise click.UsageError("--resume continues the run in -o and --overwrite replaces it: give one.")
     result = _run_training(Path(prior), list(videos), run_dir, config, resume, tensorboard=tensorboard, overwrite=overwrite)
     if resume and not result.metrics and result.rank == 0:
         out.print(f"the run already has its {result.epochs} epoch(s); `--resume --epochs N` extends it to N.")
