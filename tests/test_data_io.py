@@ -317,3 +317,34 @@ def test_slow_header_and_a_corrupt_video_is_still_one_sentence(tmp_path, monkeyp
     with pytest.raises(VideoError, match="could not be decoded") as e:
         read_video(path)
     one_sentence(e.value)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4", ".npy", ".npz"])
+def test_a_video_is_written_whole_or_not_at_all(tmp_path, suffix, monkeypatch):
+    """write_video writes beside the name and moves the file onto it when complete: a location that cannot be
+    written is one VideoError (imageio's GIF writer used to raise again while being collected, a traceback
+    after the message), and a write that fails halfway leaves neither a partial file nor the name."""
+    import subprocess
+    import sys
+
+    frames = np.zeros((3, 8, 8), np.uint8)
+    code = f"from anmc.data.io import write_video; import numpy as np; write_video('/proc/x{suffix}', np.zeros((3, 8, 8), np.uint8))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert f"VideoError: cannot write /proc/x{suffix}" in run.stderr, run.stderr
+    assert "Exception ignored" not in run.stderr
+    written = write_video(tmp_path / f"ok{suffix}", frames)
+    assert written.exists() and [p.name for p in tmp_path.iterdir()] == [f"ok{suffix}"]  # no partial file beside it
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(np, "savez_compressed", full_disk)
+    monkeypatch.setattr("anmc.data.io._write_mp4", full_disk)
+    if suffix == ".gif":
+        import imageio.v3 as iio
+
+        monkeypatch.setattr(iio, "imwrite", full_disk)
+    with pytest.raises(VideoError, match="No space left on device"):
+        write_video(tmp_path / f"half{suffix}", frames)
+    assert [p.name for p in tmp_path.iterdir()] == [f"ok{suffix}"]

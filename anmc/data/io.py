@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -501,6 +502,10 @@ def write_video(path: str | Path, frames, fps: float = 30) -> Path:
         (path if is_folder else path.parent).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise VideoError(f"cannot create the folder for {path} ({err.strerror}); choose a writable location.") from None
+    # a file is written beside its name and moved onto it when complete: no half-written video is left, and a
+    # location that cannot be written fails before any encoder holds the path (imageio's GIF writer, given a
+    # path it could not open, raised again while being collected, a traceback after the one-sentence error)
+    partial = path if is_folder else path.with_name(f".{path.stem}.partial-{os.getpid()}{suffix}")
     try:
         if is_folder:
             import imageio.v3 as iio
@@ -508,17 +513,23 @@ def write_video(path: str | Path, frames, fps: float = 30) -> Path:
             for i, f in enumerate(frames):
                 iio.imwrite(path / f"frame_{i:05d}.png", f, plugin="pillow")
         elif suffix == ".mp4":
-            _write_mp4(path, frames, fps)
+            _write_mp4(partial, frames, fps)
         elif suffix == ".gif":
             import imageio.v3 as iio
 
-            iio.imwrite(path, frames, plugin="pillow", extension=".gif", duration=1000.0 / float(fps), loop=0)
+            with open(partial, "wb") as fh:
+                iio.imwrite(fh, frames, plugin="pillow", extension=".gif", duration=1000.0 / float(fps), loop=0)
         elif suffix == ".npy":
-            np.save(path, frames)
+            np.save(partial, frames)
         else:
-            np.savez_compressed(path, frames=frames, fps=np.float64(fps))
+            np.savez_compressed(partial, frames=frames, fps=np.float64(fps))
+        if not is_folder:
+            os.replace(partial, path)
     except OSError as err:
         raise VideoError(f"cannot write {path} ({err.strerror or err}); check the location and free space.") from None
+    finally:
+        if not is_folder and partial.exists():
+            partial.unlink()
     return path
 
 
