@@ -167,17 +167,10 @@ def main() -> None:
         grads.append(zg.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4 * float(grads[0].abs().max())), "banded gradient differs"
 
-    def backward(call):
-        def run():
-            f, J = call()
-            ((w_f * f).sum() + (w_J * J).sum()).backward()
-
-        return run
-
     columns = {
         "fwd fixed": {"anmc": fns["fwd fixed"]["ours"], "banded": lambda: fixed.f_and_jacobian(z), "vmap": fns["fwd fixed"]["vmap"]},
         "fwd learn": {"anmc": fns["fwd learn"]["ours"], "banded": lambda: learn.f_and_jacobian(z), "vmap": fns["fwd learn"]["vmap"]},
-        "f+b learn": {"anmc": fns["f+b learn"]["ours"], "banded": backward(lambda: learn.f_and_jacobian(zg)), "vmap": fns["f+b learn"]["vmap"]},
+        "f+b learn": {"anmc": fns["f+b learn"]["ours"], "banded": jb.with_backward(lambda: learn.f_and_jacobian(zg), w_f, w_J), "vmap": fns["f+b learn"]["vmap"]},
     }
     flat = {(s, k): fn for s, col in columns.items() for k, fn in col.items()}
     for fn in flat.values():

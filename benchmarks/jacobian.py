@@ -166,6 +166,16 @@ def count_ops(fn) -> int:
     return counter.count
 
 
+def with_backward(call, w_f, w_J):
+    """A callable: call() -> (f, J), then the backward pass of sum(w_f f) + sum(w_J J)."""
+
+    def run():
+        f, J = call()
+        ((w_f * f).sum() + (w_J * J).sum()).backward()
+
+    return run
+
+
 def setup(name: str, B: int):
     """The callables of one system at batch size B: {setting: {"ours": fn, "vmap": fn}}, and op counts."""
     source, F = SYSTEMS[name]
@@ -196,11 +206,7 @@ def setup(name: str, B: int):
     assert torch.allclose(f1, f2, rtol=1e-4, atol=1e-5) and torch.allclose(J1, J2, rtol=1e-3, atol=1e-4), name
 
     def backward(call):
-        def run():
-            f, J = call()
-            ((w_f * f).sum() + (w_J * J).sum()).backward()
-
-        return run
+        return with_backward(call, w_f, w_J)
 
     fns = {
         "fwd fixed": {"ours": lambda: fixed.f_and_jacobian(z), "vmap": lambda: vj(z, p_fixed)},
