@@ -373,13 +373,16 @@ def _config(kwargs):
     return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None or k == "time_limit"})
 
 
-def epoch_line(row: dict, epochs: int | None, first_epoch: int) -> str:
-    """One plain line per epoch (for a log file, a notebook, CI): loss, KL, params, seconds, ETA."""
+def epoch_line(row: dict, epochs: int | None, first_epoch: int, per_epoch: float | None = None) -> str:
+    """One plain line per epoch (for a log file, a notebook, CI): loss, KL, params, seconds, ETA. The ETA is
+    `per_epoch` seconds (the epochs of this process so far, on average) for each epoch left, or without it
+    the seconds since the first epoch over the epochs done (which, after --restarts' starts, counts the
+    starts' time as the finish's: an ETA of 115 min with 8 left)."""
     params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
     done = row["epoch"] - first_epoch
     eta = ""
     if epochs and done > 0:
-        left = row["seconds"] / done * (epochs - row["epoch"])
+        left = (per_epoch if per_epoch is not None else row["seconds"] / done) * (epochs - row["epoch"])
         eta = f", ETA {left / 60:.1f} min" if left >= 60 else f", ETA {left:.0f} s"
     val = f" val {row['val_loss']:.4g}" if "val_loss" in row else ""
     return (f"epoch {row['epoch']}/{epochs or '?'}: loss {row['loss']:.4g} recon {row['recon']:.4g} kl {row['kl']:.4g}{val}"
@@ -393,6 +396,7 @@ class _EpochReporter:
 
     def __init__(self, epochs: int | None, plain: bool, restart_epochs: int | None = None):
         self.epochs, self.plain, self.restart_epochs, self.first, self.seen = epochs, plain, restart_epochs, None, set()
+        self.durations: list[float] = []  # this process's epochs (not the starts'), for the ETA
 
     def __call__(self, vae, row):
         from anmc.vae.diagnostics import describe
@@ -401,8 +405,11 @@ class _EpochReporter:
             err.print(f"start seed {row['start']}, " + epoch_line(row, self.restart_epochs, 0), soft_wrap=True, highlight=False, markup=False)
         else:
             self.first = row["epoch"] - 1 if self.first is None else self.first
+            if "epoch_seconds" in row:
+                self.durations.append(row["epoch_seconds"])
             if self.plain:
-                click.echo(epoch_line(row, self.epochs, self.first), err=True)
+                per_epoch = sum(self.durations) / len(self.durations) if self.durations else None
+                click.echo(epoch_line(row, self.epochs, self.first, per_epoch), err=True)
         for f in row.get("diagnostics", ()):
             evidence = f["evidence"]
             key = (f["code"], evidence.get("param") or evidence.get("state") or evidence.get("object"))

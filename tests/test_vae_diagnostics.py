@@ -225,3 +225,20 @@ def test_anm_train_warns_about_a_camera_measured_on_another_video_from_a_start(t
     assert "warning (start seed 0, epoch 1)" in said and "camera measured on another video" in said
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "camera_off_frame" in [f["code"] for f in rows[-1]["diagnostics"]]
+
+
+def test_the_plain_lines_eta_counts_this_process_epochs_only(capsys):
+    """After --restarts' starts the finishing run's rows count their seconds from the start of the whole
+    training, starts included; the ETA is each epoch's own time (`epoch_seconds`) times the epochs left,
+    not those seconds over the epochs done (the quick start's log said ETA 114.6 min with 8 left)."""
+    from anmc.cli import _EpochReporter
+
+    reporter = _EpochReporter(30, plain=True, restart_epochs=4)
+    row = {"loss": 1.0, "recon": 1.0, "kl": 0.5, "params": {"L": 1.0}}
+    for start in range(3):
+        for e in range(1, 5):
+            reporter(None, row | {"start": start, "epoch": e, "seconds": 20.0 * e, "epoch_seconds": 20.0})
+    reporter(None, row | {"epoch": 5, "seconds": 275.0, "epoch_seconds": 20.0})
+    reporter(None, row | {"epoch": 6, "seconds": 297.0, "epoch_seconds": 22.0})
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert lines == ["epoch 5/30: loss 1 recon 1 kl 0.5 L=1 | 275 s, ETA 8.3 min", "epoch 6/30: loss 1 recon 1 kl 0.5 L=1 | 297 s, ETA 8.4 min"]

@@ -236,6 +236,7 @@ def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, starte
             # DDP averages the parameters that require grad when it is built: wrap again when they change
             s.model = distributed.wrap(_LossModule(s.vae, s.config), s.ctx, find_unused=s.config.kl == "standard")
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+        epoch_started = time.monotonic()
         s.vae.train()
         for i, (frames, starts) in enumerate(_epoch_batches(s, epoch)):
             out = _step(s, frames, starts, epoch, i, last_good=result.epochs)
@@ -245,6 +246,7 @@ def _loop(s: _Session, progress, on_epoch, stop_after: int | None = None, starte
                 progress(epoch, i + 1, s.steps_per_epoch, {k: float(out[k].detach()) for k in sums} | _param_summary(s.vae))
         sums = distributed.all_mean(sums, s.ctx)  # each rank's sums are over its share of the batches
         row = _end_epoch(s, epoch, sums, learn_physics, seconds=time.monotonic() - started)
+        row["epoch_seconds"] = round(time.monotonic() - epoch_started, 2)  # (seconds: since the run, its starts too, began)
         row["diagnostics"] = epoch_diagnostics(s.vae, s.val_data if s.val_data is not None else s.train_data, s.config, row, s.device)
         result.metrics.append(row)
         result.epochs = epoch + 1
