@@ -43,6 +43,7 @@ class BandedChain:
         for i in range(n):
             self.deps[2 * i] = [2 * i + 1]
             self.deps[2 * i + 1] = [2 * j for j in (i - 1, i, i + 1) if 0 <= j < n] + [2 * i + 1]
+        self.held: list[int] | None = None  # the rows' widths per evaluation, while `density` counts them
         self.neighbours = torch.tensor([1.0] + [2.0] * (n - 2) + [1.0]).unsqueeze(1) if n > 1 else torch.zeros(1, 1)
 
     def rhs(self, z):
@@ -75,6 +76,8 @@ class BandedChain:
                 else:
                     acc[a - lo : b - lo].add_(rows[l], alpha=coef)
             out[r], out_w[r] = acc, (lo, hi)
+        if self.held is not None:  # (density: the widths of this evaluation's rows)
+            self.held.append(sum(hi - lo for lo, hi in out_w))
         return F, out, out_w
 
     @staticmethod
@@ -117,18 +120,10 @@ class BandedChain:
 
     def density(self) -> float:
         """The share of the dense rows' entries the stages' windows hold (the rows K_i of each evaluation)."""
-        held = []
-        stage = self.stage
-
-        def counting(z, rows, windows):
-            F, out, out_w = stage(z, rows, windows)
-            held.append(sum(hi - lo for lo, hi in out_w))
-            return F, out, out_w
-
-        self.stage = counting
+        self.held = []
         with torch.no_grad():
             self.f_and_jacobian(torch.zeros(1, self.d))
-        self.stage = stage
+        held, self.held = self.held, None
         return sum(held) / (len(held) * self.d * self.d)
 
 

@@ -332,7 +332,12 @@ def run_one(cond: Condition, seed: int, args, workdir: Path) -> dict:
 def camera_error(swing, size: int) -> dict:
     """How far a measured camera (an `anmc.data.swing.Swing`) is from this generator's at a video side of `size`:
     the pivot's distance in pixels and R's relative error."""
-    return {"pivot_error_px": math.hypot(swing.cx - PIVOT[0] * size, swing.cy - PIVOT[1] * size), "R_error": swing.radius / (ROD * size) - 1}
+    return _camera_offsets(swing.cx, swing.cy, swing.radius, size)
+
+
+def _camera_offsets(cx: float, cy: float, radius: float, size: int) -> dict:
+    """A camera (pivot cx, cy and R in pixels) against this generator's at a video side of `size`."""
+    return {"pivot_error_px": math.hypot(cx - PIVOT[0] * size, cy - PIVOT[1] * size), "R_error": radius / (ROD * size) - 1}
 
 
 def _camera_learned(run) -> dict:
@@ -360,6 +365,15 @@ def met(row: dict) -> bool:
     return abs(row["theta_r"]) >= 0.95 and abs(row["omega_r"]) >= 0.95 and abs(row["L_err"]) <= 0.10
 
 
+def _by_condition(rows: list[dict], names: list[str]):
+    """Per condition of `names`: its runs by seed, the lower |r| of theta and omega, the two slopes, L's errors,
+    and in how many of the runs the targets were met."""
+    for name in names:
+        runs = sorted((r for r in rows if r["condition"] == name), key=lambda r: r["seed"])
+        slopes = [r[k] for r in runs for k in ("theta_slope", "omega_slope")]
+        yield name, runs, min(min(r["theta_r"], r["omega_r"]) for r in runs), slopes, [r["L_err"] for r in runs], sum(map(met, runs))
+
+
 def print_by_condition(rows: list[dict]) -> None:
     """One line per condition over its seeds: which seeds ran, the lower |r| of theta and omega, the range of
     the two slopes and of L's error, and in how many of the seeds the targets were met."""
@@ -367,12 +381,10 @@ def print_by_condition(rows: list[dict]) -> None:
     print("\nper condition:")
     print(head)
     print("-" * len(head))
-    for name in [c for c in CONDITIONS if any(r["condition"] == c for r in rows)] + sorted({r["condition"] for r in rows} - set(CONDITIONS)):
-        runs = sorted((r for r in rows if r["condition"] == name), key=lambda r: r["seed"])
-        slopes = [r[k] for r in runs for k in ("theta_slope", "omega_slope")]
-        errors = [r["L_err"] for r in runs]
-        print(f"{name:<12} {','.join(str(r['seed']) for r in runs):<7} {min(min(r['theta_r'], r['omega_r']) for r in runs):>7.3f} "
-              f"{min(slopes):>6.3f}-{max(slopes):<6.3f} {min(errors):>+7.1%}..{max(errors):<+6.1%}  {sum(map(met, runs))}/{len(runs)}")  # fmt: skip
+    names = [c for c in CONDITIONS if any(r["condition"] == c for r in rows)] + sorted({r["condition"] for r in rows} - set(CONDITIONS))
+    for name, runs, lowest, slopes, errors, n_met in _by_condition(rows, names):
+        print(f"{name:<12} {','.join(str(r['seed']) for r in runs):<7} {lowest:>7.3f} "
+              f"{min(slopes):>6.3f}-{max(slopes):<6.3f} {min(errors):>+7.1%}..{max(errors):<+6.1%}  {n_met}/{len(runs)}")  # fmt: skip
 
 
 def _camera_learned_error(row: dict) -> str:
@@ -380,8 +392,8 @@ def _camera_learned_error(row: dict) -> str:
     learned, size = row.get("camera_learned"), CONDITIONS[row["condition"]].source if row["condition"] in CONDITIONS else 96
     if not learned:
         return "-"
-    pivot = math.hypot(learned["cx"] - PIVOT[0] * size, learned["cy"] - PIVOT[1] * size)
-    return f"{pivot:.2f} px, {learned['R'] / (ROD * size) - 1:+.1%}"
+    off = _camera_offsets(learned["cx"], learned["cy"], learned["R"], size)
+    return f"{off['pivot_error_px']:.2f} px, {off['R_error']:+.1%}"
 
 
 def markdown_table(rows: list[dict]) -> None:
@@ -403,14 +415,10 @@ def markdown_table(rows: list[dict]) -> None:
 def markdown_by_condition(rows: list[dict], seeds) -> None:
     """`print_by_condition` as a Markdown table, with the seeds each condition still lacks."""
     print("\n| condition | what it changes | seeds run | lowest \\|r\\| | slopes | L error | met | not run yet |\n|---|---|---|---|---|---|---|---|")
-    for name in [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]:
-        runs = sorted((r for r in rows if r["condition"] == name), key=lambda r: r["seed"])
-        slopes = [r[k] for r in runs for k in ("theta_slope", "omega_slope")]
-        errors = [r["L_err"] for r in runs]
+    for name, runs, lowest, slopes, errors, n_met in _by_condition(rows, [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]):
         lacking = [str(s) for s in seeds if s not in {r["seed"] for r in runs}]
-        print(f"| {name} | {CONDITIONS[name].what} | {', '.join(str(r['seed']) for r in runs)} | "
-              f"{min(min(r['theta_r'], r['omega_r']) for r in runs):.3f} | {min(slopes):.3f}–{max(slopes):.3f} | "
-              f"{min(errors):+.1%} to {max(errors):+.1%} | {sum(map(met, runs))}/{len(runs)} | {', '.join(lacking) or '-'} |")  # fmt: skip
+        print(f"| {name} | {CONDITIONS[name].what} | {', '.join(str(r['seed']) for r in runs)} | {lowest:.3f} | "
+              f"{min(slopes):.3f}–{max(slopes):.3f} | {min(errors):+.1%} to {max(errors):+.1%} | {n_met}/{len(runs)} | {', '.join(lacking) or '-'} |")  # fmt: skip
 
 
 def summarize(paths: list[Path], seeds=(0, 1, 2), markdown: bool = False) -> list[dict]:
