@@ -41,7 +41,7 @@ _FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
     "model_name", "state_names", "observed_states", "observation_names", "observation_affine", "transition_affine", "param_names", "learnable_param_names", "param_bounds",
-    "noise_learnable", "noise_bounds", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads",
+    "noise_learnable", "noise_bounds", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads", "jacobian_pattern",
 }  # fmt: skip
 _ATTRIBUTES = {
     # torch functions the printer emits
@@ -123,7 +123,7 @@ def _audit_attribute(node: pyast.Attribute, allowed_names: set[str]) -> None:
 
 # Python's encoding declaration (PEP 263), looked for on the first two lines of a file.
 _CODING = re.compile(r"^[ \t\f]*#.*?coding[:=]")
-_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "rhs_and_tangents_vjp", "start", "observe", "observe_and_jacobian"}
+_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "rhs_and_tangents_vjp", "rhs_and_partials", "start", "observe", "observe_and_jacobian"}
 
 
 def audit_text(source: str) -> None:

@@ -29,6 +29,7 @@ import time
 import torch
 from torch import nn
 
+from anmc.codegen import windowed
 from anmc.lang.integrators import INTEGRATORS
 
 # Explicit Runge-Kutta tableaus as floats, from the language's one table (anmc.lang.integrators): stage
@@ -39,6 +40,11 @@ TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
     if not m.sweep
 }
 
+
+# f_and_jacobian's tangent rows are windowed by default on the CPU where the windows spare at least this many
+# entries per stage: d^2 (1 - share) B, the share from `window_share` (measured, chains of 5 to 16 pendulums
+# at B = 256 to 4096: the windows' extra operations cost more than they spare below ~300,000; docs/results.md §4)
+WINDOWED_MIN_SPARED = 400_000
 
 LOG_STD_LIMIT = 20.0  # learnable noise stds live in exp([-20, 20])
 
@@ -294,6 +300,12 @@ class AnmModule(nn.Module):
     # where it is bound by memory and autograd's reuse of saved values wins (d = 4..32: 1.05-1.5x;
     # docs/results.md §4)
     written_backward: bool | None = None
+    # the nonzero (i, j) of dF/dz, as the generated `rhs_and_partials` returns them
+    jacobian_pattern: tuple[tuple[int, int], ...] | None = None
+    # f_and_jacobian's tangent rows: True, each inside its window of columns (anmc.codegen.windowed); False,
+    # dense; None, windowed where that was measured faster: on the CPU, when the windows spare at least
+    # WINDOWED_MIN_SPARED entries per stage (large sparse models at large batches; docs/results.md §4)
+    windowed_tangents: bool | None = None
 
     # ---------------------------------------------------------------- generated
     def constants(self, z: torch.Tensor) -> tuple:  # pragma: no cover - generated
@@ -394,11 +406,37 @@ class AnmModule(nn.Module):
         written = self.written_backward if self.written_backward is not None else self.d <= 2
         if written and torch.is_grad_enabled() and _plain(zt) and any(isinstance(x, torch.Tensor) and x.requires_grad for x in wanted):
             return _FrameAndJacobian.apply(self, steps, zt, *scalars)
+        if self._windowed(zt) and _plain(zt):
+            plan = None if self.integrator in ("discrete", "semi_implicit_euler") else _plan(self.integrator, self.dt / self.substeps)
+            return windowed.frame_and_jacobian(self, zt, steps, scalars, plan)
         core = _Core(self, scalars, packed=True)
         x = self._packed_identity(zt)
         for _ in range(steps):
             x = core.substep(x, None)
         return x[0], x[1:]
+
+    def _windowed(self, zt: torch.Tensor) -> bool:
+        """Whether f_and_jacobian carries the tangent rows of the points zt (d, B) inside their windows
+        (`windowed_tangents`; never without the generated `rhs_and_partials`)."""
+        if self.jacobian_pattern is None:
+            return False
+        if self.windowed_tangents is not None:
+            return self.windowed_tangents
+        spared = self.d * self.d * (1.0 - self.window_share()) * zt.shape[-1]
+        return zt.device.type == "cpu" and spared >= WINDOWED_MIN_SPARED
+
+    def window_share(self) -> float:
+        """The share of the dense tangent rows' entries that their windows hold over a frame (1.0: dense;
+        anmc.codegen.windowed). Once per class."""
+        cls = type(self)
+        if "_window_share" not in cls.__dict__:
+            if self.jacobian_pattern is None:
+                share = 1.0
+            else:
+                plan = None if self.integrator in ("discrete", "semi_implicit_euler") else _plan(self.integrator, self.dt / self.substeps)
+                share = windowed.window_share(self.jacobian_pattern, self.d, self.integrator, plan, self.substeps)
+            cls._window_share = share
+        return cls._window_share
 
     def rollout(self, z0: torch.Tensor, frames: int, noise: bool = False, generator=None) -> torch.Tensor:
         """z_0 .. z_{frames-1} from z0 (..., d): shape (..., frames, d); with `noise`, z_t = f(z_{t-1}) + eps."""

@@ -382,6 +382,7 @@ class _RhsEmitter:
         return [
             f"    transition_affine = {self.transition_affine()!r}  # f affine in the states: J constant",
             f"    scalar_grads = {grads!r}  # which scalars (the arguments after the tensors) learnable params reach",
+            f"    jacobian_pattern = {tuple(self.A)!r}  # the (i, j) of dF_i/dz_j that are not zero, as rhs_and_partials returns them",
         ]
 
     def transition_affine(self) -> bool:
@@ -561,6 +562,27 @@ class _RhsEmitter:
         coef = self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
         rows = self._rows(coef, "J", names, "d{}'/dz0", lines)
         lines.append(f"        return {self._packed(F, rows)}")
+        return lines
+
+    def rhs_and_partials(self) -> list[str]:
+        m = self.model
+        self.printer.like = m.states[0]
+        d, names = m.d, list(m.states)
+        lines = [
+            self._signature("rhs_and_partials"),
+            '        """F at the points z (d, B) and the nonzero entries of its Jacobian dF/dz there, in the order of',
+            "        `jacobian_pattern`: each a tensor (B,) or a scalar (a number, or a tensor of a param). The runtime",
+            '        carries the tangent rows of sparse models inside their windows of columns with these."""',
+            *self._equation_comments("        "),
+            self._unpack(names, "z"),
+            *self._const_lines([*self.F_h, *self.A.values()], "        "),
+        ]
+        body, reduced, batch = self._cse_lines([*self.F_h, *self.A.values()])
+        lines += body
+        F = self._vector(reduced[:d], names[0], batch)
+        coef = self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
+        entries = [self.printer.doprint(c) for c in coef.values()]
+        lines.append(f"        return torch.stack({self._tuple(F)}), {self._tuple(entries)}")
         return lines
 
     def rhs_and_tangents_vjp(self) -> list[str]:
@@ -754,6 +776,8 @@ def emit_torch(model: Model) -> str:
     out += rhs.rhs()
     out.append("")
     out += rhs.rhs_and_tangents()
+    out.append("")
+    out += rhs.rhs_and_partials()
     out.append("")
     out += rhs.rhs_and_tangents_vjp()
     if model.start:

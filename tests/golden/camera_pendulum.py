@@ -39,6 +39,7 @@ class CameraPendulum(AnmModule):
     integrator = 'rk4'
     transition_affine = False  # f affine in the states: J constant
     scalar_grads = (0,)  # which scalars (the arguments after the tensors) learnable params reach
+    jacobian_pattern = ((0, 1), (1, 0))  # the (i, j) of dF_i/dz_j that are not zero, as rhs_and_partials returns them
 
     def __init__(self):
         super().__init__()
@@ -81,6 +82,17 @@ class CameraPendulum(AnmModule):
         _t2 = _t1*J_0  # domega'/dz0
         return torch.stack((torch.stack((omega, _t0*torch.sin(theta))), J_1, _t2))
 
+    def rhs_and_partials(self, z, _t0):
+        """F at the points z (d, B) and the nonzero entries of its Jacobian dF/dz there, in the order of
+        `jacobian_pattern`: each a tensor (B,) or a scalar (a number, or a tensor of a param). The runtime
+        carries the tangent rows of sparse models inside their windows of columns with these."""
+        # line 10: let x = L * sin(theta)
+        # line 11: theta' = omega
+        # line 12: omega' = -(9.81 / L) * sin(theta)
+        theta, omega = z.unbind(0)
+        _t3 = _t0*torch.cos(theta)  # domega'/dtheta
+        return torch.stack((omega, _t0*torch.sin(theta))), (1, _t3)
+
     def rhs_and_tangents_vjp(self, _S, _gS, _t0):
         """The backward pass of `rhs_and_tangents` at _S (the points z and their tangent rows J_l, packed): given
         the cotangents _gS of its result (_gF (d, B) of F, then _gJ_i (d, B) of each tangent row), returns packed the
@@ -92,11 +104,11 @@ class CameraPendulum(AnmModule):
         _gF, _gJ_0, _gJ_1 = _gS.unbind(0)
         _gF_0, _gF_1 = _gF.unbind(0)
         _P_1_0 = (_gJ_1*J_0).sum(0)  # <dphi/d(domega'/dz0), dtheta/dz0>
-        _t3 = torch.cos(theta)
-        _t4 = torch.sin(theta)
-        _t5 = _t0*_t3  # domega'/dtheta
-        _t6 = _t5*_gJ_1  # dphi/d(dtheta/dz0)
-        return torch.stack((torch.stack((_gF_1*_t0*_t3 - _P_1_0*_t0*_t4, _gF_0)), _t6, _gJ_0)), (_P_1_0*_t3 + _gF_1*_t4,)
+        _t4 = torch.cos(theta)
+        _t5 = torch.sin(theta)
+        _t6 = _t0*_t4  # domega'/dtheta
+        _t7 = _t6*_gJ_1  # dphi/d(dtheta/dz0)
+        return torch.stack((torch.stack((_gF_1*_t0*_t4 - _P_1_0*_t0*_t5, _gF_0)), _t7, _gJ_0)), (_P_1_0*_t4 + _gF_1*_t5,)
 
     def observe(self, z):
         """What a frame shows, h(z): the states z (..., 2) -> (px, py, theta) (..., 3)."""
