@@ -45,11 +45,14 @@ def sparse_models(draw):
     return "\n".join(lines) + "\n"
 
 
-def both_ways(module, z, weights):
-    """f, J and the gradient of sum(w_f f) + sum(w_J J) with respect to z and the params, dense rows then windowed."""
+WAYS = ((False, None), (True, None), (True, False))  # dense rows; windowed with their written backward; windowed under autograd
+
+
+def all_ways(module, z, weights):
+    """f, J and the gradient of sum(w_f f) + sum(w_J J) with respect to z and the params, each of WAYS."""
     out = []
-    for rows in (False, True):
-        module.windowed_tangents = rows
+    for rows, written in WAYS:
+        module.windowed_tangents, module.written_backward = rows, written
         module.zero_grad(set_to_none=True)
         zg = z.clone().requires_grad_()
         f, J = module.f_and_jacobian(zg)
@@ -57,7 +60,7 @@ def both_ways(module, z, weights):
         if loss.requires_grad:  # (not when F depends on neither the states nor b)
             loss.backward()
         out.append((f.detach(), J.detach(), zg.grad, [p.grad for p in module.parameters()]))
-    module.windowed_tangents = None
+    module.windowed_tangents = module.written_backward = None
     return out
 
 
@@ -81,8 +84,9 @@ def run_model(text, seed):
         f, J = module.f_and_jacobian(z)
     if not (torch.isfinite(f).all() and torch.isfinite(J).all() and J.abs().max() < 1e8):
         return None
-    dense, win = both_ways(module, z, weights)
-    assert_same(dense, win, text)
+    dense, *windowed_ = all_ways(module, z, weights)
+    for win in windowed_:
+        assert_same(dense, win, text)
     return module
 
 
@@ -154,13 +158,18 @@ def test_window_share_counts_what_the_stages_hold():
 def test_windowed_where_it_spares_work():
     chain = anmc.compile_prior(jb.chain_anm(16)).module()
     big, small = torch.zeros(32, 4096), torch.zeros(32, 256)
-    assert chain._windowed(big) and not chain._windowed(small)  # d^2 (1 - share) B against WINDOWED_MIN_SPARED
+    # d^2 (1 - share) B against WINDOWED_MIN_SPARED, and against WINDOWED_MIN_SPARED_RECORDED with a graph
+    assert chain._windowed(big, recorded=False) and not chain._windowed(small, recorded=False)
+    assert chain._windowed(small, recorded=True)
+    chain4 = anmc.compile_prior(jb.chain_anm(4)).module()
+    assert chain4._windowed(torch.zeros(8, 4096), recorded=True) and not chain4._windowed(torch.zeros(8, 256), recorded=True)
     pendulum = anmc.compile_prior(ROOT / "priors" / "pendulum.anm").module()
-    assert not pendulum._windowed(torch.zeros(2, 65536))
+    assert not pendulum._windowed(torch.zeros(2, 65536), recorded=False)
+    assert not pendulum._windowed(torch.zeros(2, 65536), recorded=True)
     chain.windowed_tangents = False
-    assert not chain._windowed(big)
+    assert not chain._windowed(big, recorded=True)
     chain.windowed_tangents = True
-    assert chain._windowed(small)
+    assert chain._windowed(small, recorded=False)
 
 
 def test_windowed_rows_are_used_and_fall_back_under_torch_func(monkeypatch):

@@ -37,11 +37,11 @@ _ALLOWED_NODES = (
 )  # fmt: skip
 _ALLOWED_TYPES = frozenset(_ALLOWED_NODES)
 _IMPORTS = {"math", "torch", "torch.nn", "anmc.codegen.runtime"}
-_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_S", "_gS", "_z", "_gF", "_zero"}
+_FIXED_NAMES = {"math", "torch", "nn", "AnmModule", "super", "self", "z", "f", "J", "_h", "_S", "_gS", "_z", "_gF", "_P", "_zero"}
 _NEVER_ASSIGNED = {"math", "torch", "nn", "AnmModule", "super", "self"}
 _CLASS_ATTRIBUTES = {
     "model_name", "state_names", "observed_states", "observation_names", "observation_affine", "transition_affine", "param_names", "learnable_param_names", "param_bounds",
-    "noise_learnable", "noise_bounds", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads", "jacobian_pattern",
+    "noise_learnable", "noise_bounds", "initial_kinds", "dt", "substeps", "integrator", "scalar_grads", "jacobian_pattern", "varying_partials",
 }  # fmt: skip
 _ATTRIBUTES = {
     # torch functions the printer emits
@@ -123,7 +123,7 @@ def _audit_attribute(node: pyast.Attribute, allowed_names: set[str]) -> None:
 
 # Python's encoding declaration (PEP 263), looked for on the first two lines of a file.
 _CODING = re.compile(r"^[ \t\f]*#.*?coding[:=]")
-_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "rhs_and_tangents_vjp", "rhs_and_partials", "start", "observe", "observe_and_jacobian"}
+_METHODS = {"__init__", "constants", "rhs", "rhs_and_tangents", "rhs_and_tangents_vjp", "rhs_and_partials", "rhs_and_partials_vjp", "start", "observe", "observe_and_jacobian"}
 
 
 def audit_text(source: str) -> None:
@@ -257,7 +257,7 @@ def _is_generated_name(name: str, allowed: set[str]) -> bool:
     for prefix in ("J_", "_gF_", "_gJ_"):
         if name.startswith(prefix) and name[len(prefix) :].isdigit():
             return True
-    for prefix in ("_P_", "_H_"):  # _P_i_j (rhs_and_tangents_vjp), _H_i_j (observe_and_jacobian)
+    for prefix in ("_P_", "_H_"):  # _P_i_j (rhs_and_tangents_vjp, rhs_and_partials_vjp), _H_i_j (observe_and_jacobian)
         if name.startswith(prefix) and all(part.isdigit() for part in name[3:].split("_")) and name.count("_") == 3:
             return True
     for prefix in ("next_", "start_"):

@@ -42,9 +42,12 @@ TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
 
 
 # f_and_jacobian's tangent rows are windowed by default on the CPU where the windows spare at least this many
-# entries per stage: d^2 (1 - share) B, the share from `window_share` (measured, chains of 5 to 16 pendulums
-# at B = 256 to 4096: the windows' extra operations cost more than they spare below ~300,000; docs/results.md §4)
+# entries per stage, d^2 (1 - share) B with the share from `window_share`: without a graph to record, and where
+# autograd records the frame and the windows' written backward pass applies (measured on the pendulum, the
+# double pendulum, 6 coupled masses and chains of 4 to 16 pendulums at B = 256 to 4096: below these the
+# windows' extra operations cost more than they spare; docs/results.md §4)
 WINDOWED_MIN_SPARED = 400_000
+WINDOWED_MIN_SPARED_RECORDED = 40_000
 
 LOG_STD_LIMIT = 20.0  # learnable noise stds live in exp([-20, 20])
 
@@ -303,8 +306,9 @@ class AnmModule(nn.Module):
     # the nonzero (i, j) of dF/dz, as the generated `rhs_and_partials` returns them
     jacobian_pattern: tuple[tuple[int, int], ...] | None = None
     # f_and_jacobian's tangent rows: True, each inside its window of columns (anmc.codegen.windowed); False,
-    # dense; None, windowed where that was measured faster: on the CPU, when the windows spare at least
-    # WINDOWED_MIN_SPARED entries per stage (large sparse models at large batches; docs/results.md §4)
+    # dense; None, windowed where that was measured faster (on the CPU, large sparse models at large batches:
+    # `_windowed`, docs/results.md §4). Windowed rows have a written backward pass of their own (explicit
+    # stages and discrete maps), unless written_backward is False
     windowed_tangents: bool | None = None
 
     # ---------------------------------------------------------------- generated
@@ -402,28 +406,44 @@ class AnmModule(nn.Module):
         """`steps` substeps of (d, B) states and the Jacobian rows carried along: ((d, B), (d, d, B)). Where
         autograd would record the steps, one autograd node with the written-out backward pass does instead."""
         scalars = self.constants(zt)
-        wanted = [zt, *scalars]
-        written = self.written_backward if self.written_backward is not None else self.d <= 2
-        if written and torch.is_grad_enabled() and _plain(zt) and any(isinstance(x, torch.Tensor) and x.requires_grad for x in wanted):
-            return _FrameAndJacobian.apply(self, steps, zt, *scalars)
-        if self._windowed(zt) and _plain(zt):
-            plan = None if self.integrator in ("discrete", "semi_implicit_euler") else _plan(self.integrator, self.dt / self.substeps)
+        plain = _plain(zt)
+        recorded = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (zt, *scalars))
+        if plain and self._windowed(zt, recorded):
+            plan = self._stages()
+            if not recorded:  # (nothing to record: the in-place window updates skip autograd's view tracking)
+                with torch.no_grad():
+                    return windowed.frame_and_jacobian(self, zt, steps, scalars, plan)
+            if self.written_backward is not False and self.integrator != "semi_implicit_euler":
+                return windowed.WindowedFrame.apply(self, steps, plan, zt, *scalars)
             return windowed.frame_and_jacobian(self, zt, steps, scalars, plan)
+        written = self.written_backward if self.written_backward is not None else self.d <= 2
+        if written and recorded and plain:
+            return _FrameAndJacobian.apply(self, steps, zt, *scalars)
         core = _Core(self, scalars, packed=True)
         x = self._packed_identity(zt)
         for _ in range(steps):
             x = core.substep(x, None)
         return x[0], x[1:]
 
-    def _windowed(self, zt: torch.Tensor) -> bool:
+    def _stages(self):
+        """The explicit Runge-Kutta stages of a substep (`_plan`), or None for a discrete map or semi-implicit Euler."""
+        return None if self.integrator in ("discrete", "semi_implicit_euler") else _plan(self.integrator, self.dt / self.substeps)
+
+    def _windowed(self, zt: torch.Tensor, recorded: bool) -> bool:
         """Whether f_and_jacobian carries the tangent rows of the points zt (d, B) inside their windows
-        (`windowed_tangents`; never without the generated `rhs_and_partials`)."""
+        (`windowed_tangents`; never without the generated `rhs_and_partials`). By default, on the CPU, where
+        the windows spare enough work to pay for their extra operations: WINDOWED_MIN_SPARED entries per
+        stage, or WINDOWED_MIN_SPARED_RECORDED where autograd records the frame and the windows' written
+        backward pass applies (explicit stages, discrete maps)."""
         if self.jacobian_pattern is None:
             return False
         if self.windowed_tangents is not None:
             return self.windowed_tangents
+        if zt.device.type != "cpu":  # (measured on the CPU only)
+            return False
+        written = recorded and self.written_backward is not False and self.integrator != "semi_implicit_euler"
         spared = self.d * self.d * (1.0 - self.window_share()) * zt.shape[-1]
-        return zt.device.type == "cpu" and spared >= WINDOWED_MIN_SPARED
+        return spared >= (WINDOWED_MIN_SPARED_RECORDED if written else WINDOWED_MIN_SPARED)
 
     def window_share(self) -> float:
         """The share of the dense tangent rows' entries that their windows hold over a frame (1.0: dense;
@@ -433,8 +453,7 @@ class AnmModule(nn.Module):
             if self.jacobian_pattern is None:
                 share = 1.0
             else:
-                plan = None if self.integrator in ("discrete", "semi_implicit_euler") else _plan(self.integrator, self.dt / self.substeps)
-                share = windowed.window_share(self.jacobian_pattern, self.d, self.integrator, plan, self.substeps)
+                share = windowed.window_share(self.jacobian_pattern, self.d, self.integrator, self._stages(), self.substeps)
             cls._window_share = share
         return cls._window_share
 

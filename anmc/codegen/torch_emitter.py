@@ -383,6 +383,7 @@ class _RhsEmitter:
             f"    transition_affine = {self.transition_affine()!r}  # f affine in the states: J constant",
             f"    scalar_grads = {grads!r}  # which scalars (the arguments after the tensors) learnable params reach",
             f"    jacobian_pattern = {tuple(self.A)!r}  # the (i, j) of dF_i/dz_j that are not zero, as rhs_and_partials returns them",
+            f"    varying_partials = {tuple(list(self.A).index(ij) for ij in self.P)!r}  # those whose value depends on the states or a learnable param",
         ]
 
     def transition_affine(self) -> bool:
@@ -585,6 +586,31 @@ class _RhsEmitter:
         lines.append(f"        return torch.stack({self._tuple(F)}), {self._tuple(entries)}")
         return lines
 
+    def rhs_and_partials_vjp(self) -> list[str]:
+        m = self.model
+        self.printer.like = m.states[0]
+        d, names = m.d, list(m.states)
+        gz, gs = self.vjp
+        lines = [
+            self._signature("rhs_and_partials_vjp", ("_gF", "_P"), points="z"),
+            '        """The backward pass of `rhs_and_partials` at the points z (d, B): given the cotangent _gF (d, B) of F and',
+            "        those of the entries of dF/dz that vary (_P, in the order of `varying_partials`), the gradient of",
+            "        phi = sum_i _gF_i F_i + sum_e _P_e A_e with respect to z (d, B), and phi's pointwise derivatives (B,) with",
+            '        respect to the scalars in `scalar_grads`."""',
+            self._unpack(names, "z"),
+            self._unpack([str(g) for g in self.gF], "_gF"),
+        ]
+        if self.P:
+            lines.append(f"        {', '.join(str(p) for p in self.P.values())}{',' if len(self.P) == 1 else ''} = _P")
+        exprs = [*gz, *gs]
+        lines += self._const_lines(exprs, "        ")
+        body, reduced, batch = self._cse_lines(exprs)
+        lines += body
+        grad_z = self._vector(reduced[:d], str(self.gF[0]), batch)
+        grad_s = self._vector(reduced[d:], str(self.gF[0]), batch)
+        lines.append(f"        return torch.stack({self._tuple(grad_z)}), {self._tuple(grad_s)}")
+        return lines
+
     def rhs_and_tangents_vjp(self) -> list[str]:
         m, pr = self.model, self.printer
         pr.like = m.states[0]
@@ -780,6 +806,8 @@ def emit_torch(model: Model) -> str:
     out += rhs.rhs_and_partials()
     out.append("")
     out += rhs.rhs_and_tangents_vjp()
+    out.append("")
+    out += rhs.rhs_and_partials_vjp()
     if model.start:
         printer.like = "z"
         out += [

@@ -40,6 +40,7 @@ class CameraPendulum(AnmModule):
     transition_affine = False  # f affine in the states: J constant
     scalar_grads = (0,)  # which scalars (the arguments after the tensors) learnable params reach
     jacobian_pattern = ((0, 1), (1, 0))  # the (i, j) of dF_i/dz_j that are not zero, as rhs_and_partials returns them
+    varying_partials = (1,)  # those whose value depends on the states or a learnable param
 
     def __init__(self):
         super().__init__()
@@ -109,6 +110,18 @@ class CameraPendulum(AnmModule):
         _t6 = _t0*_t4  # domega'/dtheta
         _t7 = _t6*_gJ_1  # dphi/d(dtheta/dz0)
         return torch.stack((torch.stack((_gF_1*_t0*_t4 - _P_1_0*_t0*_t5, _gF_0)), _t7, _gJ_0)), (_P_1_0*_t4 + _gF_1*_t5,)
+
+    def rhs_and_partials_vjp(self, z, _gF, _P, _t0):
+        """The backward pass of `rhs_and_partials` at the points z (d, B): given the cotangent _gF (d, B) of F and
+        those of the entries of dF/dz that vary (_P, in the order of `varying_partials`), the gradient of
+        phi = sum_i _gF_i F_i + sum_e _P_e A_e with respect to z (d, B), and phi's pointwise derivatives (B,) with
+        respect to the scalars in `scalar_grads`."""
+        theta, omega = z.unbind(0)
+        _gF_0, _gF_1 = _gF.unbind(0)
+        _P_1_0, = _P
+        _t8 = torch.cos(theta)
+        _t9 = torch.sin(theta)
+        return torch.stack((_gF_1*_t0*_t8 - _P_1_0*_t0*_t9, _gF_0)), (_P_1_0*_t8 + _gF_1*_t9,)
 
     def observe(self, z):
         """What a frame shows, h(z): the states z (..., 2) -> (px, py, theta) (..., 3)."""
