@@ -1,6 +1,6 @@
 """The base class of every generated prior module: what is the same for all models.
 
-A generated class (see `anmc compile`) adds its model's numbers and four methods:
+A generated class (see `anmc compile`) adds its model's numbers and six methods:
 
     constants(z)                            the params cast to z's dtype/device, and their param-only
                                             factors (`-g/L`), once per call: the scalars c
@@ -11,13 +11,18 @@ A generated class (see `anmc compile`) adds its model's numbers and four methods
                                             Jacobian with respect to the frame's input z0; returns F and
                                             the rows dF_i / d z0 = sum_l (dF_i/dz_l) J_l packed the same way
     rhs_and_tangents_vjp(S, gS, *c)         the backward pass of rhs_and_tangents (docs/method.md §8)
+    rhs_and_partials(z, *c)                 F and the nonzero entries of dF/dz (`jacobian_pattern`), for
+                                            tangent rows kept inside their windows of columns in sparse
+                                            models (anmc.codegen.windowed)
+    rhs_and_partials_vjp(z, gF, P, *c)      the backward pass of those windowed rows' stage
 
 States are stacked, (d, B) over the flattened batch, and packed with their tangent rows (1 + d, d, B).
 This base runs the integrator over them. `f_and_jacobian` starts from J = I and carries the rows through
 every stage of every substep (forward-mode differentiation written out), so J is the exact derivative
 of the same discrete map `forward` computes. Where autograd would record it (a learnable param or the input
 requires grad), the whole frame is one autograd node whose backward pass runs the stages in reverse
-through `rhs_and_tangents_vjp`. Inputs and outputs keep the public layout z (..., d) -> f (..., d),
+through `rhs_and_tangents_vjp`. Large sparse models carry each row over its window of columns instead
+(`_windowed` says when). Inputs and outputs keep the public layout z (..., d) -> f (..., d),
 J (..., d, d). Q = diag(noise_std**2), noise_std (d,).
 """
 
@@ -410,10 +415,7 @@ class AnmModule(nn.Module):
         recorded = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (zt, *scalars))
         if plain and self._windowed(zt, recorded):
             plan = self._stages()
-            if not recorded:  # (nothing to record: the in-place window updates skip autograd's view tracking)
-                with torch.no_grad():
-                    return windowed.frame_and_jacobian(self, zt, steps, scalars, plan)
-            if self.written_backward is not False and self.integrator != "semi_implicit_euler":
+            if recorded and self.written_backward is not False and self.integrator != "semi_implicit_euler":
                 return windowed.WindowedFrame.apply(self, steps, plan, zt, *scalars)
             return windowed.frame_and_jacobian(self, zt, steps, scalars, plan)
         written = self.written_backward if self.written_backward is not None else self.d <= 2
