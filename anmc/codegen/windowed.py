@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-Row = "tuple[torch.Tensor, int] | None"  # a row over its window: (values (hi - lo, B), lo), or None (zero)
+# A row over its window is (values (hi - lo, B), lo), or None where it is zero.
 
 
 def _is_one(a) -> bool:
