@@ -24,8 +24,9 @@ Compile time: parse -> module instance in a fresh process, torch, sympy and lark
 clock starts; `first` with an empty cache, `cached` the second compile (anmc.codegen.cache). With
 --large also 1000 equations (chain500). With --compile-core: compile_core()'s first call (forward and
 backward compiled once, the batch dimension dynamic) and the number of graphs compiled over batch
-sizes 256 to 65536, for the pendulum and chain16 among --systems; --cold gives each an empty inductor
-cache (what a first use costs).
+sizes 256 to 65536, for the pendulum and chain16 among --systems, and the compiled
+module's forward and forward + backward with learnable params at B = 4096 against vmap(jacrev),
+interleaved; --cold gives each an empty inductor cache (what a first use costs).
 """
 
 from __future__ import annotations
@@ -301,8 +302,9 @@ def fmt_spread(times: list[float]) -> str:
 
 
 def compile_core_rows(names: list[str], quick: bool, cold: bool):
-    """(system, compile_core()'s seconds, graphs compiled after it over the batch sizes) per system; `cold`:
-    each system compiles into an empty inductor cache of its own (kernels, precompiled headers)."""
+    """(system, compile_core()'s seconds, graphs compiled after it over the batch sizes, {setting: (ms
+    compiled, ms vmap)} with learnable params at B = 4096) per system; `cold`: each system compiles into an
+    empty inductor cache of its own (kernels, precompiled headers)."""
     import torch._dynamo
 
     rows = []
@@ -321,7 +323,25 @@ def compile_core_rows(names: list[str], quick: bool, cold: bool):
             with torch.no_grad():
                 m.f_and_jacobian(z)
         after = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        rows.append((name, m.compile_seconds, after - before))
+        # the compiled module against vmap(jacrev), as the speed table times anmc's eager one (the forward with
+        # params that require grad and an input that does not is a graph of its own: compiled here, not counted)
+        B = 256 if quick else 4096
+        fns, d = setup(name, B)
+        gen = torch.Generator().manual_seed(0)
+        z = 0.5 * torch.randn(B, d, generator=gen)
+        zg = z.clone().requires_grad_()
+        w_f, w_J = torch.randn(B, d, generator=gen), torch.randn(B, d, d, generator=gen)
+        timed = {
+            ("fwd learn", "compiled"): lambda: m.f_and_jacobian(z),
+            ("fwd learn", "vmap"): fns["fwd learn"]["vmap"],
+            ("f+b learn", "compiled"): with_backward(lambda: m.f_and_jacobian(zg), w_f, w_J),
+            ("f+b learn", "vmap"): fns["f+b learn"]["vmap"],
+        }
+        for fn in timed.values():
+            fn()
+        t = interleaved(timed, 1 if quick else max(1, int(20_000 / (B * max(1, d // 4)))), 1 if quick else 7)
+        speed = {k: (t[k, "compiled"], t[k, "vmap"]) for k in ("fwd learn", "f+b learn")}
+        rows.append((name, m.compile_seconds, after - before, speed))
     return rows
 
 
@@ -372,11 +392,12 @@ def main() -> None:
     if args.compile_core:
         cache = "an empty inductor cache" if args.cold else f"inductor's cache as found ({os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the default folder')})"
         table = Table(title=f"compile_core(): first call (forward + backward), graphs compiled over batch sizes 256..65536; {cache}")
-        for c in ("system", "first call, s", "new graphs"):
+        for c in ("system", "first call, s", "new graphs", "fwd learn, ms: compiled / vmap", "f+b learn"):
             table.add_column(c, justify="left" if c == "system" else "right")
         core = ["pendulum"] if args.quick else [n for n in systems if n in ("pendulum", "chain16")] or ["pendulum"]
-        for name, seconds, graphs in compile_core_rows(core, args.quick, args.cold):
-            table.add_row(name, f"{seconds:.1f}", str(graphs))
+        for name, seconds, graphs, speed in compile_core_rows(core, args.quick, args.cold):
+            cells = [f"{fmt_ms(a)} / {fmt_ms(v)} = {v / a:.1f}x" for a, v in speed.values()]
+            table.add_row(name, f"{seconds:.1f}", str(graphs), *cells)
         console.print(table)
 
 
