@@ -80,6 +80,8 @@ def make_step(kl: str, posterior: str | None, window: int | None, frames: torch.
     vae = on_device(build_vae(compile_prior(prior), frames.shape[2:], config), device)  # as training places it
     if args.compile_prior and kl != "standard":
         vae.prior.compile_core()  # torch.compile of the integration (opt-in)
+    if kl != "standard":
+        vae.prior.windowed_tangents = {"auto": None, "dense": False, "windowed": True}[args.rows]
     return adam_step(vae, frames, config)
 
 
@@ -141,6 +143,8 @@ def main() -> None:
     ap.add_argument("--readings", default=",".join(READINGS), help=f"comma-separated subset of {', '.join(READINGS)}")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time of this process or wall-clock")
     ap.add_argument("--compile-prior", action="store_true", help="torch.compile the prior module (m.compile_core())")
+    ap.add_argument("--rows", choices=("auto", "dense", "windowed"), default="auto",
+                    help="the prior's tangent rows: as anmc chooses, or forced dense or windowed (m.windowed_tangents)")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                     help="glibc's thresholds as `anmc train` sets them (anmc.vae.allocator) or as found")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a few repeats (a smoke test)")
@@ -171,7 +175,7 @@ def main() -> None:
     mem = "peak MiB (CUDA)" if device.type == "cuda" else "RSS growth MiB"
     clock = "wall-clock" if args.clock == "wall" or device.type == "cuda" else "CPU time"
     threads = "" if device.type == "cuda" else f", {torch.get_num_threads()} thread(s)"
-    print(f"train step, {name}, {args.size}x{args.size}, batch {args.batch} x {args.seq_len} frames, {device}{threads}, "
+    print(f"train step, {name}, {args.size}x{args.size}, batch {args.batch} x {args.seq_len} frames, {device}{threads}, rows {args.rows}, "
           f"torch {torch.__version__}, {clock}, {args.repeats} interleaved rounds; {allocator}")  # fmt: skip
     print(f"{'prior / --kl':<28} {'window':>6} {'ms/step':>9} {'x N(0,I)':>9} {'frames/s':>9} {mem:>16}")
     for (kl, post, w), ts in times.items():
