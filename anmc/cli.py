@@ -615,10 +615,17 @@ def _print_report(report: dict) -> None:
     for n, row in report["prediction"].items():
         pred.add_row(n, f"{row['model']:.4g}", f"{row['repeat_last']:.4g}")
     out.print(pred)
-    from anmc.vae.diagnostics import describe
+    total = report.get("truth_frames")
+    partial = {name: row["frames"] for name, row in report["states"].items() if total and row.get("frames", total) < total}
+    if partial:
+        said = ", ".join(f"{name} in {n} of {total} frames" for name, n in partial.items())
+        out.print(f"note: the truth has values for {escape(said)} (its other cells are empty or NaN); the table compares those frames only.", soft_wrap=True)
+    for name, why in report.get("not_compared", {}).items():
+        out.print(f"note: {escape(name)} is not compared: its column in the truth {escape(why)}.", soft_wrap=True)
+    from anmc.vae.diagnostics import describe_all
 
-    for f in report.get("diagnostics", ()):
-        out.print(f"[bold yellow]warning[/]: {escape(describe(f))}", soft_wrap=True)
+    for line in describe_all(report.get("diagnostics", [])):
+        out.print(f"[bold yellow]warning[/]: {escape(line)}", soft_wrap=True)
 
 
 @main.command(name="eval")

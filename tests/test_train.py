@@ -159,6 +159,37 @@ def test_cli_eval_plot_show(trained, tmp_path):
     assert "omega' = -(g / L) * sin(theta) - c * omega" in res.output
 
 
+def test_cli_eval_says_which_truth_it_could_not_compare(trained, data, tmp_path):
+    """Empty or NaN cells are left out and the note says how many frames a row compares; a column with no
+    values, or one that never varies, is not scored as a state the model did not learn."""
+    import csv
+
+    rows = list(csv.reader((data / "truth.csv").open()))
+    head = rows[0]
+    theta, omega = head.index("theta"), head.index("omega")
+    for n, row in enumerate(rows[1:]):
+        row[theta] = "nan" if n % 4 == 0 else row[theta]
+        row[omega] = ""
+    partial = tmp_path / "truth.csv"
+    with partial.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    run, _ = trained
+    res = CliRunner().invoke(main, ["eval", str(run), "--truth", str(partial), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report["states"]) == {"theta"} and report["not_compared"] == {"omega": "has no values"}
+    assert report["states"]["theta"]["frames"] < report["truth_frames"]
+    assert f"theta in {report['states']['theta']['frames']} of {report['truth_frames']} frames" in res.output
+    assert "omega is not compared: its column in the truth has no values" in res.output
+    assert "did not learn omega" not in res.output
+    for row in rows[1:]:
+        row[omega] = "0.5"
+    with partial.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    res = CliRunner().invoke(main, ["eval", str(run), "--truth", str(partial)])
+    assert "omega is not compared: its column in the truth does not vary" in res.output
+
+
 def test_cli_train_and_resume(data, tmp_path):
     runner = CliRunner()
     args = ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--size", "16", "--batch", "4", "--seq-len", "4",

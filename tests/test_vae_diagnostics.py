@@ -174,6 +174,20 @@ def test_truth_findings_say_when_a_state_was_not_learned_or_not_in_units():
     assert diag.truth_findings({"b": {"pearson": float("nan"), "slope": float("nan")}})[0]["code"] == "state_not_recovered"
 
 
+def test_several_states_not_learned_are_one_line_with_the_advice_once():
+    """A model of a dozen states that learned none is one finding to a reader, not a dozen repeated
+    warnings; one state alone keeps its own sentence, and other findings are unchanged."""
+    states = {name: {"pearson": r, "slope": 0.1} for name, r in (("x0", 0.01), ("v0", -0.27), ("x1", 0.9))}
+    states["x1"]["slope"] = 0.05
+    found = diag.truth_findings(states)
+    lines = diag.describe_all(found)
+    assert len(found) == 3 and len(lines) == 2
+    assert lines[0].startswith("2 latents follow their true states at |r| below 0.5 (x0 0.01, v0 0.27)")
+    assert lines[0].count("Try:") == 1 and lines[1] == diag.describe(found[2])
+    (one,) = diag.truth_findings({"x0": {"pearson": 0.01, "slope": 0.1}})
+    assert diag.describe_all([one]) == [diag.describe(one)]
+
+
 def test_not_in_units_with_a_declared_camera_points_at_the_camera():
     """With the sprite decoder the declared camera sets the units, so a latent at twice the truth (a pivot
     written 29 px off on 96-px clips: slopes 2.02, docs/results.md §6) is a camera that does not fit the

@@ -197,6 +197,7 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         if not circular and "pulsar" in ((meta.get("renderer", {}) or {}).get("name"), meta.get("model")):
             circular = ("phase",)
         lat, tru, clip_id = align_with_truth(mus, truth_data, k, truth)
+        report["not_compared"] = {}  # states of the truth file that cannot be compared, and why
         ids = np.unique(clip_id)
         if len(ids) >= 2:
             fit = np.isin(clip_id, ids[::2])
@@ -207,10 +208,14 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
                 continue
             col = tru[:, j]
             ok = np.isfinite(col)
+            if ok.sum() < 3 or np.ptp(col[ok]) == 0:  # nothing to correlate with: said, not scored as unlearned
+                report["not_compared"][name] = "has no values" if ok.sum() == 0 else "has fewer than 3 values" if ok.sum() < 3 else "does not vary"
+                continue
             li = names.index(name)
             report["states"][name] = state_metrics(
                 lat[ok, li], col[ok], lat[ok], (fit[ok], ~fit[ok]), circular=name in circular
-            )
+            ) | {"frames": int(ok.sum())}  # the frames whose truth has a value (empty or NaN cells are left out)
+        report["truth_frames"] = len(tru)
     report["prediction"] = prediction_errors(run, clips)
     camera = getattr(run.vae.decoder, "reads_raw_observations", False)  # the sprite decoder draws the declared camera
     report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen) + truth_findings(report["states"], camera)

@@ -57,6 +57,23 @@ def describe(f: dict) -> str:
     return f"{f['message']} Try: {f['advice']}"
 
 
+def describe_all(findings: list[dict]) -> list[str]:
+    """`describe` of each finding, except that several states not recovered are said in one line, with
+    the advice once (a model of a dozen states that learned none of them is one finding to a reader)."""
+    lost = [f for f in findings if f["code"] == "state_not_recovered"]
+    out = []
+    for f in findings:
+        if f["code"] != "state_not_recovered" or len(lost) == 1:
+            out.append(describe(f))
+        elif f is lost[0]:
+            states = ", ".join(f"{g['evidence']['state']} {g['evidence']['r']:.2f}" for g in lost)
+            out.append(
+                f"{len(lost)} latents follow their true states at |r| below {NOT_RECOVERED} ({states}): the model did not "
+                f"learn them. Try: {f['advice']}"
+            )
+    return out
+
+
 def collapse_finding(kl_per_frame: float | None, spread: dict[str, float], explained: float | None) -> dict | None:
     """`posterior_collapse` when two of its three signs hold (a missing sign counts as absent)."""
     signs = {
