@@ -594,6 +594,18 @@ def _warn_other_videos(run_dir, videos) -> None:
         )
 
 
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
+
+
 def _print_report(report: dict) -> None:
     table = Table(title="latents against the true states")
     for col in ("state", "pearson", "sign", "slope", "r2", "knn_r2", "mae"):
@@ -615,7 +627,14 @@ def _print_report(report: dict) -> None:
     for n, row in report["prediction"].items():
         pred.add_row(n, f"{row['model']:.4g}", f"{row['repeat_last']:.4g}")
     out.print(pred)
-    total = report.get("truth_frames")
+    total, evaluated = report.get("truth_frames"), report.get("latent_frames")
+    if total is not None and evaluated and total < evaluated:
+        clips = report.get("truth_clips", [])
+        out.print(
+            f"note: the truth covers {total} of the {evaluated} frames evaluated (clip(s) {escape(_ranges(clips))}); the table "
+            "compares those frames only.",
+            soft_wrap=True,
+        )
     partial = {name: row["frames"] for name, row in report["states"].items() if total and row.get("frames", total) < total}
     if partial:
         said = ", ".join(f"{name} in {n} of {total} frames" for name, n in partial.items())

@@ -188,6 +188,14 @@ def test_cli_eval_says_which_truth_it_could_not_compare(trained, data, tmp_path)
         csv.writer(fh).writerows(rows)
     res = CliRunner().invoke(main, ["eval", str(run), "--truth", str(partial)])
     assert "omega is not compared: its column in the truth does not vary" in res.output
+    # a truth for the first clip only, its first 10 frames: said, not evaluated silently
+    short = [head] + [row for row in rows[1:] if row[head.index("clip")] == "0" and int(row[head.index("frame")]) < 10]
+    with partial.open("w", newline="") as fh:
+        csv.writer(fh).writerows(short)
+    res = CliRunner().invoke(main, ["eval", str(run), "--truth", str(partial), "--json", str(tmp_path / "e.json")])
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["truth_clips"] == [0] and report["truth_frames"] < report["latent_frames"]
+    assert f"the truth covers {report['truth_frames']} of the {report['latent_frames']} frames evaluated (clip(s) 0)" in res.output
 
 
 def test_cli_train_and_resume(data, tmp_path):

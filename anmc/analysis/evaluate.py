@@ -215,7 +215,9 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
             report["states"][name] = state_metrics(
                 lat[ok, li], col[ok], lat[ok], (fit[ok], ~fit[ok]), circular=name in circular
             ) | {"frames": int(ok.sum())}  # the frames whose truth has a value (empty or NaN cells are left out)
-        report["truth_frames"] = len(tru)
+        report["truth_frames"] = len(tru)  # the frames the truth covers, of
+        report["latent_frames"] = sum(len(mu) for mu in mus)  # the frames evaluated (a truth may cover fewer)
+        report["truth_clips"] = [int(i) for i in ids]
     report["prediction"] = prediction_errors(run, clips)
     camera = getattr(run.vae.decoder, "reads_raw_observations", False)  # the sprite decoder draws the declared camera
     report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen) + truth_findings(report["states"], camera)
