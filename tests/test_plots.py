@@ -147,6 +147,11 @@ def test_states_figure_fit_line_is_the_least_squares_slope(run):
         assert f"slope {slope:+.3f}" in ax.get_title()
 
 
+def test_many_states_are_a_grid_not_one_row():
+    assert plots.state_grid(2) == (1, 2) and plots.state_grid(4) == (1, 4)
+    assert plots.state_grid(5) == (2, 4) and plots.state_grid(12) == (3, 4) and plots.state_grid(0) == (1, 1)
+
+
 def test_states_figure_without_truth_is_none(run, tmp_path):
     from anmc.synthetic.synth import synthesize
 

@@ -17,6 +17,7 @@ Prior, posterior and intervened prior are blue circles, vermillion squares and b
 from __future__ import annotations
 
 import copy
+import math
 import textwrap
 from pathlib import Path
 
@@ -178,6 +179,16 @@ def reconstruction_figure(run: Run, videos=None, clips: int = 3, columns: int = 
     return fig
 
 
+STATES_PER_ROW = 4  # panels of states_figure in a row
+
+
+def state_grid(n: int) -> tuple[int, int]:
+    """(rows, columns) of n panels: one row up to STATES_PER_ROW, then a grid (a chain of 6 pendulums
+    was 12 panels in one 50-inch row)."""
+    columns = max(1, min(n, STATES_PER_ROW))
+    return max(1, math.ceil(n / columns)), columns
+
+
 def states_figure(run: Run, videos=None, truth=None, clips: int | None = None):
     """Per state: latent mean against the true state, the least-squares line, r and the slope; None without truth."""
     truth_data = find_truth(run, videos, truth)
@@ -187,10 +198,13 @@ def states_figure(run: Run, videos=None, truth=None, clips: int | None = None):
     mus = [encode_frames(run, clip.frames)[0].cpu().numpy() for clip in load_run_clips(run, videos)[:clips]]
     lat, tru, _ = align_with_truth(mus, truth_data, run.vae.window, truth)
     shown = [n for n in truth_data["state_names"] if n in names]
-    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 4.0), dpi=DPI, squeeze=False)
+    rows, columns = state_grid(len(shown))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.0 * rows), dpi=DPI, squeeze=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.remove()
     rng = np.random.default_rng(0)
     for a, name in enumerate(shown):
-        ax = axes[0, a]
+        ax = axes.flat[a]
         x, y = tru[:, truth_data["state_names"].index(name)], lat[:, names.index(name)]
         ok = np.isfinite(x) & np.isfinite(y)
         x, y = x[ok], y[ok]
