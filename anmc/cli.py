@@ -635,10 +635,15 @@ def _print_report(report: dict) -> None:
             "compares those frames only.",
             soft_wrap=True,
         )
-    partial = {name: row["frames"] for name, row in report["states"].items() if total and row.get("frames", total) < total}
+    partial: dict[int, list[str]] = {}  # frames with a value -> the states with that many
+    for name, row in report["states"].items():
+        if total and row.get("frames", total) < total:
+            partial.setdefault(row["frames"], []).append(name)
     if partial:
-        said = ", ".join(f"{name} in {n} of {total} frames" for name, n in partial.items())
-        out.print(f"note: the truth has values for {escape(said)} (its other cells are empty or NaN); the table compares those frames only.", soft_wrap=True)
+        said = "; ".join(f"{', '.join(names)} in {n} of {total} frames" for n, names in partial.items())
+        out.print(f"note: the truth has values for {escape(said)} (in the others its cells are empty or NaN, or the rows missing); the table compares those frames only.", soft_wrap=True)
+    if report.get("truth_unused_clips"):
+        out.print(f"note: the truth has rows for clip(s) {escape(_ranges(report['truth_unused_clips']))}, which the videos evaluated do not have (clip 0 is the first file in sorted order); they are not compared.", soft_wrap=True)
     for name, why in report.get("not_compared", {}).items():
         out.print(f"note: {escape(name)} is not compared: its column in the truth {escape(why)}.", soft_wrap=True)
     from anmc.vae.diagnostics import describe_all

@@ -196,6 +196,12 @@ def test_cli_eval_says_which_truth_it_could_not_compare(trained, data, tmp_path)
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["truth_clips"] == [0] and report["truth_frames"] < report["latent_frames"]
     assert f"the truth covers {report['truth_frames']} of the {report['latent_frames']} frames evaluated (clip(s) 0)" in res.output
+    # rows for a clip the videos do not have
+    far = [*short, ["7", "0", *short[1][2:]]]
+    with partial.open("w", newline="") as fh:
+        csv.writer(fh).writerows(far)
+    res = CliRunner().invoke(main, ["eval", str(run), "--truth", str(partial)])
+    assert "the truth has rows for clip(s) 7, which the videos evaluated do not have" in res.output
 
 
 def test_cli_train_and_resume(data, tmp_path):

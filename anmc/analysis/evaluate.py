@@ -218,6 +218,7 @@ def evaluate(run: Run, videos=None, truth=None, circular: tuple[str, ...] | None
         report["truth_frames"] = len(tru)  # the frames the truth covers, of
         report["latent_frames"] = sum(len(mu) for mu in mus)  # the frames evaluated (a truth may cover fewer)
         report["truth_clips"] = [int(i) for i in ids]
+        report["truth_unused_clips"] = sorted(int(i) for i in set(truth_data["clips"]) - set(range(len(mus))))  # no such video
     report["prediction"] = prediction_errors(run, clips)
     camera = getattr(run.vae.decoder, "reads_raw_observations", False)  # the sprite decoder draws the declared camera
     report["diagnostics"] = run_diagnostics(run, mus, report["recon_mse"], moments, frames_seen) + truth_findings(report["states"], camera)
