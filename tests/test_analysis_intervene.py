@@ -183,7 +183,7 @@ def test_cli_bad_inputs_exit_2(run_dir, tmp_path):
     assert_exit_2(invoke(run_dir, "-o", out), "give an intervention")
     assert_exit_2(invoke(run_dir, "-i", "drag", "-o", tmp_path / "x.txt"), ".gif or .mp4")
     assert_exit_2(invoke(run_dir, "-i", "drag", "--sample", "--video", "v.mp4", "-o", out), "--sample")
-    assert_exit_2(invoke(run_dir, "-i", "drag", "--start", "500", "-o", out), "--start")
+    assert_exit_2(invoke(run_dir, "-i", "drag", "--start", "500", "-o", out), "--start", "the last start possible is")
     assert_exit_2(invoke(run_dir, "-i", "drag", "--video", tmp_path / "missing.mp4", "-o", out), "does not exist")
     assert_exit_2(invoke(run_dir, "--file", tmp_path / "none.anm", "-o", out), "does not exist")
     assert not out.exists()

@@ -287,7 +287,9 @@ def intervene(
             s = first_start + (b // len(clips)) * frames
             if s + k > clip.n_frames:
                 raise UserError(
-                    f"{clip.path} has {clip.n_frames} frames; a start at frame {s} leaves no full window of {k} frames"
+                    f"{clip.path} has {clip.n_frames} frames; a start at frame {s} leaves "
+                    + (f"no full window of {k} frames" if k > 1 else "no frame to encode")
+                    + f" (the last start possible is {clip.n_frames - k})"
                     + (" (lower --batch or --frames)." if b else "; give a smaller --start.")
                 )
             # the encoded start: the last window's posterior (the smoother posterior's filter reads the
