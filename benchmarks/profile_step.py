@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
     device = torch.device(args.device)
     frames = torch.randint(0, 256, (args.batch, args.seq_len + 1, 1, args.size, args.size), dtype=torch.uint8, device=device)
-    opts = types.SimpleNamespace(size=args.size, batch=args.batch, seq_len=args.seq_len, samples=8, compile_prior=False)
+    opts = types.SimpleNamespace(size=args.size, batch=args.batch, seq_len=args.seq_len, samples=8, compile_prior=False, rows="auto")
     prior = train_step.chain_prior(args.chain, args.pendulums) if args.chain else train_step.PRIOR
     sort = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for name in args.readings.split(","):
