@@ -543,10 +543,21 @@ class _RhsEmitter:
             coef[i, j] = e
         return coef
 
+    def _rhs_and_entries(self, lines: list[str]) -> tuple[list[str], dict[tuple[int, int], sp.Expr]]:
+        """The lines (appended to `lines`) that compute F and A = dF/dz's nonzero entries together, cse'd:
+        F's printed vectors and A's entries (names or numbers), for `rhs_and_tangents` and `rhs_and_partials`."""
+        names = list(self.model.states)
+        exprs = [*self.F_h, *self.A.values()]
+        lines += self._const_lines(exprs, "        ")
+        body, reduced, batch = self._cse_lines(exprs)
+        lines += body
+        d = self.model.d
+        F = self._vector(reduced[:d], names[0], batch)
+        return F, self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
+
     def rhs_and_tangents(self) -> list[str]:
-        m, pr = self.model, self.printer
-        pr.like = m.states[0]
-        d, names = m.d, list(m.states)
+        self.printer.like = self.model.states[0]
+        names = list(self.model.states)
         lines = [
             self._signature("rhs_and_tangents", points="_S"),
             '        """F and its tangents at the points packed in _S (1 + d, d, B): _S[0] holds the points z (d, B), row',
@@ -555,20 +566,15 @@ class _RhsEmitter:
             '        (the chain rule)."""',
             *self._equation_comments("        "),
             *self._unpack_packed("_z", "J", names, "_S"),
-            *self._const_lines([*self.F_h, *self.A.values()], "        "),
         ]
-        body, reduced, batch = self._cse_lines([*self.F_h, *self.A.values()])
-        lines += body
-        F = self._vector(reduced[:d], names[0], batch)
-        coef = self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
+        F, coef = self._rhs_and_entries(lines)
         rows = self._rows(coef, "J", names, "d{}'/dz0", lines)
         lines.append(f"        return {self._packed(F, rows)}")
         return lines
 
     def rhs_and_partials(self) -> list[str]:
-        m = self.model
-        self.printer.like = m.states[0]
-        d, names = m.d, list(m.states)
+        self.printer.like = self.model.states[0]
+        names = list(self.model.states)
         lines = [
             self._signature("rhs_and_partials"),
             '        """F at the points z (d, B) and the nonzero entries of its Jacobian dF/dz there, in the order of',
@@ -576,12 +582,8 @@ class _RhsEmitter:
             '        carries the tangent rows of sparse models inside their windows of columns with these."""',
             *self._equation_comments("        "),
             self._unpack(names, "z"),
-            *self._const_lines([*self.F_h, *self.A.values()], "        "),
         ]
-        body, reduced, batch = self._cse_lines([*self.F_h, *self.A.values()])
-        lines += body
-        F = self._vector(reduced[:d], names[0], batch)
-        coef = self._coefficients(reduced[d:], lines, lambda i, j: f"d{names[i]}'/d{names[j]}")
+        F, coef = self._rhs_and_entries(lines)
         entries = [self.printer.doprint(c) for c in coef.values()]
         lines.append(f"        return torch.stack({self._tuple(F)}), {self._tuple(entries)}")
         return lines

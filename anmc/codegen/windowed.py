@@ -39,8 +39,7 @@ def combine(terms: list, batch: int, like: torch.Tensor):
         return None
     if len(terms) == 1 and _is_one(terms[0][0]):
         return terms[0][1]
-    lo = min(r[1] for _, r in terms)
-    hi = max(r[1] + r[0].shape[0] for _, r in terms)
+    lo, hi = _hull([_window(r) for _, r in terms])
     first = next((n for n, (_, r) in enumerate(terms) if r[1] == lo and r[0].shape[0] == hi - lo), None)
     if first is None:
         acc = like.new_zeros(hi - lo, batch)
@@ -174,7 +173,7 @@ def frame_and_jacobian_backward(module, steps: int, scalars: tuple, plan, tape: 
         start_rows = stage_tape[0][1]
         g_k: list = [None] * per_stage  # the cotangents of the stages' F
         g_K: list = [[None] * d for _ in range(per_stage)]  # of their rows (tensors over the rows' windows)
-        windows_K = [_stage_windows(ry, by_row) for _, ry, _ in stage_tape]
+        windows_K = [_stage_windows([_window(r) for r in ry], by_row) for _, ry, _ in stage_tape]
         weights = [w for _, w in plan] if plan is not None else [1.0]
         g_x = g if plan is not None else None  # z' = z + sum_s b_s k_s (a discrete map: z' = k)
         g_T = [None] * d
@@ -218,13 +217,16 @@ def frame_and_jacobian_backward(module, steps: int, scalars: tuple, plan, tape: 
     return g, acc_s
 
 
-def _stage_windows(ry, by_row) -> list:
-    """The windows of a stage's rows K_i, from those of the rows they are made of (as `tangents` makes them)."""
-    out = []
-    for deps in by_row:
-        ws = [_window(ry[l]) for l, _ in deps if ry[l] is not None]
-        out.append((min(w[0] for w in ws), max(w[1] for w in ws)) if ws else None)
-    return out
+def _hull(windows) -> tuple[int, int] | None:
+    """The smallest window holding every given one (None: zero rows), or None."""
+    windows = [w for w in windows if w is not None]
+    return (min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None
+
+
+def _stage_windows(windows: list, by_row: list) -> list:
+    """The windows of a stage's rows K_i from the windows of the rows T_l they are made of (as `tangents`
+    makes them: the hull of its terms')."""
+    return [_hull([windows[l] for l, _ in deps]) for deps in by_row]
 
 
 def _inner(gK, T, like: torch.Tensor) -> torch.Tensor:
@@ -264,31 +266,23 @@ def window_share(pattern: tuple, d: int, integrator: str, plan, substeps: int) -
     """The share of the dense rows' entries that the windows hold, over the stages' rows K_i of one frame
     (what the stages multiply and add): the same walk as `frame_and_jacobian`, on the windows alone."""
     by_row = _by_row(pattern, d)
-
-    def hull(windows):
-        windows = [w for w in windows if w is not None]
-        return (min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None
-
-    def stage(rows):
-        return [hull([rows[l] for l, _ in by_row[i]]) for i in range(d)]
-
     held = []  # the windows of the rows each evaluation computes
     rows = [(i, i + 1) for i in range(d)]
     for _ in range(substeps):
         if integrator == "discrete":
-            rows = stage(rows)
+            rows = _stage_windows(rows, by_row)
             held.append(rows)
         elif integrator == "semi_implicit_euler":
             for i in range(d):
-                K = stage(rows)[i]
+                K = _stage_windows(rows, by_row)[i]
                 held.append([K])
-                rows = [*rows[:i], hull([rows[i], K]), *rows[i + 1 :]]
+                rows = [*rows[:i], _hull([rows[i], K]), *rows[i + 1 :]]
         else:
             Ks = []
             for inputs, _ in plan:
-                ry = [hull([rows[i], *(Ks[j][i] for j, _ in inputs)]) for i in range(d)]
-                Ks.append(stage(ry))
+                ry = [_hull([rows[i], *(Ks[j][i] for j, _ in inputs)]) for i in range(d)]
+                Ks.append(_stage_windows(ry, by_row))
                 held.append(Ks[-1])
-            rows = [hull([rows[i], *(K[i] for (_, w), K in zip(plan, Ks) if w)]) for i in range(d)]
+            rows = [_hull([rows[i], *(K[i] for (_, w), K in zip(plan, Ks) if w)]) for i in range(d)]
     total = sum(sum(w[1] - w[0] for w in K if w is not None) for K in held)
     return total / (sum(len(K) for K in held) * d)
