@@ -179,6 +179,34 @@ def test_generic_dot_for_user_priors(tmp_path):
     assert json.loads((tmp_path / "truth.json").read_text())["renderer"]["name"] == "dot"
 
 
+def test_dot_draws_the_states_a_frame_shows(tmp_path):
+    """A dot drawing a state the prior does not observe makes a video its own model cannot reconstruct (a Van
+    der Pol oscillator observing x, drawn at (x, y), diverged in training): the dot draws the observed states."""
+    text = """model osc
+state a ~ Normal(0, 1)
+state b ~ Normal(0, 2)
+dynamics continuous dt = 0.1
+  a' = b
+  b' = -a
+noise a = 0.01, b = 0.01
+observe b
+"""
+    syn = synthesize(text, tmp_path, clips=2, frames=12, size=32, seed=1, fmt="npz")
+    assert syn.renderer == "dot" and syn.geometry["states"] == [1]
+    assert any("a dot shows b across;" in note for note in syn.notes)
+    g = syn.geometry
+    for c in range(2):
+        cx, cy = centroid(read_video(tmp_path / f"clip_{c:03d}.npz"))
+        u = np.clip(syn.states[c][:, 1] / (3 * 2.0), -1, 1)  # b's mean 0, std 2
+        assert np.abs(cx - (16 + g["span_px"] * u)).max() < 0.5 and np.abs(cy - 16).max() < 0.5
+        assert np.ptp(cx) > 1.0  # it moves
+    measured = measure_frames("dot", read_video(tmp_path / "clip_000.npz"), g)
+    assert measured.shape == (12, 1) and np.abs(measured[:, 0] - syn.states[0][:, 1]).max() < 0.1
+    # without `observe` every state is observed: the first two drawn, as before
+    syn = synthesize(text.replace("observe b\n", ""), None, clips=1, frames=4, size=32, seed=1)
+    assert syn.geometry["states"] == [0, 1] and any("a dot shows a across and b up" in note for note in syn.notes)
+
+
 def test_noise_and_clutter_change_pixels_not_physics(compiled):
     prior = compiled["pendulum"]
     clean = synthesize(prior, None, clips=2, frames=6, size=32, seed=3)

@@ -27,7 +27,8 @@ plain dict that `anmc synth` stores in truth.json under `renderer.geometry`:
 - coupled_masses (draws x1, x2, metres): walls at columns [0, 0.04 S) and [0.96 S, S); block i's centre at
   (rest_i + px_per_m x_i, S/2), rest = (S/3, 2 S/3), px_per_m = 0.08 S, half-size 0.05 S x 0.12 S, values
   1.0 and 0.75; three zigzag springs (wall-block, block-block, block-wall) of 6 coils, amplitude 0.04 S.
-- dot (any other prior; the first two states): radius 0.08 S at (S/2 + span u0, S/2 - span u1),
+- dot (any other prior; the states a frame shows, the first two of them, `geometry(drawn=...)`): radius
+  0.08 S at (S/2 + span u0, S/2 - span u1) (S/2 for u1 when one state is drawn),
   u = clip((s - mean) / (3 std), -1, 1) from the initial distribution, span = S/2 - radius - 1.
 - declared (a prior whose observations are named after camera roles, `anmc.synthetic.roles`; it draws
   the observations y = h(z), not the states): `level` fills the rows from S (1 - level) to S, the whole
@@ -97,13 +98,15 @@ def geometry(
     params: dict[str, float] | None = None,
     two_tone: bool = True,
     observations: Sequence[str] | None = None,
+    drawn: Sequence[int] | None = None,
 ) -> dict:
     """The pixel geometry of `renderer` at `size` (see the module docstring); a JSON-ready dict.
     `params` (the prior's values) set the double pendulum's upper link length `L`; the declared
     renderer needs the prior's `observations` (their names; see `declared_geometry`).
 
     Without the initial distribution, the falling object's frame spans y_top = 3.5 m and the dot's
-    states are taken as mean 0, std 1.
+    states are taken as mean 0, std 1. `drawn`: the dot's states (their indices, one or two: across, then
+    up; the first two states when not given).
     """
     if renderer not in RENDERERS:
         raise ValueError(f"unknown renderer {renderer!r}; must be one of {', '.join(RENDERERS)}")
@@ -143,11 +146,12 @@ def geometry(
                  coil_half_width_px=max(0.5, 0.012 * s), block_values=[1.0, 0.75], spring_value=0.5, wall_value=0.35)
     else:
         radius = 0.08 * s
-        m = (mean or [0.0, 0.0])[:2]
-        sd = (std or [1.0, 1.0])[:2]
+        cols = [int(i) for i in drawn][:2] if drawn is not None else [0, 1]
+        m = [mean[i] for i in cols if i < len(mean)] if mean is not None else [0.0] * len(cols)
+        sd = [std[i] for i in cols if i < len(std)] if std is not None else [1.0] * len(cols)
         m += [0.0] * (2 - len(m))
         sd += [1.0] * (2 - len(sd))
-        g.update(radius_px=radius, mean=m, scale=[3.0 * v if v > 0 else 1.0 for v in sd],
+        g.update(radius_px=radius, states=cols, mean=m, scale=[3.0 * v if v > 0 else 1.0 for v in sd],
                  span_px=s / 2 - radius - 1.0, value=1.0)
     return g
 
@@ -177,14 +181,15 @@ def declared_geometry(size: int, observations: Sequence[str], model: str = "the 
     }  # fmt: skip
 
 
-def _key_columns(renderer: str, states: np.ndarray, state_names: Sequence[str] | None) -> np.ndarray:
+def _key_columns(renderer: str, states: np.ndarray, state_names: Sequence[str] | None, geom: dict | None = None) -> np.ndarray:
     states = np.asarray(states, dtype=np.float64)
     if states.ndim == 1:
         states = states[:, None]
     if renderer == "declared":  # the declared renderer is given the observations y = h(z), (T, m)
         return states
-    if renderer == "dot":
-        return states[:, :2]
+    if renderer == "dot":  # the states the geometry names (a geometry written before it named them: the first two)
+        cols = (geom or {}).get("states")
+        return states[:, cols] if cols is not None else states[:, :2]
     key = KEY_STATE[renderer]
     if isinstance(key, tuple):  # two bodies: (T, 2)
         return states[:, [list(state_names).index(k) for k in key] if state_names is not None else [0, 1]]
@@ -201,7 +206,7 @@ def object_position_px(
     `(T, m)`), or the dot. `states` is `(T, d)` in the prior's state order (`state_names`; without it
     the drawn state is taken to be column 0).
     """
-    q = _key_columns(renderer, states, state_names)
+    q = _key_columns(renderer, states, state_names, geom)
     t = q.shape[0]
     if renderer == "pendulum":
         px, py = geom["pivot"]
@@ -222,10 +227,15 @@ def object_position_px(
         return double_pendulum_points(q, geom)[1]
     if renderer == "coupled_masses":  # the first block
         return np.stack([geom["rest"][0] + geom["px_per_m"] * q[:, 0], np.full(t, geom["cy"])], axis=1)
+    return _dot_position(q, geom)
+
+
+def _dot_position(q: np.ndarray, geom: dict) -> np.ndarray:
+    """`(T, 2)` pixel position of the dot drawing the states `q` `(T, k)` (those its geometry names)."""
     s = geom["size"] / 2.0
     u = np.clip((q - np.asarray(geom["mean"])[: q.shape[1]]) / np.asarray(geom["scale"])[: q.shape[1]], -1.0, 1.0)
     x = s + geom["span_px"] * u[:, 0]
-    y = s - geom["span_px"] * u[:, 1] if q.shape[1] > 1 else np.full(t, s)
+    y = s - geom["span_px"] * u[:, 1] if q.shape[1] > 1 else np.full(q.shape[0], s)
     return np.stack([x, y], axis=1)
 
 
@@ -391,7 +401,7 @@ def _draw_declared(y: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
 
 
 def _draw_dot(q: np.ndarray, geom: dict, img: np.ndarray) -> np.ndarray:
-    pos = object_position_px("dot", q, geom)
+    pos = _dot_position(q, geom)
     return _over(img, disc_coverage(pos[:, 0], pos[:, 1], geom["radius_px"], geom["size"]), geom["value"])
 
 
@@ -442,7 +452,7 @@ def render_float(
 ) -> np.ndarray:
     """float32 `(T, S, S)` frames in [0, 1] of `states` `(T, d)` drawn over `background` `(S, S)` (black)."""
     size = geom["size"]
-    q = _key_columns(renderer, states, state_names)
+    q = _key_columns(renderer, states, state_names, geom)
     base = np.zeros((size, size), np.float32) if background is None else np.asarray(background, np.float32)
     layer = static_layer(renderer, geom)
     if layer is not None:
@@ -499,7 +509,7 @@ def measure_frames(renderer: str, frames: np.ndarray, geom: dict) -> np.ndarray:
     pendulum: theta = atan2(cx - pivot_x, cy - pivot_y) of the centroid of the whole frame (rod, bob
     and pivot are symmetric about the rod's axis); spring: x from the block's centroid over the rows
     only the block covers; falling: y from the ball's centroid above the floor; dot: (u0, u1) mapped back
-    to the first two states (inside the clipped range). Returns `(T,)`, or `(T, 2)` for the dot. The
+    to the states it draws (inside the clipped range). Returns `(T,)`, or `(T, k)` for the dot's k states. The
     declared renderer's roles are read back by `measure_declared`.
     """
     if renderer in ("double_pendulum", "coupled_masses"):
@@ -535,7 +545,8 @@ def measure_frames(renderer: str, frames: np.ndarray, geom: dict) -> np.ndarray:
     cx, cy = centroid(f)
     s = size / 2.0
     u = np.stack([(cx - s) / geom["span_px"], (s - cy) / geom["span_px"]], axis=1)
-    return np.asarray(geom["mean"]) + u * np.asarray(geom["scale"])
+    drawn = len(geom.get("states", (0, 1)))
+    return (np.asarray(geom["mean"]) + u * np.asarray(geom["scale"]))[:, :drawn]
 
 
 

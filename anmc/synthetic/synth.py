@@ -130,18 +130,21 @@ def synthesize(
     model = str(getattr(module, "model_name", "") or getattr(getattr(compiled, "model", None), "name", "model"))
     kind = pick_renderer(module, model, renderer)
     values = {**getattr(getattr(compiled, "model", None), "consts", {}), **{k: float(v) for k, v in module.param_values().items()}}
+    # the dot draws the states a frame shows (the observations' states; all states without `observe`): a dot
+    # drawing a state the prior does not observe makes a video its own model cannot reconstruct
+    drawn = [names.index(s) for s in module.observed_states][:2] or [0, 1][: len(names)]
     geom = geometry(kind, size, names, module.initial_mean.tolist(), module.initial_std.tolist(), params=values,
-                    observations=module.observations)
+                    observations=module.observations, drawn=drawn)
     states = simulate(compiled, frames, seed=seed, runs=clips, noise=True).numpy()
     notes: list[str] = []
     suffixed = [name for name in module.observations if (role := split_role(name)) and role[1]]  # px1, py_tip, ...
     if kind == "dot" and suffixed:
         notes.append(f"{', '.join(suffixed)} place several objects, which the sprite decoder draws and the declared renderer "
-                     f"does not: a dot shows the first two states ({', '.join(names[:2])}); draw the system with its own "
+                     f"does not: a dot shows {_dot_states(names, drawn)}; draw the system with its own "
                      f"renderer instead (--renderer {' or '.join(r for r in RENDERERS if r not in ('declared', 'dot'))})")  # fmt: skip
     elif kind == "dot":
-        notes.append(f"no renderer for '{model}' and no camera role among its observations: a dot shows its first two "
-                     f"states ({', '.join(names[:2])}); name observations px, py (or size, brightness, level) to choose what is drawn")  # fmt: skip
+        notes.append(f"no renderer for '{model}' and no camera role among its observations: a dot shows {_dot_states(names, drawn)}; "
+                     "name observations px, py (or size, brightness, level) to choose what is drawn")  # fmt: skip
     for name, role in near_misses(module.observations).items():
         notes.append(f"the observation '{name}' is no camera role, so it is observed but not drawn; "
                      f"name it {role} to have it drawn as the {role}")  # fmt: skip
@@ -175,6 +178,11 @@ def synthesize(
     if out_dir is not None:
         write_synthetic(syn, out_dir, fmt)
     return syn
+
+
+def _dot_states(names: tuple, drawn: list[int]) -> str:
+    """What the dot shows, in words: `x across and y up`, or `x across`."""
+    return " and ".join(f"{names[i]} {where}" for i, where in zip(drawn, ("across", "up")))
 
 
 def pick_renderer(module, model: str, requested: str | None = None) -> str:
