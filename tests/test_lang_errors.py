@@ -87,6 +87,8 @@ CASES = [
     ("equation_undeclared_state", sub("  x' = v\n", "  x' = v\n  y' = v\n"), "an equation for undeclared state 'y'", 8, 3),
     ("equation_for_param", sub("  x' = v\n", "  x' = v\n  c' = v\n"), "an equation for param 'c'; only states have equations", 8, 3),
     ("derivative_in_discrete", sub("dynamics continuous dt = 0.1 using rk4 steps 2", "dynamics discrete dt = 0.1"), "a derivative equation (x' = ...) inside 'dynamics discrete'; write 'next x = ...'", 7, 3),
+    ("assignment_in_continuous", sub("  x' = v", "  x = v"), "'x = ...' is not an equation: continuous dynamics give the derivative, 'x' = EXPR' (a discrete map, 'dynamics discrete', gives the next value: 'next x = EXPR')", 7, 5),
+    ("assignment_in_discrete", sub("  x' = v", "  x = v", sub("dynamics continuous dt = 0.1 using rk4 steps 2", "dynamics discrete dt = 0.1")), "'x = ...' is not an equation of a discrete map: write 'next x = EXPR' (the state at the next frame)", 7, 5),
     ("next_in_continuous", sub("  x' = v", "  next x = v"), "a 'next' equation inside 'dynamics continuous'; write \"x' = ...\" (a derivative)", 7, 8),
     ("no_dt", sub("dt = 0.1 ", ""), "continuous dynamics need a frame interval: 'dynamics continuous dt = 1/30 using rk4'", 6, 1),
     ("second_dynamics", GOOD + "dynamics discrete\n", "a second 'dynamics' block (the first is at line 6); a model has one", 11, 1),
@@ -123,6 +125,7 @@ CASES = [
     # -- interventions
     ("set_of_state", GOOD + "intervention a\n  set x = 1\n", "'set' changes consts and params; to change the start of state 'x' use 'init' or 'start'", 12, 7),
     ("set_unknown", GOOD + "intervention a\n  set kk = 1\n", "'set' of unknown name 'kk'; did you mean 'k'?", 12, 7),
+    ("assignment_in_intervention", GOOD + "intervention a\n  k = 1\n", "'k = ...' is not an intervention item: write 'set k = EXPR' to change a const or param, or an edited equation ('k' = EXPR', or 'next k = EXPR' for a discrete map)", 12, 5),
     ("intervention_twice", GOOD + "intervention a\n  set k = 1\nintervention a\n  set k = 3\n", "intervention 'a' is declared twice (first at line 11)", 13, 14),
     ("init_unknown_state", GOOD + "intervention a\n  init y ~ Normal(0, 1)\n", "'init' of unknown state 'y'", 12, 8),
     ("start_unknown_state", GOOD + "intervention a\n  start y = 1\n", "'start' of unknown state 'y'", 12, 9),

@@ -251,6 +251,18 @@ class _ToAst(Transformer):
         return children
 
 
+def _equation_hint(lines: list[str], line: int, name: str) -> str:
+    """What `NAME = EXPR` should be, from the block it is in (the nearest `dynamics` or `intervention` line above)."""
+    header = next((t.split("#")[0].split() for t in reversed(lines[: line - 1]) if t.split("#")[0].split()[:1] in (["dynamics"], ["intervention"])), [])
+    if header[:2] == ["dynamics", "discrete"]:
+        return f"'{name} = ...' is not an equation of a discrete map: write 'next {name} = EXPR' (the state at the next frame)"
+    if header[:1] == ["intervention"]:
+        return (f"'{name} = ...' is not an intervention item: write 'set {name} = EXPR' to change a const or param, "
+                f"or an edited equation ('{name}' = EXPR', or 'next {name} = EXPR' for a discrete map)")  # fmt: skip
+    return (f"'{name} = ...' is not an equation: continuous dynamics give the derivative, '{name}' = EXPR' (a discrete "
+            f"map, 'dynamics discrete', gives the next value: 'next {name} = EXPR')")  # fmt: skip
+
+
 def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
     line, column = max(err.line, 1), max(err.column, 1)
     lines = ast.source_lines(text)
@@ -277,6 +289,8 @@ def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
             msg = f"a '{tok}' line {_BLOCK_WORDS[tok.type]}"
         elif tok.type == "LSQB":
             msg = "subscripts are not part of the language ('[' only appears in 'in [lo, hi]' bounds)"
+        elif tok.type == "EQUAL" and set(err.expected) == {"PRIME"}:  # `x = ...` where an equation goes
+            msg = _equation_hint(lines, line, source_line[: column - 1].split()[-1] if source_line[: column - 1].split() else "x")
         elif tok.type == "$END":
             msg = f"unexpected end of file{expected}"
         elif tok.type == "NAME" and f"_{_STATEMENT_KEYWORDS[1].upper()}" in err.expected:
