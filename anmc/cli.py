@@ -508,7 +508,8 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False, ove
     if config is not None and config.decoder == "auto" and saved["decoder"] == "sprite":
         out.print("decoder (auto): sprite -- the prior declares camera roles (docs/method.md, Physical units)", highlight=False)
     if result.starts:
-        losses = ", ".join(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items())
+        losses = ", ".join([*(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items()),
+                            *(f"seed {k} diverged{_diverged_where(why)}" for k, why in result.starts.get("diverged", {}).items())])  # fmt: skip
         out.print(f"starts (validation loss after {result.starts['restart_epochs']} epochs): {losses}; finished seed {result.starts['chosen']}")
     for row in result.metrics[-3:]:
         params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
@@ -518,6 +519,12 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False, ove
         out.print(f"[yellow]{result.stopped_early}[/]")
     out.print(f"checkpoint: {Path(run_dir) / 'checkpoint.pt'}")
     return result
+
+
+def _diverged_where(message: str) -> str:
+    """' at epoch 1, step 13 (linalg.cholesky failed ...)' from a TrainingDiverged message ('' when it has no such part)."""
+    head = message.split(";", 1)[0]
+    return " " + head.split("diverged ", 1)[1] if "diverged " in head else ""
 
 
 def _tensorboard_log(prior, run_dir, config, resume):

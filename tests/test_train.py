@@ -558,6 +558,28 @@ def test_restarts_are_checked_and_offered_on_the_command_line(data, tmp_path):
     assert res.exit_code == 2 and "restart-epochs" in res.output
 
 
+def test_a_start_that_diverged_is_reported(data, tmp_path, monkeypatch):
+    """A start that diverges is skipped, and the command line says so (a Van der Pol prior's seed 0 blew up at
+    step 13 while seeds 1 and 2 trained; the starts line listed only those two)."""
+    from anmc.vae.divergence import diverged
+
+    real = train_mod._train_locked
+
+    def first_start_diverges(prior, videos, run_dir, config, *args, **kwargs):
+        if run_dir.name == "seed0":
+            raise diverged("linalg.cholesky failed on a singular or non-finite covariance", 1, 13, run_dir, 0)
+        return real(prior, videos, run_dir, config, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_locked", first_start_diverges)
+    args = ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--size", "16", "--batch", "4", "--seq-len", "4",
+            "--steps-per-epoch", "2", "--epochs", "2", "--restarts", "2", "--restart-epochs", "1"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "seed 0 diverged at epoch 1, step 13 (linalg.cholesky failed on a singular or non-finite covariance); finished seed 1" in said
+    assert json.loads((tmp_path / "r" / "starts.json").read_text())["chosen"] == 1
+
+
 def test_the_time_limit_counts_the_starts(data, tmp_path):
     config = TrainConfig(**{**TINY, "epochs": 5, "restarts": 2, "restart_epochs": 1, "time_limit": 1e-6})
     result = train(PRIOR, [str(data)], tmp_path / "run", config)
