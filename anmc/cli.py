@@ -691,7 +691,8 @@ def eval_(run_dir, videos, truth, circular, json_path, plots_dir, device):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--output", default="latent.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="latent.png", show_default=True, type=click.Path(),
+              help="The figure (its suffix the format), or a folder (an existing one, or a name without a suffix) for latent.png and the others.")
 @click.option("--states", nargs=2, help="The two states of the plane (default: the first two).")
 @click.option("--intervention", "-i", help="Also draw the prior under this intervention block (black triangles).")
 @click.option("--set", "sets", multiple=True, help="Or under these edits (black triangles).")
@@ -707,6 +708,8 @@ def plot(run_dir, output, states, intervention, sets, edits, videos, truth, devi
     from anmc.analysis.plots import write_pictures
     from anmc.vae.run import load_run
 
+    if Path(output).is_dir() or not Path(output).suffix:  # a folder: the figures inside it, under their default names
+        output = Path(output) / "latent.png"
     run = load_run(run_dir, _device(device))
     intervened, label = None, "intervened prior"
     if intervention or sets or edits:

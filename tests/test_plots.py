@@ -172,6 +172,18 @@ def test_cli_plot_writes_the_three_pictures_at_their_sizes(run_dir, tmp_path):
     assert all(f"wrote {out.parent / name}" in result.output for name in sizes)
 
 
+def test_cli_plot_into_a_folder(run_dir, tmp_path):
+    """-o names a folder (an existing one, or a name without a suffix): the figures go inside it; a suffix
+    matplotlib cannot write is still refused."""
+    (tmp_path / "there").mkdir()
+    for folder in (tmp_path / "there", tmp_path / "new"):
+        result = CliRunner().invoke(main, ["plot", str(run_dir), "-o", str(folder)])
+        assert result.exit_code == 0, result.output
+        assert {p.name for p in folder.iterdir()} == {"latent.png", "latent_reconstructions.png", "latent_states.png"}
+    result = CliRunner().invoke(main, ["plot", str(run_dir), "-o", str(tmp_path / "fig.xyz")])
+    assert result.exit_code == 2 and "change the suffix" in result.output
+
+
 def test_cli_eval_plots_dir(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["eval", str(run_dir), "--plots", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
