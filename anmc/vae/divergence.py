@@ -35,8 +35,9 @@ def diverged(what: str, epoch: int, step: int, run_dir: str | Path, last_good: i
     )
     return TrainingDiverged(
         f"training diverged at epoch {epoch}, step {step} ({what}); {kept}: the prior's dynamics may blow up where "
-        "the encoder puts the states (x' = x^3 far out, 1/x near 0), so try a smaller dt or more substeps, bound the "
-        "equation (tanh, min/max) or a lower --lr, then train again (or --resume)."
+        "the encoder puts the states (x' = x^3 far out, 1/x near 0; early in training its readings can wander far from "
+        "the prior's range), so try a smaller dt or more substeps, bound the equation (tanh, min/max), a lower --lr or "
+        "another --seed, then train again (or --resume)."
     )
 
 
