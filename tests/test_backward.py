@@ -201,4 +201,5 @@ def test_batch_major_transpose_and_its_backward(shape):
     g = torch.randn_like(out)
     (gx,) = torch.autograd.grad(out, x, g)
     assert gx.is_contiguous() and torch.equal(gx, g.movedim(0, -1))
-    assert torch.autograd.gradcheck(_batch_major, (x,))
+    if x.numel() <= 512:  # (the (32, 32, 9) case's 9216 columns took 20 s; the exact check above covers it: a permutation)
+        assert torch.autograd.gradcheck(_batch_major, (x,))
