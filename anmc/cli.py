@@ -511,6 +511,9 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False, ove
         losses = ", ".join([*(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items()),
                             *(f"seed {k} diverged{_diverged_where(why)}" for k, why in result.starts.get("diverged", {}).items())])  # fmt: skip
         out.print(f"starts (validation loss after {result.starts['restart_epochs']} epochs): {losses}; finished seed {result.starts['chosen']}")
+    if result.diverged:  # one start, whose first seeds diverged before their first checkpoint
+        seeds = "; ".join(f"seed {k} diverged{_diverged_where(why)}" for k, why in result.diverged.items())
+        out.print(f"[yellow]{escape(seeds)}; trained seed {max(result.diverged) + 1} instead[/]", soft_wrap=True)
     for row in result.metrics[-3:]:
         params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
         val = f", val {row['val_loss']:.4g}" if "val_loss" in row else ""

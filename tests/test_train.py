@@ -580,6 +580,39 @@ def test_a_start_that_diverged_is_reported(data, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "r" / "starts.json").read_text())["chosen"] == 1
 
 
+def _diverging_seeds(monkeypatch, seeds):
+    """Make the trainer's starts with these seeds diverge at step 13 of their first epoch (nothing kept)."""
+    from anmc.vae.divergence import diverged
+
+    real = train_mod._train_locked
+
+    def diverging(prior, videos, run_dir, config, *args, **kwargs):
+        if config.seed in seeds:
+            raise diverged("linalg.cholesky failed on a singular or non-finite covariance", 1, 13, run_dir, 0)
+        return real(prior, videos, run_dir, config, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_locked", diverging)
+
+
+def test_one_start_that_diverges_in_its_first_epoch_tries_the_next_seed(data, tmp_path, monkeypatch):
+    """A short run (one start) whose seed diverges before its first checkpoint trains the next seed in its
+    place, says so, and records it; an explicit --restarts 1 trains its one seed only; a divergence in every
+    seed says so; one after a kept epoch is not retried (test_faults)."""
+    _diverging_seeds(monkeypatch, {0})
+    args = ["train", PRIOR, str(data), "-o", str(tmp_path / "r"), "--size", "16", "--batch", "4", "--seq-len", "4",
+            "--steps-per-epoch", "2", "--epochs", "1"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "seed 0 diverged at epoch 1, step 13 (linalg.cholesky failed on a singular or non-finite covariance); trained seed 1 instead" in said
+    assert load_run(tmp_path / "r").config.seed == 1
+    res = CliRunner().invoke(main, [*args, "--overwrite", "--restarts", "1"])
+    assert res.exit_code == 2 and "training diverged at epoch 1, step 13" in res.output and "trained seed" not in res.output
+    _diverging_seeds(monkeypatch, {0, 1, 2})
+    with pytest.raises(TrainingDiverged, match="seeds 1 and 2 diverged in their first epoch too"):
+        train(PRIOR, [str(data)], tmp_path / "all", TrainConfig(**TINY))
+
+
 def test_the_time_limit_counts_the_starts(data, tmp_path):
     config = TrainConfig(**{**TINY, "epochs": 5, "restarts": 2, "restart_epochs": 1, "time_limit": 1e-6})
     result = train(PRIOR, [str(data)], tmp_path / "run", config)

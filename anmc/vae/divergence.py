@@ -23,7 +23,10 @@ from anmc.errors import UserError
 
 
 class TrainingDiverged(UserError):
-    """The loss, its gradient or the smoother's algebra became non-finite; the last good checkpoint is kept."""
+    """The loss, its gradient or the smoother's algebra became non-finite; the last good checkpoint is kept.
+    `epochs_kept`: the epochs on disk when it happened (0: none)."""
+
+    epochs_kept: int = 0
 
 
 def diverged(what: str, epoch: int, step: int, run_dir: str | Path, last_good: int) -> TrainingDiverged:
@@ -33,12 +36,14 @@ def diverged(what: str, epoch: int, step: int, run_dir: str | Path, last_good: i
         if last_good > 0
         else f"no checkpoint was written to {run_dir} yet"
     )
-    return TrainingDiverged(
+    error = TrainingDiverged(
         f"training diverged at epoch {epoch}, step {step} ({what}); {kept}: the prior's dynamics may blow up where "
         "the encoder puts the states (x' = x^3 far out, 1/x near 0; early in training its readings can wander far from "
         "the prior's range), so try a smaller dt or more substeps, bound the equation (tanh, min/max), a lower --lr or "
         "another --seed, then train again (or --resume)."
     )
+    error.epochs_kept = last_good  # 0: it diverged before its first checkpoint, and nothing of it is lost
+    return error
 
 
 @contextlib.contextmanager

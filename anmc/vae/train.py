@@ -52,6 +52,7 @@ class TrainResult:
     stopped_early: str | None = None
     rank: int = 0  # this process's rank under torchrun (rank 0 logs and reports)
     starts: dict | None = None  # with --restarts: each start's validation loss and the one chosen (RUN/starts.json)
+    diverged: dict = field(default_factory=dict)  # seed -> message: one start's seeds that diverged in their first epoch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,14 +123,45 @@ def train(
 
     The process that writes the run (rank 0) holds its lock throughout (`anmc.vae.run_lock`: a second
     writer gets RunLocked); a loss, gradient or smoother that becomes non-finite stops the run with
-    TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept.
+    TrainingDiverged (`anmc.vae.divergence`), the last finished epoch's checkpoint kept; a run of one start by
+    default (not --restarts 1 given, not a resume) whose seed diverges before its first checkpoint trains the
+    next seed instead, up to FIRST_EPOCH_RETRIES more (`TrainResult.diverged` names those that diverged).
     """
     run_dir = Path(run_dir)
     if not resume and not overwrite and (run_dir / "checkpoint.pt").exists():
         raise RunExists(f"{run_dir} already holds a trained run{_described(run_dir)}; --resume continues it, --overwrite trains a new one in its place, or choose another -o.")
     if config is not None and config.starts(distributed.launched_world()) > 1 and not (resume and (run_dir / "checkpoint.pt").exists()):
         return _train_best_start(prior, videos, run_dir, config, progress, on_epoch)
+    if config is not None and config.restarts is None and not resume and distributed.launched_world() == 1:
+        return _train_retrying(prior, videos, run_dir, config, progress, on_epoch)
     return _train_locked(prior, videos, run_dir, config, resume, progress, on_epoch)
+
+
+# a run of one start (the default in a short run) that diverges before its first checkpoint tries the next seeds
+FIRST_EPOCH_RETRIES = 2
+
+
+def _train_retrying(prior, videos, run_dir: Path, config: TrainConfig, progress, on_epoch) -> TrainResult:
+    """One start, as `_train_locked`; if it diverges before its first checkpoint (nothing is lost then), the
+    next seeds are tried in its place, up to FIRST_EPOCH_RETRIES more, and the one that trains becomes the
+    run's seed (`TrainResult.diverged` says which diverged). What diverges later, or in every seed, raises
+    TrainingDiverged as before. Early in training the encoder's readings can wander far from the prior's
+    range (a Van der Pol prior's seed 0 reached x = 11.6 at step 12, where its RK4 step is unstable, while
+    seeds 1 and 2 trained: docs/cli.md, Diagnostics); an explicit --restarts 1 trains the one seed only."""
+    started, failed = time.monotonic(), {}
+    compiled = _compiled(prior)
+    for seed in range(config.seed, config.seed + 1 + FIRST_EPOCH_RETRIES):
+        try:
+            result = _train_locked(compiled, videos, run_dir, replace(config, seed=seed), False, progress, on_epoch, started=started)
+        except TrainingDiverged as e:
+            if e.epochs_kept:  # it diverged after an epoch was kept: a divergence of a trained run
+                raise
+            failed[seed] = str(e)
+            continue
+        result.diverged = failed
+        return result
+    first, *others = failed
+    raise TrainingDiverged(f"{failed[first].rstrip('.')}; seeds {' and '.join(str(s) for s in others)} diverged in their first epoch too.")
 
 
 def _described(run_dir: Path) -> str:
