@@ -174,6 +174,39 @@ def test_truth_findings_say_when_a_state_was_not_learned_or_not_in_units():
     assert diag.truth_findings({"b": {"pearson": float("nan"), "slope": float("nan")}})[0]["code"] == "state_not_recovered"
 
 
+def test_a_latent_off_its_place_is_said_so():
+    """A latent found and in units but shifted (a pendulum with quadratic drag and a learnable noise std,
+    10 epochs: theta latent = truth + 2.67 rad, |r| 0.989, slope 1.09, the truth's std 0.357) is an `offset`
+    finding: the dynamics' equilibrium sits elsewhere in the latents. Small shifts, a phase (no offset) and
+    a state already flagged are not."""
+    states = {
+        "theta": {"pearson": 0.989, "slope": 1.092, "offset": 2.671, "spread": 0.357},
+        "omega": {"pearson": 0.964, "slope": 1.051, "offset": 0.075, "spread": 1.257},
+        "phase": {"pearson": 0.99, "slope": None, "offset": None, "spread": 1.8},
+        "x": {"pearson": 0.9, "slope": 0.07, "offset": 5.0, "spread": 0.1},  # not in units: that finding only
+    }
+    found = diag.truth_findings(states)
+    assert [(f["code"], f["evidence"]["state"]) for f in found] == [("offset", "theta"), ("not_in_units", "x")]
+    (theta,) = [f for f in found if f["code"] == "offset"]
+    assert "shifted by +2.67 (7.48 times its spread" in diag.describe(theta) and "--restarts 3" in theta["advice"]
+    assert diag.truth_findings({"theta": {"pearson": 0.99, "slope": 1.0, "offset": 0.3, "spread": 0.357}}) == []
+
+
+def test_evaluate_reports_where_the_latent_zero_is():
+    """`offset` is the mean of the sign-corrected latent minus the truth; a phase has none."""
+    import numpy as np
+
+    from anmc.analysis.evaluate import state_metrics
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 0.4, 400)
+    latents = np.stack([-(truth + 2.0), truth], 1)  # sign -1, shifted by 2 after the sign is taken out
+    halves = (np.arange(200), np.arange(200, 400))
+    m = state_metrics(latents[:, 0], truth, latents, halves, circular=False)
+    assert m["sign"] == -1 and m["offset"] == pytest.approx(2.0) and m["spread"] == pytest.approx(truth.std())
+    assert state_metrics(latents[:, 1], truth, latents, halves, circular=True)["offset"] is None
+
+
 def test_several_states_not_learned_are_one_line_with_the_advice_once():
     """A model of a dozen states that learned none is one finding to a reader, not a dozen repeated
     warnings; one state alone keeps its own sentence, and other findings are unchanged."""

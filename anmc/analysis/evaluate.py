@@ -13,6 +13,8 @@ Per state (latent j against true state j, both over every frame that has a full 
 | `r2` | 1 - SSE/SST of the sign-corrected latent read directly as the state (units and offset count) |
 | `knn_r2` | R^2 of a k-nearest-neighbour regression of the state from all latents, fitted on half of the clips and scored on the others: high when the state is present but folded |
 | `mae` | mean absolute error of the sign-corrected latent, in the state's units |
+| `offset` | mean of the sign-corrected latent minus the truth, in the state's units: where the latent's zero is (None for a phase) |
+| `spread` | the true state's standard deviation over those frames (the scale `offset` is judged on) |
 
 plus learned vs true params, reconstruction MSE, and n-step prediction: encode frame t, roll the
 prior n frames, decode, compare with frame t + n, against repeating frame t.
@@ -93,6 +95,7 @@ def state_metrics(latent: np.ndarray, truth: np.ndarray, all_latents: np.ndarray
         err = _wrap(truth - sign * latent - math.atan2(np.sin(truth - sign * latent).mean(), np.cos(truth - sign * latent).mean()))
         sst = (_wrap(truth - math.atan2(np.sin(truth).mean(), np.cos(truth).mean())) ** 2).sum()
         r2, slope, mae = 1 - (err**2).sum() / sst, None, float(np.abs(err).mean())
+        offset = None  # a phase's zero is arbitrary
         target = _wrap(truth)
     else:
         r = float(np.corrcoef(latent, truth)[0, 1]) if latent.std() > 0 and truth.std() > 0 else 0.0
@@ -101,9 +104,11 @@ def state_metrics(latent: np.ndarray, truth: np.ndarray, all_latents: np.ndarray
         sst = ((truth - truth.mean()) ** 2).sum()
         r2 = float(1 - ((truth - sign * latent) ** 2).sum() / sst) if sst > 0 else float("nan")
         mae = float(np.abs(truth - sign * latent).mean())
+        offset = float((sign * latent - truth).mean())
         target = truth
     knn = knn_r2(all_latents[fit], target[fit], all_latents[score], target[score])
-    return {"pearson": float(r), "r2": float(r2), "slope": slope, "knn_r2": knn, "mae": mae, "sign": int(sign)}
+    return {"pearson": float(r), "r2": float(r2), "slope": slope, "knn_r2": knn, "mae": mae, "sign": int(sign),
+            "offset": offset, "spread": float(truth.std())}  # fmt: skip
 
 
 @torch.no_grad()

@@ -291,13 +291,16 @@ def epoch_diagnostics(vae, data, config, row: dict, device, sequences: int = 8) 
 
 NOT_RECOVERED = 0.5  # |r| below this against the truth: the state was not learned
 UNITS = 1.5  # a slope outside [1/UNITS, UNITS] against the truth: not in the prior's units
+OFFSET = 1.0  # a latent whose mean is off the truth's by more than this many of the truth's stds: not at its place
 
 
 def truth_findings(states: dict[str, dict], camera: bool = False) -> list[dict]:
     """Findings that need the truth (`anmc eval` of a run on `anmc synth` data or a truth.csv): for each
     state of `evaluate`'s report, `state_not_recovered` when the latent follows the truth at |r| below
     NOT_RECOVERED, else `not_in_units` when its slope is outside [1/UNITS, UNITS] (a state found, in
-    other units: learned params then hold in those units only). `camera`: the run's decoder draws the
+    other units: learned params then hold in those units only), else `offset` when its mean is off the
+    truth's by more than OFFSET of the true state's stds (found and in units, but shifted: the prior's
+    dynamics then act where the state is not, e.g. a pendulum's equilibrium away from the latent's 0). `camera`: the run's decoder draws the
     prior's declared camera (the sprite decoder), so a scale off the truth points at that camera."""
     if camera:  # the sprite decoder fixes the units, so a wrong scale is a camera that does not fit the video
         units_advice = (
@@ -328,6 +331,18 @@ def truth_findings(states: dict[str, dict], camera: bool = False) -> list[dict]:
                 "learned params hold in the latents' units only.",
                 units_advice,
                 state=name, slope=slope, r=r,
+            ))  # fmt: skip
+        elif m.get("offset") is not None and m.get("spread") and abs(m["offset"]) > OFFSET * m["spread"]:
+            out.append(finding(
+                "offset",
+                f"latent {name} is the true {name} shifted by {m['offset']:+.3g} ({abs(m['offset']) / m['spread']:.3g} times its "
+                f"spread; |r| {r:.3f}, slope {slope:+.3g}): found and in the prior's units, but not at its place, so the "
+                "prior's dynamics act where the state is not (an equilibrium at 0 sits elsewhere in the latents) and "
+                "learned params mean little.",
+                "a start that settled away from the prior's place: train longer or from several starts (--restarts 3 keeps "
+                f"the best of three), or another --seed; an initial distribution centred where {name} starts (`state {name} ~ "
+                "...`); a learnable noise std that grew lets the latents stray from the dynamics; " + units_advice,
+                state=name, offset=m["offset"], spread=m["spread"], r=r,
             ))  # fmt: skip
     return out
 
