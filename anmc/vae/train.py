@@ -147,7 +147,7 @@ def _train_retrying(prior, videos, run_dir: Path, config: TrainConfig, progress,
     run's seed (`TrainResult.diverged` says which diverged). What diverges later, or in every seed, raises
     TrainingDiverged as before. Early in training the encoder's readings can wander far from the prior's
     range (a Van der Pol prior's seed 0 reached x = 11.6 at step 12, where its RK4 step is unstable, while
-    seeds 1 and 2 trained: docs/cli.md, Diagnostics); an explicit --restarts 1 trains the one seed only."""
+    seeds 1 and 2 trained: docs/cli.md, `--restarts`); an explicit --restarts 1 trains the one seed only."""
     started, failed = time.monotonic(), {}
     compiled = _compiled(prior)
     for seed in range(config.seed, config.seed + 1 + FIRST_EPOCH_RETRIES):
