@@ -437,6 +437,7 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False, ove
 
     from anmc.vae import distributed
     from anmc.vae.allocator import tune_allocator
+    from anmc.vae.divergence import where_diverged
     from anmc.vae.threads import apply_thread_default
     from anmc.vae.train import train
 
@@ -509,10 +510,10 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False, ove
         out.print("decoder (auto): sprite -- the prior declares camera roles (docs/method.md, Physical units)", highlight=False)
     if result.starts:
         losses = ", ".join([*(f"seed {k} {v:.4g}" for k, v in result.starts["loss"].items()),
-                            *(f"seed {k} diverged{_diverged_where(why)}" for k, why in result.starts.get("diverged", {}).items())])  # fmt: skip
+                            *(f"seed {k} diverged{where_diverged(why)}" for k, why in result.starts.get("diverged", {}).items())])  # fmt: skip
         out.print(f"starts (validation loss after {result.starts['restart_epochs']} epochs): {losses}; finished seed {result.starts['chosen']}")
     if result.diverged:  # one start, whose first seeds diverged before their first checkpoint
-        seeds = "; ".join(f"seed {k} diverged{_diverged_where(why)}" for k, why in result.diverged.items())
+        seeds = "; ".join(f"seed {k} diverged{where_diverged(why)}" for k, why in result.diverged.items())
         out.print(f"[yellow]{escape(seeds)}; trained seed {max(result.diverged) + 1} instead[/]", soft_wrap=True)
     for row in result.metrics[-3:]:
         params = " ".join(f"{k}={v:.4g}" for k, v in row["params"].items())
@@ -522,12 +523,6 @@ def _run_training(prior, videos, run_dir, config, resume, tensorboard=False, ove
         out.print(f"[yellow]{result.stopped_early}[/]")
     out.print(f"checkpoint: {Path(run_dir) / 'checkpoint.pt'}")
     return result
-
-
-def _diverged_where(message: str) -> str:
-    """' at epoch 1, step 13 (linalg.cholesky failed ...)' from a TrainingDiverged message ('' when it has no such part)."""
-    head = message.split(";", 1)[0]
-    return " " + head.split("diverged ", 1)[1] if "diverged " in head else ""
 
 
 def _tensorboard_log(prior, run_dir, config, resume):

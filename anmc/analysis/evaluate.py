@@ -102,9 +102,9 @@ def state_metrics(latent: np.ndarray, truth: np.ndarray, all_latents: np.ndarray
         sign = 1.0 if r >= 0 else -1.0
         slope = float(np.cov(latent, truth)[0, 1] / truth.var(ddof=1)) if truth.std() > 0 else float("nan")
         sst = ((truth - truth.mean()) ** 2).sum()
-        r2 = float(1 - ((truth - sign * latent) ** 2).sum() / sst) if sst > 0 else float("nan")
-        mae = float(np.abs(truth - sign * latent).mean())
-        offset = float((sign * latent - truth).mean())
+        err = sign * latent - truth
+        r2 = float(1 - (err**2).sum() / sst) if sst > 0 else float("nan")
+        mae, offset = float(np.abs(err).mean()), float(err.mean())
         target = truth
     knn = knn_r2(all_latents[fit], target[fit], all_latents[score], target[score])
     return {"pearson": float(r), "r2": float(r2), "slope": slope, "knn_r2": knn, "mae": mae, "sign": int(sign),

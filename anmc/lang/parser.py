@@ -253,7 +253,8 @@ class _ToAst(Transformer):
 
 def _equation_hint(lines: list[str], line: int, name: str) -> str:
     """What `NAME = EXPR` should be, from the block it is in (the nearest `dynamics` or `intervention` line above)."""
-    header = next((t.split("#")[0].split() for t in reversed(lines[: line - 1]) if t.split("#")[0].split()[:1] in (["dynamics"], ["intervention"])), [])
+    words = (t.split("#")[0].split() for t in reversed(lines[: line - 1]))
+    header = next((w for w in words if w[:1] in (["dynamics"], ["intervention"])), [])
     if header[:2] == ["dynamics", "discrete"]:
         return f"'{name} = ...' is not an equation of a discrete map: write 'next {name} = EXPR' (the state at the next frame)"
     if header[:1] == ["intervention"]:
@@ -290,7 +291,8 @@ def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AnmError:
         elif tok.type == "LSQB":
             msg = "subscripts are not part of the language ('[' only appears in 'in [lo, hi]' bounds)"
         elif tok.type == "EQUAL" and set(err.expected) == {"PRIME"}:  # `x = ...` where an equation goes
-            msg = _equation_hint(lines, line, source_line[: column - 1].split()[-1] if source_line[: column - 1].split() else "x")
+            before = source_line[: column - 1].split()
+            msg = _equation_hint(lines, line, before[-1] if before else "x")
         elif tok.type == "$END":
             msg = f"unexpected end of file{expected}"
         elif tok.type == "NAME" and f"_{_STATEMENT_KEYWORDS[1].upper()}" in err.expected:

@@ -300,8 +300,9 @@ def truth_findings(states: dict[str, dict], camera: bool = False) -> list[dict]:
     NOT_RECOVERED, else `not_in_units` when its slope is outside [1/UNITS, UNITS] (a state found, in
     other units: learned params then hold in those units only), else `offset` when its mean is off the
     truth's by more than OFFSET of the true state's stds (found and in units, but shifted: the prior's
-    dynamics then act where the state is not, e.g. a pendulum's equilibrium away from the latent's 0). `camera`: the run's decoder draws the
-    prior's declared camera (the sprite decoder), so a scale off the truth points at that camera."""
+    dynamics then act where the state is not, e.g. a pendulum's equilibrium away from the latent's 0).
+    `camera`: the run's decoder draws the prior's declared camera (the sprite decoder), so a scale off the
+    truth points at that camera."""
     if camera:  # the sprite decoder fixes the units, so a wrong scale is a camera that does not fit the video
         units_advice = (
             "check the declared camera against this video (its side S, where the objects are; a pendulum's pivot and "

@@ -46,6 +46,13 @@ def diverged(what: str, epoch: int, step: int, run_dir: str | Path, last_good: i
     return error
 
 
+def where_diverged(message: str) -> str:
+    """' at epoch 1, step 13 (linalg.cholesky failed ...)': where and why, from a message `diverged` wrote (kept
+    as text in RUN/starts.json); '' for another message."""
+    head = message.split(";", 1)[0]
+    return " " + head.split("diverged ", 1)[1] if head.startswith("training diverged ") else ""
+
+
 @contextlib.contextmanager
 def guard(epoch: int, step: int, run_dir: str | Path, last_good: int):
     """Turn the smoother's and the KL's linear-algebra failures inside the block into TrainingDiverged."""
